@@ -1,0 +1,284 @@
+"""The UniCL loss against an independent float64 reference, gradcheck, invariances and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import clip_loss, reference_loss, reference_terms
+
+from unicl import UniCLLoss, unicl_loss
+
+CPU_BACKENDS = ["dense", "chunked"]
+
+
+def make_batch(n: int, d: int, dtype: torch.dtype = torch.float64, seed: int = 0, requires_grad: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+    text = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+    return image, text
+
+
+label_lists = st.integers(1, 12).flatmap(lambda n: st.lists(st.integers(-2, 3), min_size=n, max_size=n))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(labels=label_lists, d=st.integers(1, 9), scale=st.floats(0.5, 60.0), seed=st.integers(0, 2**16))
+def test_matches_independent_reference_forward_and_backward(backend, reduction, labels, d, scale, seed):
+    image, text = make_batch(len(labels), d, seed=seed)
+    logit_scale = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+    upstream = torch.rand(len(labels), dtype=torch.float64) + 0.5 if reduction == "none" else torch.tensor(1.7)
+    loss = unicl_loss(
+        image, text, torch.tensor(labels), logit_scale, backend=backend, reduction=reduction, chunk_size=3
+    )
+    grads = torch.autograd.grad((loss * upstream).sum(), [image, text, logit_scale])
+    expected = reference_loss(image, text, labels, logit_scale, reduction)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [image, text, logit_scale])
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gradcheck_float64(backend, normalize):
+    image, text = make_batch(7, 5)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, -1, 2, 1, -1])
+
+    def fn(u, v, s):
+        return unicl_loss(u, v, labels, s, backend=backend, reduction="none", normalize=normalize, chunk_size=2)
+
+    assert torch.autograd.gradcheck(fn, (image, text, scale))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 12, 13, 100, None])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [5] * 12,
+        [-1] * 12,
+        None,
+        [0, 0, 1, -1, 2, 2, 2, -3, 1, 0, -1, 7],
+    ],
+    ids=["all-equal", "all-pairs", "none", "mixed"],
+)
+def test_chunked_equals_dense(chunk_size, labels):
+    image, text = make_batch(12, 6, dtype=torch.float32)
+    scale = torch.tensor(20.0, requires_grad=True)
+    y = None if labels is None else torch.tensor(labels)
+    results = []
+    for backend in CPU_BACKENDS:
+        loss = unicl_loss(image, text, y, scale, backend=backend, reduction="none", chunk_size=chunk_size)
+        results.append((loss, *torch.autograd.grad(loss.sum(), [image, text, scale])))
+    for dense_value, chunked_value in zip(*results):
+        torch.testing.assert_close(chunked_value, dense_value, rtol=1e-5, atol=1e-5)
+
+
+def test_single_sample_batch():
+    image, text = make_batch(1, 4)
+    for backend in CPU_BACKENDS:
+        loss = unicl_loss(image, text, torch.tensor([3]), 10.0, backend=backend)
+        torch.testing.assert_close(loss, torch.zeros((), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(("dtype", "slack"), [(torch.float32, 4.0), (torch.bfloat16, 2.0), (torch.float16, 2.0)])
+def test_low_precision_error_is_at_most_pytorchs_own(backend, dtype, slack):
+    """Error against float64 is at most a small multiple of a plain same-precision PyTorch computation's."""
+    image, text = make_batch(64, 48, dtype=dtype, seed=3)
+    labels = torch.randint(-1, 6, (64,), generator=torch.Generator().manual_seed(1))
+    scale = torch.tensor(50.0, requires_grad=True)
+    loss = unicl_loss(image, text, labels, scale, backend=backend)
+    grads = torch.autograd.grad(loss, [image, text, scale])
+    exact_image, exact_text = image.detach().double().requires_grad_(), text.detach().double().requires_grad_()
+    exact_scale = scale.detach().double().requires_grad_()
+    exact = reference_loss(exact_image, exact_text, labels.tolist(), exact_scale)
+    exact_grads = torch.autograd.grad(exact, [exact_image, exact_text, exact_scale])
+    plain_image, plain_text = image.detach().requires_grad_(), text.detach().requires_grad_()
+    plain_scale = scale.detach().to(dtype).requires_grad_()
+    plain = _plain_same_precision_loss(plain_image, plain_text, labels, plain_scale)
+    plain_grads = torch.autograd.grad(plain, [plain_image, plain_text, plain_scale])
+    assert loss.dtype == torch.float32
+    eps = torch.finfo(torch.float32).eps
+    assert abs(loss.double() - exact) <= slack * abs(plain.double() - exact) + 16 * eps * abs(exact)
+    for got, plain_grad, want in zip(grads, plain_grads, exact_grads):
+        error = (got.double() - want).abs().max()
+        baseline = (plain_grad.double() - want).abs().max()
+        assert error <= slack * baseline + 16 * eps * want.abs().max()
+
+
+def _plain_same_precision_loss(image, text, labels, scale):
+    """The loss as a user would write it in plain PyTorch, every op in the input dtype."""
+    image = torch.nn.functional.normalize(image, dim=1)
+    text = torch.nn.functional.normalize(text, dim=1)
+    logits = scale * image @ text.T
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+    targets = (same | torch.eye(len(labels), dtype=torch.bool)).to(image.dtype)
+    row = torch.logsumexp(logits, 1) - (targets * logits).sum(1) / targets.sum(1)
+    col = torch.logsumexp(logits, 0) - (targets * logits).sum(0) / targets.sum(0)
+    return (row.mean() + col.mean()) / 2
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_inputs(backend):
+    image, text = make_batch(10, 12, dtype=torch.float32)
+    labels = torch.tensor([0, 1, 1, -1, 2, 0, -1, 2, 2, 3])
+    strided = unicl_loss(image[:, ::2], text.T.contiguous().T[:, 1::2], labels, backend=backend)
+    contiguous = unicl_loss(image[:, ::2].contiguous(), text[:, 1::2].contiguous(), labels, backend=backend)
+    torch.testing.assert_close(strided, contiguous)
+
+
+# --- invariances -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(labels=label_lists, seed=st.integers(0, 2**16), data=st.data())
+def test_permuting_the_batch_permutes_the_terms(backend, labels, seed, data):
+    image, text = make_batch(len(labels), 5, seed=seed, requires_grad=False)
+    y = torch.tensor(labels)
+    perm = torch.tensor(data.draw(st.permutations(range(len(labels)))))
+    terms = unicl_loss(image, text, y, 7.0, backend=backend, reduction="none")
+    permuted = unicl_loss(image[perm], text[perm], y[perm], 7.0, backend=backend, reduction="none")
+    torch.testing.assert_close(permuted, terms[perm])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(labels=label_lists, seed=st.integers(0, 2**16), offset=st.integers(0, 1000), data=st.data())
+def test_injective_relabelling_of_classes_changes_nothing(backend, labels, seed, offset, data):
+    image, text = make_batch(len(labels), 5, seed=seed, requires_grad=False)
+    classes = sorted({label for label in labels if label >= 0})
+    new_ids = data.draw(st.permutations(range(offset, offset + len(classes))))
+    relabel = dict(zip(classes, new_ids))
+    pair_ids = data.draw(st.lists(st.integers(-50, -1), min_size=len(labels), max_size=len(labels)))
+    relabelled = [relabel[label] if label >= 0 else pair for label, pair in zip(labels, pair_ids)]
+    loss = unicl_loss(image, text, torch.tensor(labels), 9.0, backend=backend, reduction="none")
+    again = unicl_loss(image, text, torch.tensor(relabelled), 9.0, backend=backend, reduction="none")
+    torch.testing.assert_close(again, loss)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(labels=label_lists, seed=st.integers(0, 2**16))
+def test_swapping_images_and_texts_changes_nothing(backend, labels, seed):
+    image, text = make_batch(len(labels), 5, seed=seed, requires_grad=False)
+    y = torch.tensor(labels)
+    forward = unicl_loss(image, text, y, 11.0, backend=backend, reduction="none")
+    swapped = unicl_loss(text, image, y, 11.0, backend=backend, reduction="none")
+    torch.testing.assert_close(swapped, forward)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(n=st.integers(1, 12), scale=st.floats(0.1, 100.0), seed=st.integers(0, 2**16))
+def test_no_labels_is_the_clip_loss(backend, n, scale, seed):
+    image, text = make_batch(n, 6, seed=seed, requires_grad=False)
+    loss = unicl_loss(image, text, None, scale, backend=backend)
+    torch.testing.assert_close(loss, clip_loss(image, text, scale))
+    pairs = unicl_loss(image, text, torch.full((n,), -1), scale, backend=backend)
+    torch.testing.assert_close(pairs, loss)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(labels=label_lists, seed=st.integers(0, 2**16), scale=st.floats(0.1, 100.0))
+def test_each_term_is_at_least_log_of_its_positive_count(backend, labels, seed, scale):
+    image, text = make_batch(len(labels), 4, seed=seed, requires_grad=False)
+    y = torch.tensor(labels)
+    i2t, t2i = reference_terms(image, text, labels, scale)
+    loss = unicl_loss(image, text, y, scale, backend=backend, reduction="none")
+    torch.testing.assert_close(loss, (i2t + t2i) / 2)
+    counts = ((y[:, None] == y[None, :]) & (y[:, None] >= 0)) | torch.eye(len(labels), dtype=torch.bool)
+    # The mean of the positive logits is at most their log-sum-exp minus log(count): Jensen's inequality.
+    bound = torch.log(counts.sum(1).double())
+    assert bool((i2t >= bound - 1e-9).all() and (t2i >= bound - 1e-9).all())
+
+
+def test_large_scale_with_small_cosines_stays_finite():
+    """A fixed shift by s would underflow here; the running-max log-sum-exp must not."""
+    image = torch.zeros(16, 8)
+    image[:, 0] = 1.0
+    text = torch.zeros(16, 8)
+    text[:, 0] = 0.05
+    text[:, 1:] = torch.randn(16, 7, generator=torch.Generator().manual_seed(0))
+    for backend in CPU_BACKENDS:
+        loss = unicl_loss(image, text, None, 100.0, backend=backend)
+        assert torch.isfinite(loss)
+
+
+def test_module_matches_function_and_accepts_model_outputs():
+    image, text = make_batch(6, 4, dtype=torch.float32)
+    labels = torch.tensor([1, 1, -1, 2, 2, -1])
+    outputs = {"image_features": image, "text_features": text, "logit_scale": torch.tensor(12.0)}
+    module = UniCLLoss(backend="chunked", reduction="sum", chunk_size=4)
+    expected = unicl_loss(image, text, labels, 12.0, backend="dense", reduction="sum")
+    torch.testing.assert_close(module(**outputs, labels=labels), expected)
+    assert "chunked" in repr(module)
+
+
+def test_nan_in_features_propagates():
+    image, text = make_batch(4, 3, dtype=torch.float32, requires_grad=False)
+    image[1, 0] = math.nan
+    for backend in CPU_BACKENDS:
+        assert torch.isnan(unicl_loss(image, text, backend=backend))
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+GOOD = make_batch(4, 3, dtype=torch.float32, requires_grad=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"image_features": torch.randn(4)}, ValueError, "image_features must be 2-D"),
+        ({"text_features": torch.randn(4, 3, 1)}, ValueError, "text_features must be 2-D"),
+        ({"image_features": [[1.0]]}, TypeError, "image_features must be a torch.Tensor"),
+        ({"text_features": torch.randn(5, 3)}, ValueError, "same shape"),
+        ({"image_features": torch.randn(0, 3), "text_features": torch.randn(0, 3)}, ValueError, "at least one row"),
+        ({"image_features": torch.ones(4, 3, dtype=torch.long)}, TypeError, "image_features must be float"),
+        ({"text_features": torch.randn(4, 3, dtype=torch.float64)}, TypeError, "same dtype"),
+        ({"labels": torch.tensor([0, 1, 2])}, ValueError, "labels must have shape [4]"),
+        ({"labels": torch.zeros(4)}, TypeError, "labels must have an integer dtype"),
+        ({"labels": torch.zeros(4, dtype=torch.bool)}, TypeError, "labels must have an integer dtype"),
+        ({"labels": [0, 1, 2, 3]}, TypeError, "labels must be None or an integer torch.Tensor"),
+        ({"labels": torch.zeros(4, dtype=torch.long, device="meta")}, ValueError, "labels must be on"),
+        ({"logit_scale": 0.0}, ValueError, "logit_scale must be finite and > 0"),
+        ({"logit_scale": -2.0}, ValueError, "logit_scale must be finite and > 0"),
+        ({"logit_scale": math.inf}, ValueError, "logit_scale must be finite and > 0"),
+        ({"logit_scale": torch.tensor(math.nan)}, ValueError, "logit_scale must be finite and > 0"),
+        ({"logit_scale": torch.ones(2)}, ValueError, "logit_scale must be a scalar"),
+        ({"logit_scale": "10"}, TypeError, "logit_scale must be a float"),
+        ({"logit_scale": torch.tensor(3)}, TypeError, "logit_scale must be a floating-point tensor"),
+        ({"backend": "cuda"}, ValueError, "backend must be one of"),
+        ({"reduction": "avg"}, ValueError, "reduction must be one of"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be an int >= 1"),
+        ({"chunk_size": 2.5}, TypeError, "chunk_size must be an int"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error(kwargs, error, words):
+    arguments = {"image_features": GOOD[0], "text_features": GOOD[1], "labels": None, "logit_scale": 10.0}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=_literal(words)):
+        unicl_loss(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"backend": "fast"}, "backend must be one of"), ({"reduction": "max"}, "reduction must be one of")],
+)
+def test_module_refuses_bad_configuration(kwargs, words):
+    with pytest.raises(ValueError, match=_literal(words)):
+        UniCLLoss(**kwargs)
+
+
+def test_triton_backend_without_cuda_names_the_alternative():
+    with pytest.raises(RuntimeError, match='backend="chunked"'):
+        unicl_loss(*GOOD, backend="triton")
+
+
+def _literal(text: str) -> str:
+    import re
+
+    return re.escape(text)

@@ -1,0 +1,20 @@
+"""The README's Python snippets run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+def test_readme_snippet_runs(snippet):
+    exec(compile(snippet, str(README), "exec"), {})
+
+
+def test_readme_has_snippets():
+    assert SNIPPETS

@@ -1,0 +1,111 @@
+"""Argument checks shared across the package.
+
+Every check raises ``TypeError`` or ``ValueError`` with a message that names the argument and says what was expected.
+None of them reads a tensor's values from an accelerator, so they never add a host-device synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    options = tuple(choices)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in options)}; got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """Return ``value`` if it is an ``int`` of at least ``minimum`` (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}; got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value}")
+    return value
+
+
+def check_features(name: str, features: object) -> torch.Tensor:
+    """Check that ``features`` is a non-empty floating-point matrix ``[N, D]``."""
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [N, D]; got {type(features).__name__}")
+    if features.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [N, D]; got shape {tuple(features.shape)}")
+    if features.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {features.dtype}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column; got shape {tuple(features.shape)}")
+    return features
+
+
+def check_feature_pair(image_features: object, text_features: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check both feature matrices and that they agree in shape, dtype and device."""
+    image = check_features("image_features", image_features)
+    text = check_features("text_features", text_features)
+    if image.shape != text.shape:
+        raise ValueError(
+            "image_features and text_features must have the same shape [N, D]; "
+            f"got {tuple(image.shape)} and {tuple(text.shape)}"
+        )
+    if image.dtype != text.dtype:
+        raise TypeError(
+            f"image_features and text_features must have the same dtype; got {image.dtype} and {text.dtype}"
+        )
+    if image.device != text.device:
+        raise ValueError(
+            f"image_features and text_features must be on the same device; got {image.device} and {text.device}"
+        )
+    return image, text
+
+
+def check_labels(labels: object, num_samples: int, device: torch.device) -> torch.Tensor | None:
+    """Check that ``labels`` is ``None`` or an integer vector ``[N]`` on ``device``."""
+    if labels is None:
+        return None
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must have an integer dtype (e.g. torch.long); got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != num_samples:
+        raise ValueError(f"labels must have shape [{num_samples}] (one per sample); got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the features' device {device}; got {labels.device}")
+    return labels
+
+
+def check_logit_scale(logit_scale: object, device: torch.device) -> torch.Tensor | float:
+    """Check that ``logit_scale`` is a finite positive float or a one-element tensor.
+
+    A float or a tensor on the CPU is checked for finiteness and sign. A tensor on an accelerator is not
+    inspected, because reading its value would stall the stream; a non-positive or non-finite value there gives
+    a non-finite or meaningless loss instead of an error.
+    """
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must be a scalar (one element); got shape {tuple(logit_scale.shape)}")
+        if not logit_scale.is_floating_point():
+            raise TypeError(f"logit_scale must be a floating-point tensor; got {logit_scale.dtype}")
+        if logit_scale.device.type == "cpu":
+            _check_scale_value(float(logit_scale.detach()))
+        elif logit_scale.device != device:
+            raise ValueError(
+                f"logit_scale must be on the features' device {device} or the CPU; got {logit_scale.device}"
+            )
+        return logit_scale
+    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
+        raise TypeError(f"logit_scale must be a float or a one-element tensor; got {type(logit_scale).__name__}")
+    _check_scale_value(float(logit_scale))
+    return float(logit_scale)
+
+
+def _check_scale_value(value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"logit_scale must be finite and > 0; got {value}")

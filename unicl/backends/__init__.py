@@ -1,0 +1,90 @@
+"""Backends of the UniCL loss and the choice between them.
+
+* ``"dense"``: :func:`unicl.backends.dense.dense_terms`, the readable reference (holds ``N × N`` tensors).
+* ``"chunked"``: :class:`unicl.backends.chunked.ChunkedEngine` behind the shared autograd function; any device.
+* ``"triton"``: the fused kernels of :mod:`unicl.kernels`; CUDA, or the CPU under ``TRITON_INTERPRET=1``.
+* ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else ``"dense"`` for small blocks and ``"chunked"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unicl._checks import check_choice
+from unicl.backends.chunked import ChunkedEngine
+from unicl.backends.dense import dense_terms
+from unicl.backends.engine import SimilarityEngine
+from unicl.backends.function import UniCLTermsFunction
+
+BACKENDS = ("auto", "dense", "chunked", "triton")
+
+#: ``"auto"`` uses the dense backend up to this many entries of ``S``: below it the chunked walk saves no memory
+#: worth having and the dense graph has less Python overhead.
+AUTO_DENSE_MAX_ENTRIES = 256 * 256
+
+
+def resolve_backend(backend: str, device: torch.device, num_rows: int, num_cols: int) -> str:
+    """Check ``backend`` and turn ``"auto"`` into a concrete backend for this device and block size.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: ``"triton"`` asked for where it cannot run.
+    """
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        if device.type == "cuda" and _triton_status(device) is None:
+            return "triton"
+        return "dense" if num_rows * num_cols <= AUTO_DENSE_MAX_ENTRIES else "chunked"
+    if backend == "triton":
+        problem = _triton_status(device)
+        if problem is not None:
+            raise RuntimeError(f'backend="triton" cannot run here: {problem}. Use backend="chunked" instead.')
+    return backend
+
+
+def _triton_status(device: torch.device) -> str | None:
+    """``None`` if the Triton backend can run on ``device``, else why not."""
+    from unicl.kernels import triton_unavailable_reason
+
+    return triton_unavailable_reason(device)
+
+
+def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
+    """The engine of a concrete memory-efficient backend (``"chunked"`` or ``"triton"``)."""
+    if backend == "triton":
+        from unicl.kernels import TritonEngine
+
+        return TritonEngine()
+    return ChunkedEngine(chunk_size)
+
+
+def similarity_terms(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    scale: torch.Tensor,
+    row_keys: torch.Tensor,
+    col_keys: torch.Tensor,
+    *,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row and per-column UniCL terms of the block ``S = s·U Vᵀ`` with the chosen backend.
+
+    Args:
+        u: ``[M, D]`` row (image) features, already normalised if wanted.
+        v: ``[N, D]`` column (text) features, same dtype and device as ``u``.
+        scale: 0-dim logit scale ``s`` in the accumulation dtype.
+        row_keys: ``[M]`` target keys of the rows; col_keys: ``[N]`` of the columns (see
+            :func:`unicl.targets.target_keys`).
+        backend: one of :data:`BACKENDS`.
+        chunk_size: rows per block of the chunked backend (``None``: automatic).
+
+    Returns:
+        ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
+        down column ``j``), in float32 (float64 for float64 inputs).
+    """
+    concrete = resolve_backend(backend, u.device, u.shape[0], v.shape[0])
+    if concrete == "dense":
+        return dense_terms(u, v, scale, row_keys, col_keys)
+    engine = make_engine(concrete, chunk_size)
+    return UniCLTermsFunction.apply(u, v, scale, row_keys, col_keys, engine)

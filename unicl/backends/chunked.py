@@ -1,0 +1,80 @@
+"""Pure-PyTorch engine that walks ``S = s·U Vᵀ`` in blocks of rows.
+
+Runs on any torch device. Each block of ``B`` rows is computed from features upcast to the accumulation dtype
+(float32, or float64 for float64 inputs), so half-precision inputs lose nothing to a half-precision ``S``.
+
+Cost: forward recomputes nothing (one pass over ``S``, ``2N²D`` flops, two exponentials per entry); backward
+recomputes each block once and multiplies it with ``V`` and ``U`` (``6N²D`` flops). Extra memory is the upcast
+features (``O(N·D)``) plus about three ``B × N`` blocks, so ``O(N·(D + B))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unicl._checks import check_positive_int
+from unicl.backends.engine import accumulation_dtype
+
+#: Entries of ``S`` per block when ``chunk_size`` is not given: 2^23 float32 entries are 32 MiB a buffer, large
+#: enough for efficient matrix products and small enough that N = 65,536 stays well under 1 GB extra memory.
+DEFAULT_BLOCK_ENTRIES = 1 << 23
+
+
+class ChunkedEngine:
+    """Row-block walk of the similarity matrix (see the module docstring).
+
+    Args:
+        chunk_size: rows per block ``B``; ``None`` picks ``B`` so that a block holds about
+            :data:`DEFAULT_BLOCK_ENTRIES` entries.
+    """
+
+    def __init__(self, chunk_size: int | None = None) -> None:
+        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+
+    def _block_rows(self, num_rows: int, num_cols: int) -> int:
+        rows = self.chunk_size or max(1, DEFAULT_BLOCK_ENTRIES // num_cols)
+        return min(rows, num_rows)
+
+    def logsumexp(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        acc = accumulation_dtype(u.dtype)
+        v_acc = v.to(acc)
+        row_lse = torch.empty(u.shape[0], dtype=acc, device=u.device)
+        col_lse = torch.full((v.shape[0],), float("-inf"), dtype=acc, device=u.device)
+        block = self._block_rows(u.shape[0], v.shape[0])
+        for start in range(0, u.shape[0], block):
+            sim = torch.mm(u[start : start + block].to(acc), v_acc.T).mul_(scale)
+            row_lse[start : start + block] = torch.logsumexp(sim, dim=1)
+            col_lse = torch.logaddexp(col_lse, torch.logsumexp(sim, dim=0))
+        return row_lse, col_lse
+
+    def softmax_grad(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        scale: torch.Tensor,
+        row_lse: torch.Tensor,
+        col_lse: torch.Tensor,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``P V`` and ``Pᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        acc = accumulation_dtype(u.dtype)
+        u_acc, v_acc = u.to(acc), v.to(acc)
+        grad_u = torch.empty_like(u_acc)
+        grad_v = torch.zeros_like(v_acc)
+        block = self._block_rows(u.shape[0], v.shape[0])
+        for start in range(0, u.shape[0], block):
+            rows = slice(start, start + block)
+            sim = torch.mm(u_acc[rows], v_acc.T).mul_(scale)
+            col_part = None if col_weight is None else torch.sub(sim, col_lse).exp_().mul_(col_weight)
+            if row_weight is None:
+                weights = col_part
+            else:
+                # In place on ``sim``: it is not needed after this.
+                weights = sim.sub_(row_lse[rows, None]).exp_().mul_(row_weight[rows, None])
+                if col_part is not None:
+                    weights.add_(col_part)
+            grad_u[rows] = weights @ v_acc
+            grad_v.addmm_(weights.T, u_acc[rows])
+        return grad_u, grad_v

@@ -1,0 +1,187 @@
+"""The UniCL loss: the functional form and the ``nn.Module``.
+
+UniCL (Yang et al., CVPR 2022) puts image-label and image-text data in one image-text-label space: every sample has
+a label, samples that share a class label are positives of each other, and an image-text pair (negative label) is
+positive only with its own text. With ``S = s·U Vᵀ`` for L2-normalised features and targets
+``T_ij = [y_i = y_j ≥ 0] ∨ [i = j]``::
+
+    l_i2t[i] = logsumexp_j S_ij − Σ_j T_ij S_ij / Σ_j T_ij
+    l_t2i[j] = logsumexp_i S_ij − Σ_i T_ij S_ij / Σ_i T_ij
+    loss     = (mean_i l_i2t[i] + mean_j l_t2i[j]) / 2
+
+With ``labels=None`` every pair is unique and this is exactly the CLIP loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_positive_int
+from unicl.backends import BACKENDS, similarity_terms
+from unicl.backends.engine import accumulation_dtype
+from unicl.targets import target_keys
+
+REDUCTIONS = ("mean", "sum", "none")
+
+#: CLIP's initial temperature 0.07, as a logit scale.
+DEFAULT_LOGIT_SCALE = 1 / 0.07
+
+
+def unicl_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+    *,
+    backend: str = "auto",
+    reduction: str = "mean",
+    normalize: bool = True,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The bidirectional UniCL contrastive loss with label-aware positives.
+
+    Args:
+        image_features: ``[N, D]`` image embeddings (any float dtype).
+        text_features: ``[N, D]`` text embeddings, same shape, dtype and device.
+        labels: ``[N]`` integer labels or ``None``. Labels ``>= 0`` are classes (all samples of a class are positives
+            of each other); a negative label marks an image-text pair, positive only with its own text. ``None``
+            makes every pair unique (the CLIP loss).
+        logit_scale: the scale ``s > 0`` (inverse temperature), a float or a one-element tensor; gradients flow to it
+            when it requires grad (usually ``model.logit_scale.exp()``). A float or CPU tensor is checked to be
+            finite and positive; a tensor on an accelerator is not (that would stall the stream).
+        backend: ``"dense"`` (reference, holds ``N × N`` tensors), ``"chunked"`` (memory-efficient PyTorch, any
+            device), ``"triton"`` (fused CUDA kernels) or ``"auto"`` (the best available here).
+        reduction: ``"mean"``: ``(mean l_i2t + mean l_t2i)/2``; ``"sum"``: ``(Σ l_i2t + Σ l_t2i)/2``; ``"none"``:
+            the vector ``(l_i2t + l_t2i)/2`` of shape ``[N]``.
+        normalize: L2-normalise both feature sets first (set ``False`` if the model already does).
+        chunk_size: rows per block for the chunked backend; ``None`` chooses one from ``N``.
+
+    Returns:
+        A scalar (or ``[N]`` for ``reduction="none"``) in float32, or float64 for float64 inputs. NaN or Inf inside
+        the features propagate into the loss, as in torch's own losses.
+
+    Raises:
+        TypeError: a feature matrix, the labels or ``logit_scale`` of the wrong type or dtype.
+        ValueError: wrong shapes, an empty batch, mismatched devices, a non-positive or non-finite ``logit_scale``,
+            an unknown ``backend`` or ``reduction``.
+        RuntimeError: ``backend="triton"`` where it cannot run.
+
+    Example:
+        >>> import torch
+        >>> from unicl import unicl_loss
+        >>> images, texts = torch.randn(8, 32), torch.randn(8, 32)
+        >>> labels = torch.tensor([0, 0, 1, 1, -1, -1, 2, 2])
+        >>> loss = unicl_loss(images, texts, labels, logit_scale=10.0)
+        >>> loss.shape
+        torch.Size([])
+    """
+    image, text = check_feature_pair(image_features, text_features)
+    labels = check_labels(labels, image.shape[0], image.device)
+    scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKENDS)
+    check_positive_int("chunk_size", chunk_size, allow_none=True)
+    if normalize:
+        image, text = normalize_features(image), normalize_features(text)
+    keys = target_keys(labels, image.shape[0], image.device)
+    row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
+    return reduce_terms(row_terms, col_terms, reduction)
+
+
+def normalize_features(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows, computing the norm in the accumulation dtype and returning the input dtype.
+
+    Args:
+        features: ``[N, D]``.
+
+    Returns:
+        ``[N, D]`` unit rows, same dtype.
+    """
+    return F.normalize(features.to(accumulation_dtype(features.dtype)), dim=-1).to(features.dtype)
+
+
+def scale_tensor(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """``logit_scale`` as a 0-dim tensor in the accumulation dtype on ``like``'s device, keeping its graph."""
+    acc = accumulation_dtype(like.dtype)
+    if isinstance(logit_scale, torch.Tensor):
+        return logit_scale.to(device=like.device, dtype=acc).reshape(())
+    # torch.full launches a fill instead of copying a host value: no synchronisation on accelerators.
+    return torch.full((), logit_scale, dtype=acc, device=like.device)
+
+
+def reduce_terms(row_terms: torch.Tensor, col_terms: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Combine the image-to-text and text-to-image terms of a square batch.
+
+    Args:
+        row_terms: ``[N]`` ``l_i2t``.
+        col_terms: ``[N]`` ``l_t2i``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        A scalar, or ``[N]`` for ``"none"``.
+    """
+    if reduction == "mean":
+        return (row_terms.mean() + col_terms.mean()) / 2
+    if reduction == "sum":
+        return (row_terms.sum() + col_terms.sum()) / 2
+    return (row_terms + col_terms) / 2
+
+
+class UniCLLoss(nn.Module):
+    """The UniCL loss as a module; see :func:`unicl_loss` for the objective and the arguments.
+
+    ``forward`` takes the tensors by the names a UniCL model returns, so ``loss_fn(**model(images, ids), labels=y)``
+    works.
+
+    Args:
+        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        normalize: L2-normalise the features first.
+        chunk_size: rows per block for the chunked backend (``None``: automatic).
+
+    Example:
+        >>> import torch
+        >>> from unicl import UniCLLoss
+        >>> loss_fn = UniCLLoss(backend="chunked")
+        >>> out = {"image_features": torch.randn(4, 16), "text_features": torch.randn(4, 16),
+        ...        "logit_scale": torch.tensor(14.3)}
+        >>> loss_fn(**out, labels=torch.tensor([3, 3, -1, 5])).ndim
+        0
+    """
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        reduction: str = "mean",
+        normalize: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.normalize = normalize
+        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+    ) -> torch.Tensor:
+        """Loss of one batch; shapes as in :func:`unicl_loss`."""
+        return unicl_loss(
+            image_features,
+            text_features,
+            labels,
+            logit_scale,
+            backend=self.backend,
+            reduction=self.reduction,
+            normalize=self.normalize,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}"
