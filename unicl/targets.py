@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: Rows per step when weighting feature rows, which bounds the temporary to this many rows.
+SUM_BLOCK_ROWS = 1024
+
 
 def target_keys(labels: torch.Tensor | None, num_samples: int, device: torch.device, offset: int = 0) -> torch.Tensor:
     """Turn labels into target keys so that two samples are positives exactly when their keys are equal.
@@ -33,67 +36,96 @@ def target_keys(labels: torch.Tensor | None, num_samples: int, device: torch.dev
     return torch.where(labels >= 0, labels, pair_keys)
 
 
-@dataclass(frozen=True)
-class PositiveGroups:
-    """Which rows and columns share a target key, as group ids into one buffer of ``M + N`` groups.
+def _group_ids(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort ``keys`` and number the distinct values: returns ``(sorted_keys, order, group)`` with ``group [L]`` the
+    group id (in ``[0, L)``) of each key in its original position."""
+    sorted_keys, order = torch.sort(keys)
+    starts = torch.ones_like(sorted_keys)
+    starts[1:] = (sorted_keys[1:] != sorted_keys[:-1]).long()
+    group = torch.empty_like(order)
+    group[order] = torch.cumsum(starts, 0) - 1
+    return sorted_keys, order, group
 
-    Built by sorting the keys, so it needs no host-device synchronisation (unlike ``torch.unique``, whose output
-    size depends on the data).
+
+def _lookup(queries: torch.Tensor, sorted_keys: torch.Tensor, order: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Group id of each query key among the grouped keys, or ``len(keys)`` (an always-empty group) if absent."""
+    position = torch.searchsorted(sorted_keys, queries).clamp_(max=sorted_keys.shape[0] - 1)
+    found = sorted_keys[position] == queries
+    return torch.where(found, group[order[position]], sorted_keys.shape[0])
+
+
+@dataclass(frozen=True)
+class KeyGroups:
+    """Keys of one side (say the columns) grouped, and where each key of the other side falls among them.
+
+    A group buffer has ``L + 1`` slots for ``L`` grouped keys: one per distinct key at most, and a last slot that
+    stays empty for the keys of the other side that have no match.
 
     Attributes:
-        row_group: ``[M]`` group id of each row key.
-        col_group: ``[N]`` group id of each column key.
-        row_count: ``[M]`` float ``p_i``, the number of columns that are positives of row ``i``.
-        col_count: ``[N]`` float ``q_j``, the number of rows that are positives of column ``j``.
+        own: ``[L]`` group id of each grouped key.
+        other: ``[K]`` group id of each key of the other side (``L`` when it has no match).
+        counts_for_other: ``[K]`` how many grouped keys equal each key of the other side.
     """
 
-    row_group: torch.Tensor
-    col_group: torch.Tensor
-    row_count: torch.Tensor
-    col_count: torch.Tensor
+    own: torch.Tensor
+    other: torch.Tensor
+    counts_for_other: torch.Tensor
+
+    @classmethod
+    def build(cls, keys: torch.Tensor, other_keys: torch.Tensor, dtype: torch.dtype) -> KeyGroups:
+        """Group ``keys [L]`` and look up ``other_keys [K]``; counts come out in ``dtype``."""
+        sorted_keys, order, group = _group_ids(keys)
+        other = _lookup(other_keys, sorted_keys, order, group)
+        sizes = torch.zeros(keys.shape[0] + 1, dtype=dtype, device=keys.device)
+        sizes.index_add_(0, group, torch.ones(keys.shape[0], dtype=dtype, device=keys.device))
+        return cls(group, other, sizes[other])
+
+    def sums(self, values: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-group sums of ``weight[l] * values[l]`` over the grouped side.
+
+        Args:
+            values: ``[L, D]``.
+            weight: ``[L]`` or ``None`` (all ones).
+
+        Returns:
+            ``[L + 1, D]``; row ``other[k]`` is the sum over the grouped keys equal to key ``k`` of the other side.
+        """
+        buffer = values.new_zeros(values.shape[0] + 1, values.shape[1])
+        if weight is None:
+            return buffer.index_add_(0, self.own, values)
+        # Weighted in row blocks so that no second [L, D] tensor is held.
+        for start in range(0, values.shape[0], SUM_BLOCK_ROWS):
+            rows = slice(start, start + SUM_BLOCK_ROWS)
+            buffer.index_add_(0, self.own[rows], values[rows] * weight[rows, None])
+        return buffer
+
+
+@dataclass(frozen=True)
+class PositiveGroups:
+    """Positive sets of a block with ``M`` row keys and ``N`` column keys, without any ``M × N`` tensor.
+
+    Built by sorting and binary search, so it needs no host-device synchronisation (unlike ``torch.unique``, whose
+    output size depends on the data).
+
+    Attributes:
+        by_column: columns grouped; ``by_column.other`` places the rows, ``by_column.counts_for_other`` is ``p [M]``.
+        by_row: rows grouped; ``by_row.other`` places the columns, ``by_row.counts_for_other`` is ``q [N]``.
+    """
+
+    by_column: KeyGroups
+    by_row: KeyGroups
 
     @classmethod
     def from_keys(cls, row_keys: torch.Tensor, col_keys: torch.Tensor, dtype: torch.dtype) -> PositiveGroups:
-        """Group the keys of ``M`` rows and ``N`` columns; counts come out in ``dtype``."""
-        keys = torch.cat([row_keys, col_keys])
-        sorted_keys, order = torch.sort(keys)
-        starts = torch.ones_like(sorted_keys, dtype=torch.long)
-        starts[1:] = (sorted_keys[1:] != sorted_keys[:-1]).long()
-        group = torch.empty_like(order)
-        group[order] = torch.cumsum(starts, 0) - 1
-        num_rows = row_keys.shape[0]
-        row_group, col_group = group[:num_rows], group[num_rows:]
-        ones_rows = torch.ones(num_rows, dtype=dtype, device=keys.device)
-        ones_cols = torch.ones(col_keys.shape[0], dtype=dtype, device=keys.device)
-        per_group_cols = torch.zeros(keys.shape[0], dtype=dtype, device=keys.device).index_add_(0, col_group, ones_cols)
-        per_group_rows = torch.zeros(keys.shape[0], dtype=dtype, device=keys.device).index_add_(0, row_group, ones_rows)
-        return cls(row_group, col_group, per_group_cols[row_group], per_group_rows[col_group])
+        """Group ``row_keys [M]`` and ``col_keys [N]``; counts come out in ``dtype``."""
+        return cls(KeyGroups.build(col_keys, row_keys, dtype), KeyGroups.build(row_keys, col_keys, dtype))
 
     @property
-    def num_groups(self) -> int:
-        """Size of the group buffer, ``M + N`` (an upper bound on the number of distinct keys)."""
-        return self.row_group.shape[0] + self.col_group.shape[0]
+    def row_count(self) -> torch.Tensor:
+        """``[M]`` ``p_i``: the number of columns positive with row ``i``."""
+        return self.by_column.counts_for_other
 
-    def column_sums_for_rows(self, column_values: torch.Tensor) -> torch.Tensor:
-        """For each row ``i``, the sum of ``column_values[j]`` over the columns positive with it.
-
-        Args:
-            column_values: ``[N, D]``.
-
-        Returns:
-            ``[M, D]``: ``Σ_{j : key_j = key_i} column_values[j]``.
-        """
-        buffer = column_values.new_zeros(self.num_groups, column_values.shape[1])
-        return buffer.index_add_(0, self.col_group, column_values)[self.row_group]
-
-    def row_sums_for_columns(self, row_values: torch.Tensor) -> torch.Tensor:
-        """For each column ``j``, the sum of ``row_values[i]`` over the rows positive with it.
-
-        Args:
-            row_values: ``[M, D]``.
-
-        Returns:
-            ``[N, D]``: ``Σ_{i : key_i = key_j} row_values[i]``.
-        """
-        buffer = row_values.new_zeros(self.num_groups, row_values.shape[1])
-        return buffer.index_add_(0, self.row_group, row_values)[self.col_group]
+    @property
+    def col_count(self) -> torch.Tensor:
+        """``[N]`` ``q_j``: the number of rows positive with column ``j``."""
+        return self.by_row.counts_for_other

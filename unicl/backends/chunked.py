@@ -15,9 +15,9 @@ import torch
 from unicl._checks import check_positive_int
 from unicl.backends.engine import accumulation_dtype
 
-#: Entries of ``S`` per block when ``chunk_size`` is not given: 2^23 float32 entries are 32 MiB a buffer, large
+#: Entries of ``S`` per block when ``chunk_size`` is not given: 2^20 float32 entries are 4 MiB a buffer, large
 #: enough for efficient matrix products and small enough that N = 65,536 stays well under 1 GB extra memory.
-DEFAULT_BLOCK_ENTRIES = 1 << 23
+DEFAULT_BLOCK_ENTRIES = 1 << 20
 
 
 class ChunkedEngine:

@@ -18,6 +18,31 @@ import torch
 from unicl.backends.engine import SimilarityEngine, accumulation_dtype
 from unicl.targets import PositiveGroups
 
+#: Rows per step of the ``O(N·D)`` gathers, which bounds their temporaries to this many feature rows.
+GATHER_ROWS = 1024
+
+
+def _gathered_dot(x: torch.Tensor, sums: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[k] = ⟨x[k], sums[index[k]]⟩`` for ``x [K, D]``, ``sums [G, D]``, ``index [K]``; returns ``[K]``."""
+    out = x.new_empty(x.shape[0])
+    for start in range(0, x.shape[0], GATHER_ROWS):
+        rows = slice(start, start + GATHER_ROWS)
+        out[rows] = (x[rows] * sums.index_select(0, index[rows])).sum(1)
+    return out
+
+
+def _subtract_gathered(
+    target: torch.Tensor, sums: torch.Tensor, index: torch.Tensor, weight: torch.Tensor | None = None
+) -> None:
+    """In place: ``target[k] -= weight[k] * sums[index[k]]`` (``weight`` ``None`` means 1)."""
+    for start in range(0, target.shape[0], GATHER_ROWS):
+        rows = slice(start, start + GATHER_ROWS)
+        gathered = sums.index_select(0, index[rows])
+        if weight is None:
+            target[rows] -= gathered
+        else:
+            target[rows] -= gathered * weight[rows, None]
+
 
 class UniCLTermsFunction(torch.autograd.Function):
     """Per-row and per-column UniCL terms of a (possibly rectangular) block ``S = s·U Vᵀ``."""
@@ -36,36 +61,39 @@ class UniCLTermsFunction(torch.autograd.Function):
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
         row_lse, col_lse = engine.logsumexp(u, v, scale)
         u_acc, v_acc = u.to(acc), v.to(acc)
-        row_positive = (u_acc * groups.column_sums_for_rows(v_acc)).sum(1) / groups.row_count
-        col_positive = (v_acc * groups.row_sums_for_columns(u_acc)).sum(1) / groups.col_count
+        row_positive = _gathered_dot(u_acc, groups.by_column.sums(v_acc), groups.by_column.other)
+        col_positive = _gathered_dot(v_acc, groups.by_row.sums(u_acc), groups.by_row.other)
         ctx.engine = engine
         ctx.save_for_backward(u, v, scale, row_keys, col_keys, row_lse, col_lse)
         ctx.set_materialize_grads(False)
-        return row_lse - scale * row_positive, col_lse - scale * col_positive
+        return (
+            row_lse - scale * row_positive / groups.row_count,
+            col_lse - scale * col_positive / groups.col_count,
+        )
 
     @staticmethod
     def backward(
         ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         u, v, scale, row_keys, col_keys, row_lse, col_lse = ctx.saved_tensors
-        acc = accumulation_dtype(u.dtype)
-        row_grad = None if row_grad is None else row_grad.to(acc)
-        col_grad = None if col_grad is None else col_grad.to(acc)
         if row_grad is None and col_grad is None:
             return None, None, None, None, None, None
+        acc = accumulation_dtype(u.dtype)
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
         u_acc, v_acc = u.to(acc), v.to(acc)
+        row_weight = None if row_grad is None else row_grad.to(acc) / groups.row_count
+        col_weight = None if col_grad is None else col_grad.to(acc) / groups.col_count
         # g_u = G V and g_v = Gᵀ U, with G = ∂L/∂S: the softmax part from the engine, the target part per key.
         g_u, g_v = ctx.engine.softmax_grad(u, v, scale, row_lse, col_lse, row_grad, col_grad)
-        if row_grad is not None:
-            row_weight = (row_grad / groups.row_count).unsqueeze(1)
-            g_u = g_u - row_weight * groups.column_sums_for_rows(v_acc)
-            g_v = g_v - groups.row_sums_for_columns(row_weight * u_acc)
-        if col_grad is not None:
-            col_weight = (col_grad / groups.col_count).unsqueeze(1)
-            g_v = g_v - col_weight * groups.row_sums_for_columns(u_acc)
-            g_u = g_u - groups.column_sums_for_rows(col_weight * v_acc)
-        grad_scale = (u_acc * g_u).sum() if ctx.needs_input_grad[2] else None
-        grad_u = (scale * g_u).to(u.dtype) if ctx.needs_input_grad[0] else None
-        grad_v = (scale * g_v).to(v.dtype) if ctx.needs_input_grad[1] else None
+        # Row i loses (g^r_i/p_i)·Σ_{j∈P(i)} v_j and Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it.
+        by_column, by_row = groups.by_column, groups.by_row
+        if row_weight is not None:
+            _subtract_gathered(g_u, by_column.sums(v_acc), by_column.other, row_weight)
+            _subtract_gathered(g_v, by_row.sums(u_acc, row_weight), by_row.other)
+        if col_weight is not None:
+            _subtract_gathered(g_v, by_row.sums(u_acc), by_row.other, col_weight)
+            _subtract_gathered(g_u, by_column.sums(v_acc, col_weight), by_column.other)
+        grad_scale = torch.dot(u_acc.reshape(-1), g_u.reshape(-1)) if ctx.needs_input_grad[2] else None
+        grad_u = g_u.mul_(scale).to(u.dtype) if ctx.needs_input_grad[0] else None
+        grad_v = g_v.mul_(scale).to(v.dtype) if ctx.needs_input_grad[1] else None
         return grad_u, grad_v, grad_scale, None, None, None

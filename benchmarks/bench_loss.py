@@ -1,0 +1,380 @@
+"""Benchmark UniCL loss implementations side by side: time, peak extra memory and throughput against N.
+
+Every provider runs on the same inputs in one process tree. Before any timing, each provider's value is compared
+with unicl's dense backend on a small batch (the correctness gate). Timing is the median over repeats after a
+warm-up (``triton.testing.do_bench`` on CUDA, ``time.perf_counter`` on the CPU). Peak extra memory is the CUDA
+allocator's peak above the inputs on GPU; on the CPU each measurement runs in a forked child whose peak resident
+set above the inputs is read from ``/proc`` (and whose address space is capped, so running out of memory is
+recorded as ``OOM`` instead of crashing the machine). Throughput counts ``8·N²·D`` flops for forward+backward and
+``2·N²·D`` for forward only.
+
+Examples:
+    python benchmarks/bench_loss.py --quick --out benchmarks/results/cpu
+    python benchmarks/bench_loss.py --device cuda --n 1024 4096 16384 65536 --dtype bfloat16 --out results/h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plot_loss import plot_results
+from providers import PROVIDERS, Provider
+
+import unicl
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+PASSES = ("forward", "forward+backward")
+#: Dense bf16 peaks (TFLOP/s) used for the "fraction of peak" column: the H200 figure is the one measured for large
+#: bf16 matmuls in shared/design/objective.md; others are vendor dense figures.
+PEAK_TFLOPS = {"H200": {"bfloat16": 790.0, "float16": 790.0}, "H100": {"bfloat16": 989.0, "float16": 989.0}}
+GATE_N = 64
+
+
+@dataclass
+class Row:
+    """One measurement in the long-format CSV."""
+
+    date: str
+    device: str
+    torch: str
+    triton: str
+    unicl: str
+    provider: str
+    n: int
+    d: int
+    dtype: str
+    labels: str
+    pass_: str
+    status: str
+    time_ms: float = math.nan
+    time_ms_q20: float = math.nan
+    time_ms_q80: float = math.nan
+    extra_memory_mb: float = math.nan
+    tflops: float = math.nan
+    peak_fraction: float = math.nan
+    note: str = ""
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the device: the GPU's name, or the CPU model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, labels: str, seed: int = 0):
+    """Random features and labels: ``"unique"`` (every pair unique) or ``"mixed"`` (half classes, half pairs)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    image = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+    text = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+    if labels == "unique":
+        y = torch.full((n,), -1, dtype=torch.long)
+    else:
+        y = torch.randint(0, max(1, n // 8), (n,), generator=generator)
+        y[torch.rand(n, generator=generator) < 0.5] = -1
+    return image, text, y.to(device)
+
+
+def run_once(loss_fn, image, text, labels, scale: float, with_backward: bool) -> None:
+    loss = loss_fn(image, text, labels, scale)
+    if with_backward:
+        image.grad = text.grad = None
+        loss.backward()
+
+
+def measure_cuda(loss_fn, image, text, labels, scale, with_backward, repeats):
+    import triton.testing
+
+    torch.cuda.synchronize()
+    run_once(loss_fn, image, text, labels, scale, with_backward)
+    image.grad = text.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    run_once(loss_fn, image, text, labels, scale, with_backward)
+    torch.cuda.synchronize()
+    extra = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    times = triton.testing.do_bench(
+        lambda: run_once(loss_fn, image, text, labels, scale, with_backward),
+        warmup=25,
+        rep=max(100, 20 * repeats),
+        quantiles=[0.5, 0.2, 0.8],
+    )
+    return list(times), extra
+
+
+def _resident_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def measure_cpu(loss_fn, image, text, labels, scale, with_backward, repeats):
+    """Peak resident memory above the inputs during one run, then ``repeats`` timed runs after it."""
+    baseline = _resident_mb("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current resident set
+    run_once(loss_fn, image, text, labels, scale, with_backward)
+    extra = _resident_mb("VmHWM:") - baseline
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_once(loss_fn, image, text, labels, scale, with_backward)
+        times.append((time.perf_counter() - start) * 1e3)
+    quantiles = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return [statistics.median(times), quantiles[0], quantiles[3]], extra
+
+
+def _measure(provider: Provider, n, d, dtype, device, labels, with_backward, repeats, scale):
+    """Build the inputs and measure; returns ``(status, [median, q20, q80] ms, extra MB)``."""
+    try:
+        loss_fn = provider.make()
+        image, text, y = make_inputs(n, d, dtype, device, labels)
+        if device.type == "cuda":
+            times, extra = measure_cuda(loss_fn, image, text, y, scale, with_backward, repeats)
+        else:
+            times, extra = measure_cpu(loss_fn, image, text, y, scale, with_backward, repeats)
+        return "ok", times, extra
+    except torch.OutOfMemoryError:
+        return "OOM", [math.nan] * 3, math.nan
+    except RuntimeError as error:
+        if "allocate" in str(error) or "out of memory" in str(error):
+            return "OOM", [math.nan] * 3, math.nan
+        return f"error: {str(error).splitlines()[0][:120]}", [math.nan] * 3, math.nan
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _child(connection, memory_cap_bytes, *args) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_cap_bytes, memory_cap_bytes))
+    connection.send(_measure(*args))
+    connection.close()
+
+
+def measure_in_child(*args):
+    """Run :func:`_measure` in a forked child with its address space capped near the free memory."""
+    available = _meminfo_bytes("MemAvailable:")
+    current = _resident_mb("VmSize:") * 2**20
+    cap = int(current + 0.85 * available)
+    context = _child_context()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, cap, *args))
+    process.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = (
+            "OOM" if process.exitcode in (None, -9) else f"error: child exit {process.exitcode}",
+            [math.nan] * 3,
+            math.nan,
+        )
+    process.join()
+    return result
+
+
+def _child_context():
+    """A fork server that imported torch but never ran an op: forking a process whose OpenMP pool is running
+    deadlocks, and spawning a fresh interpreter per measurement would cost seconds each."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "unicl", "providers"])
+    return context
+
+
+def _meminfo_bytes(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/meminfo")
+
+
+def correctness_gate(providers, device, dtype, labels_kinds, scale) -> dict[tuple[str, str], str]:
+    """Compare every provider's value with unicl's dense backend on a small batch; returns a note per pair."""
+    tolerance = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    verdicts = {}
+    reference_fn = PROVIDERS["unicl-dense"].make()
+    for labels in labels_kinds:
+        image, text, y = make_inputs(GATE_N, 64, dtype, device, labels, seed=1)
+        reference = float(reference_fn(image, text, y, scale))
+        for provider in providers:
+            if provider.unique_labels_only and labels != "unique":
+                continue
+            try:
+                value = float(provider.make()(image, text, y, scale))
+            except Exception as error:
+                verdicts[provider.name, labels] = f"gate error: {type(error).__name__}: {error}"[:160]
+                continue
+            relative = abs(value - reference) / max(abs(reference), 1e-12)
+            agrees = relative <= tolerance
+            if provider.same_objective and not agrees:
+                raise SystemExit(f"correctness gate: {provider.name} gives {value:.6g}, dense gives {reference:.6g}")
+            verdicts[provider.name, labels] = (
+                f"matches dense (rel. diff {relative:.1e})"
+                if agrees
+                else f"differs from dense by {relative:.1e} (different objective)"
+            )
+    return verdicts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small CPU sweep, under 2 minutes")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"), help="folder for CSV and PNG")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n", type=int, nargs="+", help="batch sizes (default: powers of two)")
+    parser.add_argument("--d", type=int, nargs="+", default=[512], help="feature dimensions")
+    parser.add_argument("--dtype", nargs="+", default=None, choices=sorted(DTYPES))
+    parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    parser.add_argument("--labels", nargs="+", default=["mixed", "unique"], choices=["mixed", "unique"])
+    parser.add_argument("--providers", nargs="+", default=None, choices=sorted(PROVIDERS))
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats on the CPU after a warm-up run")
+    parser.add_argument("--scale", type=float, default=1 / 0.07, help="logit scale")
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[Provider], list[int], list[str]]:
+    """Providers, batch sizes and dtypes for this run, filled in from ``--quick`` and the device."""
+    if args.providers:
+        providers = [PROVIDERS[name] for name in args.providers]
+    elif device.type == "cuda":
+        providers = list(PROVIDERS.values())
+    else:
+        # torch.compile on the CPU spends minutes in the C++ compiler; ask for it by name.
+        providers = [p for p in PROVIDERS.values() if not p.gpu_only and p.name != "torch-compile-dense"]
+    providers = [p for p in providers if device.type == "cuda" or not p.gpu_only]
+    if args.n:
+        sizes = args.n
+    elif args.quick:
+        sizes = [256, 1024, 4096]
+    else:
+        sizes = [2**k for k in range(10, 21 if device.type == "cuda" else 17)]
+    dtypes = args.dtype or (["bfloat16"] if device.type == "cuda" else ["float32"])
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+    return providers, sizes, dtypes
+
+
+def main(argv=None) -> list[Row]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    providers, sizes, dtypes = plan(args, device)
+    name = device_name(device)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    common = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "unicl": unicl.__version__,
+    }
+    peak = next((peaks for key, peaks in PEAK_TFLOPS.items() if key in name), {})
+    rows: list[Row] = []
+    skipped_oom: set[tuple] = set()
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        verdicts = correctness_gate(providers, device, dtype, args.labels, args.scale)
+        jobs = [
+            (provider, labels, n, d, pass_)
+            for provider in providers
+            for labels in args.labels
+            if not (provider.unique_labels_only and labels != "unique")
+            for d in args.d
+            for pass_ in args.passes
+            for n in sizes
+        ]
+        for provider, labels, n, d, pass_ in tqdm(jobs, desc=f"bench {dtype_name}", file=sys.stderr):
+            key = (provider.name, labels, d, pass_)
+            note = "; ".join(x for x in (provider.note, verdicts.get((provider.name, labels), "")) if x)
+            row = Row(
+                **common,
+                provider=provider.name,
+                n=n,
+                d=d,
+                dtype=dtype_name,
+                labels=labels,
+                pass_=pass_,
+                status="OOM",
+                note=note,
+            )
+            if key not in skipped_oom:  # a larger N than one that ran out of memory is not tried
+                with_backward = pass_ == "forward+backward"
+                measure = _measure if device.type == "cuda" else measure_in_child
+                args_ = (provider, n, d, dtype, device, labels, with_backward, args.repeats, args.scale)
+                row.status, (row.time_ms, row.time_ms_q20, row.time_ms_q80), row.extra_memory_mb = measure(*args_)
+            if row.status == "OOM":
+                skipped_oom.add(key)
+            elif row.status == "ok":
+                flops = (8 if pass_ == "forward+backward" else 2) * n * n * d
+                row.tflops = flops / (row.time_ms * 1e-3) / 1e12
+                if dtype_name in peak:
+                    row.peak_fraction = row.tflops / peak[dtype_name]
+            rows.append(row)
+    write_outputs(rows, args.out)
+    return rows
+
+
+def write_outputs(rows: list[Row], out: Path) -> None:
+    """Print the table, append to ``bench_loss.csv`` in ``out`` and draw the plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    print(format_table(rows))
+    csv_path = out / "bench_loss.csv"
+    names = [f.name for f in fields(Row)]
+    new_file = not csv_path.exists()
+    with csv_path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        if new_file:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    for path in plot_results(csv_path, out):
+        print(f"wrote {path}")
+    print(f"wrote {csv_path}")
+
+
+def format_table(rows: list[Row]) -> str:
+    header = (
+        f"{'provider':<22}{'labels':<8}{'N':>8}{'D':>6} {'dtype':<9}{'pass':<17}"
+        f"{'time ms':>10}{'extra MB':>10}{'TFLOP/s':>9}  status"
+    )
+    lines = [f"device: {rows[0].device}; torch {rows[0].torch}, triton {rows[0].triton}" if rows else "", header]
+    for r in rows:
+        lines.append(
+            f"{r.provider:<22}{r.labels:<8}{r.n:>8}{r.d:>6} {r.dtype:<9}{r.pass_:<17}{r.time_ms:>10.2f}"
+            f"{r.extra_memory_mb:>10.1f}{r.tflops:>9.3f}  {r.status}"
+        )
+    notes = sorted({f"{r.provider} ({r.labels} labels): {r.note}" for r in rows if r.note})
+    return "\n".join([*lines, "", "notes:", *notes])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Loss implementations the benchmark compares, each behind one small adapter.
+
+Every provider takes ``(image [N, D], text [N, D], labels [N], scale)`` with raw (unnormalised) features and
+returns a scalar loss, so all of them pay for the same normalisation and are timed on the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from unicl import unicl_loss
+from unicl.targets import target_keys
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One loss implementation.
+
+    Attributes:
+        name: the name in tables, CSV and plots.
+        make: builds the loss function; raises ``ImportError`` when its package is missing.
+        unique_labels_only: it knows no labels (CLIP-style); run only with all-unique labels.
+        gpu_only: it runs only on CUDA.
+        same_objective: it computes the UniCL value itself, so the correctness gate applies.
+        note: what a reader must know about it.
+    """
+
+    name: str
+    make: Callable[[], LossFn]
+    unique_labels_only: bool = False
+    gpu_only: bool = False
+    same_objective: bool = True
+    note: str = ""
+
+
+def _unicl(backend: str) -> LossFn:
+    return functools.partial(unicl_loss, backend=backend)
+
+
+def _compiled_dense() -> LossFn:
+    return torch.compile(functools.partial(unicl_loss, backend="dense"))
+
+
+def _open_clip() -> LossFn:
+    from open_clip.loss import ClipLoss
+
+    clip_loss = ClipLoss()
+
+    def loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        return clip_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), scale)
+
+    return loss
+
+
+def _inf_cl() -> LossFn:
+    from inf_cl import cal_inf_loss
+
+    def loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        return (cal_inf_loss(image, text, scale=scale).mean() + cal_inf_loss(text, image, scale=scale).mean()) / 2
+
+    return loss
+
+
+def _supcon() -> LossFn:
+    from pytorch_metric_learning.losses import SupConLoss
+
+    def loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        supcon = SupConLoss(temperature=1.0 / scale)
+        keys = target_keys(labels, labels.shape[0], labels.device)
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        return (
+            supcon(image, keys, ref_emb=text, ref_labels=keys) + supcon(text, keys, ref_emb=image, ref_labels=keys)
+        ) / 2
+
+    return loss
+
+
+PROVIDERS: dict[str, Provider] = {
+    provider.name: provider
+    for provider in [
+        Provider("unicl-dense", functools.partial(_unicl, "dense")),
+        Provider("unicl-chunked", functools.partial(_unicl, "chunked")),
+        Provider("unicl-triton", functools.partial(_unicl, "triton"), gpu_only=True),
+        Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
+        Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
+        Provider("inf-cl", _inf_cl, unique_labels_only=True, gpu_only=True, note="cal_inf_loss in both directions"),
+        Provider(
+            "pml-SupConLoss",
+            _supcon,
+            same_objective=False,
+            note="pytorch-metric-learning SupConLoss image->text and text->image; SupCon's objective, "
+            "which may differ slightly from UniCL's (checked against it, not gated)",
+        ),
+    ]
+}
