@@ -15,6 +15,7 @@ from unicl.backends.chunked import ChunkedEngine
 from unicl.backends.dense import dense_terms
 from unicl.backends.engine import SimilarityEngine
 from unicl.backends.function import UniCLTermsFunction
+from unicl.kernels import triton_engine, triton_unavailable_reason
 
 BACKENDS = ("auto", "dense", "chunked", "triton")
 
@@ -23,7 +24,7 @@ BACKENDS = ("auto", "dense", "chunked", "triton")
 AUTO_DENSE_MAX_ENTRIES = 256 * 256
 
 
-def resolve_backend(backend: str, device: torch.device, num_rows: int, num_cols: int) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_rows: int, num_cols: int) -> str:
     """Check ``backend`` and turn ``"auto"`` into a concrete backend for this device and block size.
 
     Raises:
@@ -32,30 +33,19 @@ def resolve_backend(backend: str, device: torch.device, num_rows: int, num_cols:
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        if device.type == "cuda" and _triton_status(device) is None:
+        if device.type == "cuda" and triton_unavailable_reason(device, dtype) is None:
             return "triton"
         return "dense" if num_rows * num_cols <= AUTO_DENSE_MAX_ENTRIES else "chunked"
     if backend == "triton":
-        problem = _triton_status(device)
+        problem = triton_unavailable_reason(device, dtype)
         if problem is not None:
             raise RuntimeError(f'backend="triton" cannot run here: {problem}. Use backend="chunked" instead.')
     return backend
 
 
-def _triton_status(device: torch.device) -> str | None:
-    """``None`` if the Triton backend can run on ``device``, else why not."""
-    from unicl.kernels import triton_unavailable_reason
-
-    return triton_unavailable_reason(device)
-
-
 def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
     """The engine of a concrete memory-efficient backend (``"chunked"`` or ``"triton"``)."""
-    if backend == "triton":
-        from unicl.kernels import TritonEngine
-
-        return TritonEngine()
-    return ChunkedEngine(chunk_size)
+    return triton_engine() if backend == "triton" else ChunkedEngine(chunk_size)
 
 
 def similarity_terms(
@@ -83,7 +73,7 @@ def similarity_terms(
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
         down column ``j``), in float32 (float64 for float64 inputs).
     """
-    concrete = resolve_backend(backend, u.device, u.shape[0], v.shape[0])
+    concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
     if concrete == "dense":
         return dense_terms(u, v, scale, row_keys, col_keys)
     engine = make_engine(concrete, chunk_size)

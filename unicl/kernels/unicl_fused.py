@@ -1,0 +1,367 @@
+"""Fused Triton kernels for the UniCL loss: ``S = s·U Vᵀ`` tiles in SRAM, never an ``N × N`` tensor in memory.
+
+Design
+------
+The loss needs only two ``N²`` reductions, the row and column log-sum-exp of ``S`` (``r``, ``c``), and its gradient
+only the softmax part of ``G = ∂L/∂S`` multiplied with the features. Everything involving the targets is ``O(N·D)``
+(per-key sums, :mod:`unicl.backends.function`), so the kernels never compare labels at all.
+
+Both directions use one pair of kernels, because the column problem of ``S`` is the row problem of ``Sᵀ = s·V Uᵀ``:
+
+* ``_row_lse_kernel(Q, K)``: a program owns ``BLOCK_M`` rows of ``Q``, walks every ``BLOCK_N`` tile of ``K``
+  (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K`` steps, fp32), and keeps an online (running-max) log-sum-exp in
+  registers, in base 2 with ``log2(e)`` folded into the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
+* ``_row_softmax_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
+  each ``S`` tile and accumulates ``P K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``. Backward
+  launches it on ``(U, V)`` for ``G V`` and on ``(V, U)`` for ``Gᵀ U`` (``P`` is symmetric in the roles).
+
+Cost, in units of ``F = 2N²D``: forward 2F (one ``S`` per direction), backward 4F when ``D <= BLOCK_D`` (each launch
+recomputes ``S`` and multiplies ``P`` by a feature block), ``2F·(1 + ⌈D/BLOCK_D⌉)`` otherwise. The minimum is 4F
+(one forward pass for ``r`` and ``c`` together, one backward pass with ``dV`` accumulated across programs). Both
+savings need cross-program reductions: atomics (non-deterministic, and unsafe for a log-sum-exp without a
+per-column running max) or ``O(N²/BLOCK)`` partial buffers (64 GB at N = 2^20). This first version takes the
+deterministic 6F design: no atomics, results identical run to run, and the same code for both directions. Which
+one-pass variant pays on Hopper is to be decided by measurement (``benchmarks/gpu_check.sh``); none was possible
+when this was written (no GPU).
+
+Precision: bf16/fp16 tiles use tensor cores (wgmma on sm_90) with fp32 accumulation; ``P`` is rounded to the input
+dtype for the ``P K`` product, as in flash-attention's backward. fp32 inputs use exact fp32 products unless
+``torch.backends.cuda.matmul.allow_tf32`` is on, in which case TF32 is used (opt-in, as in torch's own matmul).
+All statistics are fp32. Extra memory: ``r``, ``c`` (``2N`` floats) and the fp32 outputs, ``O(N·D)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _similarity_tile(
+    q_ptr, k_ptr, row_start, col_start, M, N, D, stride_q, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """``Q[row_start:+BLOCK_M] · K[col_start:+BLOCK_N]ᵀ`` as a ``[BLOCK_M, BLOCK_N]`` fp32 tile, summed over ``D``."""
+    # Block pointers keep one base address per tile instead of one 64-bit pointer per element: the element-pointer
+    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump, 2026-11).
+    q_block = tl.make_block_ptr(q_ptr, (M, D), (stride_q, 1), (row_start, 0), (BLOCK_M, BLOCK_K), (1, 0))
+    k_block = tl.make_block_ptr(k_ptr, (D, N), (1, stride_k), (0, col_start), (BLOCK_K, BLOCK_N), (0, 1))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, D, BLOCK_K):
+        q = tl.load(q_block, boundary_check=(0, 1), padding_option="zero")
+        k = tl.load(k_block, boundary_check=(0, 1), padding_option="zero")
+        if UPCAST_DOT:
+            q, k = q.to(tl.float32), k.to(tl.float32)
+        acc = tl.dot(q, k, acc, input_precision=INPUT_PRECISION)
+        q_block = tl.advance(q_block, (0, BLOCK_K))
+        k_block = tl.advance(k_block, (BLOCK_K, 0))
+    return acc
+
+
+@triton.jit
+def _row_lse_kernel(
+    q_ptr, k_ptr, scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """``lse[i] = logsumexp_j s·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
+    row_start = tl.program_id(0) * BLOCK_M
+    offs_m = row_start + tl.arange(0, BLOCK_M)
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        tile = _similarity_tile(
+            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+            UPCAST_DOT,
+        )  # fmt: skip
+        tile = tl.where(offs_n[None, :] < N, tile * scale2, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(tile, 1))
+        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
+        running_max = new_max
+    tl.store(lse_ptr + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=offs_m < M)
+
+
+@triton.jit
+def _row_softmax_grad_kernel(
+    q_ptr, k_ptr, scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, out_ptr,
+    M, N, D, stride_q, stride_k, stride_out,
+    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """``out[i, d] = Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·k_j[d]`` for one ``[BLOCK_M, BLOCK_D]`` block."""
+    row_start = tl.program_id(0) * BLOCK_M
+    d_start = tl.program_id(1) * BLOCK_D
+    offs_m = row_start + tl.arange(0, BLOCK_M)
+    row_mask = offs_m < M
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    if HAS_Q_WEIGHT:
+        q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
+        q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_mask = offs_n < N
+        tile = _similarity_tile(
+            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+            UPCAST_DOT,
+        )  # fmt: skip
+        tile = tile * scale2
+        weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if HAS_Q_WEIGHT:
+            weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
+        if HAS_K_WEIGHT:
+            k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
+            k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
+            weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+        weights = tl.where(col_mask[None, :], weights, 0.0)
+        k_block = tl.load(
+            tl.make_block_ptr(k_ptr, (N, D), (stride_k, 1), (n0, d_start), (BLOCK_N, BLOCK_D), (1, 0)),
+            boundary_check=(0, 1),
+            padding_option="zero",
+        )
+        weights = weights.to(k_block.dtype)  # rounded like the operand, as tensor cores take it
+        if UPCAST_DOT:
+            weights, k_block = weights.to(tl.float32), k_block.to(tl.float32)
+        acc = tl.dot(weights, k_block, acc, input_precision=INPUT_PRECISION)
+    out_block = tl.make_block_ptr(out_ptr, (M, D), (stride_out, 1), (row_start, d_start), (BLOCK_M, BLOCK_D), (1, 0))
+    tl.store(out_block, acc, boundary_check=(0, 1))
+
+
+# --- launch configurations ------------------------------------------------------------------------------------------
+
+
+def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = None) -> triton.Config:
+    meta = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}
+    if d is not None:
+        meta["BLOCK_D"] = d
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
+
+
+#: Autotune candidates per compute capability major version and operand precision ("half" for bf16/fp16 on tensor
+#: cores, "fp32" for exact fp32 products). Every entry compiles for its chip without register spills (SASS read with
+#: cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers.
+#: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
+LSE_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
+    (8, "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
+    (9, "half"): [_config(128, 128, 32, 8, 3), _config(64, 64, 32, 4, 2)],
+    (8, "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
+    (9, "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
+}
+GRAD_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
+    (8, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 4, 2, 256)],
+    (9, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
+    (8, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
+    (9, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
+}
+
+
+def precision_class(dtype: torch.dtype) -> str:
+    """``"fp32"`` for float32 features, ``"half"`` for bfloat16 and float16."""
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def configs_for(kernel_name: str, major: int, dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip and feature dtype."""
+    table = LSE_CONFIGS if kernel_name == "lse" else GRAD_CONFIGS
+    # Chips older than Ampere take Ampere's tiles, newer ones Hopper's.
+    return table[(min(max(major, 8), 9), precision_class(dtype))]
+
+
+#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+    """Drop tiles wider than the feature dimension needs, keeping at least one configuration."""
+    width = max(16, triton.next_power_of_2(named_args["D"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= width and c.kwargs.get("BLOCK_D", 0) <= width]
+    return kept or configs[:1]
+
+
+@functools.cache
+def _tuned(kernel_name: str, major: int, dtype: torch.dtype) -> triton.runtime.Autotuner:
+    kernel = _row_lse_kernel if kernel_name == "lse" else _row_softmax_grad_kernel
+    configs = configs_for(kernel_name, major, dtype)
+    return triton.autotune(configs=configs, key=["D"], prune_configs_by={"early_config_prune": _prune})(kernel)
+
+
+def _dot_options(dtype: torch.dtype) -> dict[str, object]:
+    """``INPUT_PRECISION`` and ``UPCAST_DOT`` for features of ``dtype``.
+
+    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (2026-09, Triton 3.x; see
+    https://github.com/triton-lang/triton/issues/11584, "not supported yet"), so under it the operands are upcast
+    to float32 after loading; compiled kernels never take that branch.
+    """
+    return {"INPUT_PRECISION": _input_precision(dtype), "UPCAST_DOT": interpreting()}
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> None:
+    """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA."""
+    with warnings.catch_warnings():
+        # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
+        # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
+        warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+        _launch_unfiltered(kernel_name, grid_fn, device, dtype, **arguments)
+
+
+def _launch_unfiltered(
+    kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object
+) -> None:
+    if interpreting():
+        meta = dict(INTERPRETER_CONFIG)
+        if kernel_name == "lse":
+            meta.pop("BLOCK_D")
+        kernel = _row_lse_kernel if kernel_name == "lse" else _row_softmax_grad_kernel
+        kernel[grid_fn(meta)](**arguments, **meta)
+        return
+    major = torch.cuda.get_device_capability(device)[0]
+    with torch.cuda.device(device):
+        _tuned(kernel_name, major, dtype)[grid_fn](**arguments)
+
+
+# --- launchers ------------------------------------------------------------------------------------------------------
+
+
+def row_logsumexp_launch(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``r_i = logsumexp_j s·⟨q_i, k_j⟩``.
+
+    Args:
+        q: ``[M, D]``; k: ``[N, D]`` (same dtype: float16, bfloat16 or float32); scale: one-element tensor ``s``.
+
+    Returns:
+        ``[M]`` float32.
+    """
+    q, k = q.contiguous(), k.contiguous()
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    _launch(
+        "lse",
+        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1), lse_ptr=out,
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
+        **_dot_options(q.dtype),
+    )  # fmt: skip
+    return out
+
+
+def row_softmax_grad_launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_lse: torch.Tensor,
+    k_lse: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """``out_i = Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·k_j`` with ``S = s·Q Kᵀ``.
+
+    Args:
+        q: ``[M, D]``; k: ``[N, D]``; scale: one-element ``s``.
+        q_lse: ``[M]`` ``r``; k_lse: ``[N]`` ``c``.
+        q_weight: ``[M]`` ``g`` or ``None`` (zero); k_weight: ``[N]`` ``h`` or ``None`` (zero).
+
+    Returns:
+        ``[M, D]`` float32.
+    """
+    q, k = q.contiguous(), k.contiguous()
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    placeholder = q_lse  # never read when its HAS_* flag is off
+    _launch(
+        "grad",
+        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
+        q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
+        k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
+        out_ptr=out, M=q.shape[0], N=k.shape[0], D=q.shape[1],
+        stride_q=q.stride(0), stride_k=k.stride(0), stride_out=out.stride(0),
+        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
+        **_dot_options(q.dtype),
+    )  # fmt: skip
+    return out
+
+
+# --- torch.library operators, so torch.compile keeps the loss in its graph ------------------------------------------
+
+
+@torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
+def row_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Operator form of :func:`row_logsumexp_launch`."""
+    return row_logsumexp_launch(q, k, scale)
+
+
+@row_logsumexp.register_fake
+def _row_logsumexp_fake(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(q.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
+def row_softmax_grad(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_lse: torch.Tensor,
+    k_lse: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """Operator form of :func:`row_softmax_grad_launch`."""
+    return row_softmax_grad_launch(q, k, scale, q_lse, k_lse, q_weight, k_weight)
+
+
+@row_softmax_grad.register_fake
+def _row_softmax_grad_fake(q, k, scale, q_lse, k_lse, q_weight, k_weight) -> torch.Tensor:
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
+class TritonEngine:
+    """The fused-kernel engine behind ``backend="triton"`` (see the module docstring for the design)."""
+
+    def logsumexp(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        return row_logsumexp(u, v, scale), row_logsumexp(v, u, scale)
+
+    def softmax_grad(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        scale: torch.Tensor,
+        row_lse: torch.Tensor,
+        col_lse: torch.Tensor,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``P V`` and ``Pᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        # Pᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c.
+        return (
+            row_softmax_grad(u, v, scale, row_lse, col_lse, row_weight, col_weight),
+            row_softmax_grad(v, u, scale, col_lse, row_lse, col_weight, row_weight),
+        )
