@@ -1,4 +1,4 @@
-"""The UniCL loss: the functional form and the ``nn.Module``.
+"""The UniCL loss in functional form (the module is :class:`unicl.nn.UniCLLoss`).
 
 UniCL (Yang et al., CVPR 2022) puts image-label and image-text data in one image-text-label space: every sample has
 a label, samples that share a class label are positives of each other, and an image-text pair (negative label) is
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_positive_int
 from unicl.backends import BACKENDS, similarity_terms
@@ -77,17 +76,38 @@ def unicl_loss(
         >>> loss.shape
         torch.Size([])
     """
+    image, text, labels, scale = prepare_inputs(
+        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size
+    )
+    keys = target_keys(labels, image.shape[0], image.device)
+    row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
+    return reduce_terms(row_terms, col_terms, reduction)
+
+
+def prepare_inputs(
+    image_features: object,
+    text_features: object,
+    labels: object,
+    logit_scale: object,
+    backend: str,
+    reduction: str,
+    normalize: bool,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Check every argument of :func:`unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
+
+    The features come back normalised when ``normalize`` is set, the scale as a 0-dim tensor in the accumulation
+    dtype. Raises the errors documented in :func:`unicl_loss`.
+    """
     image, text = check_feature_pair(image_features, text_features)
-    labels = check_labels(labels, image.shape[0], image.device)
+    checked_labels = check_labels(labels, image.shape[0], image.device)
     scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, BACKENDS)
     check_positive_int("chunk_size", chunk_size, allow_none=True)
     if normalize:
         image, text = normalize_features(image), normalize_features(text)
-    keys = target_keys(labels, image.shape[0], image.device)
-    row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
-    return reduce_terms(row_terms, col_terms, reduction)
+    return image, text, checked_labels, scale
 
 
 def normalize_features(features: torch.Tensor) -> torch.Tensor:
@@ -127,61 +147,3 @@ def reduce_terms(row_terms: torch.Tensor, col_terms: torch.Tensor, reduction: st
     if reduction == "sum":
         return (row_terms.sum() + col_terms.sum()) / 2
     return (row_terms + col_terms) / 2
-
-
-class UniCLLoss(nn.Module):
-    """The UniCL loss as a module; see :func:`unicl_loss` for the objective and the arguments.
-
-    ``forward`` takes the tensors by the names a UniCL model returns, so ``loss_fn(**model(images, ids), labels=y)``
-    works.
-
-    Args:
-        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        normalize: L2-normalise the features first.
-        chunk_size: rows per block for the chunked backend (``None``: automatic).
-
-    Example:
-        >>> import torch
-        >>> from unicl import UniCLLoss
-        >>> loss_fn = UniCLLoss(backend="chunked")
-        >>> out = {"image_features": torch.randn(4, 16), "text_features": torch.randn(4, 16),
-        ...        "logit_scale": torch.tensor(14.3)}
-        >>> loss_fn(**out, labels=torch.tensor([3, 3, -1, 5])).ndim
-        0
-    """
-
-    def __init__(
-        self,
-        backend: str = "auto",
-        reduction: str = "mean",
-        normalize: bool = True,
-        chunk_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-        self.normalize = normalize
-        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
-
-    def forward(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
-    ) -> torch.Tensor:
-        """Loss of one batch; shapes as in :func:`unicl_loss`."""
-        return unicl_loss(
-            image_features,
-            text_features,
-            labels,
-            logit_scale,
-            backend=self.backend,
-            reduction=self.reduction,
-            normalize=self.normalize,
-            chunk_size=self.chunk_size,
-        )
-
-    def extra_repr(self) -> str:
-        return f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}"

@@ -123,3 +123,22 @@ def test_rectangular_blocks_match_dense_formula():
     g, h = torch.rand(11, generator=generator), torch.rand(37, generator=generator)
     weights = g[:, None] * torch.exp(sim - q_lse[:, None]) + h[None, :] * torch.exp(sim - k_lse[None, :])
     torch.testing.assert_close(row_softmax_grad(q, k, scale, q_lse, k_lse, g, h), weights @ k, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "chunked"])
+def test_torch_compile_traces_the_loss_without_graph_breaks(backend):
+    """``fullgraph=True`` fails on any graph break; aot_eager runs the traced forward and backward graphs."""
+    image, text, y, _ = _inputs(16, 8, torch.float32, "mixed", seed=6)
+    scale = torch.tensor(10.0, requires_grad=True)
+
+    def step(u, v, s):
+        return unicl_loss(u, v, y, s, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(image, text, scale)
+    grads = torch.autograd.grad(loss, [image, text, scale])
+    expected = step(image, text, scale)
+    expected_grads = torch.autograd.grad(expected, [image, text, scale])
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)

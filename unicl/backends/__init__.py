@@ -77,4 +77,5 @@ def similarity_terms(
     if concrete == "dense":
         return dense_terms(u, v, scale, row_keys, col_keys)
     engine = make_engine(concrete, chunk_size)
-    return UniCLTermsFunction.apply(u, v, scale, row_keys, col_keys, engine)
+    # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
+    return UniCLTermsFunction.apply(u, v, scale, row_keys, None if col_keys is row_keys else col_keys, engine)

@@ -54,9 +54,11 @@ class UniCLTermsFunction(torch.autograd.Function):
         v: torch.Tensor,
         scale: torch.Tensor,
         row_keys: torch.Tensor,
-        col_keys: torch.Tensor,
+        col_keys: torch.Tensor | None,
         engine: SimilarityEngine,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``col_keys=None`` means the columns share the rows' keys (a square batch)."""
+        col_keys = row_keys if col_keys is None else col_keys
         acc = accumulation_dtype(u.dtype)
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
         row_lse, col_lse = engine.logsumexp(u, v, scale)
@@ -76,6 +78,7 @@ class UniCLTermsFunction(torch.autograd.Function):
         ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         u, v, scale, row_keys, col_keys, row_lse, col_lse = ctx.saved_tensors
+        col_keys = row_keys if col_keys is None else col_keys
         if row_grad is None and col_grad is None:
             return None, None, None, None, None, None
         acc = accumulation_dtype(u.dtype)

@@ -1,0 +1,201 @@
+"""Distributed UniCL on gloo: 2 and 3 CPU processes against a float64 single-process computation."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from reference import reference_loss
+
+from unicl import UniCLLoss, caption_labels, distributed_unicl_loss, unicl_loss
+
+D = 6
+SCALE = 7.0
+
+
+def _batch(sizes: list[int], labelled: bool, seed: int = 0):
+    """The global batch (float64) and its labels: classes shared across ranks, and pairs."""
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(sizes)
+    image = torch.randn(total, D, generator=generator, dtype=torch.float64)
+    text = torch.randn(total, D, generator=generator, dtype=torch.float64)
+    labels = torch.randint(-1, 3, (total,), generator=generator) if labelled else None
+    return image, text, labels
+
+
+def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mean") -> None:
+    image, text, labels = _batch(sizes, labelled, seed=len(sizes) * 10 + sum(sizes))
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    # float64 for dense/chunked; the Triton kernels take float32.
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    my_image = image[rows].to(dtype).requires_grad_()
+    my_text = text[rows].to(dtype).requires_grad_()
+    my_labels = None if labels is None else labels[rows]
+    loss = distributed_unicl_loss(
+        my_image, my_text, my_labels, SCALE, local_loss=local, backend=backend, reduction=reduction
+    )
+    grads = torch.autograd.grad(loss, [my_image, my_text])
+    mean_over_ranks = loss.detach().double().clone()
+    dist.all_reduce(mean_over_ranks)
+    mean_over_ranks /= world
+    # The reference: one process, the concatenated batch, float64.
+    ref_image, ref_text = image.clone().requires_grad_(), text.clone().requires_grad_()
+    keys = None if labels is None else labels.tolist()
+    expected = reference_loss(ref_image, ref_text, keys, SCALE, reduction)
+    expected_grads = torch.autograd.grad(expected, [ref_image, ref_text])
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-10}
+    torch.testing.assert_close(mean_over_ranks, expected, **tolerance)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), world * want[rows], **tolerance)
+
+
+def _check_errors(rank: int) -> None:
+    wrong_dim = torch.randn(3, D + rank)
+    with pytest.raises(ValueError, match="same feature dimension D"):
+        distributed_unicl_loss(wrong_dim, wrong_dim)
+    wrong_dtype = torch.randn(3, D, dtype=torch.float64 if rank == 0 else torch.float32)
+    with pytest.raises(ValueError, match="same feature dtype"):
+        distributed_unicl_loss(wrong_dtype, wrong_dtype)
+    features = torch.randn(3, D)
+    labels = torch.zeros(3, dtype=torch.long) if rank == 0 else None
+    with pytest.raises(ValueError, match="same labels given"):
+        distributed_unicl_loss(features, features, labels)
+
+
+def _check_caption_labels_agree() -> None:
+    mine = caption_labels(["a photo of a dog", "two cats", "a photo of  a dog"], first_label=10)
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    assert all(torch.equal(other, mine) for other in everyone)
+    assert mine[0] == mine[2] and mine[0] != mine[1]
+
+
+class _Towers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = torch.nn.Linear(5, 4, dtype=torch.float64)
+        self.text = torch.nn.Linear(3, 4, dtype=torch.float64)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, images, texts):
+        return {
+            "image_features": self.image(images),
+            "text_features": self.text(texts),
+            "logit_scale": self.logit_scale.exp(),
+        }
+
+
+def _train(model, loss_fn, batches) -> list[torch.Tensor]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for images, texts, labels in batches:
+        optimizer.zero_grad()
+        loss_fn(**model(images, texts), labels=labels).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _data(steps: int, sizes: list[int]):
+    generator = torch.Generator().manual_seed(42)
+    total = sum(sizes)
+    return [
+        (
+            torch.randn(total, 5, generator=generator, dtype=torch.float64),
+            torch.randn(total, 3, generator=generator, dtype=torch.float64),
+            torch.randint(-1, 2, (total,), generator=generator),
+        )
+        for _ in range(steps)
+    ]
+
+
+def _check_ddp_matches_single_process(rank: int, local: bool) -> None:
+    sizes = [4, 4]
+    data = _data(3, sizes)
+    rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    ddp = torch.nn.parallel.DistributedDataParallel(_Towers())
+    distributed_fn = UniCLLoss(backend="chunked", gather_distributed=True, local_loss=local)
+    got = _train(ddp, distributed_fn, [(i[rows], t[rows], y[rows]) for i, t, y in data])
+    expected = _train(_Towers(), UniCLLoss(backend="dense"), data)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the Triton kernels are first imported, below
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    failures = []
+    even, uneven = [4] * world, [5, 1, 3][:world]
+    cases = [
+        (sizes, labelled, local, backend)
+        for sizes in (even, uneven)
+        for labelled in (True, False)
+        for local in (False, True)
+        for backend in ("dense", "chunked")
+    ]
+    cases += [(uneven, True, False, "triton"), (uneven, True, True, "triton")]
+    checks = [(f"contract {case}", lambda case=case: _check_contract(rank, world, *case)) for case in cases]
+    checks.append(("sum reduction, local", lambda: _check_contract(rank, world, uneven, True, True, "chunked", "sum")))
+    checks.append(("bad input", lambda: _check_errors(rank)))
+    checks.append(("caption labels", _check_caption_labels_agree))
+    if world == 2:
+        checks += [(f"ddp local={local}", lambda local=local: _check_ddp_matches_single_process(rank, local))
+                   for local in (False, True)]  # fmt: skip
+    for name, check in checks:
+        try:
+            check()
+        except Exception:
+            failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
+    Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_contract(world, tmp_path):
+    mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
+    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
+    assert not any(failures), "\n".join(failures)
+
+
+def test_without_a_process_group_it_is_the_single_process_loss():
+    image, text, labels = _batch([6], labelled=True)
+    expected = unicl_loss(image, text, labels, SCALE)
+    torch.testing.assert_close(distributed_unicl_loss(image, text, labels, SCALE, local_loss=True), expected)
+    module = UniCLLoss(gather_distributed=True, local_loss=True)
+    torch.testing.assert_close(module(image, text, labels, SCALE), expected)
+
+
+def test_local_loss_needs_gather_distributed():
+    with pytest.raises(ValueError, match="local_loss=True needs gather_distributed=True"):
+        UniCLLoss(local_loss=True)
+
+
+def test_caption_labels_are_stable_and_in_range():
+    labels = caption_labels(["Dog", "dog ", "cat"], first_label=100, num_labels=1000)
+    assert labels[0] == labels[1] != labels[2]
+    assert bool(((labels >= 100) & (labels < 1100)).all())
+    # A pinned value: the label must not change between processes, runs or releases (checkpoints depend on it).
+    assert caption_labels(["A photo of a  dog"], first_label=0, num_labels=10**6).item() == 439413
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"first_label": -1}, ValueError, "first_label must be an int >= 0"),
+        ({"num_labels": 0}, ValueError, "num_labels must be an int >= 1"),
+        ({"first_label": 2**62, "num_labels": 2**62 + 1}, ValueError, "first_label + num_labels must be <= 2**63"),
+        ({"captions": ["ok", 3]}, TypeError, "captions[1] must be a str"),
+    ],
+)
+def test_caption_labels_refuse_bad_input(kwargs, error, words):
+    import re
+
+    arguments = {"captions": ["a"], "first_label": 0}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=re.escape(words)):
+        caption_labels(**arguments)

@@ -1,0 +1,188 @@
+"""UniCL over a global batch gathered from every rank of a ``torch.distributed`` process group.
+
+Features are all-gathered with ``torch.distributed.nn.functional.all_gather``, whose backward sums each rank's
+gradient contributions back to the rank that owns the features (reduce-scatter, or all-to-all on gloo). Labels
+travel without gradients. A class label ``>= 0`` means the same class on every rank; a negative label (an
+image-text pair) stays unique by its *global* index, so a pair on rank 0 is never a positive of a pair on rank 3.
+
+The gradient convention, the same for both modes: the mean over ranks of the returned loss equals the loss of the
+concatenated global batch, and each rank's feature gradient is ``W × ∂L_global/∂(its features)``. DDP averages
+parameter gradients over the ``W`` ranks, so training matches single-process training on the global batch.
+
+* Global mode: every rank computes the loss of the whole global batch (``N²`` work per rank).
+* Local mode (``local_loss=True``): each rank computes only its own ``n`` rows against all ``N`` global columns, in
+  both directions, and returns ``W × (its share of the global sum)``: ``n·N`` work per rank, ``W`` times less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
+
+from unicl.backends import similarity_terms
+from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms
+from unicl.targets import target_keys
+
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+
+
+def distributed_world(group: dist.ProcessGroup | None = None) -> tuple[int, int] | None:
+    """``(rank, world_size)`` in ``group`` when a process group is initialised and has more than one rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world_size = dist.get_world_size(group)
+    return (dist.get_rank(group), world_size) if world_size > 1 else None
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """The concatenation of every rank's batch, in rank order.
+
+    Attributes:
+        image: ``[N, D]`` global image features (differentiable back to each rank's own).
+        text: ``[N, D]`` global text features.
+        keys: ``[N]`` global target keys (see :func:`unicl.targets.target_keys`).
+        offset: global index of this rank's first sample.
+        local_size: ``n``, this rank's batch size.
+        world_size: ``W``.
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+    keys: torch.Tensor
+    offset: int
+    local_size: int
+    world_size: int
+
+    @property
+    def total_size(self) -> int:
+        """``N``, the global batch size."""
+        return self.keys.shape[0]
+
+    @property
+    def local_keys(self) -> torch.Tensor:
+        """``[n]`` keys of this rank's samples."""
+        return self.keys[self.offset : self.offset + self.local_size]
+
+
+def _exchange_shapes(
+    image: torch.Tensor, labels: torch.Tensor | None, group: dist.ProcessGroup | None, world_size: int
+) -> list[int]:
+    """All-gather every rank's batch size and check that D, dtype and labels agree; returns the sizes.
+
+    Every rank takes part in the same collective before anyone raises, so a mismatch is an error on every rank
+    rather than a hang in a later collective.
+    """
+    mine = torch.tensor(
+        [image.shape[0], image.shape[1], _DTYPE_CODES[image.dtype], int(labels is not None)], device=image.device
+    )
+    everyone = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(everyone, mine, group=group)
+    table = torch.stack(everyone).cpu().tolist()
+    names = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+    for column, what in ((1, "feature dimension D"), (2, "feature dtype"), (3, "labels given")):
+        values = [row[column] for row in table]
+        if len(set(values)) > 1:
+            shown = [names[v] if column == 2 else bool(v) if column == 3 else v for v in values]
+            raise ValueError(f"gather_distributed=True needs the same {what} on every rank; got {shown} by rank")
+    return [row[0] for row in table]
+
+
+def _gather_rows(tensor: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> torch.Tensor:
+    """All-gather ``[n_r, ...]`` blocks of uneven sizes (padded to the largest), keeping the autograd graph."""
+    padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    if tensor.requires_grad:
+        blocks = dist_autograd.all_gather(padded, group=group)
+    else:
+        blocks = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(blocks, padded.contiguous(), group=group)
+    return torch.cat([block[:size] for block, size in zip(blocks, sizes)])
+
+
+def gather_batch(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    labels: torch.Tensor | None,
+    group: dist.ProcessGroup | None = None,
+) -> GlobalBatch:
+    """Gather features and labels from every rank of ``group`` (sizes may differ between ranks).
+
+    Args:
+        image: ``[n, D]`` this rank's image features.
+        text: ``[n, D]`` this rank's text features.
+        labels: ``[n]`` this rank's labels, or ``None`` on every rank.
+        group: the process group (``None``: the default group).
+
+    Returns:
+        The :class:`GlobalBatch`.
+
+    Raises:
+        ValueError: on every rank, when ranks disagree on D, dtype, or whether labels are given.
+    """
+    world = distributed_world(group)
+    if world is None:
+        raise RuntimeError("gather_batch needs an initialised process group with more than one rank")
+    rank, world_size = world
+    sizes = _exchange_shapes(image, labels, group, world_size)
+    features = _gather_rows(torch.cat([image, text], dim=1), sizes, group)
+    global_image, global_text = features.split(image.shape[1], dim=1)
+    global_labels = None if labels is None else _gather_rows(labels.long()[:, None], sizes, group)[:, 0]
+    keys = target_keys(global_labels, sum(sizes), image.device)
+    return GlobalBatch(global_image, global_text, keys, sum(sizes[:rank]), image.shape[0], world_size)
+
+
+def distributed_unicl_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+    *,
+    group: dist.ProcessGroup | None = None,
+    local_loss: bool = False,
+    backend: str = "auto",
+    reduction: str = "mean",
+    normalize: bool = True,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The UniCL loss of the global batch gathered from every rank (see the module docstring for the convention).
+
+    Outside an initialised process group, or with one rank, this is :func:`unicl.unicl_loss`.
+
+    Args:
+        image_features: ``[n, D]`` this rank's image features; text_features: ``[n, D]``.
+        labels: ``[n]`` this rank's labels or ``None`` (then ``None`` on every rank).
+        logit_scale: as in :func:`unicl.unicl_loss` (the same value on every rank).
+        group: process group (``None``: default).
+        local_loss: compute only this rank's rows and columns (``W`` times less work and memory).
+        backend, reduction, normalize, chunk_size: as in :func:`unicl.unicl_loss`. With ``reduction="none"`` the
+            result is this rank's ``[n]`` per-sample terms in both modes.
+
+    Returns:
+        A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``.
+    """
+    image, text, labels, scale = prepare_inputs(
+        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size
+    )
+    world = distributed_world(group)
+    if world is None:
+        keys = target_keys(labels, image.shape[0], image.device)
+        row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
+        return reduce_terms(row_terms, col_terms, reduction)
+    batch = gather_batch(image, text, labels, group)
+    options = {"backend": backend, "chunk_size": chunk_size}
+    if not local_loss:
+        row_terms, col_terms = similarity_terms(batch.image, batch.text, scale, batch.keys, batch.keys, **options)
+        if reduction == "none":
+            return reduce_terms(row_terms, col_terms, "none")[batch.offset : batch.offset + batch.local_size]
+        return reduce_terms(row_terms, col_terms, reduction)
+    # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
+    # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
+    image_terms, _ = similarity_terms(image, batch.text, scale, batch.local_keys, batch.keys, **options)
+    text_terms, _ = similarity_terms(text, batch.image, scale, batch.local_keys, batch.keys, **options)
+    if reduction == "none":
+        return (image_terms + text_terms) / 2
+    share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size
+    return share / batch.total_size if reduction == "mean" else share

@@ -1,0 +1,100 @@
+"""``nn.Module`` forms of the UniCL loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from unicl._checks import check_choice, check_positive_int
+from unicl.backends import BACKENDS
+from unicl.distributed import distributed_unicl_loss
+from unicl.loss import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
+
+
+class UniCLLoss(nn.Module):
+    """The UniCL loss as a module; see :func:`unicl.unicl_loss` for the objective and the arguments.
+
+    ``forward`` takes the tensors by the names a UniCL model returns, so ``loss_fn(**model(images, ids), labels=y)``
+    works.
+
+    Args:
+        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        normalize: L2-normalise the features first.
+        chunk_size: rows per block for the chunked backend (``None``: automatic).
+        gather_distributed: gather features and labels from every rank of ``group`` and compute the loss of the
+            global batch (see :mod:`unicl.distributed` for the gradient convention). Without an initialised process
+            group, or with one rank, the loss is the single-process one.
+        local_loss: with ``gather_distributed``, compute only this rank's rows and columns against the global batch
+            (``W`` times less work and memory per rank, same gradients).
+        group: the process group (``None``: the default group).
+
+    Example:
+        >>> import torch
+        >>> from unicl import UniCLLoss
+        >>> loss_fn = UniCLLoss(backend="chunked")
+        >>> out = {"image_features": torch.randn(4, 16), "text_features": torch.randn(4, 16),
+        ...        "logit_scale": torch.tensor(14.3)}
+        >>> loss_fn(**out, labels=torch.tensor([3, 3, -1, 5])).ndim
+        0
+    """
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        reduction: str = "mean",
+        normalize: bool = True,
+        chunk_size: int | None = None,
+        gather_distributed: bool = False,
+        local_loss: bool = False,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__()
+        if local_loss and not gather_distributed:
+            raise ValueError("local_loss=True needs gather_distributed=True (it splits a gathered global batch)")
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.normalize = normalize
+        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.gather_distributed = gather_distributed
+        self.local_loss = local_loss
+        self.group = group
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+    ) -> torch.Tensor:
+        """Loss of one batch; shapes as in :func:`unicl.unicl_loss`."""
+        if self.gather_distributed:
+            return distributed_unicl_loss(
+                image_features,
+                text_features,
+                labels,
+                logit_scale,
+                group=self.group,
+                local_loss=self.local_loss,
+                backend=self.backend,
+                reduction=self.reduction,
+                normalize=self.normalize,
+                chunk_size=self.chunk_size,
+            )
+        return unicl_loss(
+            image_features,
+            text_features,
+            labels,
+            logit_scale,
+            backend=self.backend,
+            reduction=self.reduction,
+            normalize=self.normalize,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        text = f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}"
+        if self.gather_distributed:
+            text += f", gather_distributed=True, local_loss={self.local_loss}"
+        return text
