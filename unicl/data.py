@@ -1,0 +1,115 @@
+"""Unified batches: image-label and image-text samples in one batch, and datasets mixed at a chosen ratio."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from unicl.captions import caption_labels
+from unicl.prompts import LabelToPrompt
+from unicl.tokenizer import Tokenizer
+
+#: The label of an image-text pair when captions are not hashed: positive only with its own text.
+PAIR_LABEL = -1
+
+
+class UnifiedCollate:
+    """Collate ``(image, class_id)`` and ``(image, caption)`` samples into one UniCL batch.
+
+    A labelled sample's text is a prompt drawn for its class (:class:`unicl.prompts.LabelToPrompt`) and its label
+    is the class id. A caption's label is :data:`PAIR_LABEL`, or with ``hash_captions`` a stable hash label above
+    the class ids (:func:`unicl.captions.caption_labels`), so identical captions are positives of each other, on
+    every rank.
+
+    Args:
+        tokenizer: turns texts into ``input_ids`` and ``attention_mask``.
+        prompts: draws the prompts of labelled samples; its ``num_classes`` bounds the class ids.
+        hash_captions: give identical captions one shared label.
+
+    Returns (when called on a list of samples):
+        ``{"images": [B, ...], "input_ids": [B, L], "attention_mask": [B, L], "labels": [B]}``.
+
+    Example:
+        >>> tokenizer = Tokenizer.train(["a photo of a cat", "a dog on grass"], vocab_size=300, context_length=12)
+        >>> collate = UnifiedCollate(tokenizer, LabelToPrompt(["cat", "dog"], templates=["a photo of a {}."]))
+        >>> batch = collate([(torch.zeros(3, 4, 4), 1), (torch.ones(3, 4, 4), "a dog on grass")])
+        >>> batch["labels"].tolist(), batch["input_ids"].shape
+        ([1, -1], torch.Size([2, 12]))
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompts: LabelToPrompt, hash_captions: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.hash_captions = hash_captions
+
+    def __call__(self, samples: Sequence[tuple[Any, int | str]]) -> dict[str, torch.Tensor]:
+        if len(samples) == 0:
+            raise ValueError("samples must not be empty")
+        images, texts, labels, caption_rows = [], [], [], []
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+                raise TypeError(f"samples[{index}] must be a pair (image, class_id or caption); got {sample!r:.80}")
+            image, target = sample
+            images.append(image if isinstance(image, torch.Tensor) else torch.as_tensor(image))
+            if isinstance(target, str):
+                texts.append(target)
+                labels.append(PAIR_LABEL)
+                caption_rows.append(index)
+            else:
+                try:
+                    class_id = self.prompts.check_class_id(target)
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"samples[{index}]: {error}") from None
+                texts.append(self.prompts.draw(class_id))
+                labels.append(class_id)
+        label_tensor = torch.tensor(labels, dtype=torch.long)
+        if self.hash_captions and caption_rows:
+            hashed = caption_labels([texts[i] for i in caption_rows], first_label=self.prompts.num_classes)
+            label_tensor[caption_rows] = hashed
+        return {"images": torch.stack(images), **self.tokenizer(texts), "labels": label_tensor}
+
+
+class MixedDataset(Dataset):
+    """Interleave an image-label and an image-text dataset at a fixed ratio.
+
+    Index ``i`` comes from the labelled dataset when ``⌊(i+1)·f⌋ > ⌊i·f⌋`` for ``f = label_fraction``, so every
+    prefix of the dataset holds the labelled fraction ``f`` up to one sample; each source is walked in order and
+    wraps around. Shuffle with the DataLoader's sampler as usual.
+
+    Args:
+        labelled: a dataset of ``(image, class_id)``.
+        captioned: a dataset of ``(image, caption)``.
+        label_fraction: share of labelled samples, in ``[0, 1]``.
+        length: number of samples (default: enough to visit the larger source's share once).
+    """
+
+    def __init__(self, labelled: Dataset, captioned: Dataset, label_fraction: float = 0.5, length: int | None = None):
+        if not isinstance(label_fraction, (int, float)) or not 0.0 <= label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be a number in [0, 1]; got {label_fraction!r}")
+        self.labelled, self.captioned, self.fraction = labelled, captioned, float(label_fraction)
+        if length is None:
+            needs = []
+            if self.fraction > 0:
+                needs.append(len(labelled) / self.fraction)
+            if self.fraction < 1:
+                needs.append(len(captioned) / (1 - self.fraction))
+            length = int(max(needs))
+        self.length = operator.index(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _labelled_before(self, index: int) -> int:
+        return int(index * self.fraction)
+
+    def __getitem__(self, index: int) -> tuple[Any, int | str]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a MixedDataset of length {self.length}")
+        before = self._labelled_before(index)
+        if self._labelled_before(index + 1) > before:
+            return self.labelled[before % len(self.labelled)]
+        return self.captioned[(index - before) % len(self.captioned)]

@@ -1,0 +1,217 @@
+"""Tokenisation on Hugging Face ``tokenizers``: CLIP's byte-level BPE, any ``tokenizer.json``, or one trained here.
+
+Every tokenizer returns ``input_ids`` and ``attention_mask``, LongTensors ``[B, L]``: a start token, the text, an
+end token, then padding. Text longer than the context is truncated with the end token kept, and the mask covers
+start..end. Batches go through the library's parallel (Rust) batch encoder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from unicl._checks import check_positive_int
+
+CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
+#: CLIP's word pattern: contractions, letter runs, single digits, other non-space runs.
+CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+#: CLIP's merges file holds 48,894 merges after its header line: 49,152 − 256 byte tokens − 2 specials.
+CLIP_NUM_MERGES = 49152 - 256 - 2
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    characters = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, characters)))
+
+
+def clip_clean(text: str) -> str:
+    """CLIP's text clean-up: ``ftfy.fix_text`` (when ftfy is installed), HTML unescaped twice, whitespace runs
+    collapsed, lower case. Without ftfy, mojibake is left as it is (ids can then differ from CLIP's)."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return " ".join(text.split()).lower()
+
+
+class Tokenizer:
+    """Fixed-length tokenisation for a text encoder.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer`` (its own post-processing and padding are not used).
+        context_length: ``L``, tokens per row including start and end, ``>= 2``.
+        start_token: the start token's string; end_token: the end token's string (both in the vocabulary).
+        pad_id: id written after the end token (masked out).
+        clean: optional text clean-up applied before encoding (e.g. :func:`clip_clean`).
+
+    Raises:
+        ValueError: ``context_length < 2`` or a start/end token missing from the vocabulary.
+
+    Example:
+        >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=8)
+        >>> batch = tokenizer(["a photo of a cat"])
+        >>> batch["input_ids"].shape, int(batch["attention_mask"].sum())
+        (torch.Size([1, 8]), 7)
+    """
+
+    def __init__(
+        self,
+        tokenizer: HFTokenizer,
+        context_length: int = 77,
+        start_token: str = "<|startoftext|>",
+        end_token: str = "<|endoftext|>",
+        pad_id: int = 0,
+        clean: Callable[[str], str] | None = None,
+    ) -> None:
+        if not isinstance(tokenizer, HFTokenizer):
+            raise TypeError(f"tokenizer must be a tokenizers.Tokenizer; got {type(tokenizer).__name__}")
+        self.context_length = check_positive_int("context_length", context_length, minimum=2)
+        self.tokenizer = tokenizer
+        ids = []
+        for name, token in (("start_token", start_token), ("end_token", end_token)):
+            token_id = tokenizer.token_to_id(token)
+            if token_id is None:
+                raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
+            ids.append(token_id)
+        self.start_id, self.end_id = ids
+        self.pad_id = check_positive_int("pad_id", pad_id, minimum=0)
+        self.clean = clean
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, context_length: int = 77, **kwargs: object) -> Tokenizer:
+        """Load a ``tokenizer.json`` (keyword arguments as in the constructor).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not a tokenizer the ``tokenizers`` library can read.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
+        try:
+            tokenizer = HFTokenizer.from_file(str(path))
+        except Exception as error:  # the Rust side raises a bare Exception
+            raise ValueError(f"tokenizer file {str(path)!r} is not a tokenizers JSON file: {error}") from error
+        return cls(tokenizer, context_length, **kwargs)
+
+    @classmethod
+    def from_clip_bpe(cls, path: str | os.PathLike, context_length: int = 77) -> Tokenizer:
+        """CLIP's byte-level BPE from CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``, shipped with open_clip).
+
+        Ids equal CLIP's (and open_clip's ``tokenize``) for the same text: the 256 byte characters, the same with
+        the ``</w>`` end-of-word mark, one token per merge, then ``<start_of_text>`` (49406) and
+        ``<end_of_text>`` (49407); padding is 0.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: a file that is not a CLIP merges file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP merges file {str(path)!r} does not exist")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : CLIP_NUM_MERGES + 1]]
+        if len(merges) != CLIP_NUM_MERGES or any(len(m) != 2 for m in merges):
+            raise ValueError(f"{str(path)!r} is not a CLIP merges file ({CLIP_NUM_MERGES} merge pairs expected)")
+        byte_characters = list(bytes_to_unicode().values())
+        vocab_list = byte_characters + [c + "</w>" for c in byte_characters] + ["".join(m) for m in merges]
+        vocab_list += [CLIP_START, CLIP_END]
+        vocab = {token: index for index, token in enumerate(vocab_list)}
+        model = models.BPE(vocab, merges, end_of_word_suffix="</w>", fuse_unk=False)
+        tokenizer = HFTokenizer(model)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(CLIP_WORD_PATTERN), behavior="removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tokenizer.decoder = decoders.Sequence([decoders.BPEDecoder(suffix="</w>"), decoders.ByteLevel()])
+        return cls(tokenizer, context_length, CLIP_START, CLIP_END, pad_id=0, clean=clip_clean)
+
+    @classmethod
+    def train(
+        cls, corpus: Iterable[str], vocab_size: int = 1000, context_length: int = 77, min_frequency: int = 1
+    ) -> Tokenizer:
+        """Train a small byte-level BPE tokenizer on ``corpus``, offline (for demos, tests and new domains).
+
+        Text is lower-cased and whitespace-normalised; ``<pad>`` is id 0, then ``<|startoftext|>`` and
+        ``<|endoftext|>``.
+        """
+        check_positive_int("vocab_size", vocab_size, minimum=260)
+        tokenizer = HFTokenizer(models.BPE())
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=["<pad>", "<|startoftext|>", "<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(corpus, trainer)
+        return cls(tokenizer, context_length, pad_id=0)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch.
+
+        Args:
+            texts: a string or ``B`` strings.
+
+        Returns:
+            ``{"input_ids": [B, L], "attention_mask": [B, L]}``, both int64.
+
+        Raises:
+            TypeError: an element that is not a ``str``.
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        for index, text in enumerate(batch):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] must be a str; got {type(text).__name__}")
+        if self.clean is not None:
+            batch = [self.clean(text) for text in batch]
+        encodings = self.tokenizer.encode_batch(batch, add_special_tokens=False)
+        room = self.context_length - 2
+        input_ids = torch.full((len(batch), self.context_length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), self.context_length), dtype=torch.long)
+        for row, encoding in enumerate(encodings):
+            ids = [self.start_id, *encoding.ids[:room], self.end_id]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def decode(self, input_ids: Sequence[int] | torch.Tensor) -> str:
+        """The text of one row of ids, special tokens and padding dropped."""
+        ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
+        if self.end_id in ids:
+            ids = ids[: ids.index(self.end_id)]
+        ids = [i for i in ids if i != self.start_id]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
