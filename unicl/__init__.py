@@ -3,9 +3,20 @@
 from unicl.captions import caption_labels
 from unicl.distributed import distributed_unicl_loss
 from unicl.loss import unicl_loss
+from unicl.models import UniCLModel, create_model, list_models
 from unicl.nn import UniCLLoss
 from unicl.targets import target_keys
 
 __version__ = "0.1.0"
 
-__all__ = ["UniCLLoss", "__version__", "caption_labels", "distributed_unicl_loss", "target_keys", "unicl_loss"]
+__all__ = [
+    "UniCLLoss",
+    "UniCLModel",
+    "__version__",
+    "caption_labels",
+    "create_model",
+    "distributed_unicl_loss",
+    "list_models",
+    "target_keys",
+    "unicl_loss",
+]

@@ -1,0 +1,185 @@
+"""Encoders, heads, the UniCL model, presets, and a short real training run on digits."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import unicl
+from unicl.models import TextConfig, TextTransformer, get_config, projection_head
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _ids(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", unicl.list_models())
+def test_every_preset_gives_normalised_embeddings_of_the_right_shape(name):
+    torch.manual_seed(0)
+    model = unicl.create_model(name).eval()
+    config = model.config
+    size = config.image.image_size if "swin" in name or name == "unicl_tiny" else 64
+    images = torch.randn(2, config.image.in_chans, size, size)
+    input_ids = _ids(2, 10, config.text.vocab_size)
+    with torch.no_grad():
+        out = model(images, input_ids, torch.ones_like(input_ids))
+    assert set(out) == {"image_features", "text_features", "logit_scale"}
+    for key in ("image_features", "text_features"):
+        assert out[key].shape == (2, config.embed_dim)
+        torch.testing.assert_close(out[key].norm(dim=1), torch.ones(2))
+    assert model.encode_image(images, normalize=False).norm(dim=1).sub(1).abs().max() > 1e-3
+
+
+def test_paper_presets_match_the_paper():
+    for name in ("unicl_swin_tiny", "unicl_swin_base", "unicl_resnet50"):
+        config = get_config(name)
+        assert (config.text.layers, config.text.width, config.text.heads) == (12, 512, 8)
+        assert (config.text.context_length, config.text.vocab_size, config.embed_dim) == (77, 49408, 512)
+    assert get_config("unicl_swin_tiny").image.model_name.startswith("swin_tiny")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_never_changes_text_features(causal):
+    torch.manual_seed(1)
+    encoder = TextTransformer(TextConfig(vocab_size=50, context_length=20, width=32, layers=2, heads=4, causal=causal))
+    encoder.eval()
+    ids = _ids(3, 7, 50, seed=2)
+    short = encoder(ids, torch.ones_like(ids))
+    for pad_value in (0, 17):
+        padded = torch.full((3, 20), pad_value)
+        padded[:, :7] = ids
+        mask = torch.zeros(3, 20, dtype=torch.long)
+        mask[:, :7] = 1
+        torch.testing.assert_close(encoder(padded, mask), short, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_uses_the_mask_not_the_largest_id():
+    torch.manual_seed(3)
+    encoder = TextTransformer(TextConfig(vocab_size=50, context_length=8, width=16, layers=1, heads=2)).eval()
+    ids = torch.tensor([[1, 49, 5, 2, 0, 0, 0, 0]])  # the largest id sits before the end token
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]])
+    torch.testing.assert_close(encoder(ids, mask), encoder(ids[:, :4], mask[:, :4]))
+
+
+def test_temperature_starts_at_one_over_0_07_and_is_clamped_at_100():
+    model = unicl.create_model("unicl_tiny")
+    assert math.isclose(model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    out = model(torch.randn(1, 3, 32, 32), _ids(1, 5, 1000))
+    assert out["logit_scale"].item() == 100.0
+
+
+def test_loss_plumbing_reaches_every_parameter():
+    torch.manual_seed(4)
+    model = unicl.create_model("unicl_tiny")
+    ids = _ids(6, 9, 1000)
+    out = model(torch.randn(6, 3, 32, 32), ids, torch.ones_like(ids))
+    unicl.UniCLLoss()(**out, labels=torch.tensor([0, 0, 1, -1, 2, 2])).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def test_param_groups_keep_norms_biases_embeddings_and_temperature_out_of_decay():
+    model = unicl.create_model("unicl_tiny")
+    decay, no_decay = model.param_groups(weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    assert id(model.logit_scale) in no_decay_ids
+    assert id(model.text_encoder.token_embedding.weight) in no_decay_ids
+    assert id(model.text_encoder.positional_embedding) in no_decay_ids
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_state_dict_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(5)
+    model = unicl.create_model("unicl_tiny").eval()
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    torch.manual_seed(6)
+    restored = unicl.create_model("unicl_tiny").eval()
+    restored.load_state_dict(torch.load(path))
+    images, ids = torch.randn(2, 3, 32, 32), _ids(2, 8, 1000)
+    for key, value in model(images, ids).items():
+        assert torch.equal(restored(images, ids)[key], value)
+
+
+def test_heads_and_freezing():
+    assert projection_head(8, 4).bias is None
+    mlp = projection_head(8, 4, "mlp")
+    assert mlp(torch.randn(2, 8)).shape == (2, 4)
+    frozen = unicl.create_model("unicl_tiny", image={"freeze": True})
+    assert not any(p.requires_grad for p in frozen.image_encoder.parameters())
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (
+            lambda: unicl.create_model("unicl_huge"),
+            ValueError,
+            "unknown model 'unicl_huge'; known models: unicl_resnet50",
+        ),
+        (lambda: unicl.create_model("unicl_tiny", depth=3), ValueError, "unknown model config field(s) ['depth']"),
+        (lambda: unicl.create_model("unicl_tiny", text={"depth": 3}), ValueError, "unknown text config field(s)"),
+        (lambda: unicl.create_model("unicl_tiny", image={"model_name": "no_such_net"}), ValueError, "not a timm model"),
+        (lambda: unicl.create_model("unicl_tiny", projection="deep"), ValueError, "projection must be one of"),
+        (
+            lambda: unicl.create_model("unicl_tiny", image={"checkpoint_path": "/no/file.pt"}),
+            FileNotFoundError,
+            "/no/file.pt",
+        ),
+        (
+            lambda: unicl.create_model("unicl_tiny", text={"width": 30, "heads": 4}),
+            ValueError,
+            "width must be divisible by heads",
+        ),
+    ],
+)
+def test_bad_configuration(call, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        call()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return unicl.create_model("unicl_tiny").eval()
+
+
+@pytest.mark.parametrize(
+    ("images", "ids", "mask", "words"),
+    [
+        (torch.randn(1, 3, 48, 48), _ids(1, 4, 1000), None, "takes 32x32 images (image_size in its config); got 48x48"),
+        (torch.randn(1, 1, 32, 32), _ids(1, 4, 1000), None, "images must have 3 channels"),
+        (torch.randn(3, 32, 32), _ids(1, 4, 1000), None, "images must be a [B, C, H, W] tensor"),
+        (torch.randn(1, 3, 32, 32), _ids(1, 17, 1000), None, "input_ids are 17 tokens long; the context length is 16"),
+        (
+            torch.randn(1, 3, 32, 32),
+            _ids(1, 4, 1000),
+            torch.ones(1, 5),
+            "attention_mask must have the shape of input_ids",
+        ),
+    ],
+)
+def test_bad_inputs(tiny_model, images, ids, mask, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        tiny_model(images, ids, mask)
+
+
+def test_short_training_on_digits_beats_chance_by_a_wide_margin(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import train_digits
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    results = train_digits.main(["--epochs", "8", "--out", str(tmp_path)])
+    assert results["UniCL (label-aware targets)"] > 0.8  # chance is 0.1
+    assert (tmp_path / "curves.png").stat().st_size > 0

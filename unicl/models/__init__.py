@@ -1,0 +1,20 @@
+"""Encoders, projection heads, the UniCL model and its presets."""
+
+from unicl.models.heads import projection_head
+from unicl.models.image import ImageConfig, ImageEncoder
+from unicl.models.model import UniCLConfig, UniCLModel
+from unicl.models.presets import create_model, get_config, list_models
+from unicl.models.text import TextConfig, TextTransformer
+
+__all__ = [
+    "ImageConfig",
+    "ImageEncoder",
+    "TextConfig",
+    "TextTransformer",
+    "UniCLConfig",
+    "UniCLModel",
+    "create_model",
+    "get_config",
+    "list_models",
+    "projection_head",
+]

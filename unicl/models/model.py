@@ -1,0 +1,102 @@
+"""The UniCL model: two towers, two projections and a learnable temperature."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unicl.models.heads import projection_head
+from unicl.models.image import ImageConfig, ImageEncoder
+from unicl.models.text import TextConfig, TextTransformer
+
+
+@dataclass
+class UniCLConfig:
+    """A whole model.
+
+    Attributes:
+        image: the image tower.
+        text: the text tower.
+        embed_dim: width of the shared embedding space.
+        projection: ``"linear"`` (bias-free, as in UniCL) or ``"mlp"``.
+        init_temperature: initial temperature; the logit scale starts at ``1 / init_temperature``.
+        max_logit_scale: the exponent of ``logit_scale`` is clamped here in forward.
+    """
+
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512
+    projection: str = "linear"
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+
+
+class UniCLModel(nn.Module):
+    """Image and text towers projected into one space, with a learnable temperature.
+
+    ``forward`` returns ``{"image_features", "text_features", "logit_scale"}``, the argument names of
+    :class:`unicl.UniCLLoss`, so a training step is ``loss_fn(**model(images, ids, mask), labels=y)``.
+
+    Args:
+        config: the :class:`UniCLConfig`.
+
+    Example:
+        >>> import torch, unicl
+        >>> model = unicl.create_model("unicl_tiny")
+        >>> out = model(torch.randn(2, 3, 32, 32), torch.randint(0, 1000, (2, 16)))
+        >>> out["image_features"].shape, float(out["logit_scale"].detach()) > 14
+        (torch.Size([2, 64]), True)
+    """
+
+    def __init__(self, config: UniCLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config.image)
+        self.text_encoder = TextTransformer(config.text)
+        self.image_projection = projection_head(self.image_encoder.num_features, config.embed_dim, config.projection)
+        self.text_projection = projection_head(self.text_encoder.num_features, config.embed_dim, config.projection)
+        # Stored in log space, as in CLIP: the optimiser then moves the temperature multiplicatively.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """``[B, C, H, W]`` images to ``[B, embed_dim]`` embeddings (unit rows when ``normalize``)."""
+        features = self.image_projection(self.image_encoder(images))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
+        """``[B, L]`` ids (and mask) to ``[B, embed_dim]`` embeddings (unit rows when ``normalize``)."""
+        features = self.text_projection(self.text_encoder(input_ids, attention_mask))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Both embeddings and the current logit scale ``exp(logit_scale)``, clamped at ``max_logit_scale``."""
+        return {
+            "image_features": self.encode_image(images),
+            "text_features": self.encode_text(input_ids, attention_mask),
+            "logit_scale": self.logit_scale.exp().clamp(max=self.config.max_logit_scale),
+        }
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.
+
+        Example:
+            >>> import torch, unicl
+            >>> model = unicl.create_model("unicl_tiny")
+            >>> optimizer = torch.optim.AdamW(model.param_groups(weight_decay=0.1), lr=1e-3)
+        """
+        decay, no_decay = [], []
+        embeddings = {id(self.text_encoder.token_embedding.weight), id(self.text_encoder.positional_embedding)}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            exempt = parameter.dim() < 2 or id(parameter) in embeddings or "pos_embed" in name or "cls_token" in name
+            (no_decay if exempt else decay).append(parameter)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

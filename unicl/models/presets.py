@@ -1,0 +1,75 @@
+"""Named model configurations: ``create_model(name, **overrides)`` and ``list_models()``."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from unicl.models.image import ImageConfig
+from unicl.models.model import UniCLConfig, UniCLModel
+from unicl.models.text import TextConfig
+
+#: The paper's text tower: 12 layers, 512 wide, 8 heads, 77 tokens, CLIP's 49,408-token vocabulary.
+PAPER_TEXT = TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8)
+
+_PRESETS: dict[str, Callable[[], UniCLConfig]] = {
+    "unicl_swin_tiny": lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), PAPER_TEXT, embed_dim=512),
+    "unicl_swin_base": lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), PAPER_TEXT, embed_dim=512),
+    "unicl_resnet50": lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512),
+    # For tests and demos: a 2-block ViT on 32x32 images and a 2-layer, 64-wide text tower.
+    "unicl_tiny": lambda: UniCLConfig(
+        ImageConfig(
+            "vit_tiny_patch16_224",
+            image_size=32,
+            timm_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+        ),
+        TextConfig(vocab_size=1000, context_length=16, width=64, layers=2, heads=2),
+        embed_dim=64,
+    ),
+}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Preset names matching a shell-style ``pattern``, sorted."""
+    return sorted(name for name in _PRESETS if fnmatch.fnmatch(name, pattern))
+
+
+def get_config(name: str, **overrides: Any) -> UniCLConfig:
+    """The configuration of preset ``name`` with ``overrides`` applied.
+
+    Top-level fields are replaced (``embed_dim=256``); ``image=`` and ``text=`` take a dict of field changes
+    (``text={"layers": 6}``) or a whole config.
+
+    Raises:
+        ValueError: an unknown preset (the known ones are listed) or an unknown field.
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    config = _PRESETS[name]()
+    for tower in ("image", "text"):
+        change = overrides.get(tower)
+        if isinstance(change, dict):
+            overrides[tower] = _replace(getattr(config, tower), change, tower)
+    return _replace(config, overrides, "model")
+
+
+def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} config field(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(config, **changes)
+
+
+def create_model(name: str, **overrides: Any) -> UniCLModel:
+    """Build preset ``name`` (see :func:`list_models`) with ``overrides`` (see :func:`get_config`).
+
+    Example:
+        >>> import unicl
+        >>> unicl.list_models()
+        ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny']
+        >>> model = unicl.create_model("unicl_tiny", embed_dim=32, text={"layers": 1})
+    """
+    return UniCLModel(get_config(name, **overrides))
