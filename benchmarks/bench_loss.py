@@ -220,12 +220,14 @@ def correctness_gate(providers, device, dtype, labels_kinds, scale) -> dict[tupl
     reference_fn = PROVIDERS["unicl-dense"].make()
     for labels in labels_kinds:
         image, text, y = make_inputs(GATE_N, 64, dtype, device, labels, seed=1)
-        reference = float(reference_fn(image, text, y, scale))
+        with torch.no_grad():
+            reference = float(reference_fn(image, text, y, scale))
         for provider in providers:
             if provider.unique_labels_only and labels != "unique":
                 continue
             try:
-                value = float(provider.make()(image, text, y, scale))
+                with torch.no_grad():
+                    value = float(provider.make()(image, text, y, scale))
             except Exception as error:
                 verdicts[provider.name, labels] = f"gate error: {type(error).__name__}: {error}"[:160]
                 continue

@@ -18,3 +18,9 @@ def test_readme_snippet_runs(snippet):
 
 def test_readme_has_snippets():
     assert SNIPPETS
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (README.parent / ".ci" / "run").read_text()

@@ -152,13 +152,17 @@ def distributed_unicl_loss(
     Outside an initialised process group, or with one rank, this is :func:`unicl.unicl_loss`.
 
     Args:
-        image_features: ``[n, D]`` this rank's image features; text_features: ``[n, D]``.
+        image_features: ``[n, D]`` this rank's image features.
+        text_features: ``[n, D]`` this rank's text features.
         labels: ``[n]`` this rank's labels or ``None`` (then ``None`` on every rank).
         logit_scale: as in :func:`unicl.unicl_loss` (the same value on every rank).
         group: process group (``None``: default).
         local_loss: compute only this rank's rows and columns (``W`` times less work and memory).
-        backend, reduction, normalize, chunk_size: as in :func:`unicl.unicl_loss`. With ``reduction="none"`` the
-            result is this rank's ``[n]`` per-sample terms in both modes.
+        backend: as in :func:`unicl.unicl_loss`.
+        reduction: as in :func:`unicl.unicl_loss`; with ``"none"`` the result is this rank's ``[n]`` per-sample
+            terms, in both modes.
+        normalize: as in :func:`unicl.unicl_loss`.
+        chunk_size: as in :func:`unicl.unicl_loss`.
 
     Returns:
         A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``.

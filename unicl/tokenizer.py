@@ -59,7 +59,8 @@ class Tokenizer:
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` (its own post-processing and padding are not used).
         context_length: ``L``, tokens per row including start and end, ``>= 2``.
-        start_token: the start token's string; end_token: the end token's string (both in the vocabulary).
+        start_token: the start token's string (in the vocabulary).
+        end_token: the end token's string (in the vocabulary).
         pad_id: id written after the end token (masked out).
         clean: optional text clean-up applied before encoding (e.g. :func:`clip_clean`).
 

@@ -64,8 +64,8 @@ def similarity_terms(
         u: ``[M, D]`` row (image) features, already normalised if wanted.
         v: ``[N, D]`` column (text) features, same dtype and device as ``u``.
         scale: 0-dim logit scale ``s`` in the accumulation dtype.
-        row_keys: ``[M]`` target keys of the rows; col_keys: ``[N]`` of the columns (see
-            :func:`unicl.targets.target_keys`).
+        row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
+        col_keys: ``[N]`` target keys of the columns.
         backend: one of :data:`BACKENDS`.
         chunk_size: rows per block of the chunked backend (``None``: automatic).
 

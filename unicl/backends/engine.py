@@ -46,9 +46,13 @@ class SimilarityEngine(Protocol):
         """Products of ``P_ij = g^r_i·exp(S_ij − r_i) + g^c_j·exp(S_ij − c_j)`` with the features.
 
         Args:
-            u: ``[M, D]``; v: ``[N, D]``; scale: 0-dim ``s``.
-            row_lse: ``[M]`` ``r``; col_lse: ``[N]`` ``c`` (as returned by :meth:`logsumexp`).
-            row_weight: ``[M]`` ``g^r`` or ``None`` for zero; col_weight: ``[N]`` ``g^c`` or ``None`` for zero.
+            u: ``[M, D]`` row features.
+            v: ``[N, D]`` column features.
+            scale: 0-dim ``s``.
+            row_lse: ``[M]`` ``r``, as returned by :meth:`logsumexp`.
+            col_lse: ``[N]`` ``c``.
+            row_weight: ``[M]`` ``g^r``, or ``None`` for zero.
+            col_weight: ``[N]`` ``g^c``, or ``None`` for zero.
 
         Returns:
             ``P V [M, D]`` and ``Pᵀ U [N, D]`` in the accumulation dtype.

@@ -251,7 +251,9 @@ def row_logsumexp_launch(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) 
     """``r_i = logsumexp_j s·⟨q_i, k_j⟩``.
 
     Args:
-        q: ``[M, D]``; k: ``[N, D]`` (same dtype: float16, bfloat16 or float32); scale: one-element tensor ``s``.
+        q: ``[M, D]`` row features (float16, bfloat16 or float32).
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
 
     Returns:
         ``[M]`` float32.
@@ -282,9 +284,13 @@ def row_softmax_grad_launch(
     """``out_i = Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·k_j`` with ``S = s·Q Kᵀ``.
 
     Args:
-        q: ``[M, D]``; k: ``[N, D]``; scale: one-element ``s``.
-        q_lse: ``[M]`` ``r``; k_lse: ``[N]`` ``c``.
-        q_weight: ``[M]`` ``g`` or ``None`` (zero); k_weight: ``[N]`` ``h`` or ``None`` (zero).
+        q: ``[M, D]`` row features.
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
+        q_lse: ``[M]`` row log-sum-exp ``r``.
+        k_lse: ``[N]`` column log-sum-exp ``c``.
+        q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
+        k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
 
     Returns:
         ``[M, D]`` float32.
