@@ -269,6 +269,14 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[Provider]
         # torch.compile on the CPU spends minutes in the C++ compiler; ask for it by name.
         providers = [p for p in PROVIDERS.values() if not p.gpu_only and p.name != "torch-compile-dense"]
     providers = [p for p in providers if device.type == "cuda" or not p.gpu_only]
+    available = []
+    for provider in providers:
+        try:
+            provider.make()
+            available.append(provider)
+        except ImportError as error:
+            print(f"skipping {provider.name}: {error} (pip install -e '.[bench]')", file=sys.stderr)
+    providers = available
     if args.n:
         sizes = args.n
     elif args.quick:

@@ -1,6 +1,17 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration.
 
+Without a GPU, the Triton kernels run through Triton's CPU interpreter. ``TRITON_INTERPRET`` must be set before
+``triton`` is first imported (which importing unicl, timm or torch's compile stack does), so it is set here, before
+any test module is collected; spawned test processes inherit it. With a GPU the kernels are compiled instead.
+"""
+
+import os
+
+import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile(
     "unicl", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

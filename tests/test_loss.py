@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from reference import assert_error_within_baseline, clip_loss, plain_loss, reference_loss, reference_terms
 
 from unicl import UniCLLoss, unicl_loss
+from unicl.kernels import interpreter_active
 
 CPU_BACKENDS = ["dense", "chunked"]
 
@@ -266,3 +267,37 @@ def _literal(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "triton"])
+def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
+    """``columns=False`` (distributed local mode) gives the same row terms and gradients, and no column terms."""
+    if backend == "triton" and not interpreter_active():
+        pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
+    from unicl.backends import similarity_terms
+    from unicl.targets import target_keys
+
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    generator = torch.Generator().manual_seed(9)
+    rows = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator, dtype=dtype), dim=1)
+    cols = torch.nn.functional.normalize(torch.randn(13, 8, generator=generator, dtype=dtype), dim=1)
+    rows.requires_grad_()
+    cols.requires_grad_()
+    scale = torch.tensor(6.0, dtype=dtype, requires_grad=True)
+    labels = torch.randint(-1, 3, (13,), generator=generator)
+    col_keys = target_keys(labels, 13, rows.device)
+    row_keys = col_keys[4:9]  # rows are global samples 4..8, as on one rank
+    outputs = {}
+    for columns in (True, False):
+        row_terms, col_terms = similarity_terms(
+            rows, cols, scale, row_keys, col_keys, backend=backend, chunk_size=2, columns=columns
+        )
+        assert (col_terms is None) == (not columns)
+        outputs[columns] = (row_terms, *torch.autograd.grad(row_terms.sum(), [rows, cols, scale]))
+    for with_columns, without in zip(outputs[True], outputs[False]):
+        torch.testing.assert_close(without, with_columns)
+    # And against the reference: row i's term over all 13 columns, positives by key.
+    sim = scale.detach() * rows.detach() @ cols.detach().T
+    targets = (row_keys[:, None] == col_keys[None, :]).to(dtype)
+    expected = torch.logsumexp(sim, 1) - (targets * sim).sum(1) / targets.sum(1)
+    torch.testing.assert_close(outputs[False][0].detach(), expected)

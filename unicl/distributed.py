@@ -184,8 +184,8 @@ def distributed_unicl_loss(
         return reduce_terms(row_terms, col_terms, reduction)
     # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
     # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
-    image_terms, _ = similarity_terms(image, batch.text, scale, batch.local_keys, batch.keys, **options)
-    text_terms, _ = similarity_terms(text, batch.image, scale, batch.local_keys, batch.keys, **options)
+    image_terms, _ = similarity_terms(image, batch.text, scale, batch.local_keys, batch.keys, columns=False, **options)
+    text_terms, _ = similarity_terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False, **options)
     if reduction == "none":
         return (image_terms + text_terms) / 2
     share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size

@@ -57,7 +57,8 @@ def similarity_terms(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    columns: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row and per-column UniCL terms of the block ``S = s·U Vᵀ`` with the chosen backend.
 
     Args:
@@ -68,6 +69,7 @@ def similarity_terms(
         col_keys: ``[N]`` target keys of the columns.
         backend: one of :data:`BACKENDS`.
         chunk_size: rows per block of the chunked backend (``None``: automatic).
+        columns: also compute the column terms; ``False`` skips their ``N²`` work and returns ``None`` for them.
 
     Returns:
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
@@ -75,7 +77,9 @@ def similarity_terms(
     """
     concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
     if concrete == "dense":
-        return dense_terms(u, v, scale, row_keys, col_keys)
+        return dense_terms(u, v, scale, row_keys, col_keys, columns)
     engine = make_engine(concrete, chunk_size)
     # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
-    return UniCLTermsFunction.apply(u, v, scale, row_keys, None if col_keys is row_keys else col_keys, engine)
+    shared_keys = None if col_keys is row_keys else col_keys
+    row_terms, col_terms = UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns)
+    return row_terms, col_terms if columns else None

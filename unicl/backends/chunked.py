@@ -35,17 +35,20 @@ class ChunkedEngine:
         rows = self.chunk_size or max(1, DEFAULT_BLOCK_ENTRIES // num_cols)
         return min(rows, num_rows)
 
-    def logsumexp(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logsumexp(
+        self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, columns: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
         acc = accumulation_dtype(u.dtype)
         v_acc = v.to(acc)
         row_lse = torch.empty(u.shape[0], dtype=acc, device=u.device)
-        col_lse = torch.full((v.shape[0],), float("-inf"), dtype=acc, device=u.device)
+        col_lse = torch.full((v.shape[0],), float("-inf"), dtype=acc, device=u.device) if columns else None
         block = self._block_rows(u.shape[0], v.shape[0])
         for start in range(0, u.shape[0], block):
             sim = torch.mm(u[start : start + block].to(acc), v_acc.T).mul_(scale)
             row_lse[start : start + block] = torch.logsumexp(sim, dim=1)
-            col_lse = torch.logaddexp(col_lse, torch.logsumexp(sim, dim=0))
+            if col_lse is not None:
+                col_lse = torch.logaddexp(col_lse, torch.logsumexp(sim, dim=0))
         return row_lse, col_lse
 
     def softmax_grad(
@@ -54,7 +57,7 @@ class ChunkedEngine:
         v: torch.Tensor,
         scale: torch.Tensor,
         row_lse: torch.Tensor,
-        col_lse: torch.Tensor,
+        col_lse: torch.Tensor | None,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:

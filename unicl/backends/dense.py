@@ -12,8 +12,13 @@ from unicl.backends.engine import accumulation_dtype
 
 
 def dense_terms(
-    u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, row_keys: torch.Tensor, col_keys: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    u: torch.Tensor,
+    v: torch.Tensor,
+    scale: torch.Tensor,
+    row_keys: torch.Tensor,
+    col_keys: torch.Tensor,
+    columns: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row and per-column UniCL terms of ``S = s·U Vᵀ``, computed densely.
 
     Args:
@@ -22,6 +27,7 @@ def dense_terms(
         scale: 0-dim logit scale ``s``.
         row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
+        columns: also compute the column terms (else ``None``).
 
     Returns:
         ``l_row [M]`` and ``l_col [N]`` in the accumulation dtype.
@@ -30,5 +36,7 @@ def dense_terms(
     sim = scale * (u.to(acc) @ v.to(acc).T)
     targets = (row_keys[:, None] == col_keys[None, :]).to(acc)
     row_terms = torch.logsumexp(sim, dim=1) - (targets * sim).sum(1) / targets.sum(1)
+    if not columns:
+        return row_terms, None
     col_terms = torch.logsumexp(sim, dim=0) - (targets * sim).sum(0) / targets.sum(0)
     return row_terms, col_terms

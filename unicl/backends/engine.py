@@ -39,7 +39,7 @@ class SimilarityEngine(Protocol):
         v: torch.Tensor,
         scale: torch.Tensor,
         row_lse: torch.Tensor,
-        col_lse: torch.Tensor,
+        col_lse: torch.Tensor | None,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +50,7 @@ class SimilarityEngine(Protocol):
             v: ``[N, D]`` column features.
             scale: 0-dim ``s``.
             row_lse: ``[M]`` ``r``, as returned by :meth:`logsumexp`.
-            col_lse: ``[N]`` ``c``.
+            col_lse: ``[N]`` ``c`` (read only when ``col_weight`` is given).
             row_weight: ``[M]`` ``g^r``, or ``None`` for zero.
             col_weight: ``[N]`` ``g^c``, or ``None`` for zero.
 

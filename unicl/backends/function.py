@@ -56,22 +56,28 @@ class UniCLTermsFunction(torch.autograd.Function):
         row_keys: torch.Tensor,
         col_keys: torch.Tensor | None,
         engine: SimilarityEngine,
+        columns: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``col_keys=None`` means the columns share the rows' keys (a square batch)."""
+        """``col_keys=None`` means the columns share the rows' keys (a square batch). Without ``columns`` the
+        column terms are not computed and the second output is an empty, non-differentiable tensor."""
         col_keys = row_keys if col_keys is None else col_keys
         acc = accumulation_dtype(u.dtype)
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
-        row_lse, col_lse = engine.logsumexp(u, v, scale)
+        row_lse, col_lse = engine.logsumexp(u, v, scale, columns)
         u_acc, v_acc = u.to(acc), v.to(acc)
         row_positive = _gathered_dot(u_acc, groups.by_column.sums(v_acc), groups.by_column.other)
-        col_positive = _gathered_dot(v_acc, groups.by_row.sums(u_acc), groups.by_row.other)
+        row_terms = row_lse - scale * row_positive / groups.row_count
+        if col_lse is None:
+            col_terms = row_terms.new_empty(0)
+            ctx.mark_non_differentiable(col_terms)
+            col_lse = col_terms
+        else:
+            col_positive = _gathered_dot(v_acc, groups.by_row.sums(u_acc), groups.by_row.other)
+            col_terms = col_lse - scale * col_positive / groups.col_count
         ctx.engine = engine
         ctx.save_for_backward(u, v, scale, row_keys, col_keys, row_lse, col_lse)
         ctx.set_materialize_grads(False)
-        return (
-            row_lse - scale * row_positive / groups.row_count,
-            col_lse - scale * col_positive / groups.col_count,
-        )
+        return row_terms, col_terms
 
     @staticmethod
     def backward(
@@ -79,8 +85,10 @@ class UniCLTermsFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         u, v, scale, row_keys, col_keys, row_lse, col_lse = ctx.saved_tensors
         col_keys = row_keys if col_keys is None else col_keys
+        if col_lse.numel() == 0:  # columns were not computed
+            col_grad, col_lse = None, None
         if row_grad is None and col_grad is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         acc = accumulation_dtype(u.dtype)
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
         u_acc, v_acc = u.to(acc), v.to(acc)
@@ -99,4 +107,4 @@ class UniCLTermsFunction(torch.autograd.Function):
         grad_scale = torch.dot(u_acc.reshape(-1), g_u.reshape(-1)) if ctx.needs_input_grad[2] else None
         grad_u = g_u.mul_(scale).to(u.dtype) if ctx.needs_input_grad[0] else None
         grad_v = g_v.mul_(scale).to(v.dtype) if ctx.needs_input_grad[1] else None
-        return grad_u, grad_v, grad_scale, None, None, None
+        return grad_u, grad_v, grad_scale, None, None, None, None

@@ -33,12 +33,13 @@ All statistics are fp32. Extra memory: ``r``, ``c`` (``2N`` floats) and the fp32
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 
 import torch
 import triton
 import triton.language as tl
+
+from unicl.kernels import interpreter_active
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -186,8 +187,8 @@ INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether these kernels run through Triton's CPU interpreter (see :func:`unicl.kernels.interpreter_active`)."""
+    return interpreter_active()
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
@@ -351,9 +352,11 @@ def _row_softmax_grad_fake(q, k, scale, q_lse, k_lse, q_weight, k_weight) -> tor
 class TritonEngine:
     """The fused-kernel engine behind ``backend="triton"`` (see the module docstring for the design)."""
 
-    def logsumexp(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logsumexp(
+        self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, columns: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
-        return row_logsumexp(u, v, scale), row_logsumexp(v, u, scale)
+        return row_logsumexp(u, v, scale), row_logsumexp(v, u, scale) if columns else None
 
     def softmax_grad(
         self,
@@ -361,12 +364,14 @@ class TritonEngine:
         v: torch.Tensor,
         scale: torch.Tensor,
         row_lse: torch.Tensor,
-        col_lse: torch.Tensor,
+        col_lse: torch.Tensor | None,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``P V`` and ``Pᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
-        # Pᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c.
+        # Pᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
+        # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
+        col_lse = row_lse.new_empty(v.shape[0]) if col_lse is None else col_lse
         return (
             row_softmax_grad(u, v, scale, row_lse, col_lse, row_weight, col_weight),
             row_softmax_grad(v, u, scale, col_lse, row_lse, col_weight, row_weight),
