@@ -245,10 +245,11 @@ def _launch_unfiltered(
         _tuned(kernel_name, major, dtype)[grid_fn](**arguments)
 
 
-# --- launchers ------------------------------------------------------------------------------------------------------
+# --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
 
 
-def row_logsumexp_launch(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
+def row_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``r_i = logsumexp_j s·⟨q_i, k_j⟩``.
 
     Args:
@@ -273,7 +274,8 @@ def row_logsumexp_launch(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) 
     return out
 
 
-def row_softmax_grad_launch(
+@torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
+def row_softmax_grad(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
@@ -319,29 +321,9 @@ def row_softmax_grad_launch(
 # --- torch.library operators, so torch.compile keeps the loss in its graph ------------------------------------------
 
 
-@torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
-def row_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Operator form of :func:`row_logsumexp_launch`."""
-    return row_logsumexp_launch(q, k, scale)
-
-
 @row_logsumexp.register_fake
 def _row_logsumexp_fake(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.new_empty(q.shape[0], dtype=torch.float32)
-
-
-@torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
-def row_softmax_grad(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-) -> torch.Tensor:
-    """Operator form of :func:`row_softmax_grad_launch`."""
-    return row_softmax_grad_launch(q, k, scale, q_lse, k_lse, q_weight, k_weight)
 
 
 @row_softmax_grad.register_fake
