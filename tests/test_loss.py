@@ -271,10 +271,10 @@ def _literal(text: str) -> str:
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, "triton"])
 def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
-    """``columns=False`` (distributed local mode) gives the same row terms and gradients, and no column terms."""
+    """``row_terms`` (distributed local mode) gives the same row terms and gradients as the full block."""
     if backend == "triton" and not interpreter_active():
         pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
-    from unicl.backends import similarity_terms
+    from unicl.backends import row_terms, similarity_terms
     from unicl.targets import target_keys
 
     dtype = torch.float32 if backend == "triton" else torch.float64
@@ -289,11 +289,12 @@ def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
     row_keys = col_keys[4:9]  # rows are global samples 4..8, as on one rank
     outputs = {}
     for columns in (True, False):
-        row_terms, col_terms = similarity_terms(
-            rows, cols, scale, row_keys, col_keys, backend=backend, chunk_size=2, columns=columns
-        )
-        assert (col_terms is None) == (not columns)
-        outputs[columns] = (row_terms, *torch.autograd.grad(row_terms.sum(), [rows, cols, scale]))
+        if columns:
+            terms, col_terms = similarity_terms(rows, cols, scale, row_keys, col_keys, backend=backend, chunk_size=2)
+            assert col_terms.shape == (13,)
+        else:
+            terms = row_terms(rows, cols, scale, row_keys, col_keys, backend=backend, chunk_size=2)
+        outputs[columns] = (terms, *torch.autograd.grad(terms.sum(), [rows, cols, scale]))
     for with_columns, without in zip(outputs[True], outputs[False]):
         torch.testing.assert_close(without, with_columns)
     # And against the reference: row i's term over all 13 columns, positives by key.

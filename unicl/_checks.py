@@ -22,10 +22,13 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
-def check_positive_int(name: str, value: object, *, minimum: int = 1, allow_none: bool = False) -> int | None:
-    """Return ``value`` if it is an ``int`` of at least ``minimum`` (or ``None`` when allowed)."""
-    if value is None and allow_none:
-        return None
+def check_optional_positive_int(name: str, value: object, *, minimum: int = 1) -> int | None:
+    """Return ``value`` if it is ``None`` or an ``int`` of at least ``minimum``."""
+    return None if value is None else check_positive_int(name, value, minimum=minimum)
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an ``int`` of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum}; got {type(value).__name__} {value!r}")
     if value < minimum:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -73,6 +73,14 @@ class UnifiedCollate:
         return {"images": torch.stack(images), **self.tokenizer(texts), "labels": label_tensor}
 
 
+class SizedDataset(Protocol):
+    """A map-style dataset with a length."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 class MixedDataset(Dataset):
     """Interleave an image-label and an image-text dataset at a fixed ratio.
 
@@ -87,7 +95,13 @@ class MixedDataset(Dataset):
         length: number of samples (default: enough to visit the larger source's share once).
     """
 
-    def __init__(self, labelled: Dataset, captioned: Dataset, label_fraction: float = 0.5, length: int | None = None):
+    def __init__(
+        self,
+        labelled: SizedDataset,
+        captioned: SizedDataset,
+        label_fraction: float = 0.5,
+        length: int | None = None,
+    ) -> None:
         if not isinstance(label_fraction, (int, float)) or not 0.0 <= label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be a number in [0, 1]; got {label_fraction!r}")
         self.labelled, self.captioned, self.fraction = labelled, captioned, float(label_fraction)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
 
-from unicl.backends import similarity_terms
+from unicl.backends import row_terms, similarity_terms
 from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms
 from unicl.targets import target_keys
 
@@ -173,19 +173,26 @@ def distributed_unicl_loss(
     world = distributed_world(group)
     if world is None:
         keys = target_keys(labels, image.shape[0], image.device)
-        row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
-        return reduce_terms(row_terms, col_terms, reduction)
+        image_terms, text_terms = similarity_terms(
+            image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size
+        )
+        return reduce_terms(image_terms, text_terms, reduction)
     batch = gather_batch(image, text, labels, group)
-    options = {"backend": backend, "chunk_size": chunk_size}
     if not local_loss:
-        row_terms, col_terms = similarity_terms(batch.image, batch.text, scale, batch.keys, batch.keys, **options)
+        image_terms, text_terms = similarity_terms(
+            batch.image, batch.text, scale, batch.keys, batch.keys, backend=backend, chunk_size=chunk_size
+        )
         if reduction == "none":
-            return reduce_terms(row_terms, col_terms, "none")[batch.offset : batch.offset + batch.local_size]
-        return reduce_terms(row_terms, col_terms, reduction)
+            return reduce_terms(image_terms, text_terms, "none")[batch.offset : batch.offset + batch.local_size]
+        return reduce_terms(image_terms, text_terms, reduction)
     # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
     # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
-    image_terms, _ = similarity_terms(image, batch.text, scale, batch.local_keys, batch.keys, columns=False, **options)
-    text_terms, _ = similarity_terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False, **options)
+    image_terms = row_terms(
+        image, batch.text, scale, batch.local_keys, batch.keys, backend=backend, chunk_size=chunk_size
+    )
+    text_terms = row_terms(
+        text, batch.image, scale, batch.local_keys, batch.keys, backend=backend, chunk_size=chunk_size
+    )
     if reduction == "none":
         return (image_terms + text_terms) / 2
     share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_positive_int
+from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_optional_positive_int
 from unicl.backends import BACKENDS, similarity_terms
 from unicl.backends.engine import accumulation_dtype
 from unicl.targets import target_keys
@@ -104,7 +104,7 @@ def prepare_inputs(
     scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, BACKENDS)
-    check_positive_int("chunk_size", chunk_size, allow_none=True)
+    check_optional_positive_int("chunk_size", chunk_size)
     if normalize:
         image, text = normalize_features(image), normalize_features(text)
     return image, text, checked_labels, scale

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unicl._checks import check_choice, check_positive_int
+from unicl._checks import check_choice, check_optional_positive_int
 from unicl.backends import BACKENDS
 from unicl.distributed import distributed_unicl_loss
 from unicl.loss import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
@@ -56,7 +56,7 @@ class UniCLLoss(nn.Module):
         self.backend = check_choice("backend", backend, BACKENDS)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.normalize = normalize
-        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.chunk_size = check_optional_positive_int("chunk_size", chunk_size)
         self.gather_distributed = gather_distributed
         self.local_loss = local_loss
         self.group = group

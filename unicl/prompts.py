@@ -12,6 +12,7 @@ import operator
 import random
 import re
 from collections.abc import Iterator, Sequence
+from typing import SupportsIndex
 
 import torch.utils.data
 
@@ -210,12 +211,14 @@ class LabelToPrompt:
         Python, NumPy and 0-dim torch integers are accepted.
         """
         try:
-            class_id = operator.index(class_id)
+            if not isinstance(class_id, SupportsIndex):
+                raise TypeError
+            index = operator.index(class_id)  # a float tensor has __index__ but refuses it
         except TypeError:
             raise TypeError(f"class id must be an integer; got {type(class_id).__name__} {class_id!r}") from None
-        if not 0 <= class_id < self.num_classes:
-            raise ValueError(f"class id must be in [0, {self.num_classes}); got {class_id}")
-        return class_id
+        if not 0 <= index < self.num_classes:
+            raise ValueError(f"class id must be in [0, {self.num_classes}); got {index}")
+        return index
 
     def _stream(self) -> random.Random:
         info = torch.utils.data.get_worker_info()

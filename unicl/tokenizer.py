@@ -12,6 +12,7 @@ import html
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
@@ -98,7 +99,7 @@ class Tokenizer:
         self.clean = clean
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, context_length: int = 77, **kwargs: object) -> Tokenizer:
+    def from_file(cls, path: str | os.PathLike, context_length: int = 77, **kwargs: Any) -> Tokenizer:
         """Load a ``tokenizer.json`` (keyword arguments as in the constructor).
 
         Raises:
@@ -132,9 +133,10 @@ class Tokenizer:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as handle:
             lines = handle.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1 : CLIP_NUM_MERGES + 1]]
-        if len(merges) != CLIP_NUM_MERGES or any(len(m) != 2 for m in merges):
+        pairs = [line.split() for line in lines[1 : CLIP_NUM_MERGES + 1]]
+        if len(pairs) != CLIP_NUM_MERGES or any(len(pair) != 2 for pair in pairs):
             raise ValueError(f"{str(path)!r} is not a CLIP merges file ({CLIP_NUM_MERGES} merge pairs expected)")
+        merges = [(first, second) for first, second in pairs]
         byte_characters = list(bytes_to_unicode().values())
         vocab_list = byte_characters + [c + "</w>" for c in byte_characters] + ["".join(m) for m in merges]
         vocab_list += [CLIP_START, CLIP_END]

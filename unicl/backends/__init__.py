@@ -45,7 +45,9 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_
 
 def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
     """The engine of a concrete memory-efficient backend (``"chunked"`` or ``"triton"``)."""
-    return triton_engine() if backend == "triton" else ChunkedEngine(chunk_size)
+    if backend == "triton":
+        return triton_engine()
+    return ChunkedEngine(chunk_size)
 
 
 def similarity_terms(
@@ -57,8 +59,7 @@ def similarity_terms(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
-    columns: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row and per-column UniCL terms of the block ``S = s·U Vᵀ`` with the chosen backend.
 
     Args:
@@ -69,17 +70,46 @@ def similarity_terms(
         col_keys: ``[N]`` target keys of the columns.
         backend: one of :data:`BACKENDS`.
         chunk_size: rows per block of the chunked backend (``None``: automatic).
-        columns: also compute the column terms; ``False`` skips their ``N²`` work and returns ``None`` for them.
 
     Returns:
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
         down column ``j``), in float32 (float64 for float64 inputs).
     """
+    return _terms(u, v, scale, row_keys, col_keys, backend, chunk_size, columns=True)
+
+
+def row_terms(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    scale: torch.Tensor,
+    row_keys: torch.Tensor,
+    col_keys: torch.Tensor,
+    *,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Only the per-row terms ``l_row [M]`` of :func:`similarity_terms`, skipping all column work.
+
+    Distributed local mode uses it: a rank's rows against the global columns, once per direction.
+    """
+    return _terms(u, v, scale, row_keys, col_keys, backend, chunk_size, columns=False)[0]
+
+
+def _terms(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    scale: torch.Tensor,
+    row_keys: torch.Tensor,
+    col_keys: torch.Tensor,
+    backend: str,
+    chunk_size: int | None,
+    columns: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both term vectors; without ``columns`` the second is empty and no column work is done."""
     concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
     if concrete == "dense":
         return dense_terms(u, v, scale, row_keys, col_keys, columns)
     engine = make_engine(concrete, chunk_size)
     # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
     shared_keys = None if col_keys is row_keys else col_keys
-    row_terms, col_terms = UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns)
-    return row_terms, col_terms if columns else None
+    return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns)

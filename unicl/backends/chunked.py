@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from unicl._checks import check_positive_int
+from unicl._checks import check_optional_positive_int
 from unicl.backends.engine import accumulation_dtype
 
 #: Entries of ``S`` per block when ``chunk_size`` is not given: 2^20 float32 entries are 4 MiB a buffer, large
@@ -29,7 +29,7 @@ class ChunkedEngine:
     """
 
     def __init__(self, chunk_size: int | None = None) -> None:
-        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.chunk_size = check_optional_positive_int("chunk_size", chunk_size)
 
     def _block_rows(self, num_rows: int, num_cols: int) -> int:
         rows = self.chunk_size or max(1, DEFAULT_BLOCK_ENTRIES // num_cols)
@@ -70,9 +70,11 @@ class ChunkedEngine:
         for start in range(0, u.shape[0], block):
             rows = slice(start, start + block)
             sim = torch.mm(u_acc[rows], v_acc.T).mul_(scale)
-            col_part = None if col_weight is None else torch.sub(sim, col_lse).exp_().mul_(col_weight)
+            col_part = None
+            if col_weight is not None and col_lse is not None:
+                col_part = torch.sub(sim, col_lse).exp_().mul_(col_weight)
             if row_weight is None:
-                weights = col_part
+                weights = col_part if col_part is not None else torch.zeros_like(sim)
             else:
                 # In place on ``sim``: it is not needed after this.
                 weights = sim.sub_(row_lse[rows, None]).exp_().mul_(row_weight[rows, None])

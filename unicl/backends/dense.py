@@ -18,7 +18,7 @@ def dense_terms(
     row_keys: torch.Tensor,
     col_keys: torch.Tensor,
     columns: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row and per-column UniCL terms of ``S = s·U Vᵀ``, computed densely.
 
     Args:
@@ -27,7 +27,7 @@ def dense_terms(
         scale: 0-dim logit scale ``s``.
         row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
-        columns: also compute the column terms (else ``None``).
+        columns: also compute the column terms (else the second result is empty).
 
     Returns:
         ``l_row [M]`` and ``l_col [N]`` in the accumulation dtype.
@@ -37,6 +37,6 @@ def dense_terms(
     targets = (row_keys[:, None] == col_keys[None, :]).to(acc)
     row_terms = torch.logsumexp(sim, dim=1) - (targets * sim).sum(1) / targets.sum(1)
     if not columns:
-        return row_terms, None
+        return row_terms, row_terms.new_empty(0)
     col_terms = torch.logsumexp(sim, dim=0) - (targets * sim).sum(0) / targets.sum(0)
     return row_terms, col_terms

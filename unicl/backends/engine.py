@@ -20,13 +20,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 class SimilarityEngine(Protocol):
     """Computes the ``N²`` reductions over ``S = s·U Vᵀ`` without the caller holding ``S``."""
 
-    def logsumexp(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logsumexp(
+        self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, columns: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``.
 
         Args:
             u: ``[M, D]`` row features.
             v: ``[N, D]`` column features, same dtype as ``u``.
             scale: 0-dim logit scale ``s`` in the accumulation dtype.
+            columns: also compute ``c``; without it the column work is skipped and ``c`` is ``None``.
 
         Returns:
             ``r [M]`` and ``c [N]`` in the accumulation dtype: ``r_i = logsumexp_j S_ij``, ``c_j = logsumexp_i S_ij``.

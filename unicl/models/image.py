@@ -58,7 +58,8 @@ class ImageEncoder(nn.Module):
         if config.checkpoint_path is not None and not os.path.isfile(config.checkpoint_path):
             raise FileNotFoundError(f"checkpoint_path {config.checkpoint_path!r} does not exist")
         self.config = config
-        self.backbone = timm.create_model(
+        # Any: timm models carry methods (set_grad_checkpointing) and attributes nn.Module does not declare.
+        backbone: Any = timm.create_model(
             config.model_name,
             pretrained=False,
             num_classes=0,
@@ -67,11 +68,12 @@ class ImageEncoder(nn.Module):
             **config.timm_kwargs,
         )
         if config.checkpoint_path is not None:
-            timm.models.load_checkpoint(self.backbone, config.checkpoint_path, strict=False)
+            timm.models.load_checkpoint(backbone, config.checkpoint_path, strict=False)
         if config.grad_checkpointing:
-            self.backbone.set_grad_checkpointing(True)
+            backbone.set_grad_checkpointing(True)
         if config.freeze:
-            self.backbone.requires_grad_(False)
+            backbone.requires_grad_(False)
+        self.backbone = backbone
 
     @property
     def num_features(self) -> int:

@@ -92,7 +92,8 @@ class UniCLModel(nn.Module):
             >>> model = unicl.create_model("unicl_tiny")
             >>> optimizer = torch.optim.AdamW(model.param_groups(weight_decay=0.1), lr=1e-3)
         """
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         embeddings = {id(self.text_encoder.token_embedding.weight), id(self.text_encoder.positional_embedding)}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
