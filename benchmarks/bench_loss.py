@@ -309,6 +309,7 @@ def main(argv=None) -> list[Row]:
     }
     peak = next((peaks for key, peaks in PEAK_TFLOPS.items() if key in name), {})
     rows: list[Row] = []
+    csv_path = args.out / "bench_loss.csv"
     skipped_oom: set[tuple] = set()
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
@@ -349,26 +350,23 @@ def main(argv=None) -> list[Row]:
                 if dtype_name in peak:
                     row.peak_fraction = row.tflops / peak[dtype_name]
             rows.append(row)
-    write_outputs(rows, args.out)
+            append_csv(row, csv_path)  # as it goes, so a run stopped by a time limit keeps what it measured
+    print(format_table(rows))
+    for path in plot_results(csv_path, args.out):
+        print(f"wrote {path}")
+    print(f"wrote {csv_path}")
     return rows
 
 
-def write_outputs(rows: list[Row], out: Path) -> None:
-    """Print the table, append to ``bench_loss.csv`` in ``out`` and draw the plots."""
-    out.mkdir(parents=True, exist_ok=True)
-    print(format_table(rows))
-    csv_path = out / "bench_loss.csv"
-    names = [f.name for f in fields(Row)]
+def append_csv(row: Row, csv_path: Path) -> None:
+    """Append one row to the long-format CSV, writing the header first into a new file."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Row)])
         if new_file:
             writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
-    for path in plot_results(csv_path, out):
-        print(f"wrote {path}")
-    print(f"wrote {csv_path}")
+        writer.writerow(asdict(row))
 
 
 def format_table(rows: list[Row]) -> str:
