@@ -302,3 +302,25 @@ def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
     targets = (row_keys[:, None] == col_keys[None, :]).to(dtype)
     expected = torch.logsumexp(sim, 1) - (targets * sim).sum(1) / targets.sum(1)
     torch.testing.assert_close(outputs[False][0].detach(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_normalisation_matches_torch_forward_and_backward(dtype):
+    from unicl.normalize import normalize_features
+
+    generator = torch.Generator().manual_seed(11)
+    features = (torch.randn(9, 7, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    features[4] = 0  # a zero row stays zero, without NaN
+    features.requires_grad_()
+    upstream = torch.randn(9, 7, generator=generator, dtype=torch.float64).to(dtype)
+    ours = normalize_features(features)
+    (grad,) = torch.autograd.grad((ours * upstream).sum(), [features])
+    reference_in = features.detach().double().requires_grad_()
+    reference = torch.nn.functional.normalize(reference_in, dim=-1)
+    (reference_grad,) = torch.autograd.grad((reference * upstream.double()).sum(), [reference_in])
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-2}
+    assert ours.dtype == grad.dtype == dtype
+    torch.testing.assert_close(ours.double(), reference, **tolerance)
+    torch.testing.assert_close(grad.double(), reference_grad, **tolerance)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(normalize_features, (features[:4].detach().clone().requires_grad_(),))

@@ -15,11 +15,11 @@ With ``labels=None`` every pair is unique and this is exactly the CLIP loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_optional_positive_int
 from unicl.backends import BACKENDS, similarity_terms
 from unicl.backends.engine import accumulation_dtype
+from unicl.normalize import normalize_features
 from unicl.targets import target_keys
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -108,18 +108,6 @@ def prepare_inputs(
     if normalize:
         image, text = normalize_features(image), normalize_features(text)
     return image, text, checked_labels, scale
-
-
-def normalize_features(features: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows, computing the norm in the accumulation dtype and returning the input dtype.
-
-    Args:
-        features: ``[N, D]``.
-
-    Returns:
-        ``[N, D]`` unit rows, same dtype.
-    """
-    return F.normalize(features.to(accumulation_dtype(features.dtype)), dim=-1).to(features.dtype)
 
 
 def scale_tensor(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

@@ -80,23 +80,28 @@ class KeyGroups:
         sizes.index_add_(0, group, torch.ones(keys.shape[0], dtype=dtype, device=keys.device))
         return cls(group, other, sizes[other])
 
-    def sums(self, values: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def sums(
+        self, values: torch.Tensor, weight: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-group sums of ``weight[l] * values[l]`` over the grouped side.
 
         Args:
             values: ``[L, D]``.
             weight: ``[L]`` or ``None`` (all ones).
+            out: an ``[L + 1, D]`` buffer to overwrite (reusing one saves an allocation per call).
 
         Returns:
             ``[L + 1, D]``; row ``other[k]`` is the sum over the grouped keys equal to key ``k`` of the other side.
         """
-        buffer = values.new_zeros(values.shape[0] + 1, values.shape[1])
+        buffer = values.new_zeros(values.shape[0] + 1, values.shape[1]) if out is None else out.zero_()
         if weight is None:
             return buffer.index_add_(0, self.own, values)
         # Weighted in row blocks so that no second [L, D] tensor is held.
+        scratch = values.new_empty(min(SUM_BLOCK_ROWS, values.shape[0]), values.shape[1])
         for start in range(0, values.shape[0], SUM_BLOCK_ROWS):
             rows = slice(start, start + SUM_BLOCK_ROWS)
-            buffer.index_add_(0, self.own[rows], values[rows] * weight[rows, None])
+            weighted = torch.mul(values[rows], weight[rows, None], out=scratch[: values[rows].shape[0]])
+            buffer.index_add_(0, self.own[rows], weighted)
         return buffer
 
 

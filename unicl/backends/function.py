@@ -25,9 +25,11 @@ GATHER_ROWS = 1024
 def _gathered_dot(x: torch.Tensor, sums: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``out[k] = ⟨x[k], sums[index[k]]⟩`` for ``x [K, D]``, ``sums [G, D]``, ``index [K]``; returns ``[K]``."""
     out = x.new_empty(x.shape[0])
+    gathered = sums.new_empty(min(GATHER_ROWS, x.shape[0]), sums.shape[1])
     for start in range(0, x.shape[0], GATHER_ROWS):
         rows = slice(start, start + GATHER_ROWS)
-        out[rows] = (x[rows] * sums.index_select(0, index[rows])).sum(1)
+        block = torch.index_select(sums, 0, index[rows], out=gathered[: index[rows].shape[0]])
+        out[rows] = torch.linalg.vecdot(x[rows], block)
     return out
 
 
@@ -35,13 +37,14 @@ def _subtract_gathered(
     target: torch.Tensor, sums: torch.Tensor, index: torch.Tensor, weight: torch.Tensor | None = None
 ) -> None:
     """In place: ``target[k] -= weight[k] * sums[index[k]]`` (``weight`` ``None`` means 1)."""
+    gathered = sums.new_empty(min(GATHER_ROWS, target.shape[0]), sums.shape[1])
     for start in range(0, target.shape[0], GATHER_ROWS):
         rows = slice(start, start + GATHER_ROWS)
-        gathered = sums.index_select(0, index[rows])
+        block = torch.index_select(sums, 0, index[rows], out=gathered[: index[rows].shape[0]])
         if weight is None:
-            target[rows] -= gathered
+            target[rows].sub_(block)
         else:
-            target[rows] -= gathered * weight[rows, None]
+            target[rows].addcmul_(block, weight[rows, None], value=-1)
 
 
 class UniCLTermsFunction(torch.autograd.Function):
@@ -98,12 +101,15 @@ class UniCLTermsFunction(torch.autograd.Function):
         g_u, g_v = ctx.engine.softmax_grad(u, v, scale, row_lse, col_lse, row_grad, col_grad)
         # Row i loses (g^r_i/p_i)·Σ_{j∈P(i)} v_j and Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it.
         by_column, by_row = groups.by_column, groups.by_row
+        # One per-group buffer per side, reused by both terms.
+        column_sums = v_acc.new_empty(v_acc.shape[0] + 1, v_acc.shape[1])
+        row_sums = u_acc.new_empty(u_acc.shape[0] + 1, u_acc.shape[1])
         if row_weight is not None:
-            _subtract_gathered(g_u, by_column.sums(v_acc), by_column.other, row_weight)
-            _subtract_gathered(g_v, by_row.sums(u_acc, row_weight), by_row.other)
+            _subtract_gathered(g_u, by_column.sums(v_acc, out=column_sums), by_column.other, row_weight)
+            _subtract_gathered(g_v, by_row.sums(u_acc, row_weight, out=row_sums), by_row.other)
         if col_weight is not None:
-            _subtract_gathered(g_v, by_row.sums(u_acc), by_row.other, col_weight)
-            _subtract_gathered(g_u, by_column.sums(v_acc, col_weight), by_column.other)
+            _subtract_gathered(g_v, by_row.sums(u_acc, out=row_sums), by_row.other, col_weight)
+            _subtract_gathered(g_u, by_column.sums(v_acc, col_weight, out=column_sums), by_column.other)
         grad_scale = torch.dot(u_acc.reshape(-1), g_u.reshape(-1)) if ctx.needs_input_grad[2] else None
         grad_u = g_u.mul_(scale).to(u.dtype) if ctx.needs_input_grad[0] else None
         grad_v = g_v.mul_(scale).to(v.dtype) if ctx.needs_input_grad[1] else None
