@@ -3,7 +3,8 @@
 * ``"dense"``: :func:`unicl.backends.dense.dense_terms`, the readable reference (holds ``N × N`` tensors).
 * ``"chunked"``: :class:`unicl.backends.chunked.ChunkedEngine` behind the shared autograd function; any device.
 * ``"triton"``: the fused kernels of :mod:`unicl.kernels`; CUDA, or the CPU under ``TRITON_INTERPRET=1``.
-* ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else ``"dense"`` for small blocks and ``"chunked"``.
+* ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else ``"dense"`` up to 1,024 × 1,024 entries and
+  ``"chunked"`` above.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from unicl.kernels import triton_engine, triton_unavailable_reason
 
 BACKENDS = ("auto", "dense", "chunked", "triton")
 
-#: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves no memory worth
-#: having and costs Python overhead (2-core Xeon, float32, D = 512, forward+backward: at N = 256 dense takes 4.2 ms
-#: and chunked 5.6 ms; at N = 1,024 they tie; benchmarks/results/cpu-quick).
-AUTO_DENSE_MAX_ENTRIES = 256 * 256
+#: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves little memory and
+#: costs Python overhead (2-core Xeon, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
+#: 2.9 ms vs chunked 6.0 ms at N = 256, 27 vs 41 ms at N = 1,024, but 731 vs 382 ms at N = 4,096).
+AUTO_DENSE_MAX_ENTRIES = 1024 * 1024
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_rows: int, num_cols: int) -> str:
