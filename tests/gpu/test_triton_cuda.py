@@ -65,3 +65,22 @@ def test_large_batch_runs_in_linear_memory():
     unicl_loss(image, text, None, 20.0, backend="triton").backward()
     extra = torch.cuda.max_memory_allocated() - baseline
     assert extra < 64 * n * d  # O(N·D): a float32 N×N matrix alone would be 275 GB
+
+
+def test_deterministic_mode_gives_identical_results_run_to_run(monkeypatch):
+    # torch's deterministic mode needs this for any cuBLAS call (benchmarks/gpu_check.sh exports it too).
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        generator = torch.Generator(device="cuda").manual_seed(7)
+        image = torch.randn(3000, 256, device="cuda", generator=generator, dtype=torch.bfloat16, requires_grad=True)
+        text = torch.randn(3000, 256, device="cuda", generator=generator, dtype=torch.bfloat16, requires_grad=True)
+        labels = torch.randint(-1, 50, (3000,), device="cuda", generator=generator)
+        runs = []
+        for _ in range(2):
+            loss = unicl_loss(image, text, labels, 30.0, backend="triton")
+            runs.append((loss, *torch.autograd.grad(loss, [image, text])))
+        for first, second in zip(*runs):
+            assert torch.equal(first, second)
+    finally:
+        torch.use_deterministic_algorithms(False)
