@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
 
 from unicl.backends import row_terms, similarity_terms
-from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms
+from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_loss
 from unicl.targets import target_keys
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -167,16 +167,14 @@ def distributed_unicl_loss(
     Returns:
         A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``.
     """
+    if distributed_world(group) is None:
+        return unicl_loss(
+            image_features, text_features, labels, logit_scale,
+            backend=backend, reduction=reduction, normalize=normalize, chunk_size=chunk_size,
+        )  # fmt: skip
     image, text, labels, scale = prepare_inputs(
         image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size
     )
-    world = distributed_world(group)
-    if world is None:
-        keys = target_keys(labels, image.shape[0], image.device)
-        image_terms, text_terms = similarity_terms(
-            image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size
-        )
-        return reduce_terms(image_terms, text_terms, reduction)
     batch = gather_batch(image, text, labels, group)
     if not local_loss:
         image_terms, text_terms = similarity_terms(

@@ -46,8 +46,8 @@ def build_zeroshot_classifier(
     check_positive_int("batch_size", batch_size)
     prompts = LabelToPrompt(class_names, templates)
     if device is None:
-        parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
+        parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+        device = torch.device("cpu") if parameter is None else parameter.device
     per_class = [prompts.all_prompts(c) for c in range(prompts.num_classes)]
     flat = [prompt for group in per_class for prompt in group]
     embeddings = []
