@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import assert_error_within_baseline, clip_loss, plain_loss, reference_loss, reference_terms
@@ -302,6 +303,77 @@ def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
     targets = (row_keys[:, None] == col_keys[None, :]).to(dtype)
     expected = torch.logsumexp(sim, 1) - (targets * sim).sum(1) / targets.sum(1)
     torch.testing.assert_close(outputs[False][0].detach(), expected)
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "triton"])
+@pytest.mark.parametrize("columns", [True, False], ids=["both-directions", "rows-only"])
+def test_normalising_inside_the_tiles_equals_normalising_first(backend, columns):
+    """``normalize=True`` on raw features equals ``F.normalize`` first, values and gradients, with a zero row (the
+    memory-efficient backends never build the normalised features). Rows-only blocks are rectangular, as in
+    distributed local mode; both directions need every column to have a positive row, so that block is square."""
+    if backend == "triton" and not interpreter_active():
+        pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
+    from unicl.backends import row_terms, similarity_terms
+    from unicl.targets import target_keys
+
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    generator = torch.Generator().manual_seed(12)
+    num_rows = 11 if columns else 6
+    rows = torch.randn(num_rows, 8, generator=generator, dtype=dtype)
+    rows = rows * torch.rand(num_rows, 1, generator=generator, dtype=dtype) * 5
+    cols = torch.randn(11, 8, generator=generator, dtype=dtype) * 3
+    rows[2] = 0
+    scale = torch.tensor(7.0, dtype=dtype)
+    col_keys = target_keys(torch.randint(-1, 3, (11,), generator=generator), 11, rows.device)
+    row_keys = col_keys if columns else col_keys[3:9]
+    upstream = torch.rand(num_rows, generator=generator, dtype=dtype) + 0.5
+
+    def terms_and_grads(normalize_first: bool) -> tuple[torch.Tensor, ...]:
+        x, y, s = rows.clone().requires_grad_(), cols.clone().requires_grad_(), scale.clone().requires_grad_()
+        u, v = (F.normalize(x, dim=1), F.normalize(y, dim=1)) if normalize_first else (x, y)
+        options = {"normalize": not normalize_first, "backend": backend, "chunk_size": 4}
+        if columns:
+            row_part, col_part = similarity_terms(u, v, s, row_keys, col_keys, **options)
+            value = (row_part * upstream).sum() + col_part.sum()
+            out = torch.cat([row_part, col_part])
+        else:
+            out = row_terms(u, v, s, row_keys, col_keys, **options)
+            value = (out * upstream).sum()
+        return (out, *torch.autograd.grad(value, [x, y, s]))
+
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    for inside, first in zip(terms_and_grads(False), terms_and_grads(True)):
+        assert torch.isfinite(inside).all()
+        torch.testing.assert_close(inside, first, **tolerance)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(labels=label_lists, seed=st.integers(0, 2**16), data=st.data())
+def test_rescaling_feature_rows_changes_nothing_when_normalising(backend, labels, seed, data):
+    n = len(labels)
+    image, text = make_batch(n, 6, seed=seed, requires_grad=False)
+    factors = torch.tensor(data.draw(st.lists(st.floats(1e-3, 1e3), min_size=2 * n, max_size=2 * n)))
+    kwargs = {"backend": backend, "reduction": "none", "chunk_size": 2}
+    before = unicl_loss(image, text, torch.tensor(labels), 5.0, **kwargs)
+    after = unicl_loss(image * factors[:n, None], text * factors[n:, None], torch.tensor(labels), 5.0, **kwargs)
+    torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_chunked_forward_keeps_no_feature_sized_copy(normalize):
+    """What the chunked forward saves for backward is the inputs themselves and ``O(N)`` vectors, never ``[N, D]``."""
+    image, text = make_batch(40, 16, dtype=torch.float32)
+    loss = unicl_loss(image, text, torch.arange(40) % 7 - 2, 9.0, backend="chunked", normalize=normalize)
+    pending, saved = [loss.grad_fn], None
+    while pending and saved is None:
+        node = pending.pop()
+        if type(node).__name__ == "UniCLTermsFunctionBackward":
+            saved = node.saved_tensors
+        pending.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+    assert saved is not None
+    inputs = {image.data_ptr(), text.data_ptr()}
+    feature_sized = [t.shape for t in saved if t is not None and t.dim() > 1 and t.data_ptr() not in inputs]
+    assert feature_sized == []
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

@@ -16,6 +16,7 @@ parameter gradients over the ``W`` ranks, so training matches single-process tra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -173,24 +174,22 @@ def distributed_unicl_loss(
             backend=backend, reduction=reduction, normalize=normalize, chunk_size=chunk_size,
         )  # fmt: skip
     image, text, labels, scale = prepare_inputs(
-        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size
+        image_features, text_features, labels, logit_scale, backend, reduction, chunk_size
     )
     batch = gather_batch(image, text, labels, group)
     if not local_loss:
         image_terms, text_terms = similarity_terms(
-            batch.image, batch.text, scale, batch.keys, batch.keys, backend=backend, chunk_size=chunk_size
-        )
+            batch.image, batch.text, scale, batch.keys, batch.keys,
+            normalize=normalize, backend=backend, chunk_size=chunk_size,
+        )  # fmt: skip
         if reduction == "none":
             return reduce_terms(image_terms, text_terms, "none")[batch.offset : batch.offset + batch.local_size]
         return reduce_terms(image_terms, text_terms, reduction)
     # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
     # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
-    image_terms = row_terms(
-        image, batch.text, scale, batch.local_keys, batch.keys, backend=backend, chunk_size=chunk_size
-    )
-    text_terms = row_terms(
-        text, batch.image, scale, batch.local_keys, batch.keys, backend=backend, chunk_size=chunk_size
-    )
+    local_terms = functools.partial(row_terms, normalize=normalize, backend=backend, chunk_size=chunk_size)
+    image_terms = local_terms(image, batch.text, scale, batch.local_keys, batch.keys)
+    text_terms = local_terms(text, batch.image, scale, batch.local_keys, batch.keys)
     if reduction == "none":
         return (image_terms + text_terms) / 2
     share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size

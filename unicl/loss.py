@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 
 from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_optional_positive_int
+from unicl._dtypes import accumulation_dtype
 from unicl.backends import BACKENDS, similarity_terms
-from unicl.backends.engine import accumulation_dtype
-from unicl.normalize import normalize_features
 from unicl.targets import target_keys
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -77,10 +76,12 @@ def unicl_loss(
         torch.Size([])
     """
     image, text, labels, scale = prepare_inputs(
-        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size
+        image_features, text_features, labels, logit_scale, backend, reduction, chunk_size
     )
     keys = target_keys(labels, image.shape[0], image.device)
-    row_terms, col_terms = similarity_terms(image, text, scale, keys, keys, backend=backend, chunk_size=chunk_size)
+    row_terms, col_terms = similarity_terms(
+        image, text, scale, keys, keys, normalize=normalize, backend=backend, chunk_size=chunk_size
+    )
     return reduce_terms(row_terms, col_terms, reduction)
 
 
@@ -91,13 +92,12 @@ def prepare_inputs(
     logit_scale: object,
     backend: str,
     reduction: str,
-    normalize: bool,
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Check every argument of :func:`unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
 
-    The features come back normalised when ``normalize`` is set, the scale as a 0-dim tensor in the accumulation
-    dtype. Raises the errors documented in :func:`unicl_loss`.
+    The features come back as given (the backends normalise them), the scale as a 0-dim tensor in the
+    accumulation dtype. Raises the errors documented in :func:`unicl_loss`.
     """
     image, text = check_feature_pair(image_features, text_features)
     checked_labels = check_labels(labels, image.shape[0], image.device)
@@ -105,8 +105,6 @@ def prepare_inputs(
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, BACKENDS)
     check_optional_positive_int("chunk_size", chunk_size)
-    if normalize:
-        image, text = normalize_features(image), normalize_features(text)
     return image, text, checked_labels, scale
 
 

@@ -1,8 +1,8 @@
-"""Row L2-normalisation with a lean backward.
+"""Row L2-normalisation: the inverse norms, the normalisation itself, and the chain rule back through it.
 
-``F.normalize`` differentiates as a division by a norm, which keeps several ``[N, D]`` temporaries alive in
-backward. Here backward is ``∂x = (g − u·⟨u, g⟩) / ‖x‖`` from the saved output ``u`` and the ``N`` norms, with one
-``[N, D]`` result and nothing else; the loss saves ``u`` anyway, so the forward keeps no extra copy either.
+The memory-efficient backends never normalise a copy of the features: they scale the similarity tiles by the
+inverse norms ``a`` (see :class:`unicl.backends.engine.Similarity`) and turn the gradient back with
+:func:`unit_grad_to_input_`, in place. :func:`normalize_features` (used by the dense backend) shares both.
 """
 
 from __future__ import annotations
@@ -11,32 +11,60 @@ from typing import Any
 
 import torch
 
-from unicl.backends.engine import accumulation_dtype
+from unicl._dtypes import accumulation_dtype
+from unicl.rowwise import row_dots
 
 #: Norms are clamped here, as ``F.normalize`` does, so a zero row gives a zero vector rather than NaN.
 NORM_EPS = 1e-12
 
 
+def inverse_norms(features: torch.Tensor) -> torch.Tensor:
+    """``a_i = 1 / max(‖x_i‖, NORM_EPS)`` in the accumulation dtype.
+
+    Args:
+        features: ``[N, D]``.
+
+    Returns:
+        ``[N]``.
+    """
+    acc = accumulation_dtype(features.dtype)
+    return torch.linalg.vector_norm(features, dim=-1, dtype=acc).clamp_min_(NORM_EPS).reciprocal_()
+
+
+def unit_grad_to_input_(grad: torch.Tensor, features: torch.Tensor, inverse_norm: torch.Tensor) -> torch.Tensor:
+    """In place, the chain rule through ``u = a·x``: ``a·(g − u·⟨u, g⟩) = a·g − a²·⟨x, a·g⟩·x``.
+
+    Args:
+        grad: ``[N, D]`` ``a·g`` (``g = ∂L/∂u``) in the accumulation dtype; overwritten with ``∂L/∂x``.
+        features: ``[N, D]`` the unnormalised ``x``.
+        inverse_norm: ``[N]`` ``a``, from :func:`inverse_norms`.
+
+    Returns:
+        ``grad``.
+    """
+    along = row_dots(features, grad).mul_(inverse_norm).mul_(inverse_norm)
+    return grad.addcmul_(features, along[:, None], value=-1)
+
+
 class _L2Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
-        acc = accumulation_dtype(features.dtype)
-        norms = torch.linalg.vector_norm(features, dim=-1, keepdim=True, dtype=acc).clamp_min_(NORM_EPS)
-        unit = (features.to(acc) / norms).to(features.dtype)
-        ctx.save_for_backward(unit, norms)
-        return unit
+        inverse_norm = inverse_norms(features)
+        ctx.save_for_backward(features, inverse_norm)
+        return (features.to(inverse_norm.dtype) * inverse_norm[:, None]).to(features.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        unit, norms = ctx.saved_tensors
-        acc = norms.dtype
-        unit_acc, grad_acc = unit.to(acc), grad.to(acc)
-        along = torch.linalg.vecdot(unit_acc, grad_acc).unsqueeze(-1)
-        return torch.addcmul(grad_acc, unit_acc, along, value=-1).div_(norms).to(grad.dtype)
+        features, inverse_norm = ctx.saved_tensors
+        scaled = grad.to(inverse_norm.dtype) * inverse_norm[:, None]
+        return unit_grad_to_input_(scaled, features, inverse_norm).to(grad.dtype)
 
 
 def normalize_features(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise rows, with the norm computed in the accumulation dtype, returning the input dtype.
+
+    The backward is ``∂x = a·(g − u·⟨u, g⟩)`` with one ``[N, D]`` result and no other ``[N, D]`` temporary
+    (``F.normalize`` differentiates as a division by a norm and keeps several).
 
     Args:
         features: ``[N, D]``.

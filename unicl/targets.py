@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from unicl._dtypes import accumulation_dtype
+
 #: Rows per step when weighting feature rows, which bounds the temporary to this many rows.
 SUM_BLOCK_ROWS = 1024
 
@@ -83,25 +85,30 @@ class KeyGroups:
     def sums(
         self, values: torch.Tensor, weight: torch.Tensor | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Per-group sums of ``weight[l] * values[l]`` over the grouped side.
+        """Per-group sums of ``weight[l] * values[l]`` over the grouped side, in the accumulation dtype.
 
         Args:
-            values: ``[L, D]``.
-            weight: ``[L]`` or ``None`` (all ones).
-            out: an ``[L + 1, D]`` buffer to overwrite (reusing one saves an allocation per call).
+            values: ``[L, D]``, any float dtype (half precision is upcast a block of rows at a time).
+            weight: ``[L]`` in the accumulation dtype, or ``None`` (all ones).
+            out: an ``[L + 1, D]`` buffer in the accumulation dtype to overwrite (reusing one saves an allocation).
 
         Returns:
             ``[L + 1, D]``; row ``other[k]`` is the sum over the grouped keys equal to key ``k`` of the other side.
         """
-        buffer = values.new_zeros(values.shape[0] + 1, values.shape[1]) if out is None else out.zero_()
-        if weight is None:
+        acc = accumulation_dtype(values.dtype)
+        buffer = values.new_zeros(values.shape[0] + 1, values.shape[1], dtype=acc) if out is None else out.zero_()
+        if weight is None and values.dtype == acc:
             return buffer.index_add_(0, self.own, values)
-        # Weighted in row blocks so that no second [L, D] tensor is held.
-        scratch = values.new_empty(min(SUM_BLOCK_ROWS, values.shape[0]), values.shape[1])
+        # Weighted or upcast in row blocks, so that no second [L, D] tensor is held.
+        scratch = buffer.new_empty(min(SUM_BLOCK_ROWS, values.shape[0]), values.shape[1])
         for start in range(0, values.shape[0], SUM_BLOCK_ROWS):
             rows = slice(start, start + SUM_BLOCK_ROWS)
-            weighted = torch.mul(values[rows], weight[rows, None], out=scratch[: values[rows].shape[0]])
-            buffer.index_add_(0, self.own[rows], weighted)
+            block = scratch[: values[rows].shape[0]]
+            if weight is None:
+                block.copy_(values[rows])
+            else:
+                torch.mul(values[rows], weight[rows, None], out=block)
+            buffer.index_add_(0, self.own[rows], block)
         return buffer
 
 

@@ -108,25 +108,33 @@ def test_operators_pass_opcheck():
     generator = torch.Generator().manual_seed(4)
     q, k = torch.randn(9, 16, generator=generator), torch.randn(7, 16, generator=generator)
     scale = torch.tensor(3.0)
+    q_scale, k_scale = torch.rand(9, generator=generator), torch.rand(7, generator=generator)
     q_lse, k_lse = torch.randn(9, generator=generator), torch.randn(7, generator=generator)
-    torch.library.opcheck(row_logsumexp, (q, k, scale), test_utils=("test_schema", "test_faketensor"))
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(row_logsumexp, (q, k, scale, q_scale, k_scale), test_utils=utils)
     for weights in [(torch.rand(9), torch.rand(7)), (torch.rand(9), None), (None, torch.rand(7))]:
-        torch.library.opcheck(
-            row_softmax_grad, (q, k, scale, q_lse, k_lse, *weights), test_utils=("test_schema", "test_faketensor")
-        )
+        arguments = (q, k, scale, q_scale, k_scale, q_lse, k_lse, *weights)
+        torch.library.opcheck(row_softmax_grad, arguments, test_utils=utils)
 
 
-def test_rectangular_blocks_match_dense_formula():
-    """The launchers on M != N, as distributed local mode uses them."""
+@pytest.mark.parametrize("normalized", [False, True], ids=["raw", "inverse-norms"])
+def test_rectangular_blocks_match_dense_formula(normalized):
+    """The launchers on M != N, as distributed local mode uses them, with and without row and column factors."""
     generator = torch.Generator().manual_seed(5)
     q, k = torch.randn(11, 24, generator=generator), torch.randn(37, 24, generator=generator)
     scale = torch.tensor(4.0)
-    sim = scale * q @ k.T
-    torch.testing.assert_close(row_logsumexp(q, k, scale), torch.logsumexp(sim, 1))
+    if normalized:
+        q_scale, k_scale = 1 / q.norm(dim=1), 1 / k.norm(dim=1)
+    else:
+        q_scale, k_scale = torch.ones(11), torch.ones(37)
+    sim = scale * (q_scale[:, None] * q) @ (k_scale[:, None] * k).T
+    torch.testing.assert_close(row_logsumexp(q, k, scale, q_scale, k_scale), torch.logsumexp(sim, 1))
     q_lse, k_lse = torch.logsumexp(sim, 1), torch.logsumexp(sim, 0)
     g, h = torch.rand(11, generator=generator), torch.rand(37, generator=generator)
     weights = g[:, None] * torch.exp(sim - q_lse[:, None]) + h[None, :] * torch.exp(sim - k_lse[None, :])
-    torch.testing.assert_close(row_softmax_grad(q, k, scale, q_lse, k_lse, g, h), weights @ k, rtol=1e-5, atol=1e-5)
+    expected = q_scale[:, None] * (weights @ (k_scale[:, None] * k))
+    got = row_softmax_grad(q, k, scale, q_scale, k_scale, q_lse, k_lse, g, h)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["triton", "chunked"])

@@ -17,6 +17,7 @@ from unicl.backends.dense import dense_terms
 from unicl.backends.engine import SimilarityEngine
 from unicl.backends.function import UniCLTermsFunction
 from unicl.kernels import triton_engine, triton_unavailable_reason
+from unicl.normalize import normalize_features
 
 BACKENDS = ("auto", "dense", "chunked", "triton")
 
@@ -59,17 +60,20 @@ def similarity_terms(
     row_keys: torch.Tensor,
     col_keys: torch.Tensor,
     *,
+    normalize: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row and per-column UniCL terms of the block ``S = s·U Vᵀ`` with the chosen backend.
 
     Args:
-        u: ``[M, D]`` row (image) features, already normalised if wanted.
+        u: ``[M, D]`` row (image) features.
         v: ``[N, D]`` column (text) features, same dtype and device as ``u``.
         scale: 0-dim logit scale ``s`` in the accumulation dtype.
         row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
+        normalize: L2-normalise the rows of ``u`` and ``v`` first (the memory-efficient backends do it inside the
+            tiles of ``S``, without a normalised copy).
         backend: one of :data:`BACKENDS`.
         chunk_size: rows per block of the chunked backend (``None``: automatic).
 
@@ -77,7 +81,7 @@ def similarity_terms(
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
         down column ``j``), in float32 (float64 for float64 inputs).
     """
-    return _terms(u, v, scale, row_keys, col_keys, backend, chunk_size, columns=True)
+    return _terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=True)
 
 
 def row_terms(
@@ -87,6 +91,7 @@ def row_terms(
     row_keys: torch.Tensor,
     col_keys: torch.Tensor,
     *,
+    normalize: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
@@ -94,7 +99,7 @@ def row_terms(
 
     Distributed local mode uses it: a rank's rows against the global columns, once per direction.
     """
-    return _terms(u, v, scale, row_keys, col_keys, backend, chunk_size, columns=False)[0]
+    return _terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=False)[0]
 
 
 def _terms(
@@ -103,6 +108,7 @@ def _terms(
     scale: torch.Tensor,
     row_keys: torch.Tensor,
     col_keys: torch.Tensor,
+    normalize: bool,
     backend: str,
     chunk_size: int | None,
     columns: bool,
@@ -110,8 +116,10 @@ def _terms(
     """Both term vectors; without ``columns`` the second is empty and no column work is done."""
     concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
     if concrete == "dense":
+        if normalize:
+            u, v = normalize_features(u), normalize_features(v)
         return dense_terms(u, v, scale, row_keys, col_keys, columns)
     engine = make_engine(concrete, chunk_size)
     # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
     shared_keys = None if col_keys is row_keys else col_keys
-    return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns)
+    return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize)

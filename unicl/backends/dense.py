@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from unicl.backends.engine import accumulation_dtype
+from unicl._dtypes import accumulation_dtype
 
 
 def dense_terms(

@@ -1,12 +1,16 @@
 """One autograd function for every memory-efficient backend.
 
-Forward keeps only the row and column log-sum-exp (``2N`` floats) besides the inputs; backward asks the engine to
-recompute ``S`` block by block. The target parts of the loss and of its gradient use the per-key sums of
-:class:`unicl.targets.PositiveGroups`, which is exact and costs ``O(N·D)``:
+Forward keeps only the row and column log-sum-exp (``2N`` floats) and, when it normalises, the inverse norms
+``a``, ``b`` (``2N`` more) besides the inputs; backward asks the engine to recompute ``S`` block by block. The
+features are normalised inside the engine's tiles (``S_ij = s·a_i·b_j·⟨x_i, y_j⟩``), so no normalised copy of them
+exists. The target parts of the loss and of its gradient use the per-key sums of
+:class:`unicl.targets.PositiveGroups`, which is exact and costs ``O(N·D)``. With ``u = a·x`` and ``v = b·y``:
 
-* ``a_i = (s/p_i)·⟨u_i, Σ_{j∈P(i)} v_j⟩`` and ``b_j = (s/q_j)·⟨v_j, Σ_{i∈Q(j)} u_i⟩``;
-* ``∂L/∂U = s·(P V − (g^r/p)·C^V − Σ_{j∈P(i)} (g^c_j/q_j) v_j)`` and its mirror for ``V``;
-* ``∂L/∂s = Σ_ij G_ij ⟨u_i, v_j⟩ = Σ_i ⟨u_i, (G V)_i⟩``, free once ``G V`` is known.
+* ``l^r_i = r_i − (s/p_i)·⟨u_i, Σ_{j∈P(i)} v_j⟩`` and ``l^c_j = c_j − (s/q_j)·⟨v_j, Σ_{i∈Q(j)} u_i⟩``;
+* ``∂L/∂u = s·(P V − (g^r/p)·Σ_{j∈P(i)} v_j − Σ_{j∈P(i)} (g^c_j/q_j)·v_j)`` and its mirror for ``v``, which the
+  code carries as ``e = a·∂L/∂u / s``, the form the engine returns;
+* ``∂L/∂s = Σ_i ⟨u_i, ∂L/∂u_i⟩ / s = Σ_i ⟨x_i, e_i⟩``, free once ``e`` is known;
+* ``∂L/∂x = s·(e − a²·⟨x, e⟩·x)`` (:func:`unicl.normalize.unit_grad_to_input_`), in place.
 """
 
 from __future__ import annotations
@@ -15,36 +19,24 @@ from typing import Any
 
 import torch
 
-from unicl.backends.engine import SimilarityEngine, accumulation_dtype
-from unicl.targets import PositiveGroups
-
-#: Rows per step of the ``O(N·D)`` gathers, which bounds their temporaries to this many feature rows.
-GATHER_ROWS = 1024
-
-
-def _gathered_dot(x: torch.Tensor, sums: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``out[k] = ⟨x[k], sums[index[k]]⟩`` for ``x [K, D]``, ``sums [G, D]``, ``index [K]``; returns ``[K]``."""
-    out = x.new_empty(x.shape[0])
-    gathered = sums.new_empty(min(GATHER_ROWS, x.shape[0]), sums.shape[1])
-    for start in range(0, x.shape[0], GATHER_ROWS):
-        rows = slice(start, start + GATHER_ROWS)
-        block = torch.index_select(sums, 0, index[rows], out=gathered[: index[rows].shape[0]])
-        out[rows] = torch.linalg.vecdot(x[rows], block)
-    return out
+from unicl._dtypes import accumulation_dtype
+from unicl.backends.engine import Similarity, SimilarityEngine
+from unicl.normalize import inverse_norms, unit_grad_to_input_
+from unicl.rowwise import row_dots, subtract_rows
+from unicl.targets import KeyGroups, PositiveGroups
 
 
-def _subtract_gathered(
-    target: torch.Tensor, sums: torch.Tensor, index: torch.Tensor, weight: torch.Tensor | None = None
-) -> None:
-    """In place: ``target[k] -= weight[k] * sums[index[k]]`` (``weight`` ``None`` means 1)."""
-    gathered = sums.new_empty(min(GATHER_ROWS, target.shape[0]), sums.shape[1])
-    for start in range(0, target.shape[0], GATHER_ROWS):
-        rows = slice(start, start + GATHER_ROWS)
-        block = torch.index_select(sums, 0, index[rows], out=gathered[: index[rows].shape[0]])
-        if weight is None:
-            target[rows].sub_(block)
-        else:
-            target[rows].addcmul_(block, weight[rows, None], value=-1)
+def _times(factor: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    """``factor ⊙ weight``, where a ``None`` factor means ones."""
+    return weight if factor is None else factor * weight
+
+
+def _positive_dots(
+    x: torch.Tensor, x_scale: torch.Tensor | None, y: torch.Tensor, y_scale: torch.Tensor | None, groups: KeyGroups
+) -> torch.Tensor:
+    """``⟨a_k x_k, Σ_{l positive with k} b_l y_l⟩`` for every row ``k`` of ``x``, with ``groups`` grouping ``y``."""
+    dots = row_dots(x, groups.sums(y, y_scale), groups.other)
+    return dots if x_scale is None else dots.mul_(x_scale)
 
 
 class UniCLTermsFunction(torch.autograd.Function):
@@ -53,32 +45,33 @@ class UniCLTermsFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        u: torch.Tensor,
-        v: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
         scale: torch.Tensor,
         row_keys: torch.Tensor,
         col_keys: torch.Tensor | None,
         engine: SimilarityEngine,
         columns: bool,
+        normalize: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``col_keys=None`` means the columns share the rows' keys (a square batch). Without ``columns`` the
-        column terms are not computed and the second output is an empty, non-differentiable tensor."""
+        column terms are not computed and the second output is an empty, non-differentiable tensor. With
+        ``normalize`` the rows of ``x`` and ``y`` are L2-normalised (inside the engine's tiles)."""
         col_keys = row_keys if col_keys is None else col_keys
-        acc = accumulation_dtype(u.dtype)
-        groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
-        row_lse, col_lse = engine.logsumexp(u, v, scale, columns)
-        u_acc, v_acc = u.to(acc), v.to(acc)
-        row_positive = _gathered_dot(u_acc, groups.by_column.sums(v_acc), groups.by_column.other)
+        groups = PositiveGroups.from_keys(row_keys, col_keys, accumulation_dtype(x.dtype))
+        sim = Similarity(x, y, scale, inverse_norms(x) if normalize else None, inverse_norms(y) if normalize else None)
+        row_lse, col_lse = engine.logsumexp(sim, columns)
+        row_positive = _positive_dots(x, sim.row_scale, y, sim.col_scale, groups.by_column)
         row_terms = row_lse - scale * row_positive / groups.row_count
         if col_lse is None:
             col_terms = row_terms.new_empty(0)
             ctx.mark_non_differentiable(col_terms)
             col_lse = col_terms
         else:
-            col_positive = _gathered_dot(v_acc, groups.by_row.sums(u_acc), groups.by_row.other)
+            col_positive = _positive_dots(y, sim.col_scale, x, sim.row_scale, groups.by_row)
             col_terms = col_lse - scale * col_positive / groups.col_count
         ctx.engine = engine
-        ctx.save_for_backward(u, v, scale, row_keys, col_keys, row_lse, col_lse)
+        ctx.save_for_backward(x, y, scale, row_keys, col_keys, row_lse, col_lse, sim.row_scale, sim.col_scale)
         ctx.set_materialize_grads(False)
         return row_terms, col_terms
 
@@ -86,31 +79,43 @@ class UniCLTermsFunction(torch.autograd.Function):
     def backward(
         ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        u, v, scale, row_keys, col_keys, row_lse, col_lse = ctx.saved_tensors
+        x, y, scale, row_keys, col_keys, row_lse, col_lse, row_scale, col_scale = ctx.saved_tensors
         col_keys = row_keys if col_keys is None else col_keys
         if col_lse.numel() == 0:  # columns were not computed
             col_grad, col_lse = None, None
         if row_grad is None and col_grad is None:
-            return None, None, None, None, None, None, None
-        acc = accumulation_dtype(u.dtype)
+            return (None,) * 8
+        acc = accumulation_dtype(x.dtype)
         groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
-        u_acc, v_acc = u.to(acc), v.to(acc)
-        row_weight = None if row_grad is None else row_grad.to(acc) / groups.row_count
-        col_weight = None if col_grad is None else col_grad.to(acc) / groups.col_count
-        # g_u = G V and g_v = Gᵀ U, with G = ∂L/∂S: the softmax part from the engine, the target part per key.
-        g_u, g_v = ctx.engine.softmax_grad(u, v, scale, row_lse, col_lse, row_grad, col_grad)
-        # Row i loses (g^r_i/p_i)·Σ_{j∈P(i)} v_j and Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it.
+        sim = Similarity(x, y, scale, row_scale, col_scale)
+        # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂S: the softmax part from the engine, the target part per key.
+        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
         by_column, by_row = groups.by_column, groups.by_row
-        # One per-group buffer per side, reused by both terms.
-        column_sums = v_acc.new_empty(v_acc.shape[0] + 1, v_acc.shape[1])
-        row_sums = u_acc.new_empty(u_acc.shape[0] + 1, u_acc.shape[1])
-        if row_weight is not None:
-            _subtract_gathered(g_u, by_column.sums(v_acc, out=column_sums), by_column.other, row_weight)
-            _subtract_gathered(g_v, by_row.sums(u_acc, row_weight, out=row_sums), by_row.other)
-        if col_weight is not None:
-            _subtract_gathered(g_v, by_row.sums(u_acc, out=row_sums), by_row.other, col_weight)
-            _subtract_gathered(g_u, by_column.sums(v_acc, col_weight, out=column_sums), by_column.other)
-        grad_scale = torch.dot(u_acc.reshape(-1), g_u.reshape(-1)) if ctx.needs_input_grad[2] else None
-        grad_u = g_u.mul_(scale).to(u.dtype) if ctx.needs_input_grad[0] else None
-        grad_v = g_v.mul_(scale).to(v.dtype) if ctx.needs_input_grad[1] else None
-        return grad_u, grad_v, grad_scale, None, None, None, None
+        # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
+        # per-group buffer serves all four sums in turn.
+        sums = e_x.new_empty(max(x.shape[0], y.shape[0]) + 1, x.shape[1])
+        column_sums, row_sums = sums[: y.shape[0] + 1], sums[: x.shape[0] + 1]
+        if row_grad is not None:
+            row_weight = row_grad.to(acc) / groups.row_count
+            scaled_weight = _times(row_scale, row_weight)
+            subtract_rows(e_x, by_column.sums(y, col_scale, out=column_sums), by_column.other, scaled_weight)
+            subtract_rows(e_y, by_row.sums(x, scaled_weight, out=row_sums), by_row.other, col_scale)
+        if col_grad is not None:
+            col_weight = col_grad.to(acc) / groups.col_count
+            scaled_weight = _times(col_scale, col_weight)
+            subtract_rows(e_y, by_row.sums(x, row_scale, out=row_sums), by_row.other, scaled_weight)
+            subtract_rows(e_x, by_column.sums(y, scaled_weight, out=column_sums), by_column.other, row_scale)
+        del sums, column_sums, row_sums
+        grad_scale = row_dots(x, e_x).sum() if ctx.needs_input_grad[2] else None
+        grad_x = _input_grad(e_x, x, row_scale, scale) if ctx.needs_input_grad[0] else None
+        grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y, grad_scale, None, None, None, None, None
+
+
+def _input_grad(
+    e: torch.Tensor, features: torch.Tensor, inverse_norm: torch.Tensor | None, scale: torch.Tensor
+) -> torch.Tensor:
+    """``∂L/∂x`` from ``e`` (overwritten), through the normalisation when there was one, in the features' dtype."""
+    if inverse_norm is not None:
+        unit_grad_to_input_(e, features, inverse_norm)
+    return e.mul_(scale).to(features.dtype)

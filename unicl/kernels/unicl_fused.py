@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unicl.backends.engine import Similarity
 from unicl.kernels import interpreter_active
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
@@ -72,14 +73,15 @@ def _similarity_tile(
 
 @triton.jit
 def _row_lse_kernel(
-    q_ptr, k_ptr, scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
+    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """``lse[i] = logsumexp_j s·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
+    """``lse[i] = logsumexp_j s·a_i·b_j·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
     row_start = tl.program_id(0) * BLOCK_M
     offs_m = row_start + tl.arange(0, BLOCK_M)
-    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    # s·a_i·log2(e) once per row; padded rows get 0 and are never stored.
+    row_factor = tl.load(q_scale_ptr + offs_m, mask=offs_m < M, other=0.0) * (tl.load(scale_ptr) * LOG2E)
     running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -88,7 +90,8 @@ def _row_lse_kernel(
             q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
             UPCAST_DOT,
         )  # fmt: skip
-        tile = tl.where(offs_n[None, :] < N, tile * scale2, float("-inf"))
+        col_factor = tl.load(k_scale_ptr + offs_n, mask=offs_n < N, other=0.0)
+        tile = tl.where(offs_n[None, :] < N, tile * row_factor[:, None] * col_factor[None, :], float("-inf"))
         new_max = tl.maximum(running_max, tl.max(tile, 1))
         running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
         running_max = new_max
@@ -97,18 +100,20 @@ def _row_lse_kernel(
 
 @triton.jit
 def _row_softmax_grad_kernel(
-    q_ptr, k_ptr, scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, out_ptr,
+    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, out_ptr,
     M, N, D, stride_q, stride_k, stride_out,
     HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """``out[i, d] = Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·k_j[d]`` for one ``[BLOCK_M, BLOCK_D]`` block."""
+    """``out[i, d] = Σ_j P_ij·b_j·k_j[d]`` for one ``[BLOCK_M, BLOCK_D]`` block, with
+    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` and ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` (the launcher
+    multiplies the rows by ``a_i``)."""
     row_start = tl.program_id(0) * BLOCK_M
     d_start = tl.program_id(1) * BLOCK_D
     offs_m = row_start + tl.arange(0, BLOCK_M)
     row_mask = offs_m < M
-    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    row_factor = tl.load(q_scale_ptr + offs_m, mask=row_mask, other=0.0) * (tl.load(scale_ptr) * LOG2E)
     if HAS_Q_WEIGHT:
         q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
         q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
@@ -120,7 +125,8 @@ def _row_softmax_grad_kernel(
             q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
             UPCAST_DOT,
         )  # fmt: skip
-        tile = tile * scale2
+        col_scale = tl.load(k_scale_ptr + offs_n, mask=col_mask, other=0.0)
+        tile = tile * row_factor[:, None] * col_scale[None, :]
         weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if HAS_Q_WEIGHT:
             weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
@@ -128,7 +134,8 @@ def _row_softmax_grad_kernel(
             k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
             k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
             weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
-        weights = tl.where(col_mask[None, :], weights, 0.0)
+        # b_j goes with P rather than with the loaded K tile, which the pipelined loads hand to the dot unchanged.
+        weights = tl.where(col_mask[None, :], weights * col_scale[None, :], 0.0)
         k_block = tl.load(
             tl.make_block_ptr(k_ptr, (N, D), (stride_k, 1), (n0, d_start), (BLOCK_N, BLOCK_D), (1, 0)),
             boundary_check=(0, 1),
@@ -154,7 +161,9 @@ def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = Non
 
 #: Autotune candidates per compute capability major version and operand precision ("half" for bf16/fp16 on tensor
 #: cores, "fp32" for exact fp32 products). Every entry compiles for its chip without register spills (SASS read with
-#: cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers.
+#: cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
+#: with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps instead of 4 and Hopper's
+#: narrow fp32 tile BLOCK_K = 16 instead of 32.
 #: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
 LSE_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
     (8, "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
@@ -163,10 +172,10 @@ LSE_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
     (9, "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
 }
 GRAD_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
-    (8, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 4, 2, 256)],
+    (8, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 8, 2, 256)],
     (9, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
     (8, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
-    (9, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
+    (9, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 16, 4, 2, 64)],
 }
 
 
@@ -249,13 +258,17 @@ def _launch_unfiltered(
 
 
 @torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
-def row_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``r_i = logsumexp_j s·⟨q_i, k_j⟩``.
+def row_logsumexp(
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor
+) -> torch.Tensor:
+    """``r_i = logsumexp_j S_ij`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
 
     Args:
         q: ``[M, D]`` row features (float16, bfloat16 or float32).
         k: ``[N, D]`` column features, same dtype.
         scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a`` (the inverse norms, or ones).
+        k_scale: ``[N]`` column factors ``b``.
 
     Returns:
         ``[M]`` float32.
@@ -267,7 +280,8 @@ def row_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torc
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
         q.device,
         q.dtype,
-        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1), lse_ptr=out,
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=out,
         M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
         **_dot_options(q.dtype),
     )  # fmt: skip
@@ -279,17 +293,21 @@ def row_softmax_grad(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
     q_lse: torch.Tensor,
     k_lse: torch.Tensor,
     q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``out_i = Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·k_j`` with ``S = s·Q Kᵀ``.
+    """``out_i = a_i·Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j·k_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
 
     Args:
         q: ``[M, D]`` row features.
         k: ``[N, D]`` column features, same dtype.
         scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a``.
+        k_scale: ``[N]`` column factors ``b``.
         q_lse: ``[M]`` row log-sum-exp ``r``.
         k_lse: ``[N]`` column log-sum-exp ``c``.
         q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
@@ -307,6 +325,7 @@ def row_softmax_grad(
         q.device,
         q.dtype,
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
         q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
         q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
         k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
@@ -315,46 +334,60 @@ def row_softmax_grad(
         HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
         **_dot_options(q.dtype),
     )  # fmt: skip
-    return out
+    # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
+    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
+    return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
 # --- torch.library operators, so torch.compile keeps the loss in its graph ------------------------------------------
 
 
 @row_logsumexp.register_fake
-def _row_logsumexp_fake(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _row_logsumexp_fake(q, k, scale, q_scale, k_scale) -> torch.Tensor:
     return q.new_empty(q.shape[0], dtype=torch.float32)
 
 
 @row_softmax_grad.register_fake
-def _row_softmax_grad_fake(q, k, scale, q_lse, k_lse, q_weight, k_weight) -> torch.Tensor:
+def _row_softmax_grad_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
+
+
+def _factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` of ``sim``, with ones (``M + N`` floats) where it has none."""
+
+    def ones(features: torch.Tensor) -> torch.Tensor:
+        return torch.ones(features.shape[0], dtype=torch.float32, device=features.device)
+
+    return (
+        ones(sim.u) if sim.row_scale is None else sim.row_scale,
+        ones(sim.v) if sim.col_scale is None else sim.col_scale,
+    )
 
 
 class TritonEngine:
     """The fused-kernel engine behind ``backend="triton"`` (see the module docstring for the design)."""
 
-    def logsumexp(
-        self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, columns: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
-        return row_logsumexp(u, v, scale), row_logsumexp(v, u, scale) if columns else None
+        row_scale, col_scale = _factors(sim)
+        row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
+        return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
 
     def softmax_grad(
         self,
-        u: torch.Tensor,
-        v: torch.Tensor,
-        scale: torch.Tensor,
+        sim: Similarity,
         row_lse: torch.Tensor,
         col_lse: torch.Tensor | None,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``P V`` and ``Pᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
-        # Pᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
+        """``H V`` and ``Hᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
         # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
-        col_lse = row_lse.new_empty(v.shape[0]) if col_lse is None else col_lse
+        col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
+        row_scale, col_scale = _factors(sim)
+        u, v, scale = sim.u, sim.v, sim.scale
         return (
-            row_softmax_grad(u, v, scale, row_lse, col_lse, row_weight, col_weight),
-            row_softmax_grad(v, u, scale, col_lse, row_lse, col_weight, row_weight),
+            row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight),
+            row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight),
         )
