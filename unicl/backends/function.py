@@ -22,7 +22,7 @@ import torch
 from unicl._dtypes import accumulation_dtype
 from unicl.backends.engine import Similarity, SimilarityEngine
 from unicl.normalize import inverse_norms, unit_grad_to_input_
-from unicl.rowwise import row_dots, subtract_rows
+from unicl.rowwise import row_dots
 from unicl.targets import KeyGroups, PositiveGroups
 
 
@@ -35,7 +35,7 @@ def _positive_dots(
     x: torch.Tensor, x_scale: torch.Tensor | None, y: torch.Tensor, y_scale: torch.Tensor | None, groups: KeyGroups
 ) -> torch.Tensor:
     """``⟨a_k x_k, Σ_{l positive with k} b_l y_l⟩`` for every row ``k`` of ``x``, with ``groups`` grouping ``y``."""
-    dots = row_dots(x, groups.sums(y, y_scale), groups.other)
+    dots = groups.sums(y, y_scale).dots(x)
     return dots if x_scale is None else dots.mul_(x_scale)
 
 
@@ -92,20 +92,17 @@ class UniCLTermsFunction(torch.autograd.Function):
         e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
         by_column, by_row = groups.by_column, groups.by_row
         # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
-        # per-group buffer serves all four sums in turn.
-        sums = e_x.new_empty(max(x.shape[0], y.shape[0]) + 1, x.shape[1])
-        column_sums, row_sums = sums[: y.shape[0] + 1], sums[: x.shape[0] + 1]
+        # sums buffer serves all four sums in turn.
+        buffer = e_x.new_empty(max(by_column.buffer_rows(), by_row.buffer_rows()), x.shape[1])
         if row_grad is not None:
-            row_weight = row_grad.to(acc) / groups.row_count
-            scaled_weight = _times(row_scale, row_weight)
-            subtract_rows(e_x, by_column.sums(y, col_scale, out=column_sums), by_column.other, scaled_weight)
-            subtract_rows(e_y, by_row.sums(x, scaled_weight, out=row_sums), by_row.other, col_scale)
+            scaled_weight = _times(row_scale, row_grad.to(acc) / groups.row_count)
+            by_column.sums(y, col_scale, out=buffer).subtract_from(e_x, scaled_weight)
+            by_row.sums(x, scaled_weight, out=buffer).subtract_from(e_y, col_scale)
         if col_grad is not None:
-            col_weight = col_grad.to(acc) / groups.col_count
-            scaled_weight = _times(col_scale, col_weight)
-            subtract_rows(e_y, by_row.sums(x, row_scale, out=row_sums), by_row.other, scaled_weight)
-            subtract_rows(e_x, by_column.sums(y, scaled_weight, out=column_sums), by_column.other, row_scale)
-        del sums, column_sums, row_sums
+            scaled_weight = _times(col_scale, col_grad.to(acc) / groups.col_count)
+            by_row.sums(x, row_scale, out=buffer).subtract_from(e_y, scaled_weight)
+            by_column.sums(y, scaled_weight, out=buffer).subtract_from(e_x, row_scale)
+        del buffer
         grad_scale = row_dots(x, e_x).sum() if ctx.needs_input_grad[2] else None
         grad_x = _input_grad(e_x, x, row_scale, scale) if ctx.needs_input_grad[0] else None
         grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
