@@ -1,5 +1,9 @@
 """Fused Triton kernels for the UniCL loss: ``S = s·U Vᵀ`` tiles in SRAM, never an ``N × N`` tensor in memory.
 
+The tiles are ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` with per-row and per-column factors (the inverse feature norms when
+the loss normalises, see :class:`unicl.backends.engine.Similarity`), so the features are normalised on the fly and
+never copied.
+
 Design
 ------
 The loss needs only two ``N²`` reductions, the row and column log-sum-exp of ``S`` (``r``, ``c``), and its gradient
@@ -12,8 +16,9 @@ Both directions use one pair of kernels, because the column problem of ``S`` is 
   (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K`` steps, fp32), and keeps an online (running-max) log-sum-exp in
   registers, in base 2 with ``log2(e)`` folded into the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
 * ``_row_softmax_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
-  each ``S`` tile and accumulates ``P K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``. Backward
-  launches it on ``(U, V)`` for ``G V`` and on ``(V, U)`` for ``Gᵀ U`` (``P`` is symmetric in the roles).
+  each ``S`` tile and accumulates ``(P·b) K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``; the
+  launcher scales the rows by ``a``. Backward launches it on ``(U, V)`` and on ``(V, U)`` (``P`` is symmetric in
+  the roles).
 
 Cost, in units of ``F = 2N²D``: forward 2F (one ``S`` per direction), backward 4F when ``D <= BLOCK_D`` (each launch
 recomputes ``S`` and multiplies ``P`` by a feature block), ``2F·(1 + ⌈D/BLOCK_D⌉)`` otherwise. The minimum is 4F
@@ -24,10 +29,12 @@ deterministic 6F design: no atomics, results identical run to run, and the same 
 one-pass variant pays on Hopper is to be decided by measurement (``benchmarks/gpu_check.sh``); none was possible
 when this was written (no GPU).
 
-Precision: bf16/fp16 tiles use tensor cores (wgmma on sm_90) with fp32 accumulation; ``P`` is rounded to the input
-dtype for the ``P K`` product, as in flash-attention's backward. fp32 inputs use exact fp32 products unless
-``torch.backends.cuda.matmul.allow_tf32`` is on, in which case TF32 is used (opt-in, as in torch's own matmul).
-All statistics are fp32. Extra memory: ``r``, ``c`` (``2N`` floats) and the fp32 outputs, ``O(N·D)``.
+Precision: bf16/fp16 tiles use tensor cores (wgmma on sm_90) with fp32 accumulation; ``P·b`` is rounded to the
+input dtype for the product with ``K``, as flash-attention's backward rounds ``P`` (in bf16 the factor ``b`` loses
+nothing more; in fp16, features with norms far above 1 let the smallest weights underflow sooner). fp32 inputs use
+exact fp32 products unless ``torch.backends.cuda.matmul.allow_tf32`` is on, in which case TF32 is used (opt-in, as
+in torch's own matmul).
+All statistics are fp32. Extra memory: ``r``, ``c``, ``a``, ``b`` (``4N`` floats) and the fp32 outputs, ``O(N·D)``.
 """
 
 from __future__ import annotations
