@@ -31,18 +31,22 @@ def inverse_norms(features: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(features, dim=-1, dtype=acc).clamp_min_(NORM_EPS).reciprocal_()
 
 
-def unit_grad_to_input_(grad: torch.Tensor, features: torch.Tensor, inverse_norm: torch.Tensor) -> torch.Tensor:
+def unit_grad_to_input_(
+    grad: torch.Tensor, features: torch.Tensor, inverse_norm: torch.Tensor, dots: torch.Tensor | None = None
+) -> torch.Tensor:
     """In place, the chain rule through ``u = a·x``: ``a·(g − u·⟨u, g⟩) = a·g − a²·⟨x, a·g⟩·x``.
 
     Args:
         grad: ``[N, D]`` ``a·g`` (``g = ∂L/∂u``) in the accumulation dtype; overwritten with ``∂L/∂x``.
         features: ``[N, D]`` the unnormalised ``x``.
         inverse_norm: ``[N]`` ``a``, from :func:`inverse_norms`.
+        dots: ``[N]`` ``⟨x, a·g⟩`` when the caller already has them (left unchanged), else ``None``.
 
     Returns:
         ``grad``.
     """
-    along = row_dots(features, grad).mul_(inverse_norm).mul_(inverse_norm)
+    along = row_dots(features, grad) if dots is None else dots.clone()
+    along.mul_(inverse_norm).mul_(inverse_norm)
     return grad.addcmul_(features, along[:, None], value=-1)
 
 

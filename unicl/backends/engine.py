@@ -33,10 +33,6 @@ class Similarity:
     row_scale: torch.Tensor | None = None
     col_scale: torch.Tensor | None = None
 
-    def transposed(self) -> Similarity:
-        """``Sᵀ``, whose rows are the columns of ``S``."""
-        return Similarity(self.v, self.u, self.scale, self.col_scale, self.row_scale)
-
 
 class SimilarityEngine(Protocol):
     """Computes the ``N²`` reductions over ``S`` without the caller holding ``S``."""

@@ -103,16 +103,23 @@ class UniCLTermsFunction(torch.autograd.Function):
             by_row.sums(x, row_scale, out=buffer).subtract_from(e_y, scaled_weight)
             by_column.sums(y, scaled_weight, out=buffer).subtract_from(e_x, row_scale)
         del buffer
-        grad_scale = row_dots(x, e_x).sum() if ctx.needs_input_grad[2] else None
-        grad_x = _input_grad(e_x, x, row_scale, scale) if ctx.needs_input_grad[0] else None
+        # ⟨x_i, e_i⟩ gives ∂L/∂s and, when normalising, the chain rule for x: computed once for both.
+        x_dots = row_dots(x, e_x) if ctx.needs_input_grad[2] else None
+        grad_scale = None if x_dots is None else x_dots.sum()
+        grad_x = _input_grad(e_x, x, row_scale, scale, x_dots) if ctx.needs_input_grad[0] else None
         grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
         return grad_x, grad_y, grad_scale, None, None, None, None, None
 
 
 def _input_grad(
-    e: torch.Tensor, features: torch.Tensor, inverse_norm: torch.Tensor | None, scale: torch.Tensor
+    e: torch.Tensor,
+    features: torch.Tensor,
+    inverse_norm: torch.Tensor | None,
+    scale: torch.Tensor,
+    dots: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``∂L/∂x`` from ``e`` (overwritten), through the normalisation when there was one, in the features' dtype."""
+    """``∂L/∂x`` from ``e`` (overwritten), through the normalisation when there was one, in the features' dtype;
+    ``dots`` are ``⟨x, e⟩`` if already computed."""
     if inverse_norm is not None:
-        unit_grad_to_input_(e, features, inverse_norm)
+        unit_grad_to_input_(e, features, inverse_norm, dots)
     return e.mul_(scale).to(features.dtype)
