@@ -8,6 +8,11 @@ set above the inputs is read from ``/proc`` (and whose address space is capped, 
 recorded as ``OOM`` instead of crashing the machine). Throughput counts ``8·N²·D`` flops for forward+backward and
 ``2·N²·D`` for forward only.
 
+On the CPU every float32 row also gets a roofline, measured in the same child process right after the loss: the
+minimum work (``8·N²·D`` flops and ``4·N²`` exponentials for forward+backward, ``2·N²·D`` and ``2·N²`` for forward)
+at the rate of one large float32 matmul and of one large in-place ``exp_``. ``roofline_fraction`` is the roofline
+time over the measured time (1.0 would be a loss with no overhead beyond those two kernels).
+
 Examples:
     python benchmarks/bench_loss.py --quick --out benchmarks/results/cpu
     python benchmarks/bench_loss.py --device cuda --n 1024 4096 16384 65536 --dtype bfloat16 --out results/h200
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import math
 import multiprocessing
 import os
@@ -69,6 +75,8 @@ class Row:
     extra_memory_mb: float = math.nan
     tflops: float = math.nan
     peak_fraction: float = math.nan
+    roofline_ms: float = math.nan
+    roofline_fraction: float = math.nan
     note: str = ""
 
 
@@ -149,22 +157,57 @@ def measure_cpu(loss_fn, image, text, labels, scale, with_backward, repeats):
     return [statistics.median(times), quantiles[0], quantiles[3]], extra
 
 
+#: Largest side of the probe matmul and of the probe exponential (as a square) for the CPU roofline: 8,192 holds
+#: 256 MiB of float32, and larger products run no faster.
+ROOFLINE_PROBE_SIDE = 8192
+
+
+def _best_seconds(fn, repeats: int = 3, reset=None) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after one untimed call; ``reset`` runs untimed before each."""
+    times = []
+    for _ in range(repeats + 1):
+        if reset is not None:
+            reset()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def cpu_roofline_ms(n: int, d: int, with_backward: bool) -> float:
+    """The minimum time of the loss on this CPU: its matmul flops at one large float32 matmul's rate plus its
+    exponentials at one large in-place ``exp_``'s rate, both measured now."""
+    side = min(n, ROOFLINE_PROBE_SIDE)
+    left, right = torch.randn(side, d), torch.randn(d, side)
+    product = torch.empty(side, side)
+    matmul_rate = 2 * side * side * d / _best_seconds(functools.partial(torch.mm, left, right, out=product))
+    del left, right
+    # Exponents in [-20, 0], as the loss's shifted logits are; refilled before each call so values stay bounded.
+    source = torch.rand(side, side).mul_(-20)
+    exp_rate = side * side / _best_seconds(product.exp_, reset=lambda: product.copy_(source))
+    passes = 4 if with_backward else 1
+    return (passes * 2 * n * n * d / matmul_rate + (4 if with_backward else 2) * n * n / exp_rate) * 1e3
+
+
 def _measure(provider: Provider, n, d, dtype, device, labels, with_backward, repeats, scale):
-    """Build the inputs and measure; returns ``(status, [median, q20, q80] ms, extra MB)``."""
+    """Build the inputs and measure; returns ``(status, [median, q20, q80] ms, extra MB, roofline ms)``."""
+    failed = [math.nan] * 3, math.nan, math.nan
     try:
         loss_fn = provider.make()
         image, text, y = make_inputs(n, d, dtype, device, labels)
         if device.type == "cuda":
             times, extra = measure_cuda(loss_fn, image, text, y, scale, with_backward, repeats)
-        else:
-            times, extra = measure_cpu(loss_fn, image, text, y, scale, with_backward, repeats)
-        return "ok", times, extra
+            return "ok", times, extra, math.nan
+        times, extra = measure_cpu(loss_fn, image, text, y, scale, with_backward, repeats)
+        del image, text
+        roofline = cpu_roofline_ms(n, d, with_backward) if dtype == torch.float32 else math.nan
+        return "ok", times, extra, roofline
     except torch.OutOfMemoryError:
-        return "OOM", [math.nan] * 3, math.nan
+        return "OOM", *failed
     except RuntimeError as error:
         if "allocate" in str(error) or "out of memory" in str(error):
-            return "OOM", [math.nan] * 3, math.nan
-        return f"error: {str(error).splitlines()[0][:120]}", [math.nan] * 3, math.nan
+            return "OOM", *failed
+        return f"error: {str(error).splitlines()[0][:120]}", *failed
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -192,6 +235,7 @@ def measure_in_child(*args):
         result = (
             "OOM" if process.exitcode in (None, -9) else f"error: child exit {process.exitcode}",
             [math.nan] * 3,
+            math.nan,
             math.nan,
         )
     process.join()
@@ -341,7 +385,8 @@ def main(argv=None) -> list[Row]:
                 with_backward = pass_ == "forward+backward"
                 measure = _measure if device.type == "cuda" else measure_in_child
                 args_ = (provider, n, d, dtype, device, labels, with_backward, args.repeats, args.scale)
-                row.status, (row.time_ms, row.time_ms_q20, row.time_ms_q80), row.extra_memory_mb = measure(*args_)
+                row.status, times, row.extra_memory_mb, row.roofline_ms = measure(*args_)
+                row.time_ms, row.time_ms_q20, row.time_ms_q80 = times
             if row.status == "OOM":
                 skipped_oom.add(key)
             elif row.status == "ok":
@@ -349,6 +394,7 @@ def main(argv=None) -> list[Row]:
                 row.tflops = flops / (row.time_ms * 1e-3) / 1e12
                 if dtype_name in peak:
                     row.peak_fraction = row.tflops / peak[dtype_name]
+                row.roofline_fraction = row.roofline_ms / row.time_ms
             rows.append(row)
             append_csv(row, csv_path)  # as it goes, so a run stopped by a time limit keeps what it measured
     print(format_table(rows))
@@ -372,13 +418,13 @@ def append_csv(row: Row, csv_path: Path) -> None:
 def format_table(rows: list[Row]) -> str:
     header = (
         f"{'provider':<22}{'labels':<8}{'N':>8}{'D':>6} {'dtype':<9}{'pass':<17}"
-        f"{'time ms':>10}{'extra MB':>10}{'TFLOP/s':>9}  status"
+        f"{'time ms':>10}{'extra MB':>10}{'TFLOP/s':>9}{'roofline':>9}  status"
     )
     lines = [f"device: {rows[0].device}; torch {rows[0].torch}, triton {rows[0].triton}" if rows else "", header]
     for r in rows:
         lines.append(
             f"{r.provider:<22}{r.labels:<8}{r.n:>8}{r.d:>6} {r.dtype:<9}{r.pass_:<17}{r.time_ms:>10.2f}"
-            f"{r.extra_memory_mb:>10.1f}{r.tflops:>9.3f}  {r.status}"
+            f"{r.extra_memory_mb:>10.1f}{r.tflops:>9.3f}{r.roofline_fraction:>9.2f}  {r.status}"
         )
     notes = sorted({f"{r.provider} ({r.labels} labels): {r.note}" for r in rows if r.note})
     return "\n".join([*lines, "", "notes:", *notes])

@@ -50,11 +50,13 @@ def unicl_loss(
             when it requires grad (usually ``model.logit_scale.exp()``). A float or CPU tensor is checked to be
             finite and positive; a tensor on an accelerator is not (that would stall the stream).
         backend: ``"dense"`` (reference, holds ``N × N`` tensors), ``"chunked"`` (memory-efficient PyTorch, any
-            device), ``"triton"`` (fused CUDA kernels) or ``"auto"`` (the best available here).
+            device), ``"triton"`` (fused CUDA kernels, one pass over ``S`` in forward), ``"triton_rowwise"`` (the
+            earlier two-pass kernels) or ``"auto"`` (the best available here).
         reduction: ``"mean"``: ``(mean l_i2t + mean l_t2i)/2``; ``"sum"``: ``(Σ l_i2t + Σ l_t2i)/2``; ``"none"``:
             the vector ``(l_i2t + l_t2i)/2`` of shape ``[N]``.
         normalize: L2-normalise both feature sets first (set ``False`` if the model already does).
-        chunk_size: rows per block for the chunked backend; ``None`` chooses one from ``N``.
+        chunk_size: rows per block for the chunked backend, rows per super-chunk for ``"triton"``; ``None``
+            chooses from ``N`` (and the Triton workspace budget, see :mod:`unicl.kernels.plan`).
 
     Returns:
         A scalar (or ``[N]`` for ``reduction="none"``) in float32, or float64 for float64 inputs. NaN or Inf inside
@@ -64,7 +66,8 @@ def unicl_loss(
         TypeError: a feature matrix, the labels or ``logit_scale`` of the wrong type or dtype.
         ValueError: wrong shapes, an empty batch, mismatched devices, a non-positive or non-finite ``logit_scale``,
             an unknown ``backend`` or ``reduction``.
-        RuntimeError: ``backend="triton"`` where it cannot run.
+        RuntimeError: a Triton backend where it cannot run.
+        NotImplementedError: a second derivative through the chunked or Triton backends (use ``backend="dense"``).
 
     Example:
         >>> import torch

@@ -19,10 +19,10 @@ class UniCLLoss(nn.Module):
     works.
 
     Args:
-        backend: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``.
+        backend: ``"auto"``, ``"dense"``, ``"chunked"``, ``"triton"`` or ``"triton_rowwise"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         normalize: L2-normalise the features first.
-        chunk_size: rows per block for the chunked backend (``None``: automatic).
+        chunk_size: rows per block for the chunked backend, per super-chunk for ``"triton"`` (``None``: automatic).
         gather_distributed: gather features and labels from every rank of ``group`` and compute the loss of the
             global batch (see :mod:`unicl.distributed` for the gradient convention). Without an initialised process
             group, or with one rank, the loss is the single-process one.

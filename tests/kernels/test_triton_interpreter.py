@@ -8,6 +8,7 @@ from reference import assert_error_within_baseline, plain_loss, reference_loss
 
 from unicl import unicl_loss
 from unicl.kernels import interpreter_active
+from unicl.kernels.one_pass import one_pass_logsumexp, softmax_weights
 from unicl.kernels.unicl_fused import row_logsumexp, row_softmax_grad
 
 # tests/conftest.py turns the interpreter on where there is no GPU; on a GPU, tests/gpu covers the compiled kernels.
@@ -21,6 +22,8 @@ LABELS = {
 }
 #: Feature dimension per batch size: one not a multiple of 16, several that need more than one D tile.
 SIZES = [(1, 8), (2, 40), (17, 5), (64, 40), (130, 72)]
+#: Both Triton schedules: the one-pass default and the earlier two-pass one.
+TRITON_BACKENDS = ["triton", "triton_rowwise"]
 
 
 def _inputs(n, d, dtype, labels, seed=0):
@@ -36,24 +39,28 @@ def _loss_and_grads(image, text, labels, scale, backend, upstream):
     return (loss, *torch.autograd.grad((loss * upstream).sum(), [image, text, scale]))
 
 
+@pytest.mark.parametrize("backend", TRITON_BACKENDS)
 @pytest.mark.parametrize(("n", "d"), SIZES)
 @pytest.mark.parametrize("labels", sorted(LABELS))
-def test_float32_matches_dense(n, d, labels):
+def test_float32_matches_dense(n, d, labels, backend):
     image, text, y, upstream = _inputs(n, d, torch.float32, labels)
     scale = torch.tensor(17.0, requires_grad=True)
-    triton_out = _loss_and_grads(image, text, y, scale, "triton", upstream)
+    triton_out = _loss_and_grads(image, text, y, scale, backend, upstream)
     dense_out = _loss_and_grads(image, text, y, scale, "dense", upstream)
     for got, want in zip(triton_out, dense_out):
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("backend", TRITON_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("n", "d"), SIZES)
 @pytest.mark.parametrize("labels", sorted(LABELS))
-def test_bfloat16_error_is_within_pytorchs_own(n, d, labels):
-    """bf16 error against float64 is at most twice that of the same loss written in plain bf16 PyTorch."""
-    image, text, y, upstream = _inputs(n, d, torch.bfloat16, labels, seed=1)
+def test_half_precision_error_is_within_pytorchs_own(n, d, labels, dtype, backend):
+    """bf16 and fp16 error against float64 is at most twice that of the same loss written in plain PyTorch in the
+    same dtype."""
+    image, text, y, upstream = _inputs(n, d, dtype, labels, seed=1)
     scale = torch.tensor(17.0, requires_grad=True)
-    got = _loss_and_grads(image, text, y, scale, "triton", upstream)
+    got = _loss_and_grads(image, text, y, scale, backend, upstream)
     weights = upstream.mean()  # plain_loss is a mean; compare the mean-reduced forms
     keys = y if y is not None else torch.arange(-1, -n - 1, -1)
     exact_in = [image.detach().double().requires_grad_(), text.detach().double().requires_grad_()]
@@ -61,15 +68,16 @@ def test_bfloat16_error_is_within_pytorchs_own(n, d, labels):
     exact_terms = reference_loss(*exact_in, keys.tolist(), exact_scale, reduction="none")
     exact = (exact_terms, *torch.autograd.grad((exact_terms * upstream.double()).sum(), [*exact_in, exact_scale]))
     plain_in = [image.detach().requires_grad_(), text.detach().requires_grad_()]
-    plain_scale = scale.detach().bfloat16().requires_grad_()
+    plain_scale = scale.detach().to(dtype).requires_grad_()
     plain_value = plain_loss(*plain_in, keys, plain_scale)
-    plain_grads = torch.autograd.grad(plain_value * weights.bfloat16() * n, [*plain_in, plain_scale])
+    plain_grads = torch.autograd.grad(plain_value * weights.to(dtype) * n, [*plain_in, plain_scale])
     # The backward rounds the softmax weights P to bf16 for the tensor-core product P·V (as flash-attention does),
     # while the target part stays fp32; where the two cancel (N = 1: the gradient is exactly zero) what is left is
-    # that rounding: at most 2^-8 of s·Σ_j P_ij·|v_j| <= 2s·max(upstream) for unit features, over ‖x‖ after the
-    # chain rule through the normalisation.
+    # that rounding: at most one unit in the last place (2^-8 in bf16, 2^-11 in fp16) of s·Σ_j P_ij·|v_j|
+    # <= 2s·max(upstream) for unit features, over ‖x‖ after the chain rule through the normalisation.
     smallest_norm = min(float(image.detach().float().norm(dim=1).min()), float(text.detach().float().norm(dim=1).min()))
-    p_rounding = 2.0**-8 * 2 * float(scale.detach()) * float(upstream.max()) / smallest_norm
+    unit = torch.finfo(dtype).eps
+    p_rounding = unit * 2 * float(scale.detach()) * float(upstream.max()) / smallest_norm
     # Per-index values have no plain counterpart; compare the mean value and the gradients.
     assert_error_within_baseline(
         (got[0].mean(), *got[1:]), (plain_value, *plain_grads), (exact[0].mean(), *exact[1:]), 2.0, p_rounding
@@ -94,11 +102,12 @@ def test_float64_is_refused_with_the_alternative_named():
         unicl_loss(image, image, backend="triton")
 
 
-def test_results_are_identical_run_to_run():
+@pytest.mark.parametrize("backend", TRITON_BACKENDS)
+def test_results_are_identical_run_to_run(backend):
     image, text, y, upstream = _inputs(33, 24, torch.float32, "mixed", seed=3)
     scale = torch.tensor(30.0, requires_grad=True)
-    first = _loss_and_grads(image, text, y, scale, "triton", upstream)
-    second = _loss_and_grads(image, text, y, scale, "triton", upstream)
+    first = _loss_and_grads(image, text, y, scale, backend, upstream)
+    second = _loss_and_grads(image, text, y, scale, backend, upstream)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -112,9 +121,11 @@ def test_operators_pass_opcheck():
     q_lse, k_lse = torch.randn(9, generator=generator), torch.randn(7, generator=generator)
     utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(row_logsumexp, (q, k, scale, q_scale, k_scale), test_utils=utils)
+    torch.library.opcheck(one_pass_logsumexp, (q, k, scale, q_scale, k_scale, 4, 32), test_utils=utils)
     for weights in [(torch.rand(9), torch.rand(7)), (torch.rand(9), None), (None, torch.rand(7))]:
         arguments = (q, k, scale, q_scale, k_scale, q_lse, k_lse, *weights)
         torch.library.opcheck(row_softmax_grad, arguments, test_utils=utils)
+        torch.library.opcheck(softmax_weights, arguments, test_utils=utils)
 
 
 @pytest.mark.parametrize("normalized", [False, True], ids=["raw", "inverse-norms"])
@@ -137,7 +148,7 @@ def test_rectangular_blocks_match_dense_formula(normalized):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("backend", [*TRITON_BACKENDS, "chunked"])
 def test_torch_compile_traces_the_loss_without_graph_breaks(backend):
     """``fullgraph=True`` fails on any graph break; aot_eager runs the traced forward and backward graphs."""
     image, text, y, _ = _inputs(16, 8, torch.float32, "mixed", seed=6)
@@ -154,3 +165,53 @@ def test_torch_compile_traces_the_loss_without_graph_breaks(backend):
     torch.testing.assert_close(loss, expected)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+def _similarity(q, k, scale, q_scale, k_scale):
+    return scale * (q_scale[:, None] * q.double()) @ (k_scale[:, None] * k.double()).T
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "rows_per_chunk", "cols_per_range"), [(11, 37, 4, 32), (70, 130, 32, 64), (5, 3, 5, 32)]
+)
+def test_one_pass_statistics_over_super_chunks_and_column_ranges(rows, cols, rows_per_chunk, cols_per_range):
+    """Rectangular blocks, ragged sizes, several super-chunks (rows) and column ranges (columns) per launch: the
+    merged partials equal the log-sum-exps of the whole matrix."""
+    generator = torch.Generator().manual_seed(7)
+    q, k = torch.randn(rows, 24, generator=generator), torch.randn(cols, 24, generator=generator)
+    scale = torch.tensor(12.0)
+    q_scale, k_scale = 1 / q.norm(dim=1), 1 / k.norm(dim=1)
+    sim = _similarity(q, k, scale, q_scale, k_scale)
+    row_lse, col_lse = one_pass_logsumexp(q, k, scale, q_scale, k_scale, rows_per_chunk, cols_per_range)
+    torch.testing.assert_close(row_lse.double(), torch.logsumexp(sim, 1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(col_lse.double(), torch.logsumexp(sim, 0), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_weights_match_their_formula(dtype):
+    generator = torch.Generator().manual_seed(8)
+    q, k = torch.randn(13, 40, generator=generator).to(dtype), torch.randn(45, 40, generator=generator).to(dtype)
+    scale = torch.tensor(6.0)
+    q_scale, k_scale = 1 / q.float().norm(dim=1), 1 / k.float().norm(dim=1)
+    sim = _similarity(q, k, scale, q_scale, k_scale)
+    q_lse, k_lse = torch.logsumexp(sim, 1), torch.logsumexp(sim, 0)
+    g, h = torch.rand(13, generator=generator), torch.rand(45, generator=generator)
+    expected = (g[:, None] * torch.exp(sim - q_lse[:, None]) + h[None, :] * torch.exp(sim - k_lse[None, :])) * k_scale
+    got = softmax_weights(q, k, scale, q_scale, k_scale, q_lse.float(), k_lse.float(), g, h)
+    assert got.dtype == dtype
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2**-8, "atol": 1e-4}
+    torch.testing.assert_close(got.double(), expected, **tolerance)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16, 33])
+def test_one_pass_loss_over_super_chunks_matches_dense(chunk_size):
+    """The whole loss and its gradients when forward and backward walk several super-chunks."""
+    image, text, y, upstream = _inputs(70, 24, torch.float32, "mixed", seed=9)
+    scale = torch.tensor(25.0, requires_grad=True)
+
+    def run(backend):
+        loss = unicl_loss(image, text, y, scale, backend=backend, reduction="none", chunk_size=chunk_size)
+        return (loss, *torch.autograd.grad((loss * upstream).sum(), [image, text, scale]))
+
+    for got, want in zip(run("triton"), run("dense")):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)

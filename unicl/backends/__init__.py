@@ -2,7 +2,10 @@
 
 * ``"dense"``: :func:`unicl.backends.dense.dense_terms`, the readable reference (holds ``N × N`` tensors).
 * ``"chunked"``: :class:`unicl.backends.chunked.ChunkedEngine` behind the shared autograd function; any device.
-* ``"triton"``: the fused kernels of :mod:`unicl.kernels`; CUDA, or the CPU under ``TRITON_INTERPRET=1``.
+* ``"triton"``: the one-pass fused kernels of :mod:`unicl.kernels.one_pass` (``8N²D`` flops, the minimum); CUDA,
+  or the CPU under ``TRITON_INTERPRET=1``.
+* ``"triton_rowwise"``: the earlier two-pass kernels of :mod:`unicl.kernels.unicl_fused` (``12N²D`` flops), kept
+  selectable until GPU measurements settle which schedule wins where.
 * ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else ``"dense"`` up to 1,024 × 1,024 entries and
   ``"chunked"`` above.
 """
@@ -19,7 +22,9 @@ from unicl.backends.function import UniCLTermsFunction
 from unicl.kernels import triton_engine, triton_unavailable_reason
 from unicl.normalize import normalize_features
 
-BACKENDS = ("auto", "dense", "chunked", "triton")
+BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
+#: The backends that run Triton kernels.
+TRITON_BACKENDS = ("triton", "triton_rowwise")
 
 #: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves little memory and
 #: costs Python overhead (2-core Xeon, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
@@ -39,17 +44,19 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_
         if device.type == "cuda" and triton_unavailable_reason(device, dtype) is None:
             return "triton"
         return "dense" if num_rows * num_cols <= AUTO_DENSE_MAX_ENTRIES else "chunked"
-    if backend == "triton":
+    if backend in TRITON_BACKENDS:
         problem = triton_unavailable_reason(device, dtype)
         if problem is not None:
-            raise RuntimeError(f'backend="triton" cannot run here: {problem}. Use backend="chunked" instead.')
+            raise RuntimeError(f'backend="{backend}" cannot run here: {problem}. Use backend="chunked" instead.')
     return backend
 
 
 def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
-    """The engine of a concrete memory-efficient backend (``"chunked"`` or ``"triton"``)."""
+    """The engine of a concrete memory-efficient backend (``"chunked"``, ``"triton"`` or ``"triton_rowwise"``)."""
     if backend == "triton":
-        return triton_engine()
+        return triton_engine("one_pass", chunk_size)
+    if backend == "triton_rowwise":
+        return triton_engine("rowwise")
     return ChunkedEngine(chunk_size)
 
 
@@ -75,7 +82,8 @@ def similarity_terms(
         normalize: L2-normalise the rows of ``u`` and ``v`` first (the memory-efficient backends do it inside the
             tiles of ``S``, without a normalised copy).
         backend: one of :data:`BACKENDS`.
-        chunk_size: rows per block of the chunked backend (``None``: automatic).
+        chunk_size: rows per block of the chunked backend, or per super-chunk of the one-pass Triton schedule
+            (``None``: automatic).
 
     Returns:
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same

@@ -39,8 +39,19 @@ def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str |
     return f"it needs a CUDA device (got {device}), or CPU tensors with TRITON_INTERPRET=1 set before unicl is imported"
 
 
-def triton_engine() -> SimilarityEngine:
-    """The Triton engine; importing it compiles nothing until the first launch."""
-    from unicl.kernels.unicl_fused import TritonEngine
+def triton_engine(schedule: str = "one_pass", chunk_size: int | None = None) -> SimilarityEngine:
+    """A Triton engine; importing it compiles nothing until the first launch.
 
-    return TritonEngine()
+    Args:
+        schedule: ``"one_pass"`` (:mod:`unicl.kernels.one_pass`, ``8N²D`` flops, the default of
+            ``backend="triton"``) or ``"rowwise"`` (:mod:`unicl.kernels.unicl_fused`, ``12N²D`` flops at
+            ``D <= BLOCK_D``, ``backend="triton_rowwise"``).
+        chunk_size: rows per super-chunk of the one-pass schedule (``None``: from its workspace budget).
+    """
+    if schedule == "rowwise":
+        from unicl.kernels.unicl_fused import TritonEngine
+
+        return TritonEngine()
+    from unicl.kernels.one_pass import OnePassEngine
+
+    return OnePassEngine(chunk_size)

@@ -40,7 +40,6 @@ All statistics are fp32. Extra memory: ``r``, ``c``, ``a``, ``b`` (``4N`` floats
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 import triton
@@ -48,6 +47,7 @@ import triton.language as tl
 
 from unicl.backends.engine import Similarity
 from unicl.kernels import interpreter_active
+from unicl.kernels.tuning import config_table, launch, prune_for, tile_options
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -159,6 +159,9 @@ def _row_softmax_grad_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
+_KERNELS = {"lse": _row_lse_kernel, "grad": _row_softmax_grad_kernel}
+
+
 def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = None) -> triton.Config:
     meta = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}
     if d is not None:
@@ -186,16 +189,12 @@ GRAD_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
 }
 
 
-def precision_class(dtype: torch.dtype) -> str:
-    """``"fp32"`` for float32 features, ``"half"`` for bfloat16 and float16."""
-    return "fp32" if dtype == torch.float32 else "half"
+TABLES = {"lse": LSE_CONFIGS, "grad": GRAD_CONFIGS}
 
 
 def configs_for(kernel_name: str, major: int, dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip and feature dtype."""
-    table = LSE_CONFIGS if kernel_name == "lse" else GRAD_CONFIGS
-    # Chips older than Ampere take Ampere's tiles, newer ones Hopper's.
-    return table[(min(max(major, 8), 9), precision_class(dtype))]
+    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip family and feature dtype."""
+    return config_table(TABLES[kernel_name], major, dtype)
 
 
 #: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
@@ -207,58 +206,17 @@ def interpreting() -> bool:
     return interpreter_active()
 
 
-def _prune(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
-    """Drop tiles wider than the feature dimension needs, keeping at least one configuration."""
-    width = max(16, triton.next_power_of_2(named_args["D"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= width and c.kwargs.get("BLOCK_D", 0) <= width]
-    return kept or configs[:1]
-
-
 @functools.cache
-def _tuned(kernel_name: str, major: int, dtype: torch.dtype) -> triton.runtime.Autotuner:
-    kernel = _row_lse_kernel if kernel_name == "lse" else _row_softmax_grad_kernel
-    configs = configs_for(kernel_name, major, dtype)
-    return triton.autotune(configs=configs, key=["D"], prune_configs_by={"early_config_prune": _prune})(kernel)
-
-
-def _dot_options(dtype: torch.dtype) -> dict[str, object]:
-    """``INPUT_PRECISION`` and ``UPCAST_DOT`` for features of ``dtype``.
-
-    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (2026-09, Triton 3.x; see
-    https://github.com/triton-lang/triton/issues/11584, "not supported yet"), so under it the operands are upcast
-    to float32 after loading; compiled kernels never take that branch.
-    """
-    return {"INPUT_PRECISION": _input_precision(dtype), "UPCAST_DOT": interpreting()}
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
+    return triton.autotune(
+        configs=configs_for(kernel_name, capability[0], dtype),
+        key=["D"],
+        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
+    )(_KERNELS[kernel_name])
 
 
 def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> None:
-    """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA."""
-    with warnings.catch_warnings():
-        # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
-        # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
-        warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
-        _launch_unfiltered(kernel_name, grid_fn, device, dtype, **arguments)
-
-
-def _launch_unfiltered(
-    kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object
-) -> None:
-    if interpreting():
-        meta = dict(INTERPRETER_CONFIG)
-        if kernel_name == "lse":
-            meta.pop("BLOCK_D")
-        kernel = _row_lse_kernel if kernel_name == "lse" else _row_softmax_grad_kernel
-        kernel[grid_fn(meta)](**arguments, **meta)
-        return
-    major = torch.cuda.get_device_capability(device)[0]
-    with torch.cuda.device(device):
-        _tuned(kernel_name, major, dtype)[grid_fn](**arguments)
+    launch(_KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, **arguments)
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
@@ -290,7 +248,7 @@ def row_logsumexp(
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
         q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=out,
         M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
-        **_dot_options(q.dtype),
+        **tile_options(q.dtype),
     )  # fmt: skip
     return out
 
@@ -339,7 +297,7 @@ def row_softmax_grad(
         out_ptr=out, M=q.shape[0], N=k.shape[0], D=q.shape[1],
         stride_q=q.stride(0), stride_k=k.stride(0), stride_out=out.stride(0),
         HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
-        **_dot_options(q.dtype),
+        **tile_options(q.dtype),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
     # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).

@@ -1,0 +1,360 @@
+"""The one-pass Triton schedule of the UniCL loss: ``8N²D`` matrix-product flops for forward and backward, the
+minimum, deterministic, and no ``N × N`` tensor (``backend="triton"``).
+
+Forward (1 pass over ``S``): ``_lse_partials_kernel`` gives each program ``BLOCK_M`` rows and a range of columns.
+It computes every ``S`` tile of that rectangle once and keeps two statistics of it: the online (running-max)
+log-sum-exp of its rows over its column range, in registers, and, for every tile, the log-sum-exp of the tile's
+columns over its ``BLOCK_M`` rows, written to a ``⌈R / BLOCK_M⌉ × N`` float32 buffer. Both partials are merged
+exactly afterwards by a log-sum-exp over the partials, in a fixed order, so results are identical run to run and no
+atomics are needed. Rows go in super-chunks of ``R`` rows so the buffer stays within a workspace budget at any N
+(:mod:`unicl.kernels.plan`). Two exponentials per entry, one per direction, as the two-pass schedule.
+
+Backward (3 passes' worth of products): ``_softmax_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
+writes ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` in the features' dtype (statistics in float32);
+then ``a ⊙ (W V)`` and ``Wᵀ (a ⊙ U)`` run as tensor-core GEMMs with float32 accumulation and float32 results
+(``torch.mm(..., out_dtype=torch.float32)`` on CUDA). ``W`` is rounded to the features' dtype exactly where the
+two-pass kernel rounds ``P·b`` before its tensor-core product.
+
+The cost in units of ``F = 2N²D``: forward 1F, backward 3F (1F in the kernel, 2F in the GEMMs), against 2F + 4F for
+the two-pass schedule of :mod:`unicl.kernels.unicl_fused` (``backend="triton_rowwise"``) at D ≤ its BLOCK_D.
+Extra memory: the workspace (one super-chunk's partials or weights), ``4N`` statistics and the float32 ``[N, D]``
+results.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from unicl.backends.chunked import mixed_addmm_, mixed_mm
+from unicl.backends.engine import Similarity
+from unicl.kernels.plan import (
+    DEFAULT_WORKSPACE_BYTES,
+    PROGRAMS_PER_SM,
+    backward_rows,
+    cdiv,
+    column_ranges,
+    forward_rows,
+    super_chunks,
+)
+from unicl.kernels.tuning import config_table, launch, prune_for, tile_options
+from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp
+
+
+@triton.jit
+def _lse_partials_kernel(
+    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, row_part_ptr, col_part_ptr,
+    M, N, D, stride_q, stride_k, cols_per_range,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """Row partials ``row_part[range, i]`` over one column range and column partials ``col_part[block, j]`` over
+    ``BLOCK_M`` rows, both natural-log log-sum-exps of ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``."""
+    pid_m = tl.program_id(0)
+    pid_range = tl.program_id(1)
+    row_start = pid_m * BLOCK_M
+    offs_m = row_start + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < M
+    # s·a_i·log2(e) once per row; padded rows get 0 and are excluded from the column statistics below.
+    row_factor = tl.load(q_scale_ptr + offs_m, mask=row_valid, other=0.0) * (tl.load(scale_ptr) * LOG2E)
+    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    col_begin = pid_range * cols_per_range
+    col_end = tl.minimum(col_begin + cols_per_range, N)  # the plan never makes an empty range
+    for n0 in range(col_begin, col_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_valid = offs_n < col_end
+        tile = _similarity_tile(
+            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+            UPCAST_DOT,
+        )  # fmt: skip
+        col_factor = tl.load(k_scale_ptr + offs_n, mask=col_valid, other=0.0)
+        tile = tile * row_factor[:, None] * col_factor[None, :]
+        row_tile = tl.where(col_valid[None, :], tile, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(row_tile, 1))
+        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(row_tile - new_max[:, None]), 1)
+        running_max = new_max
+        col_tile = tl.where(row_valid[:, None], tile, float("-inf"))
+        col_max = tl.max(col_tile, 0)
+        col_sum = tl.sum(tl.exp2(col_tile - col_max[None, :]), 0)
+        tl.store(col_part_ptr + pid_m * N + offs_n, (col_max + tl.log2(col_sum)) * LN2, mask=col_valid)
+    tl.store(row_part_ptr + pid_range * M + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=row_valid)
+
+
+@triton.jit
+def _softmax_weights_kernel(
+    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, w_ptr,
+    M, N, D, stride_q, stride_k, stride_w,
+    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """One ``[BLOCK_M, BLOCK_N]`` tile of ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j``."""
+    row_start = tl.program_id(0) * BLOCK_M
+    col_start = tl.program_id(1) * BLOCK_N
+    offs_m = row_start + tl.arange(0, BLOCK_M)
+    offs_n = col_start + tl.arange(0, BLOCK_N)
+    row_mask = offs_m < M
+    col_mask = offs_n < N
+    row_factor = tl.load(q_scale_ptr + offs_m, mask=row_mask, other=0.0) * (tl.load(scale_ptr) * LOG2E)
+    col_scale = tl.load(k_scale_ptr + offs_n, mask=col_mask, other=0.0)
+    tile = _similarity_tile(
+        q_ptr, k_ptr, row_start, col_start, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+        UPCAST_DOT,
+    )  # fmt: skip
+    tile = tile * row_factor[:, None] * col_scale[None, :]
+    weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if HAS_Q_WEIGHT:
+        q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
+        q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
+        weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
+    if HAS_K_WEIGHT:
+        k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
+        k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
+        weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+    weights = weights * col_scale[None, :]
+    w_block = tl.make_block_ptr(w_ptr, (M, N), (stride_w, 1), (row_start, col_start), (BLOCK_M, BLOCK_N), (1, 0))
+    tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))
+
+
+def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+
+
+#: Autotune candidates per compute capability major version and operand precision, each compiled without register
+#: spills for every chip of that family (tests/kernels/test_compile_for_gpus.py); configurations that need more
+#: shared memory than a chip has are pruned for it at launch (:func:`unicl.kernels.tuning.prune_for`).
+PARTIALS_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
+    (8, "half"): [_tile(128, 64, 64, 8, 3), _tile(128, 64, 32, 4, 3), _tile(64, 64, 64, 4, 3)],
+    (9, "half"): [_tile(128, 128, 32, 8, 3), _tile(128, 64, 64, 8, 3), _tile(64, 64, 32, 4, 2)],
+    (8, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
+    (9, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
+}
+WEIGHTS_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
+    (8, "half"): [_tile(128, 128, 32, 8, 3), _tile(128, 64, 64, 4, 3), _tile(64, 64, 64, 4, 3)],
+    (9, "half"): [_tile(128, 128, 64, 8, 3), _tile(128, 256, 64, 8, 3), _tile(64, 128, 64, 4, 3)],
+    (8, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
+    (9, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
+}
+KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
+TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
+#: One small configuration for the CPU interpreter.
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
+
+
+def configs_for(kernel_name: str, major: int, dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"partials"`` or ``"weights"``) for a chip family and dtype."""
+    return config_table(TABLES[kernel_name], major, dtype)
+
+
+@functools.cache
+def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
+    return triton.autotune(
+        configs=configs_for(kernel_name, capability[0], dtype),
+        key=["D", "N"] if kernel_name == "partials" else ["D"],
+        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
+    )(KERNELS[kernel_name])
+
+
+def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> dict:
+    """Launch ``kernel_name`` and return the tile sizes it ran with."""
+    return launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, **arguments)
+
+
+def _programs_wanted(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def smallest_block_m(device: torch.device, dtype: torch.dtype) -> int:
+    """The smallest ``BLOCK_M`` the forward kernel may run with here (sizes its partials buffer)."""
+    if device.type != "cuda":
+        return INTERPRETER_CONFIG["BLOCK_M"]
+    major = torch.cuda.get_device_capability(device)[0]
+    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", major, dtype))
+
+
+# --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
+
+
+@torch.library.custom_op("unicl::one_pass_logsumexp", mutates_args=())
+def one_pass_logsumexp(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    rows_per_chunk: int,
+    cols_per_range: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column log-sum-exp of ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` in one pass over ``S``.
+
+    Args:
+        q: ``[M, D]`` row features (float16, bfloat16 or float32).
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a``.
+        k_scale: ``[N]`` column factors ``b``.
+        rows_per_chunk: rows per launch (super-chunk), see :func:`unicl.kernels.plan.forward_rows`.
+        cols_per_range: columns per program, a multiple of every ``BLOCK_N``
+            (see :func:`unicl.kernels.plan.column_ranges`).
+
+    Returns:
+        ``r [M]`` and ``c [N]``, float32.
+    """
+    q, k = q.contiguous(), k.contiguous()
+    num_rows, num_cols = q.shape[0], k.shape[0]
+    q_scale, k_scale = q_scale.float().contiguous(), k_scale.float().contiguous()
+    scale = scale.float().reshape(1)
+    ranges = cdiv(num_cols, cols_per_range)
+    row_lse = torch.empty(num_rows, dtype=torch.float32, device=q.device)
+    col_lse = torch.full((num_cols,), float("-inf"), dtype=torch.float32, device=q.device)
+    chunk_rows = min(rows_per_chunk, num_rows)
+    block_m = smallest_block_m(q.device, q.dtype)
+    col_parts = torch.empty(cdiv(chunk_rows, block_m), num_cols, dtype=torch.float32, device=q.device)
+    row_parts = torch.empty(ranges * chunk_rows, dtype=torch.float32, device=q.device)
+    for chunk in super_chunks(num_rows, rows_per_chunk):
+        rows = slice(chunk.start, chunk.start + chunk.rows)
+        # Contiguous [ranges, rows] for this chunk, as the kernel indexes it (the last chunk may be shorter).
+        row_part = row_parts[: ranges * chunk.rows].view(ranges, chunk.rows)
+        tiles = _run(
+            "partials",
+            lambda meta, r=chunk.rows: (cdiv(r, meta["BLOCK_M"]), ranges),
+            q.device,
+            q.dtype,
+            q_ptr=q[rows], k_ptr=k, scale_ptr=scale, q_scale_ptr=q_scale[rows], k_scale_ptr=k_scale,
+            row_part_ptr=row_part, col_part_ptr=col_parts, M=chunk.rows, N=num_cols, D=q.shape[1],
+            stride_q=q.stride(0), stride_k=k.stride(0), cols_per_range=cols_per_range,
+            **tile_options(q.dtype),
+        )  # fmt: skip
+        # Exact merges in a fixed order: rows over their column ranges, columns over this chunk's row blocks, then
+        # over the chunks so far.
+        row_lse[rows] = torch.logsumexp(row_part, 0)
+        chunk_cols = torch.logsumexp(col_parts[: cdiv(chunk.rows, tiles["BLOCK_M"])], 0)
+        torch.logaddexp(col_lse, chunk_cols, out=col_lse)
+    return row_lse, col_lse
+
+
+@one_pass_logsumexp.register_fake
+def _one_pass_logsumexp_fake(q, k, scale, q_scale, k_scale, rows_per_chunk, cols_per_range):
+    return q.new_empty(q.shape[0], dtype=torch.float32), q.new_empty(k.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("unicl::softmax_weights", mutates_args=())
+def softmax_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    q_lse: torch.Tensor,
+    k_lse: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
+
+    Args:
+        q: ``[M, D]`` row features (one super-chunk of them).
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a``.
+        k_scale: ``[N]`` column factors ``b``.
+        q_lse: ``[M]`` row log-sum-exp ``r``.
+        k_lse: ``[N]`` column log-sum-exp ``c``.
+        q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
+        k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
+
+    Returns:
+        ``[M, N]`` in the features' dtype.
+    """
+    q, k = q.contiguous(), k.contiguous()
+    out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
+    placeholder = q_lse  # never read when its HAS_* flag is off
+    _run(
+        "weights",
+        lambda meta: (cdiv(q.shape[0], meta["BLOCK_M"]), cdiv(k.shape[0], meta["BLOCK_N"])),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
+        q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
+        q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
+        k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
+        w_ptr=out, M=q.shape[0], N=k.shape[0], D=q.shape[1],
+        stride_q=q.stride(0), stride_k=k.stride(0), stride_w=out.stride(0),
+        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
+        **tile_options(q.dtype),
+    )  # fmt: skip
+    return out
+
+
+@softmax_weights.register_fake
+def _softmax_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight):
+    return q.new_empty(q.shape[0], k.shape[0])
+
+
+class OnePassEngine:
+    """The engine behind ``backend="triton"`` (see the module docstring for the schedule).
+
+    Args:
+        chunk_size: rows per super-chunk; ``None`` sizes them from ``workspace_bytes``.
+        workspace_bytes: memory budget of one super-chunk's buffers (:data:`DEFAULT_WORKSPACE_BYTES`).
+    """
+
+    def __init__(self, chunk_size: int | None = None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> None:
+        self.chunk_size = chunk_size
+        self.workspace_bytes = workspace_bytes
+
+    def forward_plan(self, sim: Similarity) -> tuple[int, int]:
+        """``(rows per super-chunk, columns per program)`` of the forward launch for ``sim``."""
+        num_rows, num_cols = sim.u.shape[0], sim.v.shape[0]
+        block_m = smallest_block_m(sim.u.device, sim.u.dtype)
+        rows = forward_rows(num_rows, num_cols, block_m, self.chunk_size, self.workspace_bytes)
+        cols_per_range, _ = column_ranges(num_cols, cdiv(rows, block_m), _programs_wanted(sim.u.device))
+        return rows, cols_per_range
+
+    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        row_scale, col_scale = _factors(sim)
+        if not columns:
+            # Rows only (distributed local mode): the row kernel alone is one pass with no column statistics.
+            return row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale), None
+        rows, cols_per_range = self.forward_plan(sim)
+        return one_pass_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale, rows, cols_per_range)
+
+    def backward_rows(self, sim: Similarity) -> int:
+        """Rows per backward super-chunk for ``sim``."""
+        num_rows, num_cols = sim.u.shape[0], sim.v.shape[0]
+        return backward_rows(num_rows, num_cols, sim.u.element_size(), self.chunk_size, self.workspace_bytes)
+
+    def softmax_grad(
+        self,
+        sim: Similarity,
+        row_lse: torch.Tensor,
+        col_lse: torch.Tensor | None,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
+        row_scale, col_scale = _factors(sim)
+        u, v = sim.u, sim.v
+        grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+        grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        for chunk in super_chunks(u.shape[0], self.backward_rows(sim)):
+            rows = slice(chunk.start, chunk.start + chunk.rows)
+            weights = softmax_weights(
+                u[rows], v, sim.scale, row_scale[rows], col_scale, row_lse[rows], col_lse,
+                None if row_weight is None else row_weight[rows], col_weight,
+            )  # fmt: skip
+            # (H V)_i = a_i·Σ_j W_ij v_j and (Hᵀ U)_j = Σ_i W_ij·a_i u_i, float32 results of tensor-core products.
+            mixed_mm(weights, v, out=grad_u[rows]).mul_(row_scale[rows, None])
+            scaled_rows = (u[rows].to(torch.float32) * row_scale[rows, None]).to(u.dtype)
+            mixed_addmm_(grad_v, weights.T, scaled_rows)
+            del weights
+        return grad_u, grad_v

@@ -1,0 +1,108 @@
+"""Tile configurations and launches shared by the Triton schedules: which tiles a chip may take, the dot options
+of a dtype, and one launch path for the CPU interpreter and for autotuned CUDA kernels."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import triton
+
+from unicl.kernels import interpreter_active
+
+#: Largest shared memory one block may use, in bytes, per compute capability (CUDA programming guide, "Technical
+#: Specifications per Compute Capability": A100 163 KiB, RTX 30xx/40xx/L40 99 KiB, H100/H200 and B200 227 KiB).
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+
+
+def precision_class(dtype: torch.dtype) -> str:
+    """``"fp32"`` for float32 features, ``"half"`` for bfloat16 and float16."""
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def config_table(table: dict[tuple[int, str], list[triton.Config]], major: int, dtype: torch.dtype) -> list:
+    """The candidates of ``table`` for a chip family: older than Ampere takes Ampere's, newer than Hopper Hopper's."""
+    return table[(min(max(major, 8), 9), precision_class(dtype))]
+
+
+def shared_memory_limit(capability: tuple[int, int]) -> int:
+    """Shared memory per block on a chip of ``capability`` (the nearest listed one at or below it)."""
+    number = capability[0] * 10 + capability[1]
+    known = [c for c in SHARED_MEMORY_LIMIT if c <= number]
+    return SHARED_MEMORY_LIMIT[max(known)] if known else SHARED_MEMORY_LIMIT[80]
+
+
+def estimated_shared_bytes(config: triton.Config, dtype: torch.dtype) -> int:
+    """An upper bound on the shared memory of a configuration: its pipelined operand tiles (``Q`` and ``K`` tiles of
+    the similarity loop, and the ``K`` feature tile of a ``BLOCK_D`` product) in every stage, plus a float32
+    ``BLOCK_M × BLOCK_N`` tile for layout conversions and reductions. Checked against the compiler's own figure for
+    every configuration and chip in tests/kernels/test_compile_for_gpus.py."""
+    meta = config.kwargs
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    operands = meta["BLOCK_M"] * meta["BLOCK_K"] + meta["BLOCK_K"] * meta["BLOCK_N"]
+    operands += meta["BLOCK_N"] * meta.get("BLOCK_D", 0)
+    return max(config.num_stages, 1) * operands * itemsize + 4 * meta["BLOCK_M"] * meta["BLOCK_N"]
+
+
+def prune_for(capability: tuple[int, int], dtype: torch.dtype) -> Callable[..., list[triton.Config]]:
+    """An ``early_config_prune`` for one chip: drop tiles wider than the feature dimension needs and tiles that
+    would not fit the chip's shared memory, keeping at least the smallest configuration."""
+    limit = shared_memory_limit(capability)
+
+    def prune(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+        width = max(16, triton.next_power_of_2(named_args["D"]))
+        fitting = [c for c in configs if estimated_shared_bytes(c, dtype) <= limit]
+        narrow = [c for c in fitting if c.kwargs["BLOCK_K"] <= width and c.kwargs.get("BLOCK_D", 0) <= width]
+        return narrow or fitting or [min(configs, key=lambda c: estimated_shared_bytes(c, dtype))]
+
+    return prune
+
+
+def tile_options(dtype: torch.dtype) -> dict[str, object]:
+    """``INPUT_PRECISION`` and ``UPCAST_DOT`` for features of ``dtype``.
+
+    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (2026-09, Triton 3.x; see
+    https://github.com/triton-lang/triton/issues/11584, "not supported yet"), so under it the operands are upcast
+    to float32 after loading; compiled kernels never take that branch. float32 features use exact products unless
+    ``torch.backends.cuda.matmul.allow_tf32`` is on, as torch's own matmul does.
+    """
+    exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return {"INPUT_PRECISION": "ieee" if exact else "tf32", "UPCAST_DOT": interpreter_active()}
+
+
+def launch(
+    kernel: triton.JITFunction,
+    interpreter_config: dict[str, int],
+    tuned: Callable[[str, tuple[int, int], torch.dtype], triton.runtime.Autotuner],
+    kernel_name: str,
+    grid_fn: Callable[[dict], tuple[int, ...]],
+    device: torch.device,
+    dtype: torch.dtype,
+    **arguments: object,
+) -> dict[str, int]:
+    """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA; returns the tile sizes used.
+
+    Args:
+        kernel: the kernel, for the interpreter.
+        interpreter_config: tile sizes under the interpreter (those the kernel does not take are dropped).
+        tuned: ``(kernel_name, capability, dtype) -> autotuner`` for CUDA.
+        kernel_name: the name ``tuned`` knows the kernel by.
+        grid_fn: the grid from the tile sizes.
+        device: where the tensors are.
+        dtype: the features' dtype.
+        **arguments: the kernel's other arguments.
+    """
+    with warnings.catch_warnings():
+        # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
+        # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
+        warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+        if interpreter_active():
+            meta = {name: size for name, size in interpreter_config.items() if name in kernel.arg_names}
+            kernel[grid_fn(meta)](**arguments, **meta)
+            return meta
+        capability = torch.cuda.get_device_capability(device)
+        with torch.cuda.device(device):
+            autotuner = tuned(kernel_name, capability, dtype)
+            autotuner[grid_fn](**arguments)
+        return dict(autotuner.best_config.kwargs)
