@@ -270,15 +270,15 @@ def _literal(text: str) -> str:
     return re.escape(text)
 
 
-@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "triton"])
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "triton", "triton_rowwise"])
 def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
     """``row_terms`` (distributed local mode) gives the same row terms and gradients as the full block."""
-    if backend == "triton" and not interpreter_active():
+    if backend.startswith("triton") and not interpreter_active():
         pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
     from unicl.backends import row_terms, similarity_terms
     from unicl.targets import target_keys
 
-    dtype = torch.float32 if backend == "triton" else torch.float64
+    dtype = torch.float32 if backend.startswith("triton") else torch.float64
     generator = torch.Generator().manual_seed(9)
     rows = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator, dtype=dtype), dim=1)
     cols = torch.nn.functional.normalize(torch.randn(13, 8, generator=generator, dtype=dtype), dim=1)
@@ -311,12 +311,12 @@ def test_normalising_inside_the_tiles_equals_normalising_first(backend, columns)
     """``normalize=True`` on raw features equals ``F.normalize`` first, values and gradients, with a zero row (the
     memory-efficient backends never build the normalised features). Rows-only blocks are rectangular, as in
     distributed local mode; both directions need every column to have a positive row, so that block is square."""
-    if backend == "triton" and not interpreter_active():
+    if backend.startswith("triton") and not interpreter_active():
         pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
     from unicl.backends import row_terms, similarity_terms
     from unicl.targets import target_keys
 
-    dtype = torch.float32 if backend == "triton" else torch.float64
+    dtype = torch.float32 if backend.startswith("triton") else torch.float64
     generator = torch.Generator().manual_seed(12)
     num_rows = 11 if columns else 6
     rows = torch.randn(num_rows, 8, generator=generator, dtype=dtype)
@@ -396,3 +396,69 @@ def test_normalisation_matches_torch_forward_and_backward(dtype):
     torch.testing.assert_close(grad.double(), reference_grad, **tolerance)
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(normalize_features, (features[:4].detach().clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton", "triton_rowwise"])
+def test_second_derivative_names_the_dense_backend(backend):
+    """A gradient penalty through a memory-efficient backend is refused with the way out; dense supports it."""
+    if backend.startswith("triton") and not interpreter_active():
+        pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
+    image, text = make_batch(6, 4, dtype=torch.float32)
+    labels = torch.tensor([0, 0, 1, -1, -1, 2])
+    loss = unicl_loss(image, text, labels, 5.0, backend=backend)
+    grad_image, _ = torch.autograd.grad(loss, [image, text], create_graph=True)
+    with pytest.raises(NotImplementedError, match='backend="dense"'):
+        grad_image.square().sum().backward()
+    dense_loss = unicl_loss(image, text, labels, 5.0, backend="dense")
+    (dense_grad,) = torch.autograd.grad(dense_loss, [image], create_graph=True)
+    dense_grad.square().sum().backward()
+    assert image.grad is not None and torch.isfinite(image.grad).all()
+
+
+def test_first_derivatives_with_create_graph_equal_the_plain_ones():
+    image, text = make_batch(9, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, -1, -1, 2, 1, 1, -1])
+    plain = torch.autograd.grad(unicl_loss(image, text, labels, 7.0, backend="chunked"), [image, text])
+    graphed = torch.autograd.grad(
+        unicl_loss(image, text, labels, 7.0, backend="chunked"), [image, text], create_graph=True
+    )
+    for got, want in zip(graphed, plain):
+        torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("labels", ["mixed", "none"])
+def test_chunked_tensor_core_path_matches_the_upcast_one(dtype, labels):
+    """The CUDA path (half operands as they are, float32 results, ``P·b`` rounded to the features' dtype) forced on
+    the CPU, where its products are upcast: close to the upcast path and within PyTorch's own error."""
+    from unicl.backends import ChunkedEngine, UniCLTermsFunction
+    from unicl.targets import target_keys
+
+    image, text = make_batch(40, 24, dtype=dtype, seed=5)
+    y = torch.randint(-1, 4, (40,), generator=torch.Generator().manual_seed(2)) if labels == "mixed" else None
+    keys = target_keys(y, 40, image.device)
+    scale = torch.tensor(20.0, requires_grad=True)
+
+    def run(native_half: bool):
+        engine = ChunkedEngine(chunk_size=7, native_half=native_half)
+        rows, cols = UniCLTermsFunction.apply(image, text, scale, keys, None, engine, True, True)
+        loss = (rows.mean() + cols.mean()) / 2
+        return (loss, *torch.autograd.grad(loss, [image, text, scale]))
+
+    tensor_core, upcast = run(True), run(False)
+    torch.testing.assert_close(tensor_core[0], upcast[0], rtol=1e-6, atol=1e-6)  # forward: identical maths
+    unit = torch.finfo(dtype).eps
+    for got, want in zip(tensor_core[1:], upcast[1:]):
+        # Backward differs by the rounding of P·b (and a·u) to the features' dtype before the products.
+        torch.testing.assert_close(got.float(), want.float(), rtol=4 * unit, atol=4 * unit * float(want.abs().max()))
+
+
+def test_dense_backend_has_exact_second_derivatives():
+    image, text = make_batch(5, 3)
+    labels = torch.tensor([0, 0, 1, -1, 1])
+    scale = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+
+    def fn(u, v, s):
+        return unicl_loss(u, v, labels, s, backend="dense")
+
+    assert torch.autograd.gradgradcheck(fn, (image, text, scale))

@@ -60,6 +60,13 @@ class _L2Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         features, inverse_norm = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the same chain rule out of place, with the norm recomputed from the features, so
+            # the result can be differentiated again (the dense backend supports second derivatives).
+            x = features.to(inverse_norm.dtype)
+            a = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
+            unit, g = x * a, grad.to(inverse_norm.dtype)
+            return (a * (g - unit * (unit * g).sum(-1, keepdim=True))).to(grad.dtype)
         scaled = grad.to(inverse_norm.dtype) * inverse_norm[:, None]
         return unit_grad_to_input_(scaled, features, inverse_norm).to(grad.dtype)
 

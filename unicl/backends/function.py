@@ -79,36 +79,70 @@ class UniCLTermsFunction(torch.autograd.Function):
     def backward(
         ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        x, y, scale, row_keys, col_keys, row_lse, col_lse, row_scale, col_scale = ctx.saved_tensors
-        col_keys = row_keys if col_keys is None else col_keys
-        if col_lse.numel() == 0:  # columns were not computed
-            col_grad, col_lse = None, None
-        if row_grad is None and col_grad is None:
-            return (None,) * 8
-        acc = accumulation_dtype(x.dtype)
-        groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
-        sim = Similarity(x, y, scale, row_scale, col_scale)
-        # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂S: the softmax part from the engine, the target part per key.
-        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
-        by_column, by_row = groups.by_column, groups.by_row
-        # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
-        # sums buffer serves all four sums in turn.
-        buffer = e_x.new_empty(max(by_column.buffer_rows(), by_row.buffer_rows()), x.shape[1])
-        if row_grad is not None:
-            scaled_weight = _times(row_scale, row_grad.to(acc) / groups.row_count)
-            by_column.sums(y, col_scale, out=buffer).subtract_from(e_x, scaled_weight)
-            by_row.sums(x, scaled_weight, out=buffer).subtract_from(e_y, col_scale)
-        if col_grad is not None:
-            scaled_weight = _times(col_scale, col_grad.to(acc) / groups.col_count)
-            by_row.sums(x, row_scale, out=buffer).subtract_from(e_y, scaled_weight)
-            by_column.sums(y, scaled_weight, out=buffer).subtract_from(e_x, row_scale)
-        del buffer
-        # ⟨x_i, e_i⟩ gives ∂L/∂s and, when normalising, the chain rule for x: computed once for both.
-        x_dots = row_dots(x, e_x) if ctx.needs_input_grad[2] else None
-        grad_scale = None if x_dots is None else x_dots.sum()
-        grad_x = _input_grad(e_x, x, row_scale, scale, x_dots) if ctx.needs_input_grad[0] else None
-        grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_y, grad_scale, None, None, None, None, None
+        # With create_graph=True autograd runs this with grad mode on; the in-place, out= arithmetic below has no
+        # derivative of its own, so it runs without, and the results carry a node that refuses a second one.
+        second_order = torch.is_grad_enabled()
+        with torch.no_grad():
+            grads = _first_order_backward(ctx, row_grad, col_grad)
+        if second_order:
+            grad_x, grad_y, grad_scale = _FirstOrderOnly.apply(*grads[:3], *ctx.saved_tensors[:3])
+            grads = (grad_x, grad_y, grad_scale, *grads[3:])
+        return grads
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes first derivatives through and raises if anything differentiates them again.
+
+    Its inputs are the three gradients and then the loss inputs ``x, y, s``, so its outputs belong to the graph of
+    the gradient (``create_graph=True``) and a second derivative reaches :meth:`backward`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        return tuple(None if grad is None else grad.view_as(grad) for grad in tensors[:3])
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[None, ...]:
+        raise NotImplementedError(
+            "the chunked and Triton backends of the UniCL loss compute first derivatives only; for a second "
+            'derivative (a gradient penalty, double backward) use backend="dense"'
+        )
+
+
+def _first_order_backward(
+    ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of :class:`UniCLTermsFunction` with respect to its eight inputs."""
+    x, y, scale, row_keys, col_keys, row_lse, col_lse, row_scale, col_scale = ctx.saved_tensors
+    col_keys = row_keys if col_keys is None else col_keys
+    if col_lse.numel() == 0:  # columns were not computed
+        col_grad, col_lse = None, None
+    if row_grad is None and col_grad is None:
+        return (None,) * 8
+    acc = accumulation_dtype(x.dtype)
+    groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
+    sim = Similarity(x, y, scale, row_scale, col_scale)
+    # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂S: the softmax part from the engine, the target part per key.
+    e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
+    by_column, by_row = groups.by_column, groups.by_row
+    # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
+    # sums buffer serves all four sums in turn.
+    buffer = e_x.new_empty(max(by_column.buffer_rows(), by_row.buffer_rows()), x.shape[1])
+    if row_grad is not None:
+        scaled_weight = _times(row_scale, row_grad.to(acc) / groups.row_count)
+        by_column.sums(y, col_scale, out=buffer).subtract_from(e_x, scaled_weight)
+        by_row.sums(x, scaled_weight, out=buffer).subtract_from(e_y, col_scale)
+    if col_grad is not None:
+        scaled_weight = _times(col_scale, col_grad.to(acc) / groups.col_count)
+        by_row.sums(x, row_scale, out=buffer).subtract_from(e_y, scaled_weight)
+        by_column.sums(y, scaled_weight, out=buffer).subtract_from(e_x, row_scale)
+    del buffer
+    # ⟨x_i, e_i⟩ gives ∂L/∂s and, when normalising, the chain rule for x: computed once for both.
+    x_dots = row_dots(x, e_x) if ctx.needs_input_grad[2] else None
+    grad_scale = None if x_dots is None else x_dots.sum()
+    grad_x = _input_grad(e_x, x, row_scale, scale, x_dots) if ctx.needs_input_grad[0] else None
+    grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_y, grad_scale, None, None, None, None, None
 
 
 def _input_grad(

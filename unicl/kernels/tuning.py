@@ -35,14 +35,15 @@ def shared_memory_limit(capability: tuple[int, int]) -> int:
 
 def estimated_shared_bytes(config: triton.Config, dtype: torch.dtype) -> int:
     """An upper bound on the shared memory of a configuration: its pipelined operand tiles (``Q`` and ``K`` tiles of
-    the similarity loop, and the ``K`` feature tile of a ``BLOCK_D`` product) in every stage, plus a float32
-    ``BLOCK_M × BLOCK_N`` tile for layout conversions and reductions. Checked against the compiler's own figure for
-    every configuration and chip in tests/kernels/test_compile_for_gpus.py."""
+    the similarity loop, and the ``K`` feature tile of a ``BLOCK_D`` product) in every stage, plus one
+    ``BLOCK_M × BLOCK_N`` tile in the features' dtype (a product operand or an epilogue staged through shared
+    memory). Checked against the compiler's own figure for every configuration and chip in
+    tests/kernels/test_compile_for_gpus.py."""
     meta = config.kwargs
     itemsize = torch.empty(0, dtype=dtype).element_size()
     operands = meta["BLOCK_M"] * meta["BLOCK_K"] + meta["BLOCK_K"] * meta["BLOCK_N"]
     operands += meta["BLOCK_N"] * meta.get("BLOCK_D", 0)
-    return max(config.num_stages, 1) * operands * itemsize + 4 * meta["BLOCK_M"] * meta["BLOCK_N"]
+    return (max(config.num_stages, 1) * operands + meta["BLOCK_M"] * meta["BLOCK_N"]) * itemsize
 
 
 def prune_for(capability: tuple[int, int], dtype: torch.dtype) -> Callable[..., list[triton.Config]]:
