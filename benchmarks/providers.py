@@ -88,7 +88,13 @@ PROVIDERS: dict[str, Provider] = {
     for provider in [
         Provider("unicl-dense", functools.partial(_unicl, "dense")),
         Provider("unicl-chunked", functools.partial(_unicl, "chunked")),
-        Provider("unicl-triton", functools.partial(_unicl, "triton"), gpu_only=True),
+        Provider("unicl-triton", functools.partial(_unicl, "triton"), gpu_only=True, note="one-pass schedule"),
+        Provider(
+            "unicl-triton-rowwise",
+            functools.partial(_unicl, "triton_rowwise"),
+            gpu_only=True,
+            note="the earlier two-pass schedule",
+        ),
         Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
         Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
         Provider("inf-cl", _inf_cl, unique_labels_only=True, gpu_only=True, note="cal_inf_loss in both directions"),

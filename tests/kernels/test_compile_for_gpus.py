@@ -1,5 +1,6 @@
-"""Every autotune configuration compiles for sm_80 and sm_90 without a GPU, uses wgmma on Hopper for half
-precision, spills nothing to local memory and fits the chip's shared memory."""
+"""Every autotune configuration of both schedules compiles for sm_80, sm_86, sm_89, sm_90 and sm_100 without a GPU,
+issues tensor-core instructions for half precision (wgmma on Hopper), spills nothing to local memory, fits the
+chip's shared memory, and the launcher's shared-memory estimate (which prunes configurations per chip) bounds it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 
 import pytest
 
-CAPABILITIES = (80, 90)
+CAPABILITIES = (80, 86, 89, 90, 100)
+KERNELS = ("partials", "weights", "lse", "grad")
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -19,24 +21,38 @@ def reports(tmp_path_factory) -> list[dict]:
     # The compiler, not the interpreter: a fresh process without TRITON_INTERPRET.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton-cache"))
-    command = [sys.executable, "-m", "unicl.kernels.compile_report", "--capability", *map(str, CAPABILITIES)]
-    result = subprocess.run([*command, "--dtype", *DTYPES], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    # Two processes (the CI machine has two cores), each compiling some of the chips.
+    halves = (CAPABILITIES[::2], CAPABILITIES[1::2])
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "unicl.kernels.compile_report", "--capability", *map(str, capabilities),
+             "--dtype", *DTYPES],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for capabilities in halves
+    ]  # fmt: skip
+    reports = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=1800)
+        assert process.returncode == 0, stderr[-3000:]
+        reports += json.loads(stdout)
+    return reports
 
 
 def test_every_configuration_was_compiled(reports):
     import torch
 
-    from unicl.kernels.unicl_fused import configs_for
+    from unicl.kernels import one_pass, unicl_fused
 
+    module = {"partials": one_pass, "weights": one_pass, "lse": unicl_fused, "grad": unicl_fused}
     expected = sum(
-        len(configs_for(kernel, capability // 10, getattr(torch, dtype)))
-        for kernel in ("lse", "grad")
+        len(module[kernel].configs_for(kernel, divmod(capability, 10), getattr(torch, dtype)))
+        for kernel in KERNELS
         for capability in CAPABILITIES
         for dtype in DTYPES
     )
     assert len(reports) == expected
+    assert {r["kernel"] for r in reports} == set(KERNELS)
 
 
 def _name(report: dict) -> str:
@@ -47,6 +63,11 @@ def test_hopper_half_precision_uses_wgmma(reports):
     hopper_half = [r for r in reports if r["capability"] == 90 and r["dtype"] != "float32"]
     assert hopper_half
     assert [_name(r) for r in hopper_half if not r["wgmma"]] == []
+
+
+def test_half_precision_runs_on_tensor_cores_everywhere(reports):
+    half = [r for r in reports if r["dtype"] != "float32"]
+    assert [_name(r) for r in half if not r["tensor_cores"]] == []
 
 
 def test_no_local_memory_in_ptx(reports):
@@ -61,3 +82,13 @@ def test_no_register_spills_in_sass(reports):
 
 def test_shared_memory_fits_the_chip(reports):
     assert [_name(r) for r in reports if r["shared_bytes"] > r["shared_limit"]] == []
+
+
+def test_the_pruning_estimate_bounds_the_compilers_shared_memory(reports):
+    assert [_name(r) for r in reports if r["shared_estimate"] < r["shared_bytes"]] == []
+
+
+def test_every_chip_keeps_a_configuration_after_pruning(reports):
+    """No configuration the autotuner could pick is pruned by its estimate on a chip it compiles for, so pruning
+    never leaves a chip with only oversized tiles."""
+    assert [_name(r) for r in reports if r["shared_estimate"] > r["shared_limit"]] == []

@@ -36,6 +36,8 @@ DEFAULT_BLOCK_ENTRIES = 1 << 20
 MIN_BLOCK_ROWS = 128
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: Devices with half-precision products that return float32 (``torch.mm(..., out_dtype=torch.float32)``).
+_MIXED_PRODUCT_DEVICES = ("cuda", "meta")
 
 
 def block_rows(num_rows: int, num_cols: int, chunk_size: int | None) -> int:
@@ -54,23 +56,28 @@ def uses_tensor_core_products(features: torch.Tensor) -> bool:
 def mixed_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = a @ b`` with ``out`` in float32 and ``a``, ``b`` possibly half precision.
 
-    On CUDA the half operands go to tensor cores with a float32 result; elsewhere (torch has no such CPU kernel in
-    2.14) they are upcast first, which gives the same float32 products.
+    On CUDA the half operands go to tensor cores with a float32 result (and on the meta device, where the cost
+    model traces the CUDA plan); elsewhere (torch has no such CPU kernel in 2.14) they are upcast first, which gives
+    the same float32 products.
     """
     if a.dtype == out.dtype:
         return torch.mm(a, b, out=out)
-    if a.device.type == "cuda":
+    if a.device.type in _MIXED_PRODUCT_DEVICES:
         return torch.mm(a, b, out_dtype=out.dtype, out=out)
     return torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
 
 
 def mixed_addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``acc += a @ b`` in place, ``acc`` in float32 and ``a``, ``b`` possibly half precision (see :func:`mixed_mm`)."""
+    """``acc += a @ b`` in place, ``acc`` in float32 and ``a``, ``b`` possibly half precision (see :func:`mixed_mm`).
+
+    Written as ``addmm(..., out=acc)`` (one BLAS call with beta = 1, as ``addmm_`` is), which torch's
+    ``FlopCounterMode`` counts; it does not count the in-place ``addmm_``.
+    """
     if a.dtype == acc.dtype:
-        return acc.addmm_(a, b)
-    if a.device.type == "cuda":
+        return torch.addmm(acc, a, b, out=acc)
+    if a.device.type in _MIXED_PRODUCT_DEVICES:
         return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-    return acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+    return torch.addmm(acc, a.to(acc.dtype), b.to(acc.dtype), out=acc)
 
 
 class _Blocks:

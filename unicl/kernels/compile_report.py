@@ -131,7 +131,7 @@ def compile_all(capability: int, dtype: str) -> list[KernelReport]:
     return [
         compile_kernel(name, capability, dtype, config)
         for name, (_, module) in KERNELS.items()
-        for config in module.configs_for(name, capability // 10, torch_dtype)
+        for config in module.configs_for(name, divmod(capability, 10), torch_dtype)
     ]
 
 

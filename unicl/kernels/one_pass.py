@@ -124,22 +124,29 @@ def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
 
 
-#: Autotune candidates per compute capability major version and operand precision, each compiled without register
-#: spills for every chip of that family (tests/kernels/test_compile_for_gpus.py); configurations that need more
-#: shared memory than a chip has are pruned for it at launch (:func:`unicl.kernels.tuning.prune_for`).
-PARTIALS_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
-    (8, "half"): [_tile(128, 64, 64, 8, 3), _tile(128, 64, 32, 4, 3), _tile(64, 64, 64, 4, 3)],
-    (9, "half"): [_tile(128, 128, 32, 8, 3), _tile(128, 64, 64, 8, 3), _tile(64, 64, 32, 4, 2)],
-    (8, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
-    (9, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
+#: Autotune candidates per chip family (:func:`unicl.kernels.tuning.chip_family`) and operand precision, each
+#: compiled without register spills for every chip of that family (tests/kernels/test_compile_for_gpus.py; ptxas
+#: spills non-monotonically: a tile that fits sm_80 may spill on sm_86 or sm_100, and a smaller one may spill where
+#: a larger one does not); configurations that need more shared memory than a chip has are pruned for it at launch
+#: (:func:`unicl.kernels.tuning.prune_for`).
+PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(128, 64, 32, 4, 3), _tile(64, 64, 64, 4, 3)],
+    ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(128, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
+    ("sm90", "half"): [_tile(128, 128, 32, 8, 3), _tile(128, 64, 64, 8, 3), _tile(64, 64, 32, 4, 2)],
+    ("sm100", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 8, 2)],
+    ("sm80", "fp32"): [_tile(64, 64, 32, 8, 2), _tile(32, 64, 32, 4, 2), _tile(64, 64, 16, 4, 2)],
+    ("sm86", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
+    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
 }
 #: The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
 #: so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
-WEIGHTS_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
-    (8, "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3), _tile(64, 64, 64, 4, 3)],
-    (9, "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3)],
-    (8, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
-    (9, "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
+WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3), _tile(64, 64, 64, 4, 3)],
+    ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
+    ("sm90", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3)],
+    ("sm80", "fp32"): [_tile(32, 64, 32, 4, 2), _tile(64, 32, 32, 4, 2), _tile(64, 64, 16, 4, 2)],
+    ("sm86", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
+    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
 }
 KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
 TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
@@ -147,15 +154,15 @@ TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 
 
-def configs_for(kernel_name: str, major: int, dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"partials"`` or ``"weights"``) for a chip family and dtype."""
-    return config_table(TABLES[kernel_name], major, dtype)
+def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"partials"`` or ``"weights"``) for a chip and feature dtype."""
+    return config_table(TABLES[kernel_name], capability, dtype)
 
 
 @functools.cache
 def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
     return triton.autotune(
-        configs=configs_for(kernel_name, capability[0], dtype),
+        configs=configs_for(kernel_name, capability, dtype),
         key=["D", "N"] if kernel_name == "partials" else ["D"],
         prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
     )(KERNELS[kernel_name])
@@ -176,8 +183,8 @@ def smallest_block_m(device: torch.device, dtype: torch.dtype) -> int:
     """The smallest ``BLOCK_M`` the forward kernel may run with here (sizes its partials buffer)."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG["BLOCK_M"]
-    major = torch.cuda.get_device_capability(device)[0]
-    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", major, dtype))
+    capability = torch.cuda.get_device_capability(device)
+    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", capability, dtype))
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------

@@ -21,9 +21,30 @@ def precision_class(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "half"
 
 
-def config_table(table: dict[tuple[int, str], list[triton.Config]], major: int, dtype: torch.dtype) -> list:
-    """The candidates of ``table`` for a chip family: older than Ampere takes Ampere's, newer than Hopper Hopper's."""
-    return table[(min(max(major, 8), 9), precision_class(dtype))]
+def chip_family(capability: tuple[int, int]) -> str:
+    """The tile family of a chip: ``"sm80"`` (A100 and older), ``"sm86"`` (RTX 30xx/40xx, L4, L40: 99 KiB of shared
+    memory, and a register allocator that spills tiles sm_80 holds), ``"sm90"`` (Hopper) or ``"sm100"`` (Blackwell).
+    """
+    major, minor = capability
+    if major >= 10:
+        return "sm100"
+    if major == 9:
+        return "sm90"
+    return "sm86" if major == 8 and minor > 0 else "sm80"
+
+
+#: Where a family without its own entry takes its tiles from.
+_FALLBACK_FAMILY = {"sm86": "sm80", "sm100": "sm90"}
+
+
+def config_table(
+    table: dict[tuple[str, str], list[triton.Config]], capability: tuple[int, int], dtype: torch.dtype
+) -> list[triton.Config]:
+    """The candidates of ``table`` for a chip: its family's own, else those of the family it falls back to."""
+    family, precision = chip_family(capability), precision_class(dtype)
+    if (family, precision) not in table:
+        family = _FALLBACK_FAMILY[family]
+    return table[(family, precision)]
 
 
 def shared_memory_limit(capability: tuple[int, int]) -> int:

@@ -169,32 +169,35 @@ def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = Non
     return triton.Config(meta, num_warps=warps, num_stages=stages)
 
 
-#: Autotune candidates per compute capability major version and operand precision ("half" for bf16/fp16 on tensor
-#: cores, "fp32" for exact fp32 products). Every entry compiles for its chip without register spills (SASS read with
-#: cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
+#: Autotune candidates per chip family (:func:`unicl.kernels.tuning.chip_family`) and operand precision ("half" for
+#: bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half tiles because two of
+#: sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without register spills (SASS read
+#: with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
 #: with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps instead of 4 and Hopper's
 #: narrow fp32 tile BLOCK_K = 16 instead of 32.
 #: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
-LSE_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
-    (8, "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
-    (9, "half"): [_config(128, 128, 32, 8, 3), _config(64, 64, 32, 4, 2)],
-    (8, "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
-    (9, "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
+LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    ("sm80", "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
+    ("sm86", "half"): [_config(128, 64, 32, 8, 3), _config(128, 128, 32, 8, 3), _config(64, 64, 64, 4, 3)],
+    ("sm90", "half"): [_config(128, 128, 32, 8, 3), _config(64, 64, 32, 4, 2)],
+    ("sm80", "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
+    ("sm90", "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
 }
-GRAD_CONFIGS: dict[tuple[int, str], list[triton.Config]] = {
-    (8, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 8, 2, 256)],
-    (9, "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
-    (8, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
-    (9, "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 16, 4, 2, 64)],
+GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    ("sm80", "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 8, 2, 256)],
+    ("sm86", "half"): [_config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 8, 2, 128), _config(64, 32, 32, 4, 2, 128)],
+    ("sm90", "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
+    ("sm80", "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
+    ("sm90", "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 16, 4, 2, 64)],
 }
 
 
 TABLES = {"lse": LSE_CONFIGS, "grad": GRAD_CONFIGS}
 
 
-def configs_for(kernel_name: str, major: int, dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip family and feature dtype."""
-    return config_table(TABLES[kernel_name], major, dtype)
+def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip and feature dtype."""
+    return config_table(TABLES[kernel_name], capability, dtype)
 
 
 #: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
@@ -209,7 +212,7 @@ def interpreting() -> bool:
 @functools.cache
 def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
     return triton.autotune(
-        configs=configs_for(kernel_name, capability[0], dtype),
+        configs=configs_for(kernel_name, capability, dtype),
         key=["D"],
         prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
     )(_KERNELS[kernel_name])
