@@ -27,8 +27,8 @@ BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
 TRITON_BACKENDS = ("triton", "triton_rowwise")
 
 #: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves little memory and
-#: costs Python overhead (2-core Xeon, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
-#: 2.9 ms vs chunked 6.0 ms at N = 256, 27 vs 41 ms at N = 1,024, but 731 vs 382 ms at N = 4,096).
+#: costs Python overhead (2-core EPYC, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
+#: 5.9 ms vs chunked 12.1 ms at N = 256, 61 vs 81 ms at N = 1,024, but 1,276 vs 817 ms at N = 4,096).
 AUTO_DENSE_MAX_ENTRIES = 1024 * 1024
 
 

@@ -41,7 +41,7 @@ from unicl.kernels.plan import (
     super_chunks,
 )
 from unicl.kernels.tuning import config_table, launch, prune_for, tile_options
-from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp
+from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
 
 
 @triton.jit
@@ -283,22 +283,15 @@ def softmax_weights(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
-    placeholder = q_lse  # never read when its HAS_* flag is off
     _run(
         "weights",
         lambda meta: (cdiv(q.shape[0], meta["BLOCK_M"]), cdiv(k.shape[0], meta["BLOCK_N"])),
         q.device,
         q.dtype,
-        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
-        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
-        q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
-        q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
-        k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
-        w_ptr=out, M=q.shape[0], N=k.shape[0], D=q.shape[1],
-        stride_q=q.stride(0), stride_k=k.stride(0), stride_w=out.stride(0),
-        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
-        **tile_options(q.dtype),
-    )  # fmt: skip
+        w_ptr=out,
+        stride_w=out.stride(0),
+        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight),
+    )
     return out
 
 

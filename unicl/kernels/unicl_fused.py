@@ -286,25 +286,43 @@ def row_softmax_grad(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    placeholder = q_lse  # never read when its HAS_* flag is off
     _launch(
         "grad",
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
         q.device,
         q.dtype,
+        out_ptr=out, stride_out=out.stride(0),
+        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight),
+    )  # fmt: skip
+    # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
+    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
+    return out.mul_(q_scale.to(out.dtype)[:, None])
+
+
+def softmax_arguments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    q_lse: torch.Tensor,
+    k_lse: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+) -> dict[str, object]:
+    """The kernel arguments of a softmax-gradient launch (both schedules' backward kernels take them): contiguous
+    features, float32 statistics, and the flags for absent weights, whose pointers then go unread."""
+    placeholder = q_lse  # never read when its HAS_* flag is off
+    return dict(
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
         q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
         q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
         q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
         k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
-        out_ptr=out, M=q.shape[0], N=k.shape[0], D=q.shape[1],
-        stride_q=q.stride(0), stride_k=k.stride(0), stride_out=out.stride(0),
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
         HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
         **tile_options(q.dtype),
     )  # fmt: skip
-    # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
-    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
-    return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
 # --- torch.library operators, so torch.compile keeps the loss in its graph ------------------------------------------
