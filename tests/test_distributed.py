@@ -68,6 +68,23 @@ def _check_errors(rank: int) -> None:
         distributed_unicl_loss(features, features, labels)
 
 
+def _check_bad_input_on_one_rank_is_an_error_everywhere(rank: int) -> None:
+    """A rank whose own inputs fail their checks raises its error; the others raise a ValueError naming it, at
+    once, instead of waiting in a collective (and none computes a loss)."""
+    features = torch.randn(3, D)
+    labels = torch.zeros(2 if rank == 1 else 3, dtype=torch.long)  # rank 1: wrong length
+    if rank == 1:
+        with pytest.raises(ValueError, match=r"labels must have shape \[3\]"):
+            distributed_unicl_loss(features, features, labels)
+    else:
+        with pytest.raises(ValueError, match=r"rank\(s\) \[1\] refused their inputs"):
+            distributed_unicl_loss(features, features, labels)
+    # Every rank empty: the same error everywhere.
+    empty = torch.randn(0, D)
+    with pytest.raises(ValueError, match="every rank's batch is empty"):
+        distributed_unicl_loss(empty, empty)
+
+
 def _check_caption_labels_agree() -> None:
     mine = caption_labels(["a photo of a dog", "two cats", "a photo of  a dog"], first_label=10)
     everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
@@ -137,11 +154,17 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
         for local in (False, True)
         for backend in ("dense", "chunked")
     ]
+    # An empty rank (the last, uneven batch of an epoch), in the middle and first.
+    for sizes in ([4, 0, 3], [0, 5, 2]) if world == 3 else ([0, 5],):
+        cases += [(sizes, True, local, "chunked") for local in (False, True)]
+        cases += [(sizes, False, True, "dense")]
     if interpreter_active():  # inherited from tests/conftest.py, set before anything imported triton
         cases += [(uneven, True, False, "triton"), (uneven, True, True, "triton")]
+        cases += [([0, 5, 2] if world == 3 else [0, 5], True, True, "triton")]
     checks = [(f"contract {case}", lambda case=case: _check_contract(rank, world, *case)) for case in cases]
     checks.append(("sum reduction, local", lambda: _check_contract(rank, world, uneven, True, True, "chunked", "sum")))
     checks.append(("bad input", lambda: _check_errors(rank)))
+    checks.append(("bad input on one rank", lambda: _check_bad_input_on_one_rank_is_an_error_everywhere(rank)))
     checks.append(("caption labels", _check_caption_labels_agree))
     if world == 2:
         checks += [(f"ddp local={local}", lambda local=local: _check_ddp_matches_single_process(rank, local))

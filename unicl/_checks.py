@@ -36,23 +36,26 @@ def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
-def check_features(name: str, features: object) -> torch.Tensor:
-    """Check that ``features`` is a non-empty floating-point matrix ``[N, D]``."""
+def check_features(name: str, features: object, allow_no_rows: bool = False) -> torch.Tensor:
+    """Check that ``features`` is a non-empty floating-point matrix ``[N, D]`` (``N = 0`` allowed with
+    ``allow_no_rows``, as one rank's share of a distributed batch may be)."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [N, D]; got {type(features).__name__}")
     if features.dim() != 2:
         raise ValueError(f"{name} must be 2-D [N, D]; got shape {tuple(features.shape)}")
     if features.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {features.dtype}")
-    if features.shape[0] == 0 or features.shape[1] == 0:
+    if features.shape[1] == 0 or (features.shape[0] == 0 and not allow_no_rows):
         raise ValueError(f"{name} must have at least one row and one column; got shape {tuple(features.shape)}")
     return features
 
 
-def check_feature_pair(image_features: object, text_features: object) -> tuple[torch.Tensor, torch.Tensor]:
+def check_feature_pair(
+    image_features: object, text_features: object, allow_no_rows: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check both feature matrices and that they agree in shape, dtype and device."""
-    image = check_features("image_features", image_features)
-    text = check_features("text_features", text_features)
+    image = check_features("image_features", image_features, allow_no_rows)
+    text = check_features("text_features", text_features, allow_no_rows)
     if image.shape != text.shape:
         raise ValueError(
             "image_features and text_features must have the same shape [N, D]; "

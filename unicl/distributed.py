@@ -28,6 +28,7 @@ from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_
 from unicl.targets import target_keys
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+_DEVICE_TYPES = ("cpu", "cuda")
 
 
 def distributed_world(group: dist.ProcessGroup | None = None) -> tuple[int, int] | None:
@@ -69,27 +70,60 @@ class GlobalBatch:
         return self.keys[self.offset : self.offset + self.local_size]
 
 
-def _exchange_shapes(
-    image: torch.Tensor, labels: torch.Tensor | None, group: dist.ProcessGroup | None, world_size: int
-) -> list[int]:
-    """All-gather every rank's batch size and check that D, dtype and labels agree; returns the sizes.
+def _exchange_device(group: dist.ProcessGroup | None) -> torch.device:
+    """Where the process group's collectives take their tensors: the current GPU for NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    Every rank takes part in the same collective before anyone raises, so a mismatch is an error on every rank
-    rather than a hang in a later collective.
+
+def _exchange_shapes(
+    image: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    group: dist.ProcessGroup | None,
+    world_size: int,
+    problem: Exception | None = None,
+) -> list[int]:
+    """All-gather every rank's batch size and check that D, dtype, device type and labels agree, and that no rank
+    refused its inputs; returns the sizes.
+
+    Every rank takes part in the same collective before anyone raises, so a mismatch or a bad input on one rank is
+    an error on every rank rather than a hang in a later collective (or a peer's lost connection). A rank whose
+    inputs failed their checks passes ``image=None`` and its ``problem``, and raises that problem itself.
     """
-    mine = torch.tensor(
-        [image.shape[0], image.shape[1], _DTYPE_CODES[image.dtype], int(labels is not None)], device=image.device
-    )
+    if problem is not None or image is None:
+        mine = torch.tensor([0, 0, 0, 0, 0, 1])
+    else:
+        device_code = _DEVICE_TYPES.index(image.device.type) if image.device.type in _DEVICE_TYPES else 2
+        mine = torch.tensor(
+            [image.shape[0], image.shape[1], _DTYPE_CODES[image.dtype], int(labels is not None), device_code, 0]
+        )
+    mine = mine.to(_exchange_device(group))
     everyone = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(everyone, mine, group=group)
     table = torch.stack(everyone).cpu().tolist()
+    refused = [rank for rank, row in enumerate(table) if row[5]]
+    if refused:
+        if problem is not None:
+            raise problem
+        raise ValueError(
+            f"gather_distributed=True: rank(s) {refused} refused their inputs (their own error says why); "
+            "no rank computed the loss"
+        )
     names = {code: dtype for dtype, code in _DTYPE_CODES.items()}
-    for column, what in ((1, "feature dimension D"), (2, "feature dtype"), (3, "labels given")):
+    device_names = [*_DEVICE_TYPES, "other"]
+    for column, what in ((1, "feature dimension D"), (2, "feature dtype"), (4, "device type"), (3, "labels given")):
         values = [row[column] for row in table]
         if len(set(values)) > 1:
-            shown = [names[v] if column == 2 else bool(v) if column == 3 else v for v in values]
+            shown = [
+                names[v] if column == 2 else bool(v) if column == 3 else device_names[v] if column == 4 else v
+                for v in values
+            ]
             raise ValueError(f"gather_distributed=True needs the same {what} on every rank; got {shown} by rank")
-    return [row[0] for row in table]
+    sizes = [row[0] for row in table]
+    if sum(sizes) == 0:
+        raise ValueError("gather_distributed=True: every rank's batch is empty; at least one needs a sample")
+    return sizes
 
 
 def _gather_rows(tensor: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -121,7 +155,8 @@ def gather_batch(
         The :class:`GlobalBatch`.
 
     Raises:
-        ValueError: on every rank, when ranks disagree on D, dtype, or whether labels are given.
+        ValueError: on every rank, when ranks disagree on D, dtype, device type or whether labels are given, or
+            when every rank's batch is empty.
     """
     world = distributed_world(group)
     if world is None:
@@ -166,16 +201,31 @@ def distributed_unicl_loss(
         chunk_size: as in :func:`unicl.unicl_loss`.
 
     Returns:
-        A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``.
+        A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``. A rank with no samples
+        (``n = 0``) takes part as usual: in global mode it returns the global loss, in local mode zero, and its
+        feature gradients are ``[0, D]``.
+
+    Raises:
+        ValueError: on every rank, when ranks disagree on D, dtype, device type or whether labels are given, when
+            every rank's batch is empty, or when another rank's inputs fail their checks (that rank raises its
+            own ``TypeError`` or ``ValueError``).
     """
-    if distributed_world(group) is None:
+    world = distributed_world(group)
+    if world is None:
         return unicl_loss(
             image_features, text_features, labels, logit_scale,
             backend=backend, reduction=reduction, normalize=normalize, chunk_size=chunk_size,
         )  # fmt: skip
-    image, text, labels, scale = prepare_inputs(
-        image_features, text_features, labels, logit_scale, backend, reduction, chunk_size
-    )
+    try:
+        # A rank may hold no samples (the last, uneven batch of an epoch); a bad input on one rank still reaches
+        # the shape exchange, so that every rank raises instead of the others waiting in a collective.
+        image, text, labels, scale = prepare_inputs(
+            image_features, text_features, labels, logit_scale, backend, reduction, chunk_size, allow_no_rows=True
+        )
+    except (TypeError, ValueError) as problem:
+        # Raises this rank's problem once every rank has heard of it (and a ValueError on the others).
+        _exchange_shapes(None, None, group, world[1], problem)
+        raise
     batch = gather_batch(image, text, labels, group)
     if not local_loss:
         image_terms, text_terms = similarity_terms(

@@ -96,13 +96,15 @@ def prepare_inputs(
     backend: str,
     reduction: str,
     chunk_size: int | None,
+    allow_no_rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Check every argument of :func:`unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
 
     The features come back as given (the backends normalise them), the scale as a 0-dim tensor in the
-    accumulation dtype. Raises the errors documented in :func:`unicl_loss`.
+    accumulation dtype. Raises the errors documented in :func:`unicl_loss`. ``allow_no_rows`` accepts ``N = 0``
+    (one rank's share of a distributed batch).
     """
-    image, text = check_feature_pair(image_features, text_features)
+    image, text = check_feature_pair(image_features, text_features, allow_no_rows)
     checked_labels = check_labels(labels, image.shape[0], image.device)
     scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
     check_choice("reduction", reduction, REDUCTIONS)

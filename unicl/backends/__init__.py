@@ -123,6 +123,10 @@ def _terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both term vectors; without ``columns`` the second is empty and no column work is done."""
     concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
+    if u.shape[0] == 0 or v.shape[0] == 0:
+        # A block with no rows (an empty rank in distributed local mode) has nothing to walk; the dense form keeps
+        # it in the autograd graph, so that rank still joins the gather's backward.
+        concrete = "dense"
     if concrete == "dense":
         if normalize:
             u, v = normalize_features(u), normalize_features(v)
