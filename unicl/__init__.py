@@ -3,7 +3,7 @@
 from unicl.captions import caption_labels
 from unicl.distributed import distributed_unicl_loss
 from unicl.loss import unicl_loss
-from unicl.models import UniCLModel, create_model, list_models
+from unicl.models import UniCLModel, create_model, list_models, load_model
 from unicl.nn import UniCLLoss
 from unicl.targets import target_keys
 
@@ -17,6 +17,7 @@ __all__ = [
     "create_model",
     "distributed_unicl_loss",
     "list_models",
+    "load_model",
     "target_keys",
     "unicl_loss",
 ]

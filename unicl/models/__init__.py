@@ -4,6 +4,7 @@ from unicl.models.heads import projection_head
 from unicl.models.image import ImageConfig, ImageEncoder
 from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.presets import create_model, get_config, list_models
+from unicl.models.serialization import load_model, save_pretrained
 from unicl.models.text import TextConfig, TextTransformer
 
 __all__ = [
@@ -16,5 +17,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "load_model",
     "projection_head",
+    "save_pretrained",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,13 @@ class UniCLModel(nn.Module):
             "text_features": self.encode_text(input_ids, attention_mask),
             "logit_scale": self.logit_scale.exp().clamp(max=self.config.max_logit_scale),
         }
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write this model to ``directory`` as safetensors weights and a JSON config (see
+        :func:`unicl.models.serialization.save_pretrained`); :func:`unicl.load_model` restores it bit for bit."""
+        from unicl.models.serialization import save_pretrained
+
+        return save_pretrained(self, directory)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.

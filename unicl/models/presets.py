@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -63,8 +64,19 @@ def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
     return dataclasses.replace(config, **changes)
 
 
-def create_model(name: str, **overrides: Any) -> UniCLModel:
+def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniCLModel:
     """Build preset ``name`` (see :func:`list_models`) with ``overrides`` (see :func:`get_config`).
+
+    Args:
+        name: the preset.
+        pretrained: weights to load strictly into it: a directory written by ``model.save_pretrained`` or a
+            ``.safetensors`` file with the same tensor names (see :mod:`unicl.models.serialization`).
+        **overrides: configuration changes.
+
+    Raises:
+        ValueError: an unknown preset or field, a file in another format, or weights that do not fit the model
+            (missing, unexpected and mis-shaped tensors are named).
+        FileNotFoundError: nothing at ``pretrained``.
 
     Example:
         >>> import unicl
@@ -72,4 +84,9 @@ def create_model(name: str, **overrides: Any) -> UniCLModel:
         ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny']
         >>> model = unicl.create_model("unicl_tiny", embed_dim=32, text={"layers": 1})
     """
-    return UniCLModel(get_config(name, **overrides))
+    model = UniCLModel(get_config(name, **overrides))
+    if pretrained is not None:
+        from unicl.models.serialization import load_pretrained_into
+
+        load_pretrained_into(model, pretrained)
+    return model
