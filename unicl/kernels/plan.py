@@ -78,8 +78,9 @@ def backward_rows(num_rows: int, num_cols: int, itemsize: int, chunk_size: int |
 def column_ranges(num_cols: int, row_blocks: int, programs_wanted: int) -> tuple[int, int]:
     """``(columns per range, number of ranges)`` for a forward launch of ``row_blocks`` row blocks.
 
-    Enough ranges that ``row_blocks × ranges`` reaches ``programs_wanted`` (each range a multiple of
-    :data:`COLUMN_GRANULE`), and never an empty range.
+    Enough ranges that ``row_blocks × ranges`` approaches ``programs_wanted`` (at least half of it, or every
+    granule its own range: each range is a whole number of :data:`COLUMN_GRANULE` columns), and never an empty
+    range.
     """
     granules = cdiv(num_cols, COLUMN_GRANULE)
     ranges_wanted = max(1, min(granules, cdiv(programs_wanted, max(row_blocks, 1))))
