@@ -187,6 +187,19 @@ def test_one_pass_statistics_over_super_chunks_and_column_ranges(rows, cols, row
     torch.testing.assert_close(col_lse.double(), torch.logsumexp(sim, 0), rtol=1e-6, atol=1e-5)
 
 
+def test_column_ranges_need_not_be_whole_tiles():
+    """Ranges of 40 columns with 32-wide tiles: masked tile ends, exact results."""
+    generator = torch.Generator().manual_seed(10)
+    q, k = torch.randn(9, 16, generator=generator), torch.randn(100, 16, generator=generator)
+    ones_q, ones_k, scale = torch.ones(9), torch.ones(100), torch.tensor(5.0)
+    sim = _similarity(q, k, scale, ones_q, ones_k)
+    row_lse, col_lse = one_pass_logsumexp(q, k, scale, ones_q, ones_k, 4, 40)
+    torch.testing.assert_close(row_lse.double(), torch.logsumexp(sim, 1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(col_lse.double(), torch.logsumexp(sim, 0), rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="cols_per_range must be an int >= 1"):
+        one_pass_logsumexp(q, k, scale, ones_q, ones_k, 4, 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softmax_weights_match_their_formula(dtype):
     generator = torch.Generator().manual_seed(8)

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unicl._checks import check_positive_int
 from unicl.backends.chunked import mixed_addmm_, mixed_mm
 from unicl.backends.engine import Similarity
 from unicl.kernels.plan import (
@@ -163,7 +164,7 @@ def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtyp
 def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
     return triton.autotune(
         configs=configs_for(kernel_name, capability, dtype),
-        key=["D", "N"] if kernel_name == "partials" else ["D"],
+        key=["D"],
         prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
     )(KERNELS[kernel_name])
 
@@ -209,12 +210,17 @@ def one_pass_logsumexp(
         q_scale: ``[M]`` row factors ``a``.
         k_scale: ``[N]`` column factors ``b``.
         rows_per_chunk: rows per launch (super-chunk), see :func:`unicl.kernels.plan.forward_rows`.
-        cols_per_range: columns per program, a multiple of every ``BLOCK_N``
-            (see :func:`unicl.kernels.plan.column_ranges`).
+        cols_per_range: columns per program; any positive number is exact, a multiple of ``BLOCK_N`` wastes no
+            masked columns (see :func:`unicl.kernels.plan.column_ranges`).
 
     Returns:
         ``r [M]`` and ``c [N]``, float32.
+
+    Raises:
+        ValueError: ``rows_per_chunk`` or ``cols_per_range`` below 1.
     """
+    check_positive_int("rows_per_chunk", rows_per_chunk)
+    check_positive_int("cols_per_range", cols_per_range)
     q, k = q.contiguous(), k.contiguous()
     num_rows, num_cols = q.shape[0], k.shape[0]
     q_scale, k_scale = q_scale.float().contiguous(), k_scale.float().contiguous()
