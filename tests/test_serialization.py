@@ -80,10 +80,10 @@ def test_truncated_corrupt_and_foreign_files_say_so(tmp_path):
     foreign.write_bytes(pickle.dumps({"model": {"w": [1, 2]}}))
     with pytest.raises(ValueError, match="truncated, corrupt or in another format"):
         unicl.create_model("unicl_tiny", pretrained=foreign)
-    pth = tmp_path / "checkpoint.pth"
-    pth.write_bytes(pickle.dumps({}))
-    with pytest.raises(ValueError, match=r"expected a directory written by save_pretrained or a \.safetensors file"):
-        unicl.create_model("unicl_tiny", pretrained=pth)
+    other = tmp_path / "checkpoint.ckpt"
+    other.write_bytes(pickle.dumps({}))
+    with pytest.raises(ValueError, match=r"expected a directory written by save_pretrained, a \.safetensors file"):
+        unicl.create_model("unicl_tiny", pretrained=other)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         unicl.create_model("unicl_tiny", pretrained=tmp_path / "nothing-here")
 

@@ -14,10 +14,14 @@ from unicl.models.text import TextConfig
 
 #: The paper's text tower: 12 layers, 512 wide, 8 heads, 77 tokens, CLIP's 49,408-token vocabulary.
 PAPER_TEXT = TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8)
+#: The text tower of the released UniCL models (microsoft/UniCL v1.0): the paper's, with QuickGELU, LayerNorm
+#: epsilon 1e-12 and the sequence read out at the largest id (CLIP BPE's end-of-text token).
+OFFICIAL_TEXT = dataclasses.replace(PAPER_TEXT, activation="quick_gelu", norm_eps=1e-12, pool="argmax")
 
 _PRESETS: dict[str, Callable[[], UniCLConfig]] = {
-    "unicl_swin_tiny": lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), PAPER_TEXT, embed_dim=512),
-    "unicl_swin_base": lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), PAPER_TEXT, embed_dim=512),
+    # The released UniCL architectures: Swin-T / Swin-B at 224, window 7, bias-free projections into 512.
+    "unicl_swin_tiny": lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512),
+    "unicl_swin_base": lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512),
     "unicl_resnet50": lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512),
     # For tests and demos: a 2-block ViT on 32x32 images and a 2-layer, 64-wide text tower.
     "unicl_tiny": lambda: UniCLConfig(

@@ -189,20 +189,33 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
     return model.to(device)
 
 
+#: Suffixes of ``torch.save`` files, read as release checkpoints of microsoft/UniCL.
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin")
+
+
 def load_pretrained_into(model: UniCLModel, pretrained: str | os.PathLike[str]) -> UniCLModel:
-    """Load ``pretrained`` (a :func:`save_pretrained` directory or a ``.safetensors`` file) into ``model``.
+    """Load ``pretrained`` into ``model``, strictly: a :func:`save_pretrained` directory, a ``.safetensors`` file
+    with unicl's tensor names, or a released microsoft/UniCL checkpoint (``.pth``, ``.pt``, ``.bin``; see
+    :mod:`unicl.models.official`).
 
     Raises:
         FileNotFoundError: nothing at ``pretrained``.
         ValueError: a file in another format, or tensors that do not fit ``model``.
     """
+    from unicl.models.official import convert_official_state_dict, read_official_checkpoint
+
     path = Path(pretrained)
     if path.is_dir():
         path = path / WEIGHTS_NAME
+    elif path.suffix in OFFICIAL_SUFFIXES:
+        tensors = convert_official_state_dict(read_official_checkpoint(path), model)
+        load_weights_strictly(model, tensors, f"{path} (a microsoft/UniCL checkpoint, renamed)")
+        return model
     elif path.is_file() and path.suffix != ".safetensors":
         raise ValueError(
-            f"pretrained={str(pretrained)!r}: expected a directory written by save_pretrained or a .safetensors "
-            f"file; got a {path.suffix or 'suffix-less'} file"
+            f"pretrained={str(pretrained)!r}: expected a directory written by save_pretrained, a .safetensors "
+            f"file, or a microsoft/UniCL checkpoint ({', '.join(OFFICIAL_SUFFIXES)}); got a "
+            f"{path.suffix or 'suffix-less'} file"
         )
     load_weights_strictly(model, read_weights(path), str(path))
     return model

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from unicl._checks import check_choice
+
 
 @dataclass
 class TextConfig:
@@ -23,6 +25,10 @@ class TextConfig:
         causal: causal attention (CLIP's choice) or bidirectional.
         mlp_ratio: hidden width of the MLP over ``width``.
         grad_checkpointing: recompute blocks in backward to save memory.
+        activation: the MLP's activation, ``"gelu"`` or ``"quick_gelu"`` (``x·σ(1.702·x)``, CLIP's and UniCL's).
+        norm_eps: the LayerNorms' epsilon (UniCL's released models: 1e-12).
+        pool: where a sequence is read out: ``"mask"`` (the last position the attention mask covers) or
+            ``"argmax"`` (the largest id, CLIP BPE's end-of-text token, as the released UniCL models do).
     """
 
     vocab_size: int = 49408
@@ -33,20 +39,47 @@ class TextConfig:
     causal: bool = True
     mlp_ratio: float = 4.0
     grad_checkpointing: bool = False
+    activation: str = "gelu"
+    norm_eps: float = 1e-5
+    pool: str = "mask"
+
+
+ACTIVATIONS = ("gelu", "quick_gelu")
+POOLINGS = ("mask", "argmax")
+
+
+class QuickGELU(nn.Module):
+    """``x·σ(1.702·x)``, the sigmoid approximation of GELU that CLIP and UniCL were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Float32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype, returned in the input dtype (half-precision
+    activations keep full-precision statistics)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, activation: str = "gelu", norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.heads = heads
-        self.norm_attention = nn.LayerNorm(width)
+        self.norm_attention = Float32LayerNorm(width, eps=norm_eps)
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.norm_mlp = nn.LayerNorm(width)
+        self.norm_mlp = Float32LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        nonlinearity = QuickGELU() if activation == "quick_gelu" else nn.GELU()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nonlinearity, nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
         """``x [B, L, W]``, ``attention_bias [B, 1, L, L]`` boolean (True: may attend)."""
@@ -59,27 +92,31 @@ class TransformerBlock(nn.Module):
 class TextTransformer(nn.Module):
     """Token and position embeddings, pre-LN blocks, a final LayerNorm, pooled at the end-of-text token.
 
-    The end-of-text token is the last position the attention mask covers (not the largest id), and padded
-    positions are masked out of attention, so padding never changes the output.
+    With ``pool="mask"`` the end-of-text token is the last position the attention mask covers, and padded
+    positions are masked out of attention, so padding never changes the output; with ``pool="argmax"`` it is the
+    largest id (CLIP BPE's ``<|endoftext|>``), as in the released UniCL models.
 
     Args:
         config: the :class:`TextConfig`.
 
     Raises:
-        ValueError: ``width`` not divisible by ``heads``.
+        ValueError: ``width`` not divisible by ``heads``, an unknown ``activation`` or ``pool``.
     """
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         if config.width % config.heads:
             raise ValueError(f"width must be divisible by heads; got width={config.width}, heads={config.heads}")
+        check_choice("activation", config.activation, ACTIVATIONS)
+        check_choice("pool", config.pool, POOLINGS)
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
         self.blocks = nn.ModuleList(
-            TransformerBlock(config.width, config.heads, config.mlp_ratio) for _ in range(config.layers)
+            TransformerBlock(config.width, config.heads, config.mlp_ratio, config.activation, config.norm_eps)
+            for _ in range(config.layers)
         )
-        self.norm_final = nn.LayerNorm(config.width)
+        self.norm_final = Float32LayerNorm(config.width, eps=config.norm_eps)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
 
@@ -117,5 +154,6 @@ class TextTransformer(nn.Module):
             else:
                 x = block(x, allowed)
         x = self.norm_final(x)
-        end_of_text = keep.long().sum(1).clamp(min=1) - 1
+        by_mask = keep.long().sum(1).clamp(min=1) - 1
+        end_of_text = input_ids.argmax(dim=1) if self.config.pool == "argmax" else by_mask
         return x[torch.arange(x.shape[0], device=x.device), end_of_text]

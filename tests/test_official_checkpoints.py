@@ -1,0 +1,202 @@
+"""Released microsoft/UniCL checkpoints: files in the official layout load into the presets and reproduce the
+official encoders.
+
+The official code is not a dependency, so the reference here is written from its documented architecture: a
+CLIP-style text transformer on ``nn.MultiheadAttention`` (QuickGELU, LayerNorm epsilon 1e-12, causal, read out at
+the largest id) and the original Swin Transformer, which timm's Swin reproduces exactly; its weights are saved under
+the original Swin names (patch merging at the end of each stage, the ``relative_position_index`` and ``attn_mask``
+buffers present). Every parameter, norms included, is random.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import open_clip
+import pytest
+import timm
+import torch
+from torch import nn
+
+import unicl
+from unicl.tokenizer import Tokenizer
+
+CLIP_MERGES = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+SWIN = {"unicl_swin_tiny": "swin_tiny_patch4_window7_224", "unicl_swin_base": "swin_base_patch4_window7_224"}
+
+
+class _QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width, eps=1e-12)
+        self.mlp = nn.Sequential(
+            OrderedDict(c_fc=nn.Linear(width, 4 * width), gelu=_QuickGELU(), c_proj=nn.Linear(4 * width, width))
+        )
+        self.ln_2 = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _OfficialText(nn.Module):
+    """The released text tower, sequence-first as nn.MultiheadAttention takes it."""
+
+    def __init__(self, vocab: int = 49408, context: int = 77, width: int = 512, layers: int = 12, heads: int = 8):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context, width))
+        self.resblocks = nn.ModuleList(_Block(width, heads) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width, eps=1e-12)
+        self.register_buffer("mask", torch.full((context, context), float("-inf")).triu_(1), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = (self.token_embedding(ids) + self.positional_embedding).permute(1, 0, 2)
+        for block in self.resblocks:
+            x = block(x, self.mask)
+        x = self.ln_final(x.permute(1, 0, 2))
+        return x[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
+
+
+def _randomise(module: nn.Module, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05 + (parameter == 1) * 1.0)
+
+
+def _original_swin_names(timm_state: dict[str, torch.Tensor], depths: list[int]) -> dict[str, torch.Tensor]:
+    """timm's Swin names back to the original code's: patch merging at the end of the previous stage, plus the
+    buffers the original saves."""
+    original = {}
+    for name, tensor in timm_state.items():
+        merging = re.match(r"layers\.(\d+)\.downsample\.(.+)", name)
+        if merging is not None:
+            name = f"layers.{int(merging.group(1)) - 1}.downsample.{merging.group(2)}"
+        original[name] = tensor
+    for stage, depth in enumerate(depths):
+        for block in range(depth):
+            original[f"layers.{stage}.blocks.{block}.attn.relative_position_index"] = torch.zeros(49, 49).long()
+            if block % 2:
+                original[f"layers.{stage}.blocks.{block}.attn_mask"] = torch.zeros(4, 49, 49)
+    return original
+
+
+def _official(preset: str, seed: int = 0):
+    """An official-layout state dict and the reference encoders it defines."""
+    generator = torch.Generator().manual_seed(seed)
+    swin = timm.create_model(SWIN[preset], pretrained=False, num_classes=0).eval()
+    text = _OfficialText().eval()
+    _randomise(swin, generator)
+    _randomise(text, generator)
+    image_projection = torch.randn(swin.num_features, 512, generator=generator) * 0.05
+    text_projection = torch.randn(512, 512, generator=generator) * 0.05
+    depths = [len(stage.blocks) for stage in swin.layers]
+    state = {f"image_encoder.{k}": v for k, v in _original_swin_names(swin.state_dict(), depths).items()}
+    state.update({f"text_encoder.{k}": v for k, v in text.state_dict().items()})
+    state.update(
+        image_projection=image_projection, text_projection=text_projection, logit_scale=torch.tensor(math.log(50.0))
+    )
+
+    def encode_image(images):
+        return nn.functional.normalize(swin(images) @ image_projection, dim=-1)
+
+    def encode_text(ids):
+        return nn.functional.normalize(text(ids) @ text_projection, dim=-1)
+
+    return state, encode_image, encode_text
+
+
+def _relayout(state: dict[str, torch.Tensor], image: str, text: str, projection: str, ddp: bool):
+    renamed = {}
+    for name, tensor in state.items():
+        name = name.replace("image_encoder.", image, 1).replace("text_encoder.", text, 1)
+        name = projection if name == "image_projection" else name
+        renamed[("module." if ddp else "") + name] = tensor
+    return renamed
+
+
+@pytest.fixture(scope="module")
+def tiny_official():
+    return _official("unicl_swin_tiny")
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    tokenizer = Tokenizer.from_clip_bpe(CLIP_MERGES, context_length=77)
+    return tokenizer(["a photo of a dog.", "an image of a small red car parked by the road", "x"])
+
+
+@pytest.mark.parametrize(
+    ("image", "text", "projection", "ddp", "wrapped"),
+    [
+        ("image_encoder.", "text_encoder.", "image_projection", False, True),
+        ("visual.", "text.", "vision_projection", False, False),
+        ("image_encoder.", "lang_encoder.", "image_projection", True, True),
+    ],
+)
+def test_official_layouts_load_and_reproduce_the_official_encoders(
+    tmp_path, tiny_official, tokens, image, text, projection, ddp, wrapped
+):
+    state, encode_image, encode_text = tiny_official
+    saved = _relayout(state, image, text, projection, ddp)
+    path = tmp_path / "in21k_yfcc14m.pth"
+    torch.save({"model": saved, "epoch": 31} if wrapped else saved, path)
+    model = unicl.create_model("unicl_swin_tiny", pretrained=path).eval()
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), encode_image(images), rtol=1e-4, atol=1e-4)
+        got_text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        torch.testing.assert_close(got_text, encode_text(tokens["input_ids"]), rtol=1e-4, atol=1e-4)
+        output = model(images, tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(output["logit_scale"], torch.tensor(50.0))
+
+
+def test_swin_base_loads_and_reproduces_the_official_encoders(tmp_path, tokens):
+    state, encode_image, encode_text = _official("unicl_swin_base", seed=3)
+    path = tmp_path / "yfcc14m_swin_base.pth"
+    torch.save({"model": state}, path)
+    model = unicl.create_model("unicl_swin_base", pretrained=path).eval()
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), encode_image(images), rtol=1e-4, atol=1e-4)
+        got_text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        torch.testing.assert_close(got_text, encode_text(tokens["input_ids"]), rtol=1e-4, atol=1e-4)
+
+
+def test_loading_is_strict_and_names_the_problem(tmp_path, tiny_official):
+    state = dict(tiny_official[0])
+    del state["text_encoder.ln_final.bias"]
+    state["text_encoder.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "broken.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=r"1 missing: \['text_encoder.norm_final.bias'\].*1 unexpected"):
+        unicl.create_model("unicl_swin_tiny", pretrained=path)
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": tiny_official[0]}, whole)
+    with pytest.raises(ValueError, match=r"of the wrong shape: \['image_projection.weight"):
+        unicl.create_model("unicl_swin_tiny", pretrained=whole, embed_dim=256)
+
+
+def test_foreign_truncated_and_pickled_files_are_refused(tmp_path, tiny_official):
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {"lr": 0.1}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated, corrupt, in another format"):
+        unicl.create_model("unicl_swin_tiny", pretrained=path)
+    torch.save({"model": {"w": torch.zeros(2)}, "config": nn.Identity()}, path)  # an object, not a tensor
+    with pytest.raises(ValueError, match="pickles other objects, which unicl does not unpickle"):
+        unicl.create_model("unicl_swin_tiny", pretrained=path)
+    torch.save({"model": {"w": [1, 2]}}, path)
+    with pytest.raises(ValueError, match="holds no state dict of tensors"):
+        unicl.create_model("unicl_swin_tiny", pretrained=path)
