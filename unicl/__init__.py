@@ -6,6 +6,7 @@ from unicl.loss import unicl_loss
 from unicl.models import UniCLModel, create_model, list_models, load_model
 from unicl.nn import UniCLLoss
 from unicl.targets import target_keys
+from unicl.transforms import image_transform
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "caption_labels",
     "create_model",
     "distributed_unicl_loss",
+    "image_transform",
     "list_models",
     "load_model",
     "target_keys",

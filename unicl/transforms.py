@@ -1,0 +1,91 @@
+"""Image transforms of the released UniCL models: the evaluation transform they were scored with, and the training
+augmentation they were trained with (microsoft/UniCL ``data/build.py`` and ``config.py``, which follow Swin's).
+
+* evaluation: resize the shorter side to ``⌊256/224 · S⌋`` with bicubic interpolation, center-crop ``S × S``,
+  ``ToTensor``, ImageNet mean and std (``S`` the model's image size);
+* training: timm's ImageNet training transform (random resized crop with bicubic interpolation, horizontal flip,
+  RandAugment ``rand-m9-mstd0.5-inc1``, color jitter 0.4, random erasing with probability 0.25 in ``pixel`` mode);
+* images of 32 pixels or less are not resized (and train with a padded random crop), as the official code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from timm.data import create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
+
+from unicl.models.image import ImageConfig
+from unicl.models.model import UniCLConfig, UniCLModel
+from unicl.models.presets import get_config
+
+#: Evaluation resize over crop, as the official code keeps ImageNet's 256 → 224 ratio at every size.
+RESIZE_RATIO = 256 / 224
+#: The official training augmentation (config.py: AUG.*).
+TRAIN_AUGMENTATION: dict[str, Any] = {
+    "color_jitter": 0.4,
+    "auto_augment": "rand-m9-mstd0.5-inc1",
+    "re_prob": 0.25,
+    "re_mode": "pixel",
+    "re_count": 1,
+}
+#: Images this small are used at their size, without resizing.
+SMALL_IMAGE = 32
+
+
+def image_transform(name_or_model: str | UniCLModel | UniCLConfig | ImageConfig, train: bool = False) -> Callable:
+    """The transform from a PIL image to the ``[3, S, S]`` tensor a model takes.
+
+    Args:
+        name_or_model: a preset name (``"unicl_swin_tiny"``), a model, or its (image) configuration.
+        train: the training augmentation instead of the evaluation transform.
+
+    Returns:
+        A callable on PIL images.
+
+    Raises:
+        ValueError: an unknown preset, or an image tower that does not take 3-channel images.
+        TypeError: anything else as ``name_or_model``.
+
+    Example:
+        >>> from PIL import Image
+        >>> transform = image_transform("unicl_swin_tiny")
+        >>> transform(Image.new("RGB", (320, 240))).shape
+        torch.Size([3, 224, 224])
+    """
+    config = _image_config(name_or_model)
+    if config.in_chans != 3:
+        raise ValueError(f"image_transform makes RGB tensors; this image tower takes {config.in_chans} channels")
+    size = config.image_size
+    if train:
+        augmentation: Any = create_transform(
+            input_size=size, is_training=True, interpolation="bicubic", **TRAIN_AUGMENTATION
+        )
+        if size <= SMALL_IMAGE:
+            augmentation.transforms[0] = transforms.RandomCrop(size, padding=4)
+        return augmentation
+    steps: list[Callable] = []
+    if size > SMALL_IMAGE:
+        steps += [
+            transforms.Resize(int(RESIZE_RATIO * size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+        ]
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    return transforms.Compose(steps)
+
+
+def _image_config(source: object) -> ImageConfig:
+    if isinstance(source, str):
+        return get_config(source).image
+    if isinstance(source, UniCLModel):
+        return source.config.image
+    if isinstance(source, UniCLConfig):
+        return source.image
+    if isinstance(source, ImageConfig):
+        return source
+    raise TypeError(
+        "name_or_model must be a preset name, a UniCLModel, a UniCLConfig or an ImageConfig; "
+        f"got {type(source).__name__}"
+    )
