@@ -297,3 +297,36 @@ def test_zeroshot_classifier_from_a_model_with_known_embeddings(small_tokenizer)
         zeroshot_logits(torch.zeros(2, 5), classifier)
     with pytest.raises(ValueError, match="class_names must be a non-empty sequence"):
         build_zeroshot_classifier(model, small_tokenizer, [])
+
+
+def test_clip_tokenizer_is_found_without_a_path():
+    """Tokenizer.clip() finds open_clip's merges file (a dev dependency) and matches from_clip_bpe on it."""
+    found = Tokenizer.clip(context_length=77)
+    given = Tokenizer.from_clip_bpe(CLIP_MERGES, context_length=77)
+    texts = ["a photo of a dog.", "Two CATS on a sofa!"]
+    assert torch.equal(found(texts)["input_ids"], given(texts)["input_ids"])
+
+
+def test_clip_tokenizer_falls_back_to_the_hugging_face_cache_then_says_how_to_get_one(tmp_path, monkeypatch):
+    import gzip
+    import importlib.util
+
+    import unicl.tokenizer as tokenizer_module
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        tokenizer_module.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "open_clip" else real_find_spec(name, *args),
+    )
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pip install open_clip_torch"):
+        Tokenizer.clip()
+    snapshot = tmp_path / "models--openai--clip-vit-base-patch32" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    with gzip.open(CLIP_MERGES, "rt", encoding="utf-8") as handle:
+        (snapshot / "merges.txt").write_text(handle.read(), encoding="utf-8")
+    assert tokenizer_module.find_clip_merges() == snapshot / "merges.txt"
+    from_cache = Tokenizer.clip(context_length=16)
+    reference = Tokenizer.from_clip_bpe(CLIP_MERGES, context_length=16)
+    assert torch.equal(from_cache("a red car")["input_ids"], reference("a red car")["input_ids"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import importlib.util
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -52,6 +53,20 @@ def clip_clean(text: str) -> str:
         pass
     text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).lower()
+
+
+def find_clip_merges() -> Path | None:
+    """Where CLIP's BPE merges file is on this machine (see :meth:`Tokenizer.clip`), or ``None``."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.origin is not None:
+        shipped = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+        if shipped.is_file():
+            return shipped
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub"
+    )
+    found = sorted(Path(cache).glob("models--openai--clip-*/snapshots/*/merges.txt"))
+    return found[0] if found else None
 
 
 class Tokenizer:
@@ -151,6 +166,26 @@ class Tokenizer:
         )
         tokenizer.decoder = decoders.Sequence([decoders.BPEDecoder(suffix="</w>"), decoders.ByteLevel()])
         return cls(tokenizer, context_length, CLIP_START, CLIP_END, pad_id=0, clean=clip_clean)
+
+    @classmethod
+    def clip(cls, context_length: int = 77) -> Tokenizer:
+        """CLIP's BPE (:meth:`from_clip_bpe`) from a merges file found on this machine, downloading nothing: the
+        copy inside an installed ``open_clip`` (its wheel ships ``bpe_simple_vocab_16e6.txt.gz``), else the
+        ``merges.txt`` of an ``openai/clip-*`` tokenizer in the local Hugging Face cache (``HF_HUB_CACHE``,
+        ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``).
+
+        Raises:
+            FileNotFoundError: no merges file found; the message says how to get one.
+        """
+        path = find_clip_merges()
+        if path is None:
+            raise FileNotFoundError(
+                "CLIP's BPE merges file was not found: install open_clip_torch (pip install open_clip_torch; its "
+                "wheel ships bpe_simple_vocab_16e6.txt.gz), or put an openai/clip-vit-base-patch32 tokenizer in the "
+                "Hugging Face cache (huggingface-cli download openai/clip-vit-base-patch32 merges.txt), or pass a "
+                "file to Tokenizer.from_clip_bpe(path)"
+            )
+        return cls.from_clip_bpe(path, context_length)
 
     @classmethod
     def train(
