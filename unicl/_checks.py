@@ -116,3 +116,9 @@ def check_logit_scale(logit_scale: object, device: torch.device) -> torch.Tensor
 def _check_scale_value(value: float) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"logit_scale must be finite and > 0; got {value}")
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type when it has none."""
+    lines = str(error).splitlines()
+    return lines[0][:limit] if lines and lines[0] else type(error).__name__

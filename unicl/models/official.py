@@ -31,6 +31,8 @@ import timm.models.swin_transformer as timm_swin
 import torch
 from torch import nn
 
+from unicl._checks import first_line
+
 #: The official prefixes of each part, first match wins.
 IMAGE_PREFIXES = ("image_encoder.", "visual.")
 TEXT_PREFIXES = ("text_encoder.", "lang_encoder.", "text.")
@@ -74,7 +76,7 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint of tensors: it is truncated, corrupt, in another format, "
-            f"or pickles other objects, which unicl does not unpickle ({str(error).splitlines()[0][:200]}). "
+            f"or pickles other objects, which unicl does not unpickle ({first_line(error)}). "
             "If you trust the file, re-save its tensors: torch.save(torch.load(path, weights_only=False)['model'], "
             "new_path)"
         ) from error

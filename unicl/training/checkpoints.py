@@ -1,0 +1,116 @@
+"""Checkpoints that survive faults: written atomically, found again newest first, a damaged one skipped.
+
+A checkpoint is one file ``step-NNNNNNNNN.pt`` holding a dictionary of tensors, state dicts and plain Python values
+(model, optimizer, scheduler and grad-scaler states, RNG states, the data position, the run's configuration). It is
+written to a temporary file beside its final name, flushed and ``fsync``-ed, renamed into place with
+``os.replace`` (atomic on POSIX file systems) and the directory entry ``fsync``-ed, so a crash at any moment leaves
+either the previous set of checkpoints or the new one, never a half-written file under a checkpoint's name. Reading
+uses ``torch.load(weights_only=True)``: nothing but tensors and plain values is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unicl._checks import check_positive_int, first_line
+
+_NAME = re.compile(r"step-(\d{9})\.pt")
+
+
+class CheckpointDirectory:
+    """The checkpoints of one run, in ``directory`` (created if needed).
+
+    Args:
+        directory: where the checkpoints live.
+        keep: how many of the newest checkpoints to keep; older ones are deleted after each save (``None``: all).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     checkpoints = CheckpointDirectory(folder, keep=2)
+        ...     for step in (10, 20, 30):
+        ...         _ = checkpoints.save(step, {"step": step})
+        ...     [path.name for path in checkpoints.paths()], checkpoints.load_latest()[1]["step"]
+        (['step-000000030.pt', 'step-000000020.pt'], 30)
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], keep: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep = None if keep is None else check_positive_int("keep", keep)
+
+    def path_for(self, step: int) -> Path:
+        """The file of the checkpoint at ``step``."""
+        return self.directory / f"step-{check_positive_int('step', step, minimum=0):09d}.pt"
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, newest (highest step) first; temporary and foreign files are not listed."""
+        found = [path for path in self.directory.iterdir() if _NAME.fullmatch(path.name)]
+        return sorted(found, key=lambda path: int(_NAME.fullmatch(path.name).group(1)), reverse=True)  # type: ignore[union-attr]
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write ``state`` as the checkpoint of ``step`` atomically (see the module docstring), then drop the
+        checkpoints beyond ``keep``.
+
+        Returns:
+            The checkpoint's path.
+        """
+        target = self.path_for(step)
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(state, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.directory)
+        if self.keep is not None:
+            for old in self.paths()[self.keep :]:
+                old.unlink(missing_ok=True)
+        return target
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that reads back whole, or ``None`` when there is none.
+
+        A file that cannot be read (truncated, corrupt, not a checkpoint) is skipped with a ``UserWarning`` naming
+        it, and the next older one is tried.
+        """
+        for path in self.paths():
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+                warnings.warn(
+                    f"skipping checkpoint {path}: it cannot be read ({type(error).__name__}: {first_line(error)}); "
+                    "trying an older one",
+                    stacklevel=2,
+                )
+                continue
+            if not isinstance(state, dict):
+                warnings.warn(f"skipping checkpoint {path}: it holds no dictionary", stacklevel=2)
+                continue
+            return path, state
+        return None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename: ``fsync`` the directory entry where the platform allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # directories cannot be opened this way on some platforms
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
