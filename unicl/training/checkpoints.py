@@ -37,7 +37,9 @@ class CheckpointDirectory:
         ...     checkpoints = CheckpointDirectory(folder, keep=2)
         ...     for step in (10, 20, 30):
         ...         _ = checkpoints.save(step, {"step": step})
-        ...     [path.name for path in checkpoints.paths()], checkpoints.load_latest()[1]["step"]
+        ...     names = [path.name for path in checkpoints.paths()]
+        ...     path, state = checkpoints.load_latest()
+        >>> names, state.get("step")
         (['step-000000030.pt', 'step-000000020.pt'], 30)
     """
 
