@@ -125,6 +125,14 @@ def _relayout(state: dict[str, torch.Tensor], image: str, text: str, projection:
     return renamed
 
 
+@torch.no_grad()
+def _assert_encoders_match(model, encode_image, encode_text, images, tokens) -> None:
+    """unicl's encoders equal the reference ones to 1e-4 in float32."""
+    torch.testing.assert_close(model.encode_image(images), encode_image(images), rtol=1e-4, atol=1e-4)
+    got_text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(got_text, encode_text(tokens["input_ids"]), rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_official():
     return _official("unicl_swin_tiny")
@@ -153,10 +161,8 @@ def test_official_layouts_load_and_reproduce_the_official_encoders(
     torch.save({"model": saved, "epoch": 31} if wrapped else saved, path)
     model = unicl.create_model("unicl_swin_tiny", pretrained=path).eval()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    _assert_encoders_match(model, encode_image, encode_text, images, tokens)
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(images), encode_image(images), rtol=1e-4, atol=1e-4)
-        got_text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        torch.testing.assert_close(got_text, encode_text(tokens["input_ids"]), rtol=1e-4, atol=1e-4)
         output = model(images, tokens["input_ids"], tokens["attention_mask"])
     torch.testing.assert_close(output["logit_scale"], torch.tensor(50.0))
 
@@ -167,10 +173,7 @@ def test_swin_base_loads_and_reproduces_the_official_encoders(tmp_path, tokens):
     torch.save({"model": state}, path)
     model = unicl.create_model("unicl_swin_base", pretrained=path).eval()
     images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(images), encode_image(images), rtol=1e-4, atol=1e-4)
-        got_text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        torch.testing.assert_close(got_text, encode_text(tokens["input_ids"]), rtol=1e-4, atol=1e-4)
+    _assert_encoders_match(model, encode_image, encode_text, images, tokens)
 
 
 def test_loading_is_strict_and_names_the_problem(tmp_path, tiny_official):
