@@ -51,8 +51,16 @@ def test_the_weights_file_holds_no_pickle(tmp_path):
     data = (tmp_path / WEIGHTS_NAME).read_bytes()
     header_length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_length])
-    assert header["__metadata__"]["producer"] == "unicl"
+    assert header["__metadata__"] == {"format": "pt"}
     assert b"\x80\x04" not in data[:16]  # a pickle protocol mark would open a torch.save file
+
+
+def test_equal_weights_give_equal_files(tmp_path):
+    model = _model()
+    for attempt in range(5):
+        model.save_pretrained(tmp_path / str(attempt))
+    files = {(tmp_path / str(attempt) / WEIGHTS_NAME).read_bytes() for attempt in range(5)}
+    assert len(files) == 1
 
 
 def test_weights_of_another_shape_name_every_problem(tmp_path):

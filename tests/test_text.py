@@ -228,7 +228,9 @@ def test_collate_shapes_and_label_rules(small_tokenizer):
     [
         ([(torch.zeros(1), 5)], ValueError, "samples[0]: class id must be in [0, 3); got 5"),
         ([(torch.zeros(1), 1.5)], TypeError, "samples[0]: class id must be an integer"),
-        ([torch.zeros(1)], TypeError, "samples[0] must be a pair"),
+        ([torch.zeros(1)], TypeError, "samples[0] must be (image, class_id or caption) or (image, prompt, class_id)"),
+        ([(torch.zeros(1), 3, 1)], TypeError, "samples[0]: the prompt of a triple must be a str"),
+        ([(torch.zeros(1), "a cat", 7)], ValueError, "samples[0]: class id must be in [0, 3); got 7"),
         ([], ValueError, "samples must not be empty"),
     ],
 )
@@ -236,6 +238,24 @@ def test_collate_bad_input(small_tokenizer, samples, error, words):
     collate = UnifiedCollate(small_tokenizer, LabelToPrompt(["cat", "dog", "bird"]))
     with pytest.raises(error, match=_literal(words)):
         collate(samples)
+
+
+def test_collate_keeps_the_prompt_a_labelled_triple_carries(small_tokenizer):
+    prompts = LabelToPrompt(["cat", "dog"], templates=["a photo of a {}."])
+    collate = UnifiedCollate(small_tokenizer, prompts)
+    batch = collate([(torch.zeros(1), "a dog on grass", 1), (torch.ones(1), "a cat", 0), (torch.ones(1), "a dog")])
+    assert batch["labels"].tolist() == [1, 0, PAIR_LABEL]
+    expected = small_tokenizer(["a dog on grass", "a cat", "a dog"])
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+
+
+def test_prompt_draw_from_a_given_generator_ignores_the_stream():
+    prompts = LabelToPrompt(["cat", ["dog", "puppy"]], seed=3)
+    first = [prompts.draw(1, random.Random(f"key-{i}")) for i in range(20)]
+    prompts.draw(0)  # advancing the worker stream changes nothing for keyed draws
+    prompts.set_epoch(4)
+    assert [prompts.draw(1, random.Random(f"key-{i}")) for i in range(20)] == first
+    assert len(set(first)) > 1
 
 
 @given(fraction=st.floats(0.0, 1.0), length=st.integers(1, 200))

@@ -16,7 +16,6 @@ positives. Images go through :func:`unicl.image_transform` (the released models'
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from unicl._checks import check_positive_int
+from unicl.datasets import load_rgb, read_caption_file, read_class_names
 from unicl.models import UniCLModel, create_model, load_model
 from unicl.models.serialization import CONFIG_NAME
 from unicl.prompts import DEFAULT_TEMPLATES
@@ -41,8 +41,6 @@ from unicl.zeroshot import build_zeroshot_classifier
 
 TOP_K = (1, 5)
 RECALL_AT = (1, 5, 10)
-IMAGE_COLUMNS = ("image", "filepath")
-CAPTION_COLUMNS = ("caption", "title")
 
 
 class CaptionFile(Dataset):
@@ -59,29 +57,9 @@ class CaptionFile(Dataset):
     """
 
     def __init__(self, path: str | Path, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"caption file {str(path)!r} does not exist")
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-            fields = reader.fieldnames or []
-            image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
-            caption_column = next((c for c in CAPTION_COLUMNS if c in fields), None)
-            if image_column is None or caption_column is None:
-                raise ValueError(
-                    f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and a caption column "
-                    f"{CAPTION_COLUMNS}; got {fields}"
-                )
-            rows = [(row[image_column], row[caption_column]) for row in reader]
-        if not rows:
-            raise ValueError(f"{str(path)!r} has no rows")
+        rows = read_caption_file(path)
         index_of: dict[Path, int] = {}
-        self.image_index: list[int] = []
-        for image, _ in rows:
-            image_path = (path.parent / image).resolve()
-            if not image_path.is_file():
-                raise FileNotFoundError(f"{str(path)!r}: image {image!r} does not exist ({image_path})")
-            self.image_index.append(index_of.setdefault(image_path, len(index_of)))
+        self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in rows]
         self.image_paths = list(index_of)
         self.captions = [caption for _, caption in rows]
         self.transform = transform
@@ -90,8 +68,7 @@ class CaptionFile(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.image_paths[index]) as image:
-            return self.transform(image.convert("RGB"))
+        return self.transform(load_rgb(self.image_paths[index]))
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int, progress: bool, description: str) -> Iterator[Any]:
@@ -216,17 +193,13 @@ def _load(args: argparse.Namespace) -> UniCLModel:
 
 
 def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
-    context = model.config.text.context_length
-    if args.tokenizer == "clip":
-        return Tokenizer.clip(context_length=context)
-    return Tokenizer.from_file(args.tokenizer, context_length=context)
+    return Tokenizer.load(args.tokenizer, model.config.text.context_length)
 
 
 def _class_names(args: argparse.Namespace, folders: list[str]) -> list[str]:
     if args.classnames is None:
         return folders
-    lines = [line.strip() for line in Path(args.classnames).read_text(encoding="utf-8").splitlines()]
-    names = [line for line in lines if line]
+    names = read_class_names(args.classnames)
     if len(names) != len(folders):
         raise SystemExit(
             f"--classnames {args.classnames} has {len(names)} names; the image folder has {len(folders)} classes"

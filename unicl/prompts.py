@@ -229,10 +229,17 @@ class LabelToPrompt:
             self._stream_key = key
         return self._random
 
-    def draw(self, class_id: object) -> str:
-        """One prompt for ``class_id``: a random template filled with a random synonym."""
+    def draw(self, class_id: object, rng: random.Random | None = None) -> str:
+        """One prompt for ``class_id``: a random template filled with a random synonym.
+
+        Args:
+            class_id: the class.
+            rng: draw from this generator instead of the per-(worker, epoch) stream, e.g. one seeded by the sample's
+                position so that the draw does not depend on the order of draws (``unicl.train`` does this, which
+                makes a resumed run draw exactly what an uninterrupted one would).
+        """
         synonyms = self.synonyms[self.check_class_id(class_id)]
-        stream = self._stream()
+        stream = self._stream() if rng is None else rng
         return stream.choice(self.templates).format(stream.choice(synonyms))
 
     def __call__(self, class_ids: Sequence[int]) -> list[str]:

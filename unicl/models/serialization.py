@@ -51,7 +51,9 @@ def save_pretrained(model: UniCLModel, directory: str | os.PathLike[str]) -> Pat
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     config = {"format_version": FORMAT_VERSION, "model": dataclasses.asdict(model.config)}
     with _replacing(target / WEIGHTS_NAME) as temporary:
-        save_file(tensors, str(temporary), metadata={"format": "pt", "producer": "unicl"})
+        # One metadata entry: safetensors writes metadata from a hash map in a random order, and a single entry
+        # keeps the file's bytes a function of the weights (two runs that agree compare equal with cmp).
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
     with _replacing(target / CONFIG_NAME) as temporary:
         temporary.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     return target

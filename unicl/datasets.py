@@ -1,0 +1,160 @@
+"""Image datasets on local files: caption files of (image, caption) rows and ImageFolder roots with merged classes.
+
+A caption file is a CSV (or, ending in ``.tsv``, a TSV) with a header naming an ``image`` (or ``filepath``) column
+and a ``caption`` (or ``title``) column, open_clip's names. Relative image paths start at the file's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+from unicl.prompts import class_synonyms
+
+IMAGE_COLUMNS = ("image", "filepath")
+CAPTION_COLUMNS = ("caption", "title")
+
+
+def read_caption_file(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """The ``(image path, caption)`` rows of a caption file, image paths resolved.
+
+    Raises:
+        FileNotFoundError: the file or one of its images is missing.
+        ValueError: no header with an image and a caption column, or no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file {str(path)!r} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        fields = reader.fieldnames or []
+        image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
+        caption_column = next((c for c in CAPTION_COLUMNS if c in fields), None)
+        if image_column is None or caption_column is None:
+            raise ValueError(
+                f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and a caption column "
+                f"{CAPTION_COLUMNS}; got {fields}"
+            )
+        rows = [(row[image_column], row[caption_column]) for row in reader]
+    if not rows:
+        raise ValueError(f"{str(path)!r} has no rows")
+    resolved = []
+    for image, caption in rows:
+        image_path = (path.parent / image).resolve()
+        if not image_path.is_file():
+            raise FileNotFoundError(f"{str(path)!r}: image {image!r} does not exist ({image_path})")
+        resolved.append((image_path, caption))
+    return resolved
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """The image at ``path`` as an RGB PIL image (the file is closed afterwards)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class CaptionPairs(Dataset):
+    """Every row of one or more caption files as an ``(image, caption)`` training sample.
+
+    Args:
+        paths: caption files (see the module docstring).
+        transform: turns the PIL image into a tensor.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_caption_file`.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], transform: Callable[[Image.Image], Any]) -> None:
+        if isinstance(paths, (str, os.PathLike)) or len(paths) == 0:
+            raise ValueError("paths must be a non-empty sequence of caption files")
+        self.rows = [row for path in paths for row in read_caption_file(path)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        image_path, caption = self.rows[index]
+        return self.transform(load_rgb(image_path)), caption
+
+
+def read_class_names(path: str | os.PathLike[str]) -> list[str]:
+    """One class name per non-empty line (commas separate synonyms, as in :func:`unicl.prompts.class_synonyms`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class names file {str(path)!r} does not exist")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class LabelledFolders(Dataset):
+    """One or more ImageFolder roots as ``(image, class_id)`` samples over one merged class list.
+
+    Classes are merged by their cleaned names: two roots with a class ``"dog"`` share one class id, so their images
+    are positives of each other, as one image-text-label space should have it. Class ids follow the first
+    appearance of each name, root by root in folder order.
+
+    Args:
+        roots: ImageFolder roots (one sub-folder per class).
+        transform: turns the PIL image into a tensor.
+        class_names: per root, ``None`` (the folder names) or the names of its classes in folder order.
+
+    Attributes:
+        class_names: the merged classes' names (the first spelling seen).
+        class_ids: per root, the merged class id of each of its folder classes.
+
+    Raises:
+        FileNotFoundError: a root that is not a directory.
+        ValueError: a root without images, or a names list whose length is not the root's number of classes.
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[str | os.PathLike[str]],
+        transform: Callable[[Image.Image], Any],
+        class_names: Sequence[Sequence[str] | None] | None = None,
+    ) -> None:
+        if isinstance(roots, (str, os.PathLike)) or len(roots) == 0:
+            raise ValueError("roots must be a non-empty sequence of ImageFolder directories")
+        names_per_root = list(class_names) if class_names is not None else [None] * len(roots)
+        if len(names_per_root) != len(roots):
+            raise ValueError(f"class_names must have one entry per root ({len(roots)}); got {len(names_per_root)}")
+        self.class_names: list[str] = []
+        merged: dict[tuple[str, ...], int] = {}
+        self.class_ids: list[list[int]] = []
+        self.samples: list[tuple[str, int]] = []
+        for root, names in zip(roots, names_per_root):
+            if not Path(root).is_dir():
+                raise FileNotFoundError(f"image folder {str(root)!r} is not a directory")
+            folder = ImageFolder(str(root))
+            names = folder.classes if names is None else list(names)
+            if len(names) != len(folder.classes):
+                raise ValueError(
+                    f"{str(root)!r} has {len(folder.classes)} classes but {len(names)} class names were given"
+                )
+            ids = []
+            for name in names:
+                ids.append(merged.setdefault(_class_key(name), len(merged)))
+                if ids[-1] == len(self.class_names):
+                    self.class_names.append(name)
+            self.class_ids.append(ids)
+            self.samples += [(path, ids[target]) for path, target in folder.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, class_id = self.samples[index]
+        return self.transform(load_rgb(path)), class_id
+
+
+def _class_key(name: str) -> tuple[str, ...]:
+    """Names that clean to the same synonyms (any case) are one class."""
+    return tuple(synonym.lower() for synonym in class_synonyms(name))

@@ -1,0 +1,91 @@
+"""What a run reports: a JSONL log (one object per line), TensorBoard scalars when installed, and a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """The reports of rank 0 (other ranks make a silent one with ``enabled=False``).
+
+    Records are appended to ``directory/log.jsonl`` and flushed at once, so a crash loses none and a resumed run
+    continues the same file; numbers also go to TensorBoard under ``directory/tensorboard`` when asked and
+    installed, and the latest loss and accuracy to the progress bar's postfix.
+
+    Args:
+        directory: the run's directory.
+        total_steps: the run's planned steps (the progress bar's end).
+        start_step: the step the process starts at.
+        enabled: write anything at all.
+        tensorboard: also write TensorBoard event files (warns and goes on when tensorboard is missing).
+        progress: show a progress bar on standard error.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.path = directory / "log.jsonl"
+        self.writer: Any = None
+        self.bar: Any = None
+        if not enabled:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        self.stream = self.path.open("a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed; logging to log.jsonl only", stacklevel=2)
+            else:
+                self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=start_step)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, desc="train", file=sys.stderr, disable=not progress, unit="step"
+        )
+
+    def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """Write one record ``{"step": step, "kind": kind, **values}``; numbers also go to TensorBoard as
+        ``kind/name``."""
+        if not self.enabled:
+            return
+        self.stream.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        self.stream.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{kind}/{name}", value, step)
+        shown = {name: values[name] for name in ("loss", "top1") if name in values}
+        if self.bar is not None and shown:
+            self.bar.set_postfix({name: f"{value:.4f}" for name, value in shown.items()}, refresh=False)
+
+    def advance(self) -> None:
+        """One step done."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def message(self, text: str) -> None:
+        """A line for the user, above the progress bar."""
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        """Flush and close everything."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.stream.close()

@@ -1,0 +1,407 @@
+"""The training run of ``python -m unicl.train``: data, model, optimiser, the loop, checkpoints and evaluation.
+
+A run is reproducible step by step: the batch of step ``t`` (which samples, their augmentations and prompts) is a
+function of the seed and ``t`` alone (:mod:`unicl.training.sampling`, :mod:`unicl.training.shards`), and a
+checkpoint holds everything else that changes (weights, optimiser, schedule, gradient scaler, every rank's random
+generators). Resuming from the checkpoint of step ``t`` therefore continues exactly where the run was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
+from unicl.data import UnifiedCollate
+from unicl.datasets import CaptionPairs, LabelledFolders, read_class_names
+from unicl.evaluate import zeroshot_accuracy
+from unicl.models import UniCLModel, create_model
+from unicl.nn import UniCLLoss
+from unicl.prompts import LabelToPrompt
+from unicl.tokenizer import Tokenizer
+from unicl.training.checkpoints import CheckpointDirectory
+from unicl.training.logs import RunLog
+from unicl.training.options import build_parser, check_arguments
+from unicl.training.runtime import Runtime, start_runtime, stop_runtime
+from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
+from unicl.training.schedule import warmup_cosine
+from unicl.training.shards import ShardedCaptions
+from unicl.transforms import image_transform
+
+#: Bumped when the checkpoint's layout changes.
+CHECKPOINT_FORMAT = 1
+#: Options that change what an uninterrupted run would compute; a resumed run warns when one differs.
+REPRODUCIBILITY_OPTIONS = (
+    "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
+    "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
+    "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
+)  # fmt: skip
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to change."""
+
+
+def run_configuration(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as plain values (paths as strings), as stored in checkpoints and ``final/training.json``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    return {name: plain(value) for name, value in vars(args).items()}
+
+
+def random_states(device: torch.device) -> dict[str, Any]:
+    """This process's random generators: Python's, torch's CPU and (on CUDA) the device's."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_random_states(states: dict[str, Any], device: torch.device) -> None:
+    """Undo :func:`random_states`."""
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and states.get("cuda") is not None:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _samples_as_list(samples: list[Any]) -> list[Any]:
+    return samples
+
+
+class Training:
+    """One run: everything :func:`main` builds from the options, and the loop.
+
+    Args:
+        args: checked options (:func:`unicl.training.options.check_arguments`).
+        runtime: this process's place in the run.
+    """
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
+        self.args, self.runtime = args, runtime
+        self.device = runtime.device
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        overrides: dict[str, Any] = {}
+        if args.grad_checkpointing:
+            overrides = {"image": {"grad_checkpointing": True}, "text": {"grad_checkpointing": True}}
+        self.model: UniCLModel = create_model(args.model, pretrained=args.pretrained, **overrides).to(self.device)
+        self.tokenizer = Tokenizer.load(args.tokenizer, self.model.config.text.context_length)
+        if self.tokenizer.vocab_size > self.model.config.text.vocab_size:
+            raise TrainingError(
+                f"--tokenizer has {self.tokenizer.vocab_size} ids but {args.model}'s text tower embeds "
+                f"{self.model.config.text.vocab_size}; use the preset's tokenizer or a smaller vocabulary"
+            )
+        self.precision = args.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise TrainingError("--precision fp16 needs CUDA (its gradient scaler); use bf16 or fp32 on the CPU")
+        self.optimizer = torch.optim.AdamW(
+            self.model.param_groups(args.weight_decay), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps
+        )
+        floor = args.min_lr / args.lr if args.lr > 0 else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(args.steps, args.warmup, floor)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.loss_fn = UniCLLoss(backend=args.loss_backend, gather_distributed=True, local_loss=args.local_loss)
+        self.checkpoints = CheckpointDirectory(args.output / "checkpoints", keep=args.keep)
+        self.step = 0
+        self._resumed_random: dict[str, Any] | None = None
+        resumed = self._resume()
+        self.log = RunLog(
+            args.output, args.steps, self.step, enabled=runtime.is_main,
+            tensorboard=args.tensorboard, progress=not args.no_progress,
+        )  # fmt: skip
+        if resumed is not None:
+            self.log.message(f"resumed from {resumed} at step {self.step}")
+            self.log.record(self.step, "resume", {"checkpoint": str(resumed)})
+        self.batches = self._batches()
+        self.eval_set = self._evaluation_data()
+        self.network: torch.nn.Module = self.model
+        if runtime.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    # --- data ----------------------------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches from the step the run is at: each source's share, collated in the workers, joined."""
+        args, runtime = self.args, self.runtime
+        transform = image_transform(self.model, train=not args.no_augmentation)
+        labelled_size = round(args.ratio * args.batch_size)
+        shares = {"labelled": labelled_size, "captioned": args.batch_size - labelled_size}
+        prompts = None
+        loaders = []
+        if shares["labelled"] > 0:
+            names = [read_class_names(path) for path in args.classnames] if args.classnames else None
+            folders = LabelledFolders(args.image_folder, transform, names)
+            prompts = LabelToPrompt(folders.class_names, seed=args.seed)
+            loaders.append(self._loader(KeyedSamples(folders, args.seed, prompts), shares["labelled"], prompts))
+        if shares["captioned"] > 0:
+            if args.webdataset:
+                shards = ShardedCaptions(
+                    args.webdataset, transform, shares["captioned"], args.seed,
+                    runtime.rank, runtime.world_size, args.workers, start_step=self.step,
+                )  # fmt: skip
+                loaders.append(self._loader(shards, shares["captioned"], prompts))
+            else:
+                pairs = KeyedSamples(CaptionPairs(args.captions, transform), args.seed)
+                loaders.append(self._loader(pairs, shares["captioned"], prompts))
+        iterators = [iter(loader) for loader in loaders]
+        while True:
+            parts = [next(iterator) for iterator in iterators]
+            yield {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def _loader(self, dataset: Any, batch_size: int, prompts: LabelToPrompt | None) -> DataLoader:
+        args, runtime = self.args, self.runtime
+        options: dict[str, Any] = {
+            "num_workers": args.workers,
+            "collate_fn": UnifiedCollate(self.tokenizer, prompts, hash_captions=args.hash_captions),
+            "pin_memory": self.device.type == "cuda",
+            # The loader's own generator: creating it does not advance the global one the checkpoint restores.
+            "generator": torch.Generator().manual_seed(derive_seed("loader", args.seed, runtime.rank)),
+        }
+        if isinstance(dataset, ShardedCaptions):
+            return DataLoader(dataset, batch_size=batch_size, **options)
+        sampler = StepBatchSampler(
+            len(dataset), batch_size, runtime.rank, runtime.world_size, args.seed, start_step=self.step
+        )
+        return DataLoader(dataset, batch_sampler=sampler, **options)
+
+    def _evaluation_data(self) -> Subset | None:
+        """This rank's share of the held-out ImageFolder (every ``world_size``-th image)."""
+        args = self.args
+        if args.eval_folder is None:
+            return None
+        if not args.eval_folder.is_dir():
+            raise TrainingError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
+        folder = ImageFolder(str(args.eval_folder), transform=image_transform(self.model))
+        self.eval_class_names = folder.classes
+        if args.eval_classnames is not None:
+            self.eval_class_names = read_class_names(args.eval_classnames)
+            if len(self.eval_class_names) != len(folder.classes):
+                raise TrainingError(
+                    f"--eval-classnames has {len(self.eval_class_names)} names; --eval-folder has "
+                    f"{len(folder.classes)} classes"
+                )
+        return Subset(folder, range(self.runtime.rank, len(folder), self.runtime.world_size))
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------
+
+    def _resume(self) -> Path | None:
+        """Load the checkpoint ``--resume`` names (rank 0 picks it, every rank reads it); returns its path."""
+        args = self.args
+        if args.resume is None:
+            if self.runtime.is_main and self.checkpoints.paths():
+                raise TrainingError(
+                    f"{self.checkpoints.directory} already holds checkpoints: pass --resume auto to continue that "
+                    "run, or choose another --output"
+                )
+            return None
+        choice: str | None = args.resume
+        if args.resume == "auto":
+            choice = None
+            if self.runtime.is_main:
+                found = self.checkpoints.load_latest()
+                choice = None if found is None else str(found[0])
+            choice = self.runtime.broadcast(choice)
+        if choice is None:
+            if self.runtime.is_main:
+                print(f"no checkpoint in {self.checkpoints.directory}; starting at step 0", flush=True)
+            return None
+        path = Path(choice)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError) as error:
+            raise TrainingError(f"checkpoint {path} cannot be resumed from: {type(error).__name__}: {error}") from None
+        return path
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        stored = state["config"]
+        if stored.get("model") != self.args.model:
+            raise TrainingError(f"the checkpoint trains {stored.get('model')!r}, not --model {self.args.model!r}")
+        current = run_configuration(self.args)
+        changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name) != current.get(name)]
+        if state["world_size"] != self.runtime.world_size:
+            changed.append(f"ranks ({state['world_size']} then, {self.runtime.world_size} now)")
+        if changed and self.runtime.is_main:
+            warnings.warn(
+                f"resuming with changed options ({', '.join(changed)}): the run goes on, but it will not equal an "
+                "uninterrupted run",
+                stacklevel=2,
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        ranks = state["random"]
+        self._resumed_random = ranks[self.runtime.rank % len(ranks)]
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of the current step (a collective: every rank calls it)."""
+        states = self.runtime.gather(random_states(self.device))
+        if not self.runtime.is_main:
+            return
+        path = self.checkpoints.save(
+            self.step,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "random": states,
+                "world_size": self.runtime.world_size,
+                "config": run_configuration(self.args),
+            },
+        )
+        self.log.record(self.step, "checkpoint", {"path": str(path)})
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+
+    def autocast(self) -> AbstractContextManager:
+        """Mixed precision for the forward pass (nothing in fp32)."""
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimiser step on ``batch``; returns this rank's loss (detached)."""
+        moved = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        with self.autocast():
+            outputs = self.network(moved["images"], moved["input_ids"], moved["attention_mask"])
+            loss = self.loss_fn(**outputs, labels=moved["labels"])
+        self.scaler.scale(loss).backward()
+        if self.args.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        with torch.no_grad():
+            # The temperature stays in [1, max_logit_scale] (CLIP's clamp), in the stored log space.
+            self.model.logit_scale.clamp_(0, math.log(self.model.config.max_logit_scale))
+        return loss.detach()
+
+    def evaluate(self) -> dict[str, float]:
+        """Zero-shot accuracy on ``--eval-folder``, every rank scoring its share (a collective)."""
+        assert self.eval_set is not None
+        counts = [0.0, 0.0, 0.0]
+        if len(self.eval_set) > 0:
+            scores = zeroshot_accuracy(
+                self.model, self.eval_set, self.eval_class_names, self.tokenizer,
+                batch_size=self.args.eval_batch_size, workers=self.args.workers, device=self.device,
+                precision="bf16" if self.precision == "bf16" else "fp32",
+            )  # fmt: skip
+            images = scores["images"]
+            counts = [round(scores["top1"] * images), round(scores.get("top5", 0.0) * images), images]
+        self.model.train()
+        top1, top5, images = self.runtime.sum(counts)
+        results = {"top1": top1 / images, "images": int(images), "classes": len(self.eval_class_names)}
+        if len(self.eval_class_names) >= 5:
+            results["top5"] = top5 / images
+        self.log.record(self.step, "eval", results)
+        return results
+
+    def run(self) -> Path | None:
+        """Train to ``--steps`` (or ``--stop-after``); returns ``OUTPUT/final`` when the run is complete."""
+        args = self.args
+        if self._resumed_random is not None:
+            restore_random_states(self._resumed_random, self.device)
+        end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+        self.model.train()
+        losses: list[torch.Tensor] = []
+        started, started_step = time.perf_counter(), self.step
+        while self.step < end:
+            losses.append(self.train_step(next(self.batches)))
+            self.step += 1
+            self.log.advance()
+            if self.step % args.log_every == 0 or self.step == end:
+                self._report(losses, time.perf_counter() - started, self.step - started_step)
+                losses, started, started_step = [], time.perf_counter(), self.step
+            if (args.save_every and self.step % args.save_every == 0) or self.step == args.steps:
+                self.save_checkpoint()
+            if self.eval_set is not None and (
+                (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
+            ):
+                self.evaluate()
+        if self.step < args.steps:
+            self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
+            self.log.close()
+            return None
+        final = self._write_final()
+        self.log.close()
+        return final
+
+    def _report(self, losses: list[torch.Tensor], seconds: float, steps: int) -> None:
+        loss = self.runtime.mean(float(torch.stack(losses).float().mean()))
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss is {loss} at step {self.step}: training diverged; resume from an earlier checkpoint "
+                "with a lower --lr, more --warmup or --grad-clip"
+            )
+        self.log.record(
+            self.step,
+            "train",
+            {
+                "loss": loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "samples_per_second": steps * self.args.batch_size * self.runtime.world_size / max(seconds, 1e-9),
+            },
+        )
+
+    def _write_final(self) -> Path:
+        """The final weights (``save_pretrained``), the tokenizer file and the run's options, by rank 0."""
+        final = self.args.output / "final"
+        if self.runtime.is_main:
+            self.model.save_pretrained(final)
+            if self.args.tokenizer != "clip":
+                shutil.copyfile(self.args.tokenizer, final / "tokenizer.json")
+            summary = {"step": self.step, "options": run_configuration(self.args)}
+            (final / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+            self.log.message(f"final weights in {final}")
+        return final
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    """Parse the options, train, and return ``OUTPUT/final`` (``None`` when stopped early by ``--stop-after``)."""
+    parser = build_parser()
+    args = check_arguments(parser, parser.parse_args(argv))
+    try:
+        runtime = start_runtime(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        return Training(args, runtime).run()
+    except (TrainingError, FileNotFoundError) as error:
+        raise SystemExit(f"unicl.train: error: {error}") from None
+    finally:
+        stop_runtime()
