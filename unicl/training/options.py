@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also log to OUTPUT/tensorboard when the tensorboard package is installed (default: on)",
     )
-    logging.add_argument("--no-progress", action="store_true", help="no progress bar")
+    logging.add_argument(
+        "--no-progress", action="store_true", help="no progress bar on standard error (for logs of batch jobs)"
+    )
     logging.add_argument(
         "--device",
         default="auto",

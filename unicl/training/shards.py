@@ -6,9 +6,9 @@ URL may be a local path, ``http(s)://...`` or ``pipe:COMMAND`` (``pipe:aws s3 cp
 ``{0000..0099}`` expands to a list and ``::`` joins lists.
 
 Each epoch shuffles the shard list with a seed of ``(seed, epoch)`` and deals it to the ranks, then to each rank's
-data-loading workers. The data loader takes a worker's batches in turn, so the batch of step ``t`` comes from worker
-``t mod workers``; a run resumed at step ``t`` has each worker skip the samples of its batches before ``t`` without
-decoding them, and every sample's augmentation is seeded by its shard and name (:func:`seeded_sample`), so the
+data-loading workers. The data loader takes the workers' batches in turn, so the batch of step ``t`` comes from
+stream ``t mod workers``; a run resumed at step ``t`` has each worker skip the samples of its stream's batches
+before ``t`` without decoding them, and every sample's augmentation is seeded by its shard and name (:func:`seeded_sample`), so the
 resumed stream is the uninterrupted one.
 """
 
@@ -50,6 +50,9 @@ class ShardedCaptions(IterableDataset):
     """An endless stream of ``(image, caption)`` samples from WebDataset shards, for one rank (see the module
     docstring for the order and the resumption).
 
+    The stream of a rank is split into ``max(workers, 1)`` interleaved streams, one per worker, each reading its own
+    shards; the batch of step ``t`` is batch ``⌊t / streams⌋`` of stream ``t mod streams``.
+
     Args:
         urls: shard URLs (see the module docstring).
         transform: turns the PIL image into a tensor.
@@ -89,20 +92,23 @@ class ShardedCaptions(IterableDataset):
                 "worker(s); every worker of every rank needs at least one shard (use more shards or fewer workers)"
             )
 
-    def shards_of(self, epoch: int, worker: int) -> list[str]:
-        """The shards ``worker`` of this rank reads in ``epoch``, in order."""
+    def shards_of(self, epoch: int, stream: int) -> list[str]:
+        """The shards stream ``stream`` (of ``max(workers, 1)``) of this rank reads in ``epoch``, in order."""
         shards = list(self.shards)
         random.Random(derive_seed("shards", self.seed, epoch)).shuffle(shards)
-        return shards[self.rank :: self.world_size][worker :: self.streams]
+        return shards[self.rank :: self.world_size][stream :: self.streams]
 
     def __iter__(self) -> Iterator[tuple[Any, str]]:
         tarfile_samples = _webdataset().tariterators.tarfile_samples
         info = get_worker_info()
         worker = 0 if info is None else info.id
-        # This worker's batches are steps worker, worker + streams, ...; skip those before start_step.
-        skip = max(0, math.ceil((self.start_step - worker) / self.streams)) * self.batch_size
+        # The loader takes batch i from worker i mod streams, starting at worker 0 whatever the step, so worker w
+        # serves the steps t ≡ w + start_step (mod streams): it reads that stream and skips the batches before
+        # start_step that belong to it.
+        stream = (worker + self.start_step) % self.streams
+        skip = max(0, math.ceil((self.start_step - stream) / self.streams)) * self.batch_size
         for epoch in count():
-            shards = self.shards_of(epoch, worker)
+            shards = self.shards_of(epoch, stream)
             seen = 0
             for sample in tarfile_samples([{"url": url} for url in shards]):
                 seen += 1

@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         parser.error(str(error))
     try:
         return Training(args, runtime).run()
-    except (TrainingError, FileNotFoundError) as error:
+    except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
+        # Bad data or settings found while building the run: one line naming the problem, no traceback.
         raise SystemExit(f"unicl.train: error: {error}") from None
     finally:
         stop_runtime()

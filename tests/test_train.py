@@ -1,0 +1,256 @@
+"""``python -m unicl.train`` end to end on digits saved as PNG files: torchrun on 2 CPU ranks, faults and resumption
+bit for bit, WebDataset shards, zero-shot evaluation, the logs, and every bad option."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.datasets import load_digits
+from torchvision.datasets import ImageFolder
+
+import unicl
+from unicl.evaluate import zeroshot_accuracy
+from unicl.prompts import DEFAULT_TEMPLATES
+from unicl.tokenizer import Tokenizer
+from unicl.train import main
+from unicl.training.options import build_parser
+
+NAMES = ["zero", "one", "two", "three", "four", "five"]
+#: The option names the issue asks for; scripts rely on them.
+PROMISED_OPTIONS = [
+    "--model", "--image-folder", "--captions", "--webdataset", "--ratio", "--batch-size", "--steps", "--lr",
+    "--warmup", "--weight-decay", "--precision", "--output", "--save-every", "--resume", "--stop-after",
+    "--eval-folder", "--eval-every", "--device", "--workers", "--seed",
+]  # fmt: skip
+
+
+def _save_digit(pixels, path) -> None:
+    Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32), Image.NEAREST).convert("RGB").save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Train and held-out ImageFolders of real digits, a caption CSV over the train images, the same pairs in four
+    WebDataset shards, and a tokenizer trained on the prompts and captions."""
+    root = tmp_path_factory.mktemp("train")
+    digits = load_digits()
+    rows = []
+    for class_id, name in enumerate(NAMES):
+        indices = (digits.target == class_id).nonzero()[0]
+        for split, chosen in (("train", indices[:8]), ("eval", indices[8:11])):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in chosen:
+                _save_digit(digits.images[index], folder / f"{index}.png")
+                if split == "train":
+                    rows.append((f"train/{name}/{index}.png", f"a handwritten {name}"))
+    with (root / "captions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    for shard in range(4):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as archive:
+            for position, (image, caption) in enumerate(rows[shard::4]):
+                for extension, payload in (("png", (root / image).read_bytes()), ("txt", caption.encode())):
+                    member = tarfile.TarInfo(f"pair-{shard}-{position:04d}.{extension}")
+                    member.size = len(payload)
+                    archive.addfile(member, io.BytesIO(payload))
+    corpus = [template.format(name) for template in DEFAULT_TEMPLATES for name in NAMES] + [c for _, c in rows]
+    Tokenizer.train(corpus, vocab_size=600, context_length=16).tokenizer.save(str(root / "tokenizer.json"))
+    return root
+
+
+def _options(data, output, *extra) -> list[str]:
+    return [
+        "--model", "unicl_tiny", "--device", "cpu", "--tokenizer", str(data / "tokenizer.json"),
+        "--image-folder", str(data / "train"), "--batch-size", "8", "--lr", "1e-3", "--warmup", "2",
+        "--output", str(output), "--no-progress", "--no-tensorboard", "--log-every", "1", *map(str, extra),
+    ]  # fmt: skip
+
+
+def _torchrun(*arguments) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "unicl.train", *arguments]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+
+
+def _records(output, kind: str) -> list[dict]:
+    lines = (output / "log.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def _same_weights(first, second) -> None:
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert (first / "config.json").read_text() == (second / "config.json").read_text()
+
+
+def test_help_explains_every_option():
+    result = subprocess.run([sys.executable, "-m", "unicl.train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and len(action.help) > 15, action.option_strings
+        assert action.option_strings[0] in result.stdout
+    for option in PROMISED_OPTIONS:
+        assert option in result.stdout
+
+
+def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrupted_run(data, tmp_path):
+    captions = ["--captions", data / "captions.csv", "--steps", "6", "--eval-folder", data / "eval"]
+    whole = _torchrun(*_options(data, tmp_path / "whole", *captions, "--workers", "0", "--eval-every", "3"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    interrupted = _options(data, tmp_path / "faulty", *captions, "--workers", "2", "--save-every", "1")
+    first = _torchrun(*interrupted, "--stop-after", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = tmp_path / "faulty" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == [f"step-00000000{k}.pt" for k in (1, 2, 3)]
+    assert not (tmp_path / "faulty" / "final").exists()
+    newest = checkpoints / "step-000000003.pt"
+    newest.write_bytes(newest.read_bytes()[:4000])  # a checkpoint cut short by the crash
+
+    second = _torchrun(*interrupted, "--resume", "auto")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "skipping checkpoint" in second.stderr and "step-000000003.pt" in second.stderr
+    assert _records(tmp_path / "faulty", "resume")[0]["step"] == 2
+    _same_weights(tmp_path / "whole" / "final", tmp_path / "faulty" / "final")
+    losses = {record["step"]: record["loss"] for record in _records(tmp_path / "whole", "train")}
+    resumed = {record["step"]: record["loss"] for record in _records(tmp_path / "faulty", "train")}
+    assert losses == resumed and sorted(losses) == list(range(1, 7))
+
+    # Evaluation is split over the ranks and summed: it scores what one process scores on the final weights.
+    evaluations = _records(tmp_path / "whole", "eval")
+    assert [record["step"] for record in evaluations] == [3, 6]
+    model = unicl.load_model(tmp_path / "whole" / "final")
+    tokenizer = Tokenizer.from_file(tmp_path / "whole" / "final" / "tokenizer.json", context_length=16)
+    folder = ImageFolder(str(data / "eval"), transform=unicl.image_transform(model))
+    expected = zeroshot_accuracy(model, folder, folder.classes, tokenizer)
+    assert evaluations[-1]["top1"] == pytest.approx(expected["top1"], abs=1e-9)
+    assert evaluations[-1]["top5"] == pytest.approx(expected["top5"], abs=1e-9)
+    assert evaluations[-1]["images"] == len(folder) == 18
+
+
+def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
+    output = tmp_path / "run"
+    final = main(_options(data, output, "--captions", data / "captions.csv", "--steps", "80", "--warmup", "5",
+                          "--workers", "0", "--no-augmentation", "--weight-decay", "0", "--save-every", "10",
+                          "--log-every", "10", "--batch-size", "16"))  # fmt: skip
+    assert final == output / "final"
+    losses = [record["loss"] for record in _records(output, "train")]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.15, losses
+    kept = sorted(path.name for path in (output / "checkpoints").iterdir())
+    assert kept == ["step-000000060.pt", "step-000000070.pt", "step-000000080.pt"]
+    summary = json.loads((final / "training.json").read_text())
+    assert summary["step"] == 80 and summary["options"]["batch_size"] == 16
+    for record in _records(output, "train"):
+        assert record["logit_scale"] <= 100 and record["lr"] >= 0 and record["samples_per_second"] > 0
+
+
+def test_webdataset_shards_resume_bit_for_bit_with_workers(data, tmp_path):
+    shards = ["--webdataset", str(data / "shard-{0..3}.tar"), "--steps", "7", "--workers", "2", "--ratio", "0.5"]
+    main(_options(data, tmp_path / "whole", *shards))
+    assert main(_options(data, tmp_path / "split", *shards, "--save-every", "3", "--stop-after", "5")) is None
+    main(_options(data, tmp_path / "split", *shards, "--resume", "auto"))
+    assert _records(tmp_path / "split", "resume")[0]["step"] == 3
+    _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")
+
+
+def test_resume_from_a_named_checkpoint_and_of_a_finished_run(data, tmp_path):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "4", "--save-every", "2", "--workers", "0"))
+    weights = load_file(output / "final" / "model.safetensors")
+    checkpoint = output / "checkpoints" / "step-000000002.pt"
+    main(_options(data, output, "--steps", "4", "--workers", "0", "--resume", checkpoint))
+    assert all(
+        torch.equal(weights[name], tensor) for name, tensor in load_file(output / "final" / "model.safetensors").items()
+    )
+    main(_options(data, output, "--steps", "4", "--workers", "0", "--resume", "auto"))  # nothing left to do
+    assert _records(output, "resume")[-1]["step"] == 4
+
+
+def test_resume_auto_without_checkpoints_starts_afresh_and_a_used_output_needs_resume(data, tmp_path, capsys):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "2", "--workers", "0", "--resume", "auto"))
+    assert "no checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="already holds checkpoints: pass --resume auto"):
+        main(_options(data, output, "--steps", "2", "--workers", "0"))
+
+
+def test_changed_options_on_resume_are_named(data, tmp_path):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "2", "--workers", "0", "--stop-after", "1", "--save-every", "1"))
+    with pytest.warns(UserWarning, match=r"resuming with changed options \(lr\)"):
+        main(_options(data, output, "--steps", "2", "--workers", "0", "--resume", "auto", "--lr", "5e-4"))
+    with pytest.raises(SystemExit, match="the checkpoint trains 'unicl_tiny', not --model 'unicl_resnet50'"):
+        arguments = _options(data, output, "--steps", "2", "--workers", "0", "--resume", "auto")
+        arguments[arguments.index("unicl_tiny")] = "unicl_resnet50"
+        main(arguments)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--ratio", "1.5", "--captions", "CAPTIONS"], "--ratio must be in [0, 1]; got 1.5"),
+        (["--ratio", "0.5"], "--ratio 0.5 takes image-text samples, but no --captions or --webdataset was given"),
+        (["--captions", "CAPTIONS", "--webdataset", "x.tar"], "as --captions or as --webdataset, not both"),
+        (["--batch-size", "0"], "--batch-size must be >= 1; got 0"),
+        (["--stop-after", "9"], "--stop-after must be in [1, --steps = 4]; got 9"),
+        (["--warmup", "5"], "--warmup (5) must not exceed --steps (4)"),
+        (["--classnames", "a.txt", "--classnames", "b.txt"], "--classnames must be given once per --image-folder"),
+        (["--eval-every", "2"], "--eval-every needs --eval-folder"),
+        (["--resume", "missing.pt"], "--resume 'missing.pt' is neither 'auto' nor a checkpoint file"),
+        (["--ratio", "0.01", "--captions", "CAPTIONS"], "leaves no room for one kind of data"),
+        (["--min-lr", "0.1"], "--min-lr (0.1) must not exceed --lr (0.001)"),
+        (["--beta2", "1"], "--beta2 must be in [0, 1); got 1.0"),
+        (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:K'; got 'tpu'"),
+    ],
+)
+def test_bad_options_are_refused_by_name(data, tmp_path, capsys, extra, words):
+    extra = [str(data / "captions.csv") if word == "CAPTIONS" else word for word in extra]
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, tmp_path / "run", "--steps", "4", *extra))
+    assert stopped.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_no_training_data_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "unicl_tiny", "--batch-size", "2", "--steps", "1", "--output", str(tmp_path)])
+    assert "no training data: give --image-folder, --captions or --webdataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--precision", "fp16"], "--precision fp16 needs CUDA"),
+        (["--webdataset", "SHARD", "--workers", "2"], "1 shard(s) for 1 rank(s) × 2 worker(s)"),
+        (["--image-folder", "MISSING"], "is not a directory"),
+        (["--eval-folder", "MISSING"], "--eval-folder"),
+    ],
+)
+def test_runs_that_cannot_start_say_why(data, tmp_path, extra, words):
+    replacements = {"SHARD": str(data / "shard-0.tar"), "MISSING": str(tmp_path / "missing")}
+    extra = [replacements.get(word, word) for word in extra]
+    with pytest.raises(SystemExit, match=words.replace("(", r"\(").replace(")", r"\)")):
+        main(_options(data, tmp_path / "run", "--steps", "2", "--workers", "0", *extra))
+
+
+def test_a_tokenizer_larger_than_the_text_tower_is_refused(data, tmp_path):
+    corpus = [f"word{i} token{i * 7} piece{i * 13}" for i in range(3000)]
+    Tokenizer.train(corpus, vocab_size=1500, context_length=16).tokenizer.save(str(tmp_path / "big.json"))
+    arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0")
+    arguments[arguments.index("--tokenizer") + 1] = str(tmp_path / "big.json")
+    with pytest.raises(SystemExit, match=r"--tokenizer has \d+ ids but unicl_tiny's text tower embeds 1000"):
+        main(arguments)
