@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,6 +106,13 @@ def test_help_explains_every_option():
         assert action.option_strings[0] in result.stdout
     for option in PROMISED_OPTIONS:
         assert option in result.stdout
+
+
+def test_the_training_page_documents_every_option():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    for action in build_parser()._actions:
+        if action.dest != "help":
+            assert f"`{action.option_strings[0]}" in page, action.option_strings[0]
 
 
 def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrupted_run(data, tmp_path):

@@ -19,8 +19,8 @@ def warmup_cosine(steps: int, warmup: int, floor: float = 0.0) -> Callable[[int]
 
     Example:
         >>> schedule = warmup_cosine(steps=10, warmup=2)
-        >>> [round(schedule(t), 3) for t in (0, 1, 2, 6, 10)]
-        [0.5, 1.0, 1.0, 0.5, 0.0]
+        >>> tuple(round(schedule(t), 3) for t in (0, 1, 2, 6, 10))
+        (0.5, 1.0, 1.0, 0.5, 0.0)
     """
     if not 0 <= warmup <= steps:
         raise ValueError(f"warmup must be in [0, steps = {steps}]; got {warmup}")

@@ -8,8 +8,8 @@ URL may be a local path, ``http(s)://...`` or ``pipe:COMMAND`` (``pipe:aws s3 cp
 Each epoch shuffles the shard list with a seed of ``(seed, epoch)`` and deals it to the ranks, then to each rank's
 data-loading workers. The data loader takes the workers' batches in turn, so the batch of step ``t`` comes from
 stream ``t mod workers``; a run resumed at step ``t`` has each worker skip the samples of its stream's batches
-before ``t`` without decoding them, and every sample's augmentation is seeded by its shard and name (:func:`seeded_sample`), so the
-resumed stream is the uninterrupted one.
+before ``t`` without decoding them, and every sample's augmentation is seeded by its shard and name
+(:func:`unicl.training.sampling.seeded_sample`), so the resumed stream is the uninterrupted one.
 """
 
 from __future__ import annotations
