@@ -7,9 +7,11 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,27 @@ def test_webdataset_shards_resume_bit_for_bit_with_workers(data, tmp_path):
     main(_options(data, tmp_path / "split", *shards, "--resume", "auto"))
     assert _records(tmp_path / "split", "resume")[0]["step"] == 3
     _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")
+
+
+def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(data, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "unicl.train",
+               *_options(data, output, "--steps", "3000", "--workers", "0", "--save-every", "0")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((output / "log.jsonl").exists() and _records(output, "train")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, errors[-3000:]
+    stopped = _records(output, "signal")[0]
+    assert stopped["signal"] == "SIGTERM" and "SIGTERM received: checkpoint of step" in errors
+    step = stopped["step"]
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    main(_options(data, output, "--steps", str(step + 2), "--workers", "0", "--resume", "auto"))
+    assert _records(output, "resume")[0]["step"] == step
+    assert (output / "final" / "model.safetensors").is_file()
 
 
 def test_resume_from_a_named_checkpoint_and_of_a_finished_run(data, tmp_path):

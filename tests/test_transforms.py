@@ -63,3 +63,21 @@ def test_bad_sources_are_refused():
         unicl.image_transform(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="takes 1 channels"):
         unicl.image_transform(ImageConfig("resnet18", image_size=64, in_chans=1))
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_randaugment_posterize_at_its_top_magnitude_gives_black_instead_of_failing(size):
+    augmentation = unicl.image_transform(unicl.models.ImageConfig("resnet50", image_size=size), train=True)
+    operations = [op for step in augmentation.transforms for op in getattr(step, "ops", []) if "Posterize" in op.name]
+    assert operations  # the official RandAugment has a posterize operation
+    for operation in operations:
+        operation.magnitude, operation.magnitude_std, operation.prob = 10, 0, 1.0  # timm asks for 0 bits here
+        image = operation(_photo(40, 40))
+        assert image.size == (40, 40) and image.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_posterize_keeps_the_most_significant_bits():
+    photo = _photo(16, 16, seed=3)
+    assert unicl.transforms.posterize(photo, 8) is photo
+    kept = torch.as_tensor(list(unicl.transforms.posterize(photo, 2).getdata()))
+    assert torch.equal(kept, torch.as_tensor(list(photo.getdata())) & 0b11000000)

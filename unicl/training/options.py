@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         "leaving the schedule planned for --steps: how a fault is simulated",
     )
 
+    checkpoints.add_argument(
+        "--checkpoint-on-signal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on SIGTERM or SIGUSR1 (a scheduler's preemption notice) finish the step, write a checkpoint and exit "
+        "with status 128 + the signal's number; costs one tiny all-reduce per step (default: on)",
+    )
+
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--eval-folder",

@@ -56,6 +56,14 @@ class Runtime:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def max(self, value: int) -> int:
+        """The largest ``value`` over the ranks."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor)
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (any picklable object), in rank order."""
         if not self.distributed:

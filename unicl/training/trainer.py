@@ -13,6 +13,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from unicl.training.runtime import Runtime, start_runtime, stop_runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
+from unicl.training.signals import StopSignals
 from unicl.transforms import image_transform
 
 #: Bumped when the checkpoint's layout changes.
@@ -221,11 +223,13 @@ class Training:
                 )
             return None
         choice: str | None = args.resume
+        state: dict[str, Any] | None = None
         if args.resume == "auto":
             choice = None
             if self.runtime.is_main:
                 found = self.checkpoints.load_latest()
-                choice = None if found is None else str(found[0])
+                if found is not None:
+                    choice, state = str(found[0]), found[1]
             choice = self.runtime.broadcast(choice)
         if choice is None:
             if self.runtime.is_main:
@@ -233,7 +237,8 @@ class Training:
             return None
         path = Path(choice)
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state is None:
+                state = torch.load(path, map_location="cpu", weights_only=True)
             self._load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError) as error:
             raise TrainingError(f"checkpoint {path} cannot be resumed from: {type(error).__name__}: {error}") from None
@@ -339,19 +344,31 @@ class Training:
         self.model.train()
         losses: list[torch.Tensor] = []
         started, started_step = time.perf_counter(), self.step
-        while self.step < end:
-            losses.append(self.train_step(next(self.batches)))
-            self.step += 1
-            self.log.advance()
-            if self.step % args.log_every == 0 or self.step == end:
-                self._report(losses, time.perf_counter() - started, self.step - started_step)
-                losses, started, started_step = [], time.perf_counter(), self.step
-            if (args.save_every and self.step % args.save_every == 0) or self.step == args.steps:
-                self.save_checkpoint()
-            if self.eval_set is not None and (
-                (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
-            ):
-                self.evaluate()
+        with StopSignals(enabled=args.checkpoint_on_signal) as stop:
+            while self.step < end:
+                losses.append(self.train_step(next(self.batches)))
+                self.step += 1
+                self.log.advance()
+                if self.step % args.log_every == 0 or self.step == end:
+                    self._report(losses, time.perf_counter() - started, self.step - started_step)
+                    losses, started, started_step = [], time.perf_counter(), self.step
+                saved = (args.save_every and self.step % args.save_every == 0) or self.step == args.steps
+                if saved:
+                    self.save_checkpoint()
+                if self.eval_set is not None and (
+                    (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
+                ):
+                    self.evaluate()
+                # Every rank learns of a signal any rank received, so all of them stop at this same step.
+                received = self.runtime.max(stop.received) if args.checkpoint_on_signal else 0
+                if received and self.step < args.steps:
+                    if not saved:
+                        self.save_checkpoint()
+                    self.log.record(self.step, "signal", {"signal": signal.Signals(received).name})
+                    self.log.message(f"{signal.Signals(received).name} received: checkpoint of step {self.step} "
+                                     "written; resume with --resume auto")  # fmt: skip
+                    self.log.close()
+                    raise SystemExit(128 + received)
         if self.step < args.steps:
             self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
             self.log.close()
