@@ -198,6 +198,15 @@ def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(dat
     assert (output / "final" / "model.safetensors").is_file()
 
 
+def test_gradient_checkpointing_changes_memory_not_results(data, tmp_path):
+    for name, extra in (("plain", []), ("recomputed", ["--grad-checkpointing"])):
+        main(_options(data, tmp_path / name, "--steps", "3", "--workers", "0", *extra))
+    plain = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    recomputed = load_file(tmp_path / "recomputed" / "final" / "model.safetensors")
+    assert all(torch.equal(plain[name], recomputed[name]) for name in plain)
+    assert unicl.load_model(tmp_path / "recomputed" / "final").config.text.grad_checkpointing
+
+
 def test_resume_from_a_named_checkpoint_and_of_a_finished_run(data, tmp_path):
     output = tmp_path / "run"
     main(_options(data, output, "--steps", "4", "--save-every", "2", "--workers", "0"))
