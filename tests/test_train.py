@@ -166,6 +166,11 @@ def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
     assert summary["step"] == 80 and summary["options"]["batch_size"] == 16
     for record in _records(output, "train"):
         assert record["logit_scale"] <= 100 and record["lr"] >= 0 and record["samples_per_second"] > 0
+    # 48 labelled images and 48 pairs, 8 of each per step: 6 steps an epoch.
+    assert [record["labelled_epoch"] for record in _records(output, "train")] == [k * 10 / 6 for k in range(1, 9)]
+    position = torch.load(output / "checkpoints" / "step-000000080.pt", weights_only=True)["data"]
+    assert position == {"step": 80, "labelled_samples": 640, "labelled_epoch": 80 / 6,
+                        "captioned_samples": 640, "captioned_epoch": 80 / 6}  # fmt: skip
 
 
 def test_webdataset_shards_resume_bit_for_bit_with_workers(data, tmp_path):

@@ -139,6 +139,7 @@ class Training:
         if resumed is not None:
             self.log.message(f"resumed from {resumed} at step {self.step}")
             self.log.record(self.step, "resume", {"checkpoint": str(resumed)})
+        self.loaders = self._loaders()
         self.batches = self._batches()
         self.eval_set = self._evaluation_data()
         self.network: torch.nn.Module = self.model
@@ -148,33 +149,31 @@ class Training:
 
     # --- data ----------------------------------------------------------------------------------------------------
 
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless batches from the step the run is at: each source's share, collated in the workers, joined."""
+    def _loaders(self) -> dict[str, DataLoader]:
+        """One loader per source, from the step the run is at, each giving its share of every batch."""
         args, runtime = self.args, self.runtime
         transform = image_transform(self.model, train=not args.no_augmentation)
         labelled_size = round(args.ratio * args.batch_size)
         shares = {"labelled": labelled_size, "captioned": args.batch_size - labelled_size}
+        self.shares = {name: share for name, share in shares.items() if share > 0}
         prompts = None
-        loaders = []
+        loaders = {}
         if shares["labelled"] > 0:
             names = [read_class_names(path) for path in args.classnames] if args.classnames else None
             folders = LabelledFolders(args.image_folder, transform, names)
             prompts = LabelToPrompt(folders.class_names, seed=args.seed)
-            loaders.append(self._loader(KeyedSamples(folders, args.seed, prompts), shares["labelled"], prompts))
+            keyed = KeyedSamples(folders, args.seed, prompts)
+            loaders["labelled"] = self._loader(keyed, shares["labelled"], prompts)
         if shares["captioned"] > 0:
             if args.webdataset:
-                shards = ShardedCaptions(
+                captioned: Any = ShardedCaptions(
                     args.webdataset, transform, shares["captioned"], args.seed,
                     runtime.rank, runtime.world_size, args.workers, start_step=self.step,
                 )  # fmt: skip
-                loaders.append(self._loader(shards, shares["captioned"], prompts))
             else:
-                pairs = KeyedSamples(CaptionPairs(args.captions, transform), args.seed)
-                loaders.append(self._loader(pairs, shares["captioned"], prompts))
-        iterators = [iter(loader) for loader in loaders]
-        while True:
-            parts = [next(iterator) for iterator in iterators]
-            yield {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+                captioned = KeyedSamples(CaptionPairs(args.captions, transform), args.seed)
+            loaders["captioned"] = self._loader(captioned, shares["captioned"], prompts)
+        return loaders
 
     def _loader(self, dataset: Any, batch_size: int, prompts: LabelToPrompt | None) -> DataLoader:
         args, runtime = self.args, self.runtime
@@ -191,6 +190,23 @@ class Training:
             len(dataset), batch_size, runtime.rank, runtime.world_size, args.seed, start_step=self.step
         )
         return DataLoader(dataset, batch_sampler=sampler, **options)
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches: each source's share, collated in its workers, joined (workers start at the first)."""
+        iterators = [iter(loader) for loader in self.loaders.values()]
+        while True:
+            parts = [next(iterator) for iterator in iterators]
+            yield {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def data_position(self) -> dict[str, Any]:
+        """Where each source is after the current step: samples read by this rank, and epochs where a source has
+        a length (a WebDataset stream has none)."""
+        position: dict[str, Any] = {"step": self.step}
+        for name, loader in self.loaders.items():
+            position[f"{name}_samples"] = self.step * self.shares[name]
+            if isinstance(loader.batch_sampler, StepBatchSampler):
+                position[f"{name}_epoch"] = loader.batch_sampler.epoch_at(self.step)
+        return position
 
     def _evaluation_data(self) -> Subset | None:
         """This rank's share of the held-out ImageFolder (every ``world_size``-th image)."""
@@ -282,6 +298,7 @@ class Training:
                 "scaler": self.scaler.state_dict(),
                 "random": states,
                 "world_size": self.runtime.world_size,
+                "data": self.data_position(),
                 "config": run_configuration(self.args),
             },
         )
@@ -392,6 +409,7 @@ class Training:
                 "lr": self.scheduler.get_last_lr()[0],
                 "logit_scale": float(self.model.logit_scale.detach().exp()),
                 "samples_per_second": steps * self.args.batch_size * self.runtime.world_size / max(seconds, 1e-9),
+                **{name: value for name, value in self.data_position().items() if name.endswith("_epoch")},
             },
         )
 
