@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,10 @@ PROMISED_OPTIONS = [
     "--warmup", "--weight-decay", "--precision", "--output", "--save-every", "--resume", "--stop-after",
     "--eval-folder", "--eval-every", "--device", "--workers", "--seed",
 ]  # fmt: skip
+
+
+#: Two CPU ranks of the training command.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unicl.train"]
 
 
 def _save_digit(pixels, path) -> None:
@@ -82,10 +87,8 @@ def _options(data, output, *extra) -> list[str]:
 
 
 def _torchrun(*arguments) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "unicl.train", *arguments]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+    return subprocess.run([*TORCHRUN, *arguments], capture_output=True, text=True, timeout=900, env=environment)
 
 
 def _records(output, kind: str) -> list[dict]:
@@ -201,6 +204,48 @@ def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(dat
     main(_options(data, output, "--steps", str(step + 2), "--workers", "0", "--resume", "auto"))
     assert _records(output, "resume")[0]["step"] == step
     assert (output / "final" / "model.safetensors").is_file()
+
+
+def _worker_ranks(output) -> dict[int, int]:
+    """``{rank: pid}`` of the training workers (not torchrun itself) writing to ``output``, found through /proc."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            environment = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # not a process, or one that has just ended
+            continue
+        if "unicl.train" in arguments and str(output) in arguments and "torch.distributed.run" not in arguments:
+            rank = next(int(item[5:]) for item in environment if item.startswith("RANK="))
+            ranks[rank] = int(entry.name)
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_its_checkpoint(data, tmp_path):
+    output = tmp_path / "run"
+    command = [*TORCHRUN, *_options(data, output, "--steps", "3000", "--workers", "0", "--save-every", "0")]
+    with (tmp_path / "torchrun.log").open("w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        deadline = time.monotonic() + 300
+        while not ((output / "log.jsonl").exists() and _records(output, "train")):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "torchrun.log").read_text()[
+                -3000:
+            ]
+            time.sleep(0.2)
+        workers = _worker_ranks(output)
+        assert sorted(workers) == [0, 1]
+        os.kill(workers[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it from the per-step all-reduce
+        process.wait(timeout=300)
+    report = (tmp_path / "torchrun.log").read_text()
+    assert re.search(r"exitcode\W+143", report), report[-3000:]  # rank 1 ended as the signal asked
+    step = _records(output, "signal")[0]["step"]
+    # Rank 0, which was not signalled (torchrun stops it only once rank 1 has left), wrote that step's checkpoint.
+    assert f"SIGTERM received: checkpoint of step {step} written" in report
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    assert torch.load(output / "checkpoints" / f"step-{step:09d}.pt", weights_only=True)["step"] == step
 
 
 def test_gradient_checkpointing_changes_memory_not_results(data, tmp_path):
