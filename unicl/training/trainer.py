@@ -232,7 +232,9 @@ class Training:
         """Load the checkpoint ``--resume`` names (rank 0 picks it, every rank reads it); returns its path."""
         args = self.args
         if args.resume is None:
-            if self.runtime.is_main and self.checkpoints.paths():
+            # Every rank looks (they share the directory), so all of them stop rather than one leaving the others
+            # waiting in a collective.
+            if self.checkpoints.paths():
                 raise TrainingError(
                     f"{self.checkpoints.directory} already holds checkpoints: pass --resume auto to continue that "
                     "run, or choose another --output"
