@@ -328,10 +328,13 @@ def test_no_training_data_is_refused(tmp_path, capsys):
         (["--webdataset", "SHARD", "--workers", "2"], "1 shard(s) for 1 rank(s) × 2 worker(s)"),
         (["--image-folder", "MISSING"], "is not a directory"),
         (["--eval-folder", "MISSING"], "--eval-folder"),
+        (["--eval-folder", "EVAL", "--eval-classnames", "NAMES"], "has 2 names; the image folder has 6 classes"),
     ],
 )
 def test_runs_that_cannot_start_say_why(data, tmp_path, extra, words):
-    replacements = {"SHARD": str(data / "shard-0.tar"), "MISSING": str(tmp_path / "missing")}
+    (tmp_path / "names.txt").write_text("zero\none\n")
+    replacements = {"SHARD": str(data / "shard-0.tar"), "MISSING": str(tmp_path / "missing"),
+                    "EVAL": str(data / "eval"), "NAMES": str(tmp_path / "names.txt")}  # fmt: skip
     extra = [replacements.get(word, word) for word in extra]
     with pytest.raises(SystemExit, match=words.replace("(", r"\(").replace(")", r"\)")):
         main(_options(data, tmp_path / "run", "--steps", "2", "--workers", "0", *extra))

@@ -85,12 +85,26 @@ class CaptionPairs(Dataset):
         return self.transform(load_rgb(image_path)), caption
 
 
-def read_class_names(path: str | os.PathLike[str]) -> list[str]:
-    """One class name per non-empty line (commas separate synonyms, as in :func:`unicl.prompts.class_synonyms`)."""
+def read_class_names(path: str | os.PathLike[str], classes: int | None = None) -> list[str]:
+    """One class name per non-empty line (commas separate synonyms, as in :func:`unicl.prompts.class_synonyms`).
+
+    Args:
+        path: the file.
+        classes: the number of classes of the image folder the names are for, checked when given.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a number of names other than ``classes``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class names file {str(path)!r} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if classes is not None and len(names) != classes:
+        raise ValueError(
+            f"class names file {str(path)!r} has {len(names)} names; the image folder has {classes} classes"
+        )
+    return names
 
 
 class LabelledFolders(Dataset):

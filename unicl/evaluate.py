@@ -199,12 +199,10 @@ def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
 def _class_names(args: argparse.Namespace, folders: list[str]) -> list[str]:
     if args.classnames is None:
         return folders
-    names = read_class_names(args.classnames)
-    if len(names) != len(folders):
-        raise SystemExit(
-            f"--classnames {args.classnames} has {len(names)} names; the image folder has {len(folders)} classes"
-        )
-    return names
+    try:
+        return read_class_names(args.classnames, len(folders))
+    except ValueError as error:
+        raise SystemExit(f"--classnames: {error}") from None
 
 
 def _device(name: str) -> torch.device:

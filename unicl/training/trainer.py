@@ -87,10 +87,6 @@ def restore_random_states(states: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def _samples_as_list(samples: list[Any]) -> list[Any]:
-    return samples
-
-
 class Training:
     """One run: everything :func:`main` builds from the options, and the loop.
 
@@ -218,12 +214,7 @@ class Training:
         folder = ImageFolder(str(args.eval_folder), transform=image_transform(self.model))
         self.eval_class_names = folder.classes
         if args.eval_classnames is not None:
-            self.eval_class_names = read_class_names(args.eval_classnames)
-            if len(self.eval_class_names) != len(folder.classes):
-                raise TrainingError(
-                    f"--eval-classnames has {len(self.eval_class_names)} names; --eval-folder has "
-                    f"{len(folder.classes)} classes"
-                )
+            self.eval_class_names = read_class_names(args.eval_classnames, len(folder.classes))
         return Subset(folder, range(self.runtime.rank, len(folder), self.runtime.world_size))
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
