@@ -31,6 +31,42 @@ def _times(factor: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
     return weight if factor is None else factor * weight
 
 
+#: float16 softmax weights are scaled so that their largest possible value is at most this (float16's largest finite
+#: value is 65,504): then the bulk of them, about ``1/N`` of the largest, stay normal numbers up to N = 2^29.
+HALF_WEIGHT_CEILING = 2.0**15
+
+
+def half_weight_scale(
+    dtype: torch.dtype,
+    row_weight: torch.Tensor | None,
+    col_weight: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """The power of two ``σ`` by which the upstream weights ``g``, ``h`` are multiplied before the engine rounds
+    the softmax weights to float16, or ``None`` for other dtypes.
+
+    The engines round ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` to the features' dtype for their
+    tensor-core products. For a mean loss ``g = h = 1/(2N)`` and a softmax entry is about ``1/N``, so ``W`` is about
+    ``1/(2N²)``: below float16's smallest subnormal (2^-24) from N ≈ 2,900, and every product with it is lost. With
+    ``σ = 2^⌊log2(2^15 / ((max|g| + max|h|)·max(a, b, 1)))⌋`` no entry of ``σ·W`` exceeds 2^15 (so none overflows,
+    in either direction of the two-pass schedule, where ``a`` takes the place of ``b``) and the products are divided
+    by ``σ`` in float32 afterwards: exact, since ``σ`` is a power of two. bfloat16 has float32's range and needs
+    none. Computed on the device, without a host synchronisation.
+    """
+    if dtype != torch.float16:
+        return None
+    weights = [w.abs().amax() for w in (row_weight, col_weight) if w is not None and w.numel() > 0]
+    if not weights:
+        return None
+    bound = torch.stack(weights).sum()
+    factors = [f.amax() for f in (row_scale, col_scale) if f is not None and f.numel() > 0]
+    if factors:
+        bound = bound * torch.stack(factors).amax().clamp(min=1.0)
+    # All-zero weights give an infinite ratio; the clamp keeps σ a finite float32 power of two.
+    return torch.exp2(torch.floor(torch.log2(HALF_WEIGHT_CEILING / bound)).clamp(-100.0, 100.0))
+
+
 def _positive_dots(
     x: torch.Tensor, x_scale: torch.Tensor | None, y: torch.Tensor, y_scale: torch.Tensor | None, groups: KeyGroups
 ) -> torch.Tensor:
@@ -123,7 +159,15 @@ def _first_order_backward(
     groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
     sim = Similarity(x, y, scale, row_scale, col_scale)
     # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂S: the softmax part from the engine, the target part per key.
-    e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
+    weight_scale = half_weight_scale(x.dtype, row_grad, col_grad, row_scale, col_scale)
+    if weight_scale is None:
+        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
+    else:
+        scaled = [None if grad is None else grad * weight_scale for grad in (row_grad, col_grad)]
+        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, *scaled)
+        inverse = weight_scale.reciprocal()
+        e_x.mul_(inverse)
+        e_y.mul_(inverse)
     by_column, by_row = groups.by_column, groups.by_row
     # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
     # sums buffer serves all four sums in turn.
