@@ -1,7 +1,8 @@
 """An independent float64 statement of the UniCL objective, written from the paper's definition.
 
-It builds the target matrix straight from the labels (not from :mod:`unicl.targets`) and loops over rows and
-columns, so a mistake in the library's algebra cannot hide behind the same mistake here.
+It builds the whole target matrix straight from the labels (not from :mod:`unicl.targets`, which never forms it)
+and reduces the full ``N × N`` logits, so a mistake in the library's algebra (per-class sums, tiles, merged
+partials) cannot hide behind the same mistake here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import torch
 
 def reference_targets(labels: list[int]) -> torch.Tensor:
     """``T_ij = 1`` when ``y_i == y_j >= 0`` or ``i == j``."""
-    n = len(labels)
-    return torch.tensor(
-        [[float(i == j or (labels[i] == labels[j] and labels[i] >= 0)) for j in range(n)] for i in range(n)],
-        dtype=torch.float64,
-    )
+    y = torch.tensor(labels, dtype=torch.int64).reshape(-1)
+    same_class = (y[:, None] == y[None, :]) & (y[:, None] >= 0)
+    return (same_class | torch.eye(len(y), dtype=torch.bool)).to(torch.float64)
 
 
 def reference_terms(
@@ -25,7 +24,8 @@ def reference_terms(
     scale: torch.Tensor | float,
     normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(l_i2t [N], l_t2i [N])`` in float64, differentiable by autograd."""
+    """``(l_i2t [N], l_t2i [N])`` in float64, differentiable by autograd: each row's (column's) log-sum-exp of
+    ``S`` minus the mean of its positive logits, with ``T`` built entry by entry from the labels."""
     image, text = image.double(), text.double()
     if normalize:
         image = image / image.norm(dim=1, keepdim=True)
@@ -34,18 +34,9 @@ def reference_terms(
     labels = list(range(-1, -n - 1, -1)) if labels is None else labels
     targets = reference_targets(labels)
     logits = scale * image @ text.T
-    i2t = []
-    t2i = []
-    for k in range(n):
-        row, row_targets = logits[k], targets[k]
-        i2t.append(
-            torch.log(torch.exp(row - row.max()).sum()) + row.max() - (row * row_targets).sum() / row_targets.sum()
-        )
-        col, col_targets = logits[:, k], targets[:, k]
-        t2i.append(
-            torch.log(torch.exp(col - col.max()).sum()) + col.max() - (col * col_targets).sum() / col_targets.sum()
-        )
-    return torch.stack(i2t), torch.stack(t2i)
+    i2t = torch.logsumexp(logits, 1) - (logits * targets).sum(1) / targets.sum(1)
+    t2i = torch.logsumexp(logits, 0) - (logits * targets).sum(0) / targets.sum(0)
+    return i2t, t2i
 
 
 def reference_loss(
@@ -95,3 +86,47 @@ def assert_error_within_baseline(got, baseline, exact, slack: float, floor: floa
         error = (value.double() - want).abs().max()
         allowed = slack * (plain.double() - want).abs().max() + 16 * eps * want.abs().max() + floor
         assert error <= allowed, f"error {error:.3e} > allowed {allowed:.3e}"
+
+
+#: Fixed relative bounds against float64 computed from the same rounded inputs: ``(loss, gradients)`` per dtype.
+#: The library accumulates every dtype in float32, so these hold at any batch size; a kernel that is wrong by more
+#: than float32 (or half-precision operand) rounding fails them.
+RELATIVE_BOUNDS = {
+    torch.float32: (1e-5, 1e-4),
+    torch.bfloat16: (1e-4, 1e-2),
+    torch.float16: (1e-4, 1e-2),
+}
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``‖got − want‖_F / ‖want‖_F`` in float64 (the absolute error where ``want`` is zero)."""
+    got, want = got.detach().double(), want.detach().double()
+    norm = float(torch.linalg.vector_norm(want))
+    error = float(torch.linalg.vector_norm(got - want))
+    return error / norm if norm > 0 else error
+
+
+def assert_relative_close(got: torch.Tensor, want: torch.Tensor, bound: float, what: str = "value") -> None:
+    """``relative_error(got, want) <= bound``, with the figures in the message."""
+    error = relative_error(got, want)
+    assert error <= bound, f"{what}: relative error {error:.3e} > {bound:.0e}"
+
+
+def assert_matches_float64(got, exact, dtype: torch.dtype, names=("loss", "grad image", "grad text", "grad scale")):
+    """``got = (loss, *grads)`` against ``exact`` (float64 from the same rounded inputs) within
+    :data:`RELATIVE_BOUNDS` of ``dtype``."""
+    loss_bound, grad_bound = RELATIVE_BOUNDS[dtype]
+    for index, (value, want) in enumerate(zip(got, exact, strict=True)):
+        name = names[index] if index < len(names) else f"output {index}"
+        assert_relative_close(value, want, loss_bound if index == 0 else grad_bound, name)
+
+
+def float64_loss_and_grads(image, text, labels, scale, reduction="mean", upstream=None, normalize=True):
+    """The float64 reference loss and its gradients ``(loss, d image, d text, d scale)`` at the same rounded inputs
+    (``image``, ``text`` and ``scale`` are cast exactly to float64)."""
+    exact_in = [image.detach().double().requires_grad_(), text.detach().double().requires_grad_()]
+    exact_scale = torch.as_tensor(scale).detach().double().requires_grad_()
+    keys = None if labels is None else torch.as_tensor(labels).tolist()
+    value = reference_loss(*exact_in, keys, exact_scale, reduction=reduction, normalize=normalize)
+    weighted = value if upstream is None else (value * upstream.double()).sum()
+    return (value, *torch.autograd.grad(weighted.sum(), [*exact_in, exact_scale]))

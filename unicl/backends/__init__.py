@@ -6,8 +6,8 @@
   or the CPU under ``TRITON_INTERPRET=1``.
 * ``"triton_rowwise"``: the earlier two-pass kernels of :mod:`unicl.kernels.unicl_fused` (``12N²D`` flops), kept
   selectable until GPU measurements settle which schedule wins where.
-* ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else ``"dense"`` up to 1,024 × 1,024 entries and
-  ``"chunked"`` above.
+* ``"auto"``: ``"chunked"`` on CUDA (see :data:`AUTO_PREFERS_TRITON_ON_CUDA`), elsewhere ``"dense"`` up to
+  1,024 × 1,024 entries and ``"chunked"`` above.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ TRITON_BACKENDS = ("triton", "triton_rowwise")
 #: costs Python overhead (2-core EPYC, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
 #: 5.9 ms vs chunked 12.1 ms at N = 256, 61 vs 81 ms at N = 1,024, but 1,276 vs 817 ms at N = 4,096).
 AUTO_DENSE_MAX_ENTRIES = 1024 * 1024
+#: Whether ``"auto"`` picks the Triton kernels on CUDA. Not until a GPU run has passed tests/gpu and its results are
+#: committed under benchmarks/results/gpu-*: no compiled kernel of unicl has executed on a GPU yet, so ``auto``
+#: takes the chunked backend there, which runs on torch's own CUDA kernels. ``backend="triton"`` stays available.
+AUTO_PREFERS_TRITON_ON_CUDA = False
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_rows: int, num_cols: int) -> str:
@@ -41,8 +45,10 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        if device.type == "cuda" and triton_unavailable_reason(device, dtype) is None:
-            return "triton"
+        if device.type == "cuda":
+            if AUTO_PREFERS_TRITON_ON_CUDA and triton_unavailable_reason(device, dtype) is None:
+                return "triton"
+            return "chunked"
         return "dense" if num_rows * num_cols <= AUTO_DENSE_MAX_ENTRIES else "chunked"
     if backend in TRITON_BACKENDS:
         problem = triton_unavailable_reason(device, dtype)

@@ -40,8 +40,17 @@ from unicl.kernels.plan import (
     column_ranges,
     forward_rows,
     super_chunks,
+    weights_programs,
 )
-from unicl.kernels.tuning import config_table, launch, prune_for, tile_options
+from unicl.kernels.tuning import (
+    config_table,
+    device_capability,
+    launch,
+    prune_for,
+    runs_compiled,
+    size_bucket,
+    tile_options,
+)
 from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
 
 
@@ -63,6 +72,8 @@ def _lse_partials_kernel(
     row_factor = tl.load(q_scale_ptr + offs_m, mask=row_valid, other=0.0) * (tl.load(scale_ptr) * LOG2E)
     running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    # 64-bit row offsets into the partial buffers: a user's chunk_size can make blocks × N pass 2^31.
+    col_part_row = col_part_ptr + pid_m.to(tl.int64) * N
     col_begin = pid_range * cols_per_range
     col_end = tl.minimum(col_begin + cols_per_range, N)  # the plan never makes an empty range
     for n0 in range(col_begin, col_end, BLOCK_N):
@@ -81,8 +92,9 @@ def _lse_partials_kernel(
         col_tile = tl.where(row_valid[:, None], tile, float("-inf"))
         col_max = tl.max(col_tile, 0)
         col_sum = tl.sum(tl.exp2(col_tile - col_max[None, :]), 0)
-        tl.store(col_part_ptr + pid_m * N + offs_n, (col_max + tl.log2(col_sum)) * LN2, mask=col_valid)
-    tl.store(row_part_ptr + pid_range * M + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=row_valid)
+        tl.store(col_part_row + offs_n, (col_max + tl.log2(col_sum)) * LN2, mask=col_valid)
+    row_part_row = row_part_ptr + pid_range.to(tl.int64) * M
+    tl.store(row_part_row + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=row_valid)
 
 
 @triton.jit
@@ -93,9 +105,15 @@ def _softmax_weights_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """One ``[BLOCK_M, BLOCK_N]`` tile of ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j``."""
-    row_start = tl.program_id(0) * BLOCK_M
-    col_start = tl.program_id(1) * BLOCK_N
+    """One ``[BLOCK_M, BLOCK_N]`` tile of ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j``.
+
+    The grid is one-dimensional, column blocks fastest: a second grid dimension holds at most 65,535 programs,
+    which the column blocks of N > 4.19 M at BLOCK_N = 64 would pass, while the total count stays far below 2^31
+    (the ``M × N`` result must fit in memory)."""
+    col_blocks = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    row_start = (pid // col_blocks) * BLOCK_M
+    col_start = (pid % col_blocks) * BLOCK_N
     offs_m = row_start + tl.arange(0, BLOCK_M)
     offs_n = col_start + tl.arange(0, BLOCK_N)
     row_mask = offs_m < M
@@ -161,7 +179,11 @@ def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtyp
 
 
 @functools.cache
-def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
+def _tuned(
+    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
+) -> triton.runtime.Autotuner:
+    """The autotuner of one kernel for a chip, dtype and :func:`unicl.kernels.tuning.size_bucket` of ``(M, N)``:
+    one per bucket, so each size class gets its own tiles; within it the key is ``D``."""
     return triton.autotune(
         configs=configs_for(kernel_name, capability, dtype),
         key=["D"],
@@ -171,21 +193,23 @@ def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) ->
 
 def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> dict:
     """Launch ``kernel_name`` and return the tile sizes it ran with."""
-    return launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, **arguments)
+    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
+    return launch(
+        KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
+    )
 
 
 def _programs_wanted(device: torch.device) -> int:
-    if device.type != "cuda":
+    if not runs_compiled(device):
         return 1
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def smallest_block_m(device: torch.device, dtype: torch.dtype) -> int:
     """The smallest ``BLOCK_M`` the forward kernel may run with here (sizes its partials buffer)."""
-    if device.type != "cuda":
+    if not runs_compiled(device):
         return INTERPRETER_CONFIG["BLOCK_M"]
-    capability = torch.cuda.get_device_capability(device)
-    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", capability, dtype))
+    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", device_capability(device), dtype))
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
@@ -291,7 +315,7 @@ def softmax_weights(
     out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
     _run(
         "weights",
-        lambda meta: (cdiv(q.shape[0], meta["BLOCK_M"]), cdiv(k.shape[0], meta["BLOCK_N"])),
+        lambda meta: (weights_programs(q.shape[0], k.shape[0], meta["BLOCK_M"], meta["BLOCK_N"]),),
         q.device,
         q.dtype,
         w_ptr=out,

@@ -86,3 +86,9 @@ def column_ranges(num_cols: int, row_blocks: int, programs_wanted: int) -> tuple
     ranges_wanted = max(1, min(granules, cdiv(programs_wanted, max(row_blocks, 1))))
     per_range = cdiv(granules, ranges_wanted) * COLUMN_GRANULE
     return per_range, cdiv(num_cols, per_range)
+
+
+def weights_programs(num_rows: int, num_cols: int, block_m: int, block_n: int) -> int:
+    """Programs of one backward weights launch: one per ``BLOCK_M × BLOCK_N`` tile of the ``R × N`` result, on a
+    one-dimensional grid (which takes up to 2^31 − 1 programs, where a second dimension takes 65,535)."""
+    return cdiv(num_rows, block_m) * cdiv(num_cols, block_n)

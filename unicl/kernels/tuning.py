@@ -93,14 +93,34 @@ def tile_options(dtype: torch.dtype) -> dict[str, object]:
     return {"INPUT_PRECISION": "ieee" if exact else "tf32", "UPCAST_DOT": interpreter_active()}
 
 
+def runs_compiled(device: torch.device) -> bool:
+    """Whether launches on ``device`` take the compiled path (autotuned tiles for the chip) rather than the CPU
+    interpreter's fixed tiles. Every CUDA-only line of the kernel modules branches on this one predicate, so the
+    CPU test harness (tests/kernels/cuda_harness.py) takes the CUDA path on CPU tensors by replacing it."""
+    return device.type == "cuda"
+
+
+def size_bucket(size: int) -> int:
+    """The power of two at or above ``size`` (at least 16): autotuners are kept per bucket of the rows and columns,
+    so a tile chosen at a small first batch does not serve every later N."""
+    return max(16, triton.next_power_of_2(max(size, 1)))
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of the CUDA ``device``, which selects its tile table."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
+
+
 def launch(
     kernel: triton.JITFunction,
     interpreter_config: dict[str, int],
-    tuned: Callable[[str, tuple[int, int], torch.dtype], triton.runtime.Autotuner],
+    tuned: Callable[..., triton.runtime.Autotuner],
     kernel_name: str,
     grid_fn: Callable[[dict], tuple[int, ...]],
     device: torch.device,
     dtype: torch.dtype,
+    buckets: tuple[int, ...],
     **arguments: object,
 ) -> dict[str, int]:
     """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA; returns the tile sizes used.
@@ -108,23 +128,29 @@ def launch(
     Args:
         kernel: the kernel, for the interpreter.
         interpreter_config: tile sizes under the interpreter (those the kernel does not take are dropped).
-        tuned: ``(kernel_name, capability, dtype) -> autotuner`` for CUDA.
+        tuned: ``(kernel_name, capability, dtype, buckets) -> autotuner`` for CUDA.
         kernel_name: the name ``tuned`` knows the kernel by.
         grid_fn: the grid from the tile sizes.
         device: where the tensors are.
         dtype: the features' dtype.
-        **arguments: the kernel's other arguments.
+        buckets: :func:`size_bucket` of the launch's row and column counts (part of the autotune key).
+        **arguments: the kernel's other arguments, by name.
     """
     with warnings.catch_warnings():
         # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
         # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
         warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
-        if interpreter_active():
+        if not runs_compiled(device):
             meta = {name: size for name, size in interpreter_config.items() if name in kernel.arg_names}
             kernel[grid_fn(meta)](**arguments, **meta)
             return meta
-        capability = torch.cuda.get_device_capability(device)
+        autotuner = tuned(kernel_name, device_capability(device), dtype, buckets)
+        # Triton's Autotuner builds the arguments its key and early_config_prune read from the positional ones
+        # only (Autotuner.run: ``nargs = dict(zip(arg_names, args))``), so everything before the first tuned
+        # parameter goes by position; all of the kernels' keys and pruning inputs are among those.
+        tuned_names = set(autotuner.configs[0].kwargs)
+        leading = next(i for i, name in enumerate(kernel.arg_names) if name in tuned_names)
+        positional = [arguments.pop(name) for name in kernel.arg_names[:leading]]
         with torch.cuda.device(device):
-            autotuner = tuned(kernel_name, capability, dtype)
-            autotuner[grid_fn](**arguments)
+            autotuner[grid_fn](*positional, **arguments)
         return dict(autotuner.best_config.kwargs)

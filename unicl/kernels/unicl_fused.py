@@ -47,7 +47,7 @@ import triton.language as tl
 
 from unicl.backends.engine import Similarity
 from unicl.kernels import interpreter_active
-from unicl.kernels.tuning import config_table, launch, prune_for, tile_options
+from unicl.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_options
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -210,7 +210,10 @@ def interpreting() -> bool:
 
 
 @functools.cache
-def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> triton.runtime.Autotuner:
+def _tuned(
+    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
+) -> triton.runtime.Autotuner:
+    """The autotuner of one kernel for a chip, dtype and :func:`unicl.kernels.tuning.size_bucket` of ``(M, N)``."""
     return triton.autotune(
         configs=configs_for(kernel_name, capability, dtype),
         key=["D"],
@@ -219,7 +222,10 @@ def _tuned(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) ->
 
 
 def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> None:
-    launch(_KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, **arguments)
+    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
+    launch(
+        _KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
+    )
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
