@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import assert_error_within_baseline, clip_loss, plain_loss, reference_loss, reference_terms
+from reference import assert_matches_float64, clip_loss, float64_loss_and_grads, reference_loss, reference_terms
 
 from unicl import UniCLLoss, unicl_loss
 from unicl.kernels import interpreter_active
@@ -89,24 +89,17 @@ def test_single_sample_batch():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize(("dtype", "slack"), [(torch.float32, 4.0), (torch.bfloat16, 2.0), (torch.float16, 2.0)])
-def test_low_precision_error_is_at_most_pytorchs_own(backend, dtype, slack):
-    """Error against float64 is at most a small multiple of a plain same-precision PyTorch computation's."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_matches_float64_within_fixed_bounds(backend, dtype):
+    """Against float64 from the same rounded inputs: float32 loss 1e-5 and gradients 1e-4, half precision 1e-4
+    and 1e-2 (relative Frobenius), whatever the backend."""
     image, text = make_batch(64, 48, dtype=dtype, seed=3)
     labels = torch.randint(-1, 6, (64,), generator=torch.Generator().manual_seed(1))
     scale = torch.tensor(50.0, requires_grad=True)
     loss = unicl_loss(image, text, labels, scale, backend=backend)
     grads = torch.autograd.grad(loss, [image, text, scale])
-    exact_image, exact_text = image.detach().double().requires_grad_(), text.detach().double().requires_grad_()
-    exact_scale = scale.detach().double().requires_grad_()
-    exact = reference_loss(exact_image, exact_text, labels.tolist(), exact_scale)
-    exact_grads = torch.autograd.grad(exact, [exact_image, exact_text, exact_scale])
-    plain_image, plain_text = image.detach().requires_grad_(), text.detach().requires_grad_()
-    plain_scale = scale.detach().to(dtype).requires_grad_()
-    plain = plain_loss(plain_image, plain_text, labels, plain_scale)
-    plain_grads = torch.autograd.grad(plain, [plain_image, plain_text, plain_scale])
     assert loss.dtype == torch.float32
-    assert_error_within_baseline((loss, *grads), (plain, *plain_grads), (exact, *exact_grads), slack)
+    assert_matches_float64((loss, *grads), float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from unicl._checks import check_choice
+from unicl._dtypes import accumulation_dtype
 from unicl.backends.chunked import ChunkedEngine
 from unicl.backends.dense import dense_terms
 from unicl.backends.engine import SimilarityEngine
@@ -134,6 +135,10 @@ def _terms(
         # it in the autograd graph, so that rank still joins the gather's backward.
         concrete = "dense"
     if concrete == "dense":
+        # The reference is the most precise backend in every dtype: half features are normalised and multiplied
+        # in the accumulation dtype, as the memory-efficient engines keep their norms and products.
+        acc = accumulation_dtype(u.dtype)
+        u, v = u.to(acc), v.to(acc)
         if normalize:
             u, v = normalize_features(u), normalize_features(v)
         return dense_terms(u, v, scale, row_keys, col_keys, columns)
