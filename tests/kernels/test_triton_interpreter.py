@@ -62,7 +62,17 @@ def test_half_precision_matches_float64(n, d, labels, dtype, backend):
     scale = torch.tensor(17.0, requires_grad=True)
     got = _loss_and_grads(image, text, y, scale, backend, upstream)
     exact = float64_loss_and_grads(image, text, y, scale, reduction="none", upstream=upstream)
-    assert_matches_float64(got, exact, dtype)
+    if n > 1:
+        assert_matches_float64(got, exact, dtype)
+        return
+    # One sample: the exact gradient is zero (softmax and target parts cancel), so no relative bound applies. What
+    # is left is the rounding of the softmax weight to the half dtype: at most one unit in the last place of
+    # s·max(upstream) per unit feature, over the feature's norm after the chain rule through the normalisation.
+    assert_matches_float64(got[:1], exact[:1], dtype)
+    smallest_norm = min(float(image.detach().float().norm()), float(text.detach().float().norm()))
+    floor = torch.finfo(dtype).eps * 2 * float(scale.detach()) * float(upstream.max()) / smallest_norm
+    for grad in got[1:3]:
+        assert float(grad.abs().max()) <= floor
 
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS)
