@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from unicl._checks import check_choice
-from unicl._dtypes import accumulation_dtype
+from unicl._dtypes import accumulation_dtype, autocast_disabled
 from unicl.backends.chunked import ChunkedEngine
 from unicl.backends.dense import dense_terms
 from unicl.backends.engine import SimilarityEngine
@@ -129,6 +129,22 @@ def _terms(
     columns: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both term vectors; without ``columns`` the second is empty and no column work is done."""
+    with autocast_disabled(u.device):
+        return _terms_in_own_precision(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns)
+
+
+def _terms_in_own_precision(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    scale: torch.Tensor,
+    row_keys: torch.Tensor,
+    col_keys: torch.Tensor,
+    normalize: bool,
+    backend: str,
+    chunk_size: int | None,
+    columns: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_terms` with autocast off."""
     concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
     if u.shape[0] == 0 or v.shape[0] == 0:
         # A block with no rows (an empty rank in distributed local mode) has nothing to walk; the dense form keeps

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from unicl._dtypes import accumulation_dtype
+from unicl._dtypes import accumulation_dtype, autocast_disabled
 from unicl.backends.engine import Similarity, SimilarityEngine
 from unicl.normalize import inverse_norms, unit_grad_to_input_
 from unicl.rowwise import row_dots
@@ -118,7 +118,7 @@ class UniCLTermsFunction(torch.autograd.Function):
         # With create_graph=True autograd runs this with grad mode on; the in-place, out= arithmetic below has no
         # derivative of its own, so it runs without, and the results carry a node that refuses a second one.
         second_order = torch.is_grad_enabled()
-        with torch.no_grad():
+        with torch.no_grad(), autocast_disabled(ctx.saved_tensors[0].device):
             grads = _first_order_backward(ctx, row_grad, col_grad)
         if second_order:
             grad_x, grad_y, grad_scale = _FirstOrderOnly.apply(*grads[:3], *ctx.saved_tensors[:3])
