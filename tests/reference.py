@@ -65,29 +65,6 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Te
     return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
 
 
-def plain_loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The loss as a user would write it in plain PyTorch, every op in the input dtype: the error baseline."""
-    image = torch.nn.functional.normalize(image, dim=1)
-    text = torch.nn.functional.normalize(text, dim=1)
-    logits = scale * image @ text.T
-    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
-    targets = (same | torch.eye(len(labels), dtype=torch.bool, device=labels.device)).to(image.dtype)
-    row = torch.logsumexp(logits, 1) - (targets * logits).sum(1) / targets.sum(1)
-    col = torch.logsumexp(logits, 0) - (targets * logits).sum(0) / targets.sum(0)
-    return (row.mean() + col.mean()) / 2
-
-
-def assert_error_within_baseline(got, baseline, exact, slack: float, floor: float = 0.0) -> None:
-    """``|got − exact| <= slack·|baseline − exact| + 16·eps32·|exact| + floor``, as maxima, for tensors or tuples."""
-    pairs = zip(got, baseline, exact) if isinstance(got, (tuple, list)) else [(got, baseline, exact)]
-    eps = torch.finfo(torch.float32).eps
-    for value, plain, want in pairs:
-        want = want.double()
-        error = (value.double() - want).abs().max()
-        allowed = slack * (plain.double() - want).abs().max() + 16 * eps * want.abs().max() + floor
-        assert error <= allowed, f"error {error:.3e} > allowed {allowed:.3e}"
-
-
 #: Fixed relative bounds against float64 computed from the same rounded inputs: ``(loss, gradients)`` per dtype.
 #: The library accumulates every dtype in float32, so these hold at any batch size; a kernel that is wrong by more
 #: than float32 (or half-precision operand) rounding fails them.
