@@ -455,3 +455,11 @@ def test_dense_backend_has_exact_second_derivatives():
         return unicl_loss(u, v, labels, s, backend="dense")
 
     assert torch.autograd.gradgradcheck(fn, (image, text, scale))
+
+
+def test_module_repr_shows_every_option():
+    module = UniCLLoss(backend="chunked", reduction="sum", normalize=False, chunk_size=64, local_loss=False)
+    assert repr(module) == (
+        "UniCLLoss(backend='chunked', reduction='sum', normalize=False, chunk_size=64, gather_distributed=False, "
+        "local_loss=False, group=None)"
+    )

@@ -94,7 +94,9 @@ class UniCLLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        text = f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}"
-        if self.gather_distributed:
-            text += f", gather_distributed=True, local_loss={self.local_loss}"
-        return text
+        """Every option the module was built with, so a printed model says how its loss is computed."""
+        return (
+            f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}, "
+            f"chunk_size={self.chunk_size}, gather_distributed={self.gather_distributed}, "
+            f"local_loss={self.local_loss}, group={self.group!r}"
+        )
