@@ -48,6 +48,34 @@ def _compiled_dense() -> LossFn:
     return torch.compile(functools.partial(unicl_loss, backend="dense"))
 
 
+def clip_loss_formula(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """open_clip's ``ClipLoss`` on one device, written out: cross-entropy against the diagonal in both directions.
+
+    The same operations in the same order as ``open_clip.loss.ClipLoss`` with ``world_size=1`` (two products,
+    ``scale * a @ b.T`` for each direction, both in the features' dtype, then ``F.cross_entropy`` against
+    ``arange(N)``), so it gives open_clip's value and costs what open_clip costs where open_clip is not installed.
+
+    Args:
+        image: ``[N, D]`` normalised image features.
+        text: ``[N, D]`` normalised text features.
+        scale: the logit scale.
+
+    Returns:
+        The scalar loss in the features' dtype.
+    """
+    logits_per_image = scale * image @ text.T
+    logits_per_text = scale * text @ image.T
+    labels = torch.arange(image.shape[0], device=image.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def _clip_formula() -> LossFn:
+    def loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        return clip_loss_formula(F.normalize(image, dim=-1), F.normalize(text, dim=-1), scale)
+
+    return loss
+
+
 def _open_clip() -> LossFn:
     from open_clip.loss import ClipLoss
 
@@ -97,6 +125,12 @@ PROVIDERS: dict[str, Provider] = {
         ),
         Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
         Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
+        Provider(
+            "ClipLoss-formula",
+            _clip_formula,
+            unique_labels_only=True,
+            note="open_clip's ClipLoss written out (same operations), for machines without open_clip",
+        ),
         Provider("inf-cl", _inf_cl, unique_labels_only=True, gpu_only=True, note="cal_inf_loss in both directions"),
         Provider(
             "pml-SupConLoss",
