@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -169,11 +170,17 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     if world == 2:
         checks += [(f"ddp local={local}", lambda local=local: _check_ddp_matches_single_process(rank, local))
                    for local in (False, True)]  # fmt: skip
-    for name, check in checks:
-        try:
-            check()
-        except Exception:
-            failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, check in checks:
+            try:
+                check()
+            except Exception:
+                failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
+    # torch.distributed.nn.functional.all_gather printed a FutureWarning on every rank; the loss's own gather must not.
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    if deprecated:
+        failures.append(f"rank {rank}: FutureWarning {deprecated}")
     Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
     dist.destroy_process_group()
 
@@ -222,3 +229,19 @@ def test_caption_labels_refuse_bad_input(kwargs, error, words):
     arguments.update(kwargs)
     with pytest.raises(error, match=re.escape(words)):
         caption_labels(**arguments)
+
+
+def test_the_exchange_uses_the_features_gpu_not_the_current_one(monkeypatch):
+    """A script that moves its tensors to ``cuda:{local_rank}`` without ``torch.cuda.set_device`` leaves the current
+    device at ``cuda:0`` on every rank; NCCL collectives must run on the features' own device."""
+    from types import SimpleNamespace
+
+    from unicl import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    features = SimpleNamespace(device=torch.device("cuda", 3))
+    assert distributed._exchange_device(None, features) == torch.device("cuda", 3)
+    assert distributed._exchange_device(None, None) == torch.device("cuda", 0)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: "gloo")
+    assert distributed._exchange_device(None, features) == torch.device("cpu")

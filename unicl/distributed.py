@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 
 from unicl.backends import row_terms, similarity_terms
 from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_loss
@@ -70,11 +69,44 @@ class GlobalBatch:
         return self.keys[self.offset : self.offset + self.local_size]
 
 
-def _exchange_device(group: dist.ProcessGroup | None) -> torch.device:
-    """Where the process group's collectives take their tensors: the current GPU for NCCL, else the CPU."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def _exchange_device(group: dist.ProcessGroup | None, features: torch.Tensor | None) -> torch.device:
+    """Where the process group's collectives take their tensors: the features' own GPU for NCCL (not the current
+    CUDA device, which a script that moves tensors to ``cuda:{local_rank}`` without ``torch.cuda.set_device``
+    leaves at ``cuda:0`` on every rank), else the CPU."""
+    if dist.get_backend(group) != "nccl":
+        return torch.device("cpu")
+    if features is not None and features.device.type == "cuda":
+        return features.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+#: One-tensor collectives under their current names (torch 2.14 deprecates ``all_gather_into_tensor`` and
+#: ``reduce_scatter_tensor`` for ``*_single``), falling back to the older names on releases without them.
+_ALL_GATHER_SINGLE = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER_SINGLE = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather of equal-sized blocks whose backward sums every rank's gradient of each block and returns this
+    rank's: the collective ``torch.distributed.nn.functional.all_gather`` did, which torch now deprecates."""
+
+    @staticmethod
+    def forward(ctx, block: torch.Tensor, group: dist.ProcessGroup | None, world_size: int, rank: int):
+        ctx.group, ctx.rank, ctx.world_size = group, rank, world_size
+        gathered = block.new_empty((world_size * block.shape[0], *block.shape[1:]))
+        _ALL_GATHER_SINGLE(gathered, block.contiguous(), group=group)
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == "nccl":
+            mine = grad.new_empty((grad.shape[0] // ctx.world_size, *grad.shape[1:]))
+            _REDUCE_SCATTER_SINGLE(mine, grad, group=ctx.group)
+            return mine, None, None, None
+        # gloo has no reduce-scatter of one tensor: sum everything, keep this rank's block.
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.chunk(ctx.world_size)[ctx.rank].clone(), None, None, None
 
 
 def _exchange_shapes(
@@ -98,7 +130,7 @@ def _exchange_shapes(
         mine = torch.tensor(
             [image.shape[0], image.shape[1], _DTYPE_CODES[image.dtype], int(labels is not None), device_code, 0]
         )
-    mine = mine.to(_exchange_device(group))
+    mine = mine.to(_exchange_device(group, image))
     everyone = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(everyone, mine, group=group)
     table = torch.stack(everyone).cpu().tolist()
@@ -128,12 +160,13 @@ def _exchange_shapes(
 
 def _gather_rows(tensor: torch.Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> torch.Tensor:
     """All-gather ``[n_r, ...]`` blocks of uneven sizes (padded to the largest), keeping the autograd graph."""
-    padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
-    if tensor.requires_grad:
-        blocks = dist_autograd.all_gather(padded, group=group)
-    else:
-        blocks = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(blocks, padded.contiguous(), group=group)
+    largest = max(sizes)
+    padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, largest - tensor.shape[0]))
+    rank = dist.get_rank(group)
+    gathered = _GatherWithGradient.apply(padded, group, len(sizes), rank)
+    if all(size == largest for size in sizes):
+        return gathered
+    blocks = gathered.split(largest)
     return torch.cat([block[:size] for block, size in zip(blocks, sizes)])
 
 
