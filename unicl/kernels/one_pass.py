@@ -24,6 +24,7 @@ results.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import triton
@@ -191,7 +192,7 @@ def _tuned(
     )(KERNELS[kernel_name])
 
 
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> dict:
+def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> dict:
     """Launch ``kernel_name`` and return the tile sizes it ran with."""
     buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
     return launch(

@@ -40,6 +40,7 @@ All statistics are fp32. Extra memory: ``r``, ``c``, ``a``, ``b`` (``4N`` floats
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import triton
@@ -221,7 +222,7 @@ def _tuned(
     )(_KERNELS[kernel_name])
 
 
-def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: object) -> None:
+def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
     buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
     launch(
         _KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
