@@ -463,3 +463,24 @@ def test_module_repr_shows_every_option():
         "UniCLLoss(backend='chunked', reduction='sum', normalize=False, chunk_size=64, gather_distributed=False, "
         "local_loss=False, group=None)"
     )
+
+
+@pytest.mark.parametrize("compiling", [False, True], ids=["eager", "compiled"])
+def test_logit_scale_may_live_on_the_cpu_or_the_features_device(monkeypatch, compiling):
+    """One rule in eager and compiled code: a CPU scale goes with features anywhere; another device is refused.
+    Under torch.compile a CPU scale with CUDA features used to be refused while eager accepted it."""
+    from unicl._checks import check_logit_scale
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    cuda = torch.device("cuda", 0)
+    assert check_logit_scale(torch.tensor(10.0), cuda).device.type == "cpu"
+    assert check_logit_scale(12.5, cuda) == 12.5
+    with pytest.raises(ValueError, match="logit_scale must be on the features' device cpu or the CPU; got meta"):
+        check_logit_scale(torch.tensor(10.0, device="meta"), torch.device("cpu"))
+
+
+def test_compiled_loss_accepts_a_cpu_scale_tensor():
+    image, text = make_batch(12, 8, dtype=torch.float32)
+    scale = torch.tensor(14.0, requires_grad=True)
+    compiled = torch.compile(lambda u, v, s: unicl_loss(u, v, None, s, backend="chunked"), backend="aot_eager")
+    torch.testing.assert_close(compiled(image, text, scale), unicl_loss(image, text, None, scale, backend="chunked"))

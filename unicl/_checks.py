@@ -90,18 +90,20 @@ def check_labels(labels: object, num_samples: int, device: torch.device) -> torc
 def check_logit_scale(logit_scale: object, device: torch.device) -> torch.Tensor | float:
     """Check that ``logit_scale`` is a finite positive float or a one-element tensor.
 
-    A float or a tensor on the CPU is checked for finiteness and sign. A tensor on an accelerator is not
-    inspected, because reading its value would stall the stream, nor is any tensor inside ``torch.compile``
-    (its value is unknown while tracing); a non-positive or non-finite value there gives a non-finite or
-    meaningless loss instead of an error.
+    The rule, the same in eager and compiled code: a Python number, a one-element floating-point tensor on the
+    features' ``device``, or one on the CPU (which the loss moves to ``device``). A float or a CPU tensor is checked
+    for finiteness and sign (a CPU tensor not while ``torch.compile`` traces, when its value is unknown); a tensor
+    on an accelerator is not inspected, because reading its value would stall the stream, so a non-positive or
+    non-finite value there gives a non-finite or meaningless loss instead of an error.
     """
     if isinstance(logit_scale, torch.Tensor):
         if logit_scale.numel() != 1:
             raise ValueError(f"logit_scale must be a scalar (one element); got shape {tuple(logit_scale.shape)}")
         if not logit_scale.is_floating_point():
             raise TypeError(f"logit_scale must be a floating-point tensor; got {logit_scale.dtype}")
-        if logit_scale.device.type == "cpu" and not torch.compiler.is_compiling():
-            _check_scale_value(float(logit_scale.detach()))
+        if logit_scale.device.type == "cpu":
+            if not torch.compiler.is_compiling():
+                _check_scale_value(float(logit_scale.detach()))
         elif logit_scale.device != device:
             raise ValueError(
                 f"logit_scale must be on the features' device {device} or the CPU; got {logit_scale.device}"
