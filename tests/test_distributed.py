@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import traceback
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ def _batch(sizes: list[int], labelled: bool, seed: int = 0):
     return image, text, labels
 
 
-def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mean") -> None:
+def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mean", equal_batches=False) -> None:
     image, text, labels = _batch(sizes, labelled, seed=len(sizes) * 10 + sum(sizes))
     start = sum(sizes[:rank])
     rows = slice(start, start + sizes[rank])
@@ -39,7 +40,8 @@ def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mea
     my_text = text[rows].to(dtype).requires_grad_()
     my_labels = None if labels is None else labels[rows]
     loss = distributed_unicl_loss(
-        my_image, my_text, my_labels, SCALE, local_loss=local, backend=backend, reduction=reduction
+        my_image, my_text, my_labels, SCALE, local_loss=local, backend=backend, reduction=reduction,
+        equal_batches=equal_batches,
     )
     grads = torch.autograd.grad(loss, [my_image, my_text])
     mean_over_ranks = loss.detach().double().clone()
@@ -54,6 +56,61 @@ def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mea
     torch.testing.assert_close(mean_over_ranks, expected, **tolerance)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got.double(), world * want[rows], **tolerance)
+
+
+def _count_one_step(world: int, equal_batches: bool, local: bool) -> dict[str, int]:
+    """Collectives and size exchanges (each one a host synchronisation: ``.cpu().tolist()`` of the sizes) of one
+    forward and backward of the distributed loss."""
+    from unicl import distributed
+
+    counts = {"all_gather": 0, "all_gather_single": 0, "reduce_scatter_single": 0, "all_reduce": 0, "exchange": 0}
+    originals = {
+        "all_gather": distributed.dist.all_gather,
+        "all_reduce": distributed.dist.all_reduce,
+        "_ALL_GATHER_SINGLE": distributed._ALL_GATHER_SINGLE,
+        "_REDUCE_SCATTER_SINGLE": distributed._REDUCE_SCATTER_SINGLE,
+        "_exchange_shapes": distributed._exchange_shapes,
+    }
+
+    def counting(name, function):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    image, text, labels = _batch([4] * world, labelled=True, seed=5)
+    rank = dist.get_rank()
+    rows = slice(4 * rank, 4 * rank + 4)
+    my_image, my_text = image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_()
+    distributed.dist.all_gather = counting("all_gather", originals["all_gather"])
+    distributed.dist.all_reduce = counting("all_reduce", originals["all_reduce"])
+    distributed._ALL_GATHER_SINGLE = counting("all_gather_single", originals["_ALL_GATHER_SINGLE"])
+    distributed._REDUCE_SCATTER_SINGLE = counting("reduce_scatter_single", originals["_REDUCE_SCATTER_SINGLE"])
+    distributed._exchange_shapes = counting("exchange", originals["_exchange_shapes"])
+    try:
+        loss = distributed_unicl_loss(
+            my_image, my_text, labels[rows], SCALE, local_loss=local, backend="chunked", equal_batches=equal_batches
+        )
+        loss.backward()
+    finally:
+        distributed.dist.all_gather, distributed.dist.all_reduce = originals["all_gather"], originals["all_reduce"]
+        distributed._ALL_GATHER_SINGLE = originals["_ALL_GATHER_SINGLE"]
+        distributed._REDUCE_SCATTER_SINGLE = originals["_REDUCE_SCATTER_SINGLE"]
+        distributed._exchange_shapes = originals["_exchange_shapes"]
+    return counts
+
+
+def _check_collectives_of_one_step(world: int) -> None:
+    """Equal batches: one all-gather of the features (and one of the labels) forward, one reduction backward, no
+    size exchange. Uneven-capable mode: the same plus one all-gather of the sizes and its host synchronisation."""
+    for local in (False, True):
+        equal = _count_one_step(world, equal_batches=True, local=local)
+        # gloo has no reduce-scatter of one tensor: the backward sums with one all-reduce.
+        assert equal == {"all_gather": 0, "all_gather_single": 2, "reduce_scatter_single": 0, "all_reduce": 1,
+                         "exchange": 0}, equal  # fmt: skip
+        uneven = _count_one_step(world, equal_batches=False, local=local)
+        assert uneven == {**equal, "all_gather": 1, "exchange": 1}, uneven
 
 
 def _check_errors(rank: int) -> None:
@@ -165,6 +222,10 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     checks = [(f"contract {case}", lambda case=case: _check_contract(rank, world, *case)) for case in cases]
     checks.append(("sum reduction, local", lambda: _check_contract(rank, world, uneven, True, True, "chunked", "sum")))
     checks.append(("bad input", lambda: _check_errors(rank)))
+    checks.append(("collectives of one step", lambda: _check_collectives_of_one_step(world)))
+    for local in (False, True):
+        equal_case = functools.partial(_check_contract, rank, world, even, True, local, "chunked", equal_batches=True)
+        checks.append((f"equal batches, local={local}", equal_case))
     checks.append(("bad input on one rank", lambda: _check_bad_input_on_one_rank_is_an_error_everywhere(rank)))
     checks.append(("caption labels", _check_caption_labels_agree))
     if world == 2:
@@ -245,3 +306,8 @@ def test_the_exchange_uses_the_features_gpu_not_the_current_one(monkeypatch):
     assert distributed._exchange_device(None, None) == torch.device("cuda", 0)
     monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: "gloo")
     assert distributed._exchange_device(None, features) == torch.device("cpu")
+
+
+def test_equal_batches_needs_gather_distributed():
+    with pytest.raises(ValueError, match="equal_batches=True needs gather_distributed=True"):
+        UniCLLoss(equal_batches=True)

@@ -461,7 +461,7 @@ def test_module_repr_shows_every_option():
     module = UniCLLoss(backend="chunked", reduction="sum", normalize=False, chunk_size=64, local_loss=False)
     assert repr(module) == (
         "UniCLLoss(backend='chunked', reduction='sum', normalize=False, chunk_size=64, gather_distributed=False, "
-        "local_loss=False, group=None)"
+        "local_loss=False, group=None, equal_batches=False)"
     )
 
 

@@ -175,6 +175,7 @@ def gather_batch(
     text: torch.Tensor,
     labels: torch.Tensor | None,
     group: dist.ProcessGroup | None = None,
+    equal_batches: bool = False,
 ) -> GlobalBatch:
     """Gather features and labels from every rank of ``group`` (sizes may differ between ranks).
 
@@ -183,6 +184,10 @@ def gather_batch(
         text: ``[n, D]`` this rank's text features.
         labels: ``[n]`` this rank's labels, or ``None`` on every rank.
         group: the process group (``None``: the default group).
+        equal_batches: every rank declares the same ``n``, ``D``, dtype and labels-or-not, so no sizes are
+            exchanged: the gather is the only collective, with no host synchronisation. A rank that breaks the
+            declaration makes the collective fail (or wait for the process group's timeout) instead of raising
+            a named error on every rank.
 
     Returns:
         The :class:`GlobalBatch`.
@@ -195,7 +200,7 @@ def gather_batch(
     if world is None:
         raise RuntimeError("gather_batch needs an initialised process group with more than one rank")
     rank, world_size = world
-    sizes = _exchange_shapes(image, labels, group, world_size)
+    sizes = [image.shape[0]] * world_size if equal_batches else _exchange_shapes(image, labels, group, world_size)
     features = _gather_rows(torch.cat([image, text], dim=1), sizes, group)
     global_image, global_text = features.split(image.shape[1], dim=1)
     global_labels = None if labels is None else _gather_rows(labels.long()[:, None], sizes, group)[:, 0]
@@ -215,6 +220,7 @@ def distributed_unicl_loss(
     reduction: str = "mean",
     normalize: bool = True,
     chunk_size: int | None = None,
+    equal_batches: bool = False,
 ) -> torch.Tensor:
     """The UniCL loss of the global batch gathered from every rank (see the module docstring for the convention).
 
@@ -232,6 +238,10 @@ def distributed_unicl_loss(
             terms, in both modes.
         normalize: as in :func:`unicl.unicl_loss`.
         chunk_size: as in :func:`unicl.unicl_loss`.
+        equal_batches: every rank has the same batch size (a training loop with full batches on every rank):
+            no size exchange and no host synchronisation, one all-gather of the features per call (see
+            :func:`gather_batch`). ``False`` exchanges sizes first, which allows uneven and empty batches and turns
+            a bad input on any rank into an error on every rank.
 
     Returns:
         A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``. A rank with no samples
@@ -256,10 +266,12 @@ def distributed_unicl_loss(
             image_features, text_features, labels, logit_scale, backend, reduction, chunk_size, allow_no_rows=True
         )
     except (TypeError, ValueError) as problem:
-        # Raises this rank's problem once every rank has heard of it (and a ValueError on the others).
-        _exchange_shapes(None, None, group, world[1], problem)
+        # Raises this rank's problem once every rank has heard of it (and a ValueError on the others); ranks that
+        # declared equal batches exchange nothing, so this one raises alone.
+        if not equal_batches:
+            _exchange_shapes(None, None, group, world[1], problem)
         raise
-    batch = gather_batch(image, text, labels, group)
+    batch = gather_batch(image, text, labels, group, equal_batches)
     if not local_loss:
         image_terms, text_terms = similarity_terms(
             batch.image, batch.text, scale, batch.keys, batch.keys,

@@ -29,6 +29,9 @@ class UniCLLoss(nn.Module):
         local_loss: with ``gather_distributed``, compute only this rank's rows and columns against the global batch
             (``W`` times less work and memory per rank, same gradients).
         group: the process group (``None``: the default group).
+        equal_batches: with ``gather_distributed``, every rank declares the same batch size, so the loss skips the
+            size exchange (a collective and a host synchronisation per call); see
+            :func:`unicl.distributed.distributed_unicl_loss`.
 
     Example:
         >>> import torch
@@ -49,10 +52,13 @@ class UniCLLoss(nn.Module):
         gather_distributed: bool = False,
         local_loss: bool = False,
         group: dist.ProcessGroup | None = None,
+        equal_batches: bool = False,
     ) -> None:
         super().__init__()
         if local_loss and not gather_distributed:
             raise ValueError("local_loss=True needs gather_distributed=True (it splits a gathered global batch)")
+        if equal_batches and not gather_distributed:
+            raise ValueError("equal_batches=True needs gather_distributed=True (it declares the ranks' batch sizes)")
         self.backend = check_choice("backend", backend, BACKENDS)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.normalize = normalize
@@ -60,6 +66,7 @@ class UniCLLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.local_loss = local_loss
         self.group = group
+        self.equal_batches = equal_batches
 
     def forward(
         self,
@@ -77,6 +84,7 @@ class UniCLLoss(nn.Module):
                 logit_scale,
                 group=self.group,
                 local_loss=self.local_loss,
+                equal_batches=self.equal_batches,
                 backend=self.backend,
                 reduction=self.reduction,
                 normalize=self.normalize,
@@ -98,5 +106,5 @@ class UniCLLoss(nn.Module):
         return (
             f"backend={self.backend!r}, reduction={self.reduction!r}, normalize={self.normalize}, "
             f"chunk_size={self.chunk_size}, gather_distributed={self.gather_distributed}, "
-            f"local_loss={self.local_loss}, group={self.group!r}"
+            f"local_loss={self.local_loss}, group={self.group!r}, equal_batches={self.equal_batches}"
         )

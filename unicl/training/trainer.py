@@ -123,7 +123,10 @@ class Training:
             self.optimizer, warmup_cosine(args.steps, args.warmup, floor)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.loss_fn = UniCLLoss(backend=args.loss_backend, gather_distributed=True, local_loss=args.local_loss)
+        # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange.
+        self.loss_fn = UniCLLoss(
+            backend=args.loss_backend, gather_distributed=True, local_loss=args.local_loss, equal_batches=True
+        )
         self.checkpoints = CheckpointDirectory(args.output / "checkpoints", keep=args.keep)
         self.step = 0
         self._resumed_random: dict[str, Any] | None = None
