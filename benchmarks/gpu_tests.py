@@ -153,8 +153,10 @@ def run(budget: float, jobs: int, names: list[str], pytest_args: list[str]) -> b
     """Run the groups ``names``, at most ``jobs`` at a time, in that order; returns whether all passed."""
     deadline = time.monotonic() + budget - STOP_MARGIN_S
     environment = dict(os.environ)
-    # Each group is one of many processes on the machine: one BLAS thread each is plenty for the float64 checks.
+    # Each group is one of 20 processes on the machine: one BLAS thread each is plenty for the float64 checks, and
+    # Inductor (the torch.compile groups) would otherwise start a compile worker per core in each of its processes.
     environment.setdefault("OMP_NUM_THREADS", "1")
+    environment.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "4")
     with tempfile.TemporaryDirectory(prefix="unicl-gpu-tests-") as scratch:
         waiting = [Group(name, Path(scratch) / f"{name}.log") for name in names]
         groups: list[Group] = list(waiting)
