@@ -1,0 +1,273 @@
+"""Gradient caching (unicl.training.cached_backward) against plain full-batch backward passes, float32 on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import unicl
+import unicl.distributed
+from unicl import UniCLLoss
+from unicl.training import cached_backward
+
+TOLERANCE = 1e-5
+LABELS = torch.tensor([0, 0, 1, -1, -1, 2, 1, -1, 0, 3, -1])
+B = len(LABELS)
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def _assert_same_grads(cached: nn.Module, plain: nn.Module) -> None:
+    checked = 0
+    for (name, got), (_, want) in zip(cached.named_parameters(), plain.named_parameters()):
+        if want.grad is None:
+            assert got.grad is None or not got.grad.any(), name
+            continue
+        assert got.grad is not None, f"{name} has no gradient"
+        error = _relative_error(got.grad, want.grad)
+        assert error <= TOLERANCE, f"{name}: relative error {error:.2e}"
+        checked += 1
+    assert checked > 0
+
+
+def _tiny(drop_path: float = 0.0, checkpointing: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    image = {"timm_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2, "drop_path_rate": drop_path}}
+    if checkpointing:
+        image["grad_checkpointing"] = True
+    text = {"layers": 2, "grad_checkpointing": checkpointing}
+    return unicl.create_model("unicl_tiny", image=image, text=text).train()
+
+
+def _tiny_inputs():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(B, 3, 32, 32, generator=generator)
+    ids = torch.randint(1, 1000, (B, 16), generator=generator)
+    mask = torch.ones(B, 16, dtype=torch.long)
+    mask[::3, 10:] = 0
+    return images, {"input_ids": ids, "attention_mask": mask}
+
+
+def _per_micro_batch_step(model, images, texts, labels, loss_fn, micro_batch, seed) -> torch.Tensor:
+    """The plain step whose model sees the same micro-batches (and random stream) as the cached one: per-micro-batch
+    forwards with a graph, concatenated, one loss, one backward."""
+    torch.manual_seed(seed)
+    outs = []
+    for start in range(0, images.shape[0], micro_batch):
+        rows = slice(start, start + micro_batch)
+        text_rows = {k: v[rows] for k, v in texts.items()} if isinstance(texts, dict) else texts[rows]
+        outs.append(model(images[rows], **text_rows) if isinstance(texts, dict) else model(images[rows], text_rows))
+    loss = loss_fn(
+        image_features=torch.cat([o["image_features"] for o in outs]),
+        text_features=torch.cat([o["text_features"] for o in outs]),
+        logit_scale=outs[-1]["logit_scale"],
+        labels=labels,
+    )
+    loss.backward()
+    return loss.detach()
+
+
+def test_unicl_tiny_matches_the_plain_full_batch_step():
+    model = _tiny()
+    plain = copy.deepcopy(model)
+    images, texts = _tiny_inputs()
+    loss_fn = UniCLLoss(backend="dense")
+    expected = loss_fn(**plain(images, **texts), labels=LABELS)
+    expected.backward()
+    loss = cached_backward(model, images, texts, LABELS, loss_fn=loss_fn, micro_batch=4)  # 4 + 4 + 3 rows
+    assert not loss.requires_grad
+    assert _relative_error(loss, expected.detach()) <= TOLERANCE
+    _assert_same_grads(model, plain)
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
+
+
+def test_drop_path_masks_are_replayed_and_checkpointing_works():
+    """Drop-path on, train mode: pass 2 must draw pass 1's masks, or the cached gradients belong to other masks."""
+    model = _tiny(drop_path=0.5, checkpointing=True)
+    plain = copy.deepcopy(model)
+    images, texts = _tiny_inputs()
+    loss_fn = UniCLLoss(backend="dense")
+    expected = _per_micro_batch_step(plain, images, texts, LABELS, loss_fn, 5, seed=7)
+    after_plain = torch.get_rng_state()
+    torch.manual_seed(7)
+    loss = cached_backward(model, images, texts, LABELS, loss_fn=loss_fn, micro_batch=5)
+    assert torch.equal(torch.get_rng_state(), after_plain)  # the generator ends as pass 1 left it
+    assert _relative_error(loss, expected) <= TOLERANCE
+    _assert_same_grads(model, plain)
+    # And the masks really are random: another seed gives another loss.
+    torch.manual_seed(8)
+    assert float(cached_backward(model, images, texts, LABELS, loss_fn=loss_fn, micro_batch=5)) != float(loss)
+
+
+def test_open_clip_tiny_clip_matches_the_plain_step():
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
+    text = CLIPTextCfg(context_length=12, vocab_size=100, width=32, heads=2, layers=1)
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(B, 3, 32, 32, generator=generator)
+    ids = torch.randint(1, 100, (B, 12), generator=generator)
+    loss_fn = UniCLLoss(backend="dense")
+    for output_dict in (True, False):
+        model = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text, output_dict=output_dict).train()
+        plain = copy.deepcopy(model)
+        plain.output_dict = True
+        expected = loss_fn(**plain(images, ids), labels=LABELS)
+        expected.backward()
+        loss = cached_backward(model, images, ids, LABELS, loss_fn=loss_fn, micro_batch=3)
+        assert _relative_error(loss, expected.detach()) <= TOLERANCE
+        _assert_same_grads(model, plain)
+    assert open_clip is not None
+
+
+class _ResNetStyle(nn.Module):
+    """A small residual CNN with BatchNorm, a bag-of-words text tower, and CLIP's log-space temperature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+        )  # fmt: skip
+        self.image_head = nn.Linear(8, 16)
+        self.embedding = nn.EmbeddingBag(50, 16)
+        self.text_head = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16, momentum=None))  # cumulative average
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def encode_image(self, images):
+        x = self.stem(images)
+        x = torch.relu(x + self.block(x))
+        return nn.functional.normalize(self.image_head(x.mean((2, 3))), dim=-1)
+
+    def encode_text(self, ids):
+        return nn.functional.normalize(self.text_head(self.embedding(ids)), dim=-1)
+
+    def forward(self, images, ids):
+        return {
+            "image_features": self.encode_image(images),
+            "text_features": self.encode_text(ids),
+            "logit_scale": self.logit_scale.exp().clamp(max=100),
+        }
+
+
+def test_batch_norm_sees_micro_batches_and_updates_running_stats_once_per_micro_batch():
+    torch.manual_seed(0)
+    model = _ResNetStyle().train()
+    plain = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(B, 3, 8, 8, generator=generator)
+    ids = torch.randint(0, 50, (B, 5), generator=generator)
+    loss_fn = UniCLLoss(backend="dense")
+    expected = _per_micro_batch_step(plain, images, ids, LABELS, loss_fn, 4, seed=0)
+    loss = cached_backward(model, images, ids, LABELS, loss_fn=loss_fn, micro_batch=4)
+    assert _relative_error(loss, expected) <= TOLERANCE
+    _assert_same_grads(model, plain)
+    for (name, got), (_, want) in zip(model.named_buffers(), plain.named_buffers()):
+        if name.endswith("num_batches_tracked"):
+            assert int(got) == int(want) == 3, name  # three micro-batches, one update each
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradient_scaler_scales_the_gradients():
+    model = _ResNetStyle().train()
+    plain = copy.deepcopy(model)
+    images, ids = torch.randn(6, 3, 8, 8), torch.randint(0, 50, (6, 5))
+    loss_fn = UniCLLoss(backend="dense")
+    expected = _per_micro_batch_step(plain, images, ids, None, loss_fn, 3, seed=0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    loss = cached_backward(model, images, ids, loss_fn=loss_fn, micro_batch=3, scaler=scaler)
+    assert _relative_error(loss, expected) <= TOLERANCE  # the returned loss is not scaled
+    for got, want in zip(model.parameters(), plain.parameters()):
+        assert want.grad is not None and got.grad is not None
+        assert _relative_error(got.grad, 256.0 * want.grad) <= TOLERANCE
+
+
+@pytest.mark.parametrize("micro_batch", [0, -2, 2.0, True, None, "4"])
+def test_micro_batch_must_be_a_positive_int(micro_batch):
+    model = _ResNetStyle()
+    with pytest.raises(ValueError, match="micro_batch"):
+        cached_backward(model, torch.randn(2, 3, 8, 8), torch.zeros(2, 5, dtype=torch.long),
+                        loss_fn=UniCLLoss(), micro_batch=micro_batch)  # fmt: skip
+
+
+def test_texts_must_have_the_images_rows():
+    with pytest.raises(ValueError, match="texts"):
+        cached_backward(_ResNetStyle(), torch.randn(3, 3, 8, 8), torch.zeros(2, 5, dtype=torch.long),
+                        loss_fn=UniCLLoss(), micro_batch=2)  # fmt: skip
+
+
+# --- DDP on 2 gloo ranks, with the global-batch loss ---------------------------------------------------------------
+
+LOCAL = 5  # rows per rank: micro-batches of 2 + 2 + 1
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    failure = ""
+    try:
+        torch.manual_seed(0)
+        base = unicl.create_model(
+            "unicl_tiny", embed_dim=32, text={"layers": 1},
+            image={"timm_kwargs": {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}},
+        ).train()  # fmt: skip
+        cached = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+        plain = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+        generator = torch.Generator().manual_seed(5)
+        images = torch.randn(world * LOCAL, 3, 32, 32, generator=generator)
+        ids = torch.randint(1, 1000, (world * LOCAL, 16), generator=generator)
+        labels = torch.randint(-1, 3, (world * LOCAL,), generator=generator)
+        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
+        loss_fn = UniCLLoss(backend="dense", gather_distributed=True, equal_batches=True)
+        calls = {"n": 0}
+        original = unicl.distributed._gather_rows
+        expected = loss_fn(**plain(images[rows], ids[rows]), labels=labels[rows])
+        expected.backward()
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            return original(*args, **kwargs)
+
+        unicl.distributed._gather_rows = counting
+        try:
+            loss = cached_backward(cached, images[rows], ids[rows], labels[rows], loss_fn=loss_fn, micro_batch=2)
+        finally:
+            unicl.distributed._gather_rows = original
+        assert _relative_error(loss, expected.detach()) <= TOLERANCE
+        _assert_same_grads(cached.module, plain.module)
+        # All-reduced: both ranks hold the same gradients.
+        for parameter in cached.module.parameters():
+            assert parameter.grad is not None
+            other = parameter.grad.clone()
+            dist.broadcast(other, 0)
+            assert _relative_error(parameter.grad, other) <= 1e-6
+        # And they are the single-process gradients of the global batch.
+        if rank == 0:
+            single = copy.deepcopy(base)
+            UniCLLoss(backend="dense")(**single(images, ids), labels=labels).backward()
+            _assert_same_grads(cached.module, single)
+        # One loss call: one gather of the features (image and text together) and one of the labels.
+        assert calls["n"] == 2, f"{calls['n']} gathers (the features gathered more than once?)"
+    except Exception:
+        failure = f"rank {rank}:\n{traceback.format_exc()}"
+    Path(result_dir, f"rank{rank}.txt").write_text(failure)
+    dist.destroy_process_group()
+
+
+def test_ddp_on_two_gloo_ranks_with_the_global_loss(tmp_path):
+    world = 2
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
+    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
+    assert not any(failures), "\n".join(failures)
