@@ -113,6 +113,25 @@ def _check_collectives_of_one_step(world: int) -> None:
         assert uneven == {**equal, "all_gather": 1, "exchange": 1}, uneven
 
 
+def _check_compiled_matches_eager(rank: int, world: int) -> None:
+    """torch.compile of the distributed loss (our gather with gradient, uneven sizes) gives the eager results."""
+    sizes = [5, 1, 3][:world]
+    image, text, labels = _batch(sizes, labelled=True, seed=9)
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+
+    def step(u, v):
+        return distributed_unicl_loss(u, v, labels[rows], SCALE, local_loss=True, backend="chunked")
+
+    results = []
+    for function in (step, torch.compile(step, backend="aot_eager")):
+        u, v = image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_()
+        loss = function(u, v)
+        results.append((loss.detach(), *torch.autograd.grad(loss, [u, v])))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def _check_errors(rank: int) -> None:
     wrong_dim = torch.randn(3, D + rank)
     with pytest.raises(ValueError, match="same feature dimension D"):
@@ -223,6 +242,7 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     checks.append(("sum reduction, local", lambda: _check_contract(rank, world, uneven, True, True, "chunked", "sum")))
     checks.append(("bad input", lambda: _check_errors(rank)))
     checks.append(("collectives of one step", lambda: _check_collectives_of_one_step(world)))
+    checks.append(("torch.compile", lambda: _check_compiled_matches_eager(rank, world)))
     for local in (False, True):
         equal_case = functools.partial(_check_contract, rank, world, even, True, local, "chunked", equal_batches=True)
         checks.append((f"equal batches, local={local}", equal_case))
