@@ -75,17 +75,6 @@ def test_half_precision_matches_float64(n, d, labels, dtype, backend):
         assert float(grad.abs().max()) <= floor
 
 
-@pytest.mark.parametrize("backend", TRITON_BACKENDS)
-def test_float16_gradients_hold_at_n_2048(backend):
-    """The mean loss at N = 2,048 in float16: its softmax weights ``P/(2N)`` are below float16's smallest
-    subnormal unless scaled first; gradients within 1e-2 of float64, the loss within 1e-4."""
-    image, text, y, _ = _inputs(2048, 32, torch.float16, "mixed", seed=11)
-    scale = torch.tensor(30.0, requires_grad=True)
-    loss = unicl_loss(image, text, y, scale, backend=backend)
-    got = (loss, *torch.autograd.grad(loss, [image, text, scale]))
-    assert_matches_float64(got, float64_loss_and_grads(image, text, y, scale), torch.float16)
-
-
 @pytest.mark.parametrize("backend", ["triton", "dense"])
 def test_strided_inputs_are_handled(backend):
     generator = torch.Generator().manual_seed(2)
