@@ -195,6 +195,24 @@ def test_gradient_scaler_scales_the_gradients():
         assert _relative_error(got.grad, 256.0 * want.grad) <= TOLERANCE
 
 
+def test_under_bf16_autocast():
+    """Under autocast both passes and the loss run in bf16 as in the plain step. The reference disables autocast's
+    weight cache: with it, the plain step's micro-batches share one bf16 copy of each weight and sum their weight
+    gradients in bf16 (about 3e-3 apart here), whereas each of pass 2's backwards adds its own into the fp32 .grad."""
+    torch.manual_seed(0)
+    model = _ResNetStyle().train()
+    plain = copy.deepcopy(model)
+    images, ids = torch.randn(8, 3, 8, 8), torch.randint(0, 50, (8, 5))
+    loss_fn = UniCLLoss(backend="dense")
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        expected = _per_micro_batch_step(plain, images, ids, None, loss_fn, 3, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(images[:3], ids[:3])["image_features"].dtype == torch.bfloat16
+        loss = cached_backward(model, images, ids, loss_fn=loss_fn, micro_batch=3)
+    assert _relative_error(loss, expected) <= TOLERANCE
+    _assert_same_grads(model, plain)
+
+
 @pytest.mark.parametrize("micro_batch", [0, -2, 2.0, True, None, "4"])
 def test_micro_batch_must_be_a_positive_int(micro_batch):
     model = _ResNetStyle()

@@ -181,7 +181,10 @@ def cached_backward(
           the full batch's); the running statistics are saved before pass 1 and restored after it, so only pass 2
           updates them: once per micro-batch. Other state a forward mutates is updated in both passes.
         * Autocast: call this inside ``torch.autocast``; both passes and the loss run under it, as in the plain
-          step, and the cached gradients have the features' dtype.
+          step, and the cached gradients have the features' dtype. Each micro-batch's backward adds its weight
+          gradient into the float32 ``.grad`` separately, whereas a plain step forms each weight's gradient over the
+          whole batch in the autocast dtype (the gradient of autocast's one low-precision copy of the weight) before
+          it reaches ``.grad``, so the two differ by that dtype's rounding, cached being the more accurate.
         * Gradient checkpointing inside the towers works unchanged (pass 1 has no graph to checkpoint).
         * Pass 1 runs under ``torch.no_grad``, so any ``loss_fn`` that differentiates through the model inside
           itself is not supported; functions of the features and the scale (every UniCL/CLIP loss) are.
