@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         "its vocabulary must fit the preset's text tower (default: clip)",
     )
     model.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="gradient caching: encode the batch in micro-batches of this many samples per rank (it must divide "
+        "--batch-size), so the encoders' activations of only one micro-batch are held; the loss and the "
+        "gradients stay those of the whole batch (unicl.training.cached_backward; default: the whole batch at once)",
+    )
+    model.add_argument(
         "--grad-checkpointing",
         action="store_true",
         help="recompute the image and text blocks in backward: much less activation memory, about 30%% more compute",
@@ -243,6 +251,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for name, value in positive.items():
         if value < 1:
             parser.error(f"{name} must be >= 1; got {value}")
+    if args.micro_batch is not None and not (args.micro_batch >= 1 and args.batch_size % args.micro_batch == 0):
+        parser.error(
+            f"--micro-batch must be >= 1 and divide --batch-size ({args.batch_size}); got {args.micro_batch}"
+        )
     not_negative = {"--workers": args.workers, "--warmup": args.warmup, "--save-every": args.save_every,
                     "--eval-every": args.eval_every, "--seed": args.seed}  # fmt: skip
     for name, value in not_negative.items():

@@ -34,6 +34,7 @@ from unicl.nn import UniCLLoss
 from unicl.prompts import LabelToPrompt
 from unicl.tokenizer import Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory
+from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
 from unicl.training.options import build_parser, check_arguments
 from unicl.training.runtime import Runtime, start_runtime, stop_runtime
@@ -50,6 +51,7 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
+    "micro_batch",
 )  # fmt: skip
 
 
@@ -312,10 +314,18 @@ class Training:
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimiser step on ``batch``; returns this rank's loss (detached)."""
         moved = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        with self.autocast():
-            outputs = self.network(moved["images"], moved["input_ids"], moved["attention_mask"])
-            loss = self.loss_fn(**outputs, labels=moved["labels"])
-        self.scaler.scale(loss).backward()
+        if self.args.micro_batch is not None:
+            texts = {"input_ids": moved["input_ids"], "attention_mask": moved["attention_mask"]}
+            with self.autocast():
+                loss = cached_backward(
+                    self.network, moved["images"], texts, moved["labels"], loss_fn=self.loss_fn,
+                    micro_batch=self.args.micro_batch, scaler=self.scaler if self.scaler.is_enabled() else None,
+                )  # fmt: skip
+        else:
+            with self.autocast():
+                outputs = self.network(moved["images"], moved["input_ids"], moved["attention_mask"])
+                loss = self.loss_fn(**outputs, labels=moved["labels"])
+            self.scaler.scale(loss).backward()
         if self.args.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
