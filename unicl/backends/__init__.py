@@ -128,37 +128,23 @@ def _terms(
     chunk_size: int | None,
     columns: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both term vectors; without ``columns`` the second is empty and no column work is done."""
+    """Both term vectors; without ``columns`` the second is empty and no column work is done. Autocast is off
+    throughout (:func:`unicl._dtypes.autocast_disabled`): the numerics follow the features' dtype only."""
     with autocast_disabled(u.device):
-        return _terms_in_own_precision(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns)
-
-
-def _terms_in_own_precision(
-    u: torch.Tensor,
-    v: torch.Tensor,
-    scale: torch.Tensor,
-    row_keys: torch.Tensor,
-    col_keys: torch.Tensor,
-    normalize: bool,
-    backend: str,
-    chunk_size: int | None,
-    columns: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_terms` with autocast off."""
-    concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
-    if u.shape[0] == 0 or v.shape[0] == 0:
-        # A block with no rows (an empty rank in distributed local mode) has nothing to walk; the dense form keeps
-        # it in the autograd graph, so that rank still joins the gather's backward.
-        concrete = "dense"
-    if concrete == "dense":
-        # The reference is the most precise backend in every dtype: half features are normalised and multiplied
-        # in the accumulation dtype, as the memory-efficient engines keep their norms and products.
-        acc = accumulation_dtype(u.dtype)
-        u, v = u.to(acc), v.to(acc)
-        if normalize:
-            u, v = normalize_features(u), normalize_features(v)
-        return dense_terms(u, v, scale, row_keys, col_keys, columns)
-    engine = make_engine(concrete, chunk_size)
-    # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
-    shared_keys = None if col_keys is row_keys else col_keys
-    return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize)
+        concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
+        if u.shape[0] == 0 or v.shape[0] == 0:
+            # A block with no rows (an empty rank in distributed local mode) has nothing to walk; the dense form
+            # keeps it in the autograd graph, so that rank still joins the gather's backward.
+            concrete = "dense"
+        if concrete == "dense":
+            # The reference is the most precise backend in every dtype: half features are normalised and
+            # multiplied in the accumulation dtype, as the memory-efficient engines keep their norms and products.
+            acc = accumulation_dtype(u.dtype)
+            u, v = u.to(acc), v.to(acc)
+            if normalize:
+                u, v = normalize_features(u), normalize_features(v)
+            return dense_terms(u, v, scale, row_keys, col_keys, columns)
+        engine = make_engine(concrete, chunk_size)
+        # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
+        shared_keys = None if col_keys is row_keys else col_keys
+        return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize)
