@@ -484,3 +484,24 @@ def test_compiled_loss_accepts_a_cpu_scale_tensor():
     scale = torch.tensor(14.0, requires_grad=True)
     compiled = torch.compile(lambda u, v, s: unicl_loss(u, v, None, s, backend="chunked"), backend="aot_eager")
     torch.testing.assert_close(compiled(image, text, scale), unicl_loss(image, text, None, scale, backend="chunked"))
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["row-terms-only", "column-terms-only"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradients_of_one_direction_alone(backend, which):
+    """Back-propagating only the image-to-text (or only the text-to-image) terms: the engines' backward gets one
+    of its two upstream weights as None."""
+    from unicl.backends import similarity_terms
+    from unicl.targets import target_keys
+
+    image, text = make_batch(40, 12, dtype=torch.float64, seed=8)
+    labels = torch.randint(-1, 4, (40,), generator=torch.Generator().manual_seed(8))
+    keys = target_keys(labels, 40, image.device)
+    terms = similarity_terms(image, text, torch.tensor(9.0, dtype=torch.float64), keys, keys, normalize=True,
+                             backend=backend, chunk_size=16)  # fmt: skip
+    grads = torch.autograd.grad(terms[which].sum(), [image, text])
+    exact_image, exact_text = image.detach().clone().requires_grad_(), text.detach().clone().requires_grad_()
+    exact = reference_terms(exact_image, exact_text, labels.tolist(), 9.0)[which]
+    torch.testing.assert_close(terms[which], exact, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, torch.autograd.grad(exact.sum(), [exact_image, exact_text])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
