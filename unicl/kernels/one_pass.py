@@ -54,6 +54,21 @@ from unicl.kernels.tuning import (
 )
 from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
 
+#: Base-2 logits of the padded columns and (before the multiply by ``b_j``) rows of a tile: finite, so that no
+#: ``-inf - (-inf)`` or ``-inf·0`` makes a NaN, and so far below any real logit that their exponentials relative to
+#: one are 0 (a padded row's ``-1e30·b_j`` stays finite for every ``b_j`` below 3e8).
+PADDED_LOGIT: tl.constexpr = tl.constexpr(-3.0e38)
+PADDED_ROW_LOGIT: tl.constexpr = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def _lse_merge(max_a, sum_a, max_b, sum_b):
+    """Merge two base-2 log-sum-exp partials ``(max, sum)`` (``sum`` relative to ``2^max``) with one exponential:
+    the partial with the larger max keeps factor 1, the other is scaled by ``2^-|max_a - max_b|``."""
+    a_larger = max_a >= max_b
+    factor = tl.exp2(-tl.abs(max_a - max_b))
+    return tl.maximum(max_a, max_b), tl.where(a_larger, sum_a, sum_b) + tl.where(a_larger, sum_b, sum_a) * factor
+
 
 @triton.jit
 def _lse_partials_kernel(
@@ -63,16 +78,30 @@ def _lse_partials_kernel(
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
     """Row partials ``row_part[range, i]`` over one column range and column partials ``col_part[block, j]`` over
-    ``BLOCK_M`` rows, both natural-log log-sum-exps of ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``."""
+    ``BLOCK_M`` rows, both natural-log log-sum-exps of ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
+
+    Each tile is computed transposed, ``Sᵀ`` as ``[BLOCK_N, BLOCK_M]``, because the tensor-core accumulator spreads
+    its rows over lanes and warps (in the ``mma`` and ``wgmma`` layouts, 8 lanes of 2 rows per 16-row group) and
+    keeps its columns within a thread and 4 lanes. The statistic needed per tile, the columns' log-sum-exp over the
+    ``BLOCK_M`` rows, then reduces within threads and 4 lanes, as the row-only kernel's does; the other one, the
+    rows' online log-sum-exp, is kept per thread across tiles, each thread merging its own entries of a row into
+    ``(max, sum)`` partials in registers, and reduced across lanes and warps once, after the loop. Both are exact:
+    every partial is a max and a sum relative to it, merged with ``2^-|Δmax|`` (:func:`_lse_merge`). Two
+    exponentials per entry, one per direction, as the two-pass schedule. The SASS this costs per entry, against the
+    row-only kernel's, is in docs/kernels.md ("The forward in SASS") and ``python -m unicl.kernels.compile_report``.
+    """
     pid_m = tl.program_id(0)
     pid_range = tl.program_id(1)
     row_start = pid_m * BLOCK_M
     offs_m = row_start + tl.arange(0, BLOCK_M)
     row_valid = offs_m < M
-    # s·a_i·log2(e) once per row; padded rows get 0 and are excluded from the column statistics below.
+    # s·a_i·log2(e) once per row; padded rows get 0, and their logit from the bias.
     row_factor = tl.load(q_scale_ptr + offs_m, mask=row_valid, other=0.0) * (tl.load(scale_ptr) * LOG2E)
-    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    row_bias = tl.where(row_valid, 0.0, PADDED_ROW_LOGIT)
+    # The rows' partials, one per row and per pair of tile rows (Sᵀ rows 16g + l and 16g + l + 8, which one thread
+    # holds in the mma and wgmma layouts): [BLOCK_N / 16, 8, BLOCK_M], merged over the tiles in registers.
+    slot_max = tl.full((BLOCK_N // 16, 8, BLOCK_M), float("-inf"), dtype=tl.float32)
+    slot_sum = tl.zeros((BLOCK_N // 16, 8, BLOCK_M), dtype=tl.float32)
     # 64-bit row offsets into the partial buffers: a user's chunk_size can make blocks × N pass 2^31.
     col_part_row = col_part_ptr + pid_m.to(tl.int64) * N
     col_begin = pid_range * cols_per_range
@@ -81,21 +110,29 @@ def _lse_partials_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_n < col_end
         tile = _similarity_tile(
-            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+            k_ptr, q_ptr, n0, row_start, N, M, D, stride_k, stride_q, BLOCK_N, BLOCK_M, BLOCK_K, INPUT_PRECISION,
             UPCAST_DOT,
         )  # fmt: skip
         col_factor = tl.load(k_scale_ptr + offs_n, mask=col_valid, other=0.0)
-        tile = tile * row_factor[:, None] * col_factor[None, :]
-        row_tile = tl.where(col_valid[None, :], tile, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(row_tile, 1))
-        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(row_tile - new_max[:, None]), 1)
-        running_max = new_max
-        col_tile = tl.where(row_valid[:, None], tile, float("-inf"))
-        col_max = tl.max(col_tile, 0)
-        col_sum = tl.sum(tl.exp2(col_tile - col_max[None, :]), 0)
+        # The masks ride on the two multiplies as additions (FFMAs), so they cost nothing per entry: a padded row is
+        # (0·0 + PADDED_ROW_LOGIT)·b_j, far below every real logit as b_j > 0 (inverse norms or ones), a padded
+        # column 0·0 + PADDED_LOGIT (its b_j loads as 0). Padded rows' and columns' statistics are never stored.
+        col_bias = tl.where(col_valid, 0.0, PADDED_LOGIT)
+        tile = (tile * row_factor[None, :] + row_bias[None, :]) * col_factor[:, None] + col_bias[:, None]
+        col_max = tl.max(tile, 1)
+        col_sum = tl.sum(tl.exp2(tile - col_max[:, None]), 1)
         tl.store(col_part_row + offs_n, (col_max + tl.log2(col_sum)) * LN2, mask=col_valid)
+        # A thread's two entries of a row in this tile make one partial with one exponential, then join the row's
+        # running partial with one more: the reshape and split keep the accumulator layout (no data moves).
+        pairs = tl.permute(tl.reshape(tile, (BLOCK_N // 16, 2, 8, BLOCK_M)), (0, 2, 3, 1))
+        first, second = tl.split(pairs)
+        pair_sum = 1.0 + tl.exp2(-tl.abs(first - second))
+        slot_max, slot_sum = _lse_merge(slot_max, slot_sum, tl.maximum(first, second), pair_sum)
+    slot_max = tl.reshape(slot_max, (BLOCK_N // 2, BLOCK_M))
+    slot_sum = tl.reshape(slot_sum, (BLOCK_N // 2, BLOCK_M))
+    row_max, row_sum = tl.reduce((slot_max, slot_sum), 0, _lse_merge)
     row_part_row = row_part_ptr + pid_range.to(tl.int64) * M
-    tl.store(row_part_row + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=row_valid)
+    tl.store(row_part_row + offs_m, (row_max + tl.log2(row_sum)) * LN2, mask=row_valid)
 
 
 @triton.jit
@@ -145,18 +182,21 @@ def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
 
 
 #: Autotune candidates per chip family (:func:`unicl.kernels.tuning.chip_family`) and operand precision, each
-#: compiled without register spills for every chip of that family (tests/kernels/test_compile_for_gpus.py; ptxas
-#: spills non-monotonically: a tile that fits sm_80 may spill on sm_86 or sm_100, and a smaller one may spill where
-#: a larger one does not); configurations that need more shared memory than a chip has are pruned for it at launch
-#: (:func:`unicl.kernels.tuning.prune_for`).
+#: compiled without register spills for every chip of that family at a launch's specialisation (divisibility 16,
+#: pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile that fits sm_80
+#: may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not); configurations that need
+#: more shared memory than a chip has are pruned for it at launch (:func:`unicl.kernels.tuning.prune_for`).
+#: The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
+#: of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
+#: (``python -m unicl.kernels.compile_report --kernel partials lse --table``), so neither is listed.
 PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
-    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(128, 64, 32, 4, 3), _tile(64, 64, 64, 4, 3)],
+    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
     ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(128, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm90", "half"): [_tile(128, 128, 32, 8, 3), _tile(128, 64, 64, 8, 3), _tile(64, 64, 32, 4, 2)],
-    ("sm100", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 8, 2)],
-    ("sm80", "fp32"): [_tile(64, 64, 32, 8, 2), _tile(32, 64, 32, 4, 2), _tile(64, 64, 16, 4, 2)],
-    ("sm86", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
-    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 32, 32, 4, 2)],
+    ("sm90", "half"): [_tile(128, 128, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
+    ("sm100", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
+    ("sm80", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
+    ("sm86", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
+    ("sm90", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
 }
 #: The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
 #: so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
@@ -166,7 +206,7 @@ WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm90", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3)],
     ("sm80", "fp32"): [_tile(32, 64, 32, 4, 2), _tile(64, 32, 32, 4, 2), _tile(64, 64, 16, 4, 2)],
     ("sm86", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
-    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
+    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(64, 64, 32, 8, 2)],
 }
 KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
 TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}

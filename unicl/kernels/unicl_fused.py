@@ -175,7 +175,8 @@ def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = Non
 #: sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without register spills (SASS read
 #: with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
 #: with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps instead of 4 and Hopper's
-#: narrow fp32 tile BLOCK_K = 16 instead of 32.
+#: narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them (divisibility 16, pipelined
+#: loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
 #: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
 LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
@@ -189,7 +190,7 @@ GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "half"): [_config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 8, 2, 128), _config(64, 32, 32, 4, 2, 128)],
     ("sm90", "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
     ("sm80", "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
-    ("sm90", "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 16, 4, 2, 64)],
+    ("sm90", "fp32"): [_config(32, 32, 16, 8, 2, 128), _config(32, 32, 16, 4, 2, 64)],
 }
 
 
