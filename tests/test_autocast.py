@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import assert_relative_close
+from reference import assert_matches_float64, assert_relative_close, float64_loss_and_grads
 
 from unicl import UniCLLoss, unicl_loss
 from unicl.kernels import interpreter_active
@@ -49,6 +49,8 @@ def test_float32_features_give_the_float32_loss_inside_autocast(backend, autocas
     assert inside[0].dtype == torch.float32
     for got, want, what in zip(inside, outside, ["loss", "grad image", "grad text", "grad scale"]):
         assert_relative_close(got, want, 1e-5, what)
+    # And against float64 on the same inputs, with the float32 bounds (loss 1e-5, gradients 1e-4).
+    assert_matches_float64(inside, float64_loss_and_grads(image, text, labels, scale), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,6 +63,7 @@ def test_half_features_give_the_same_results_inside_and_outside_autocast(backend
     for got, want in zip(inside, outside):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_matches_float64(inside, float64_loss_and_grads(image, text, labels, scale), torch.bfloat16)
 
 
 def test_the_module_inside_autocast_with_backward_outside():
