@@ -183,8 +183,10 @@ def one_pass_plan(
                 "triton",
                 precision,
                 flops=row_blocks * tiles * _tile_flops(partials_tiles, d),
-                # Two per entry, one per direction, and the running maximum's rescale of each row.
-                exps=row_blocks * tiles * (2.0 * tile_entries + partials_tiles["BLOCK_M"]),
+                # Two per entry, one per direction (the columns' tile log-sum-exp; the rows' pair and merge into
+                # per-thread partials), and once per program the merge of its BLOCK_N / 2 row partials of each row.
+                exps=row_blocks * tiles * 2.0 * tile_entries
+                + row_blocks * ranges * (partials_tiles["BLOCK_N"] // 2 - 1) * partials_tiles["BLOCK_M"],
                 bytes=(chunk.rows + n) * d * item + 4.0 * (row_blocks * n + ranges * chunk.rows),
             )
         )
