@@ -1,18 +1,29 @@
-"""Class labels as text: prompt templates and per-sample prompt drawing.
+"""Class labels as text: prompt templates, shipped prompt sets and per-sample prompt drawing.
 
 UniCL turns every class label into text. During training each labelled sample gets one prompt drawn at random
 (one template, one synonym of its class); at zero-shot time a class is the average of all its prompts. The draws
 are reproducible for a seed and differ between data-loader workers and epochs: the original code drew the same
 prompts in every worker, so ``num_workers`` copies of one sequence were trained on.
+
+The package ships ImageNet-1k's class names and the CLIP and UniCL ImageNet templates as data (``unicl/prompt_sets``,
+see its README for sources and licences): `imagenet_class_names`, `clip_templates` (80), `unicl_templates` (81:
+``"{}."`` and CLIP's 80, what UniCL evaluates with). `read_templates` reads a ``--templates FILE`` (one template per
+line, a JSON list, or a JSON mapping from class names to complete prompts as CuPL ships) and `get_templates` takes a
+set's name or such a file.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
+import json
 import operator
+import os
 import random
 import re
-from collections.abc import Iterator, Sequence
-from typing import SupportsIndex
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, SupportsIndex, TypeAlias
 
 import torch.utils.data
 
@@ -254,3 +265,240 @@ class LabelToPrompt:
     def __iter__(self) -> Iterator[list[str]]:
         """The evaluation prompts of every class, in class order."""
         return (self.all_prompts(c) for c in range(self.num_classes))
+
+
+# --- shipped prompt sets and template files --------------------------------------------------------------------------
+
+#: What ``templates`` may be at zero-shot time: templates with one ``{}`` each, shared by every class, or a mapping
+#: from class names to that class's complete prompts (no ``{}``), as CuPL ships them.
+Templates: TypeAlias = Sequence[str] | Mapping[str, Sequence[str]]
+
+#: The names `get_templates` accepts: this project's `DEFAULT_TEMPLATES`, `PLAIN_TEMPLATES`, CLIP's 80 ImageNet
+#: templates and UniCL's 81.
+TEMPLATE_SETS: tuple[str, ...] = ("default", "plain", "clip", "unicl")
+#: The ImageNet-1k class-name lists `imagenet_class_names` accepts.
+CLASS_NAME_SETS: tuple[str, ...] = ("clip", "unicl")
+
+_DATA_FOLDER = "prompt_sets"
+_TEMPLATE_FILES = {"clip": "imagenet_templates_clip.txt", "unicl": "imagenet_templates_unicl.txt"}
+_CLASS_NAME_FILES = {"clip": "imagenet_classes_clip.txt", "unicl": "imagenet_classes_unicl.txt"}
+
+
+@functools.cache
+def _shipped_lines(filename: str) -> tuple[str, ...]:
+    # Read on first use (not at import) and cached: the files are part of the installed package and never change.
+    text = importlib.resources.files("unicl").joinpath(_DATA_FOLDER).joinpath(filename).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def prompt_set_path(filename: str) -> Path:
+    """Where a shipped prompt-set file is, e.g. ``prompt_set_path("imagenet_classes_clip.txt")``, to pass it to a
+    command's ``--classnames`` or ``--templates``.
+
+    Raises:
+        FileNotFoundError: no such shipped file (the message lists them).
+    """
+    shipped = sorted({*_TEMPLATE_FILES.values(), *_CLASS_NAME_FILES.values()})
+    if filename not in shipped:
+        raise FileNotFoundError(f"no shipped prompt-set file {filename!r}; the files are {', '.join(shipped)}")
+    return Path(str(importlib.resources.files("unicl").joinpath(_DATA_FOLDER).joinpath(filename)))
+
+
+def imagenet_class_names(source: str = "clip") -> list[str]:
+    """ImageNet-1k's 1,000 class names, in class-index order (the order of the ILSVRC-2012 synset ids).
+
+    Args:
+        source: ``"clip"``: the names CLIP's authors curated (two names appear twice there: ``missile`` for classes
+            657 and 744, ``sunglasses`` for 836 and 837); ``"unicl"``: UniCL's copy, the same but for
+            ``projectile`` (744) and ``dark glasses`` (837), what the released UniCL models were evaluated with.
+
+    Returns:
+        A new list of 1,000 names.
+
+    Raises:
+        ValueError: an unknown ``source``.
+
+    Example:
+        >>> from unicl.prompts import imagenet_class_names
+        >>> names = imagenet_class_names()
+        >>> len(names), names[0], imagenet_class_names("unicl")[744]
+        (1000, 'tench', 'projectile')
+    """
+    if source not in _CLASS_NAME_FILES:
+        raise ValueError(f"source must be one of {', '.join(CLASS_NAME_SETS)}; got {source!r}")
+    return list(_shipped_lines(_CLASS_NAME_FILES[source]))
+
+
+def clip_templates() -> tuple[str, ...]:
+    """CLIP's 80 ImageNet prompt templates, in CLIP's order, one ``{}`` each."""
+    return _shipped_lines(_TEMPLATE_FILES["clip"])
+
+
+def unicl_templates() -> tuple[str, ...]:
+    """UniCL's 81 ImageNet evaluation templates: ``"{}."`` followed by CLIP's 80 (`clip_templates`).
+
+    Example:
+        >>> from unicl.prompts import unicl_templates
+        >>> len(unicl_templates()), unicl_templates()[:2]
+        (81, ('{}.', 'a bad photo of a {}.'))
+    """
+    return _shipped_lines(_TEMPLATE_FILES["unicl"])
+
+
+def _check_one_template(template: object, where: str) -> str:
+    try:
+        return check_templates([template])[0]  # type: ignore[list-item]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def check_class_prompts(prompts: Mapping[str, Sequence[str]], where: str = "templates") -> dict[str, tuple[str, ...]]:
+    """Check a per-class prompt mapping ``{class name: [complete prompts, ...]}`` and return it with tuple values.
+
+    Per-class prompts are whole sentences (CuPL's ``"A tench is a freshwater fish ..."``), used as they are, so
+    none may hold a ``{}`` slot.
+
+    Args:
+        prompts: the mapping.
+        where: what to call it in error messages (e.g. the file it came from).
+
+    Raises:
+        ValueError: an empty mapping, a name that is not a non-empty string, a value that is not a non-empty list of
+            non-empty strings, or a prompt with a ``{}`` slot. Every message is one line naming the class.
+    """
+    if not isinstance(prompts, Mapping) or not prompts:
+        raise ValueError(f"{where}: a per-class mapping must be a non-empty mapping of class names to prompt lists")
+    checked: dict[str, tuple[str, ...]] = {}
+    for name, values in prompts.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where}: class names must be non-empty strings; got {name!r}")
+        if isinstance(values, Mapping):
+            raise ValueError(
+                f"{where}: class {name!r} maps to a mapping, not a list of prompts; a file keyed by dataset (as "
+                f"clip_benchmark's cupl_prompts.json) needs one dataset's mapping taken out, e.g. data[{name!r}]"
+            )
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"{where}: class {name!r} must map to a non-empty list of prompts; got {values!r:.80}")
+        for prompt in values:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{where}: class {name!r} has a prompt that is not a non-empty string: {prompt!r}")
+            if _SLOT.search(prompt):
+                raise ValueError(
+                    f"{where}: per-class prompts are complete sentences, but class {name!r} has {prompt!r} with a "
+                    "'{}' slot (templates with a slot go in a list)"
+                )
+        checked[name] = tuple(values)
+    return checked
+
+
+def class_prompts(
+    class_names: Sequence[str | Sequence[str]], prompts: Mapping[str, Sequence[str]], split_commas: bool = True
+) -> list[list[str]]:
+    """Each class's prompts from a per-class mapping (`check_class_prompts`), in class order.
+
+    A class is looked up by its name as given (each entry of a synonym list, in order), then by its cleaned
+    synonyms (`class_synonyms`): ``"tench, Tinca tinca"`` finds a key ``"tench"``. Keys of classes not asked for
+    are ignored, so one mapping serves every subset of its classes.
+
+    Args:
+        class_names: one name, or list of synonyms, per class.
+        prompts: ``{class name: [complete prompts, ...]}``.
+        split_commas: commas in names separate synonyms.
+
+    Returns:
+        ``C`` lists of prompts.
+
+    Raises:
+        ValueError: no class names, a bad mapping, or a class the mapping has no key for (named, with its id).
+
+    Example:
+        >>> class_prompts(["cat", "dog, puppy"], {"cat": ["A cat sleeps."], "dog": ["A dog barks.", "A dog runs."]})
+        [['A cat sleeps.'], ['A dog barks.', 'A dog runs.']]
+    """
+    if isinstance(class_names, str) or len(class_names) == 0:
+        raise ValueError("class_names must be a non-empty sequence of names (or of synonym lists)")
+    checked = check_class_prompts(prompts)
+    per_class = []
+    for index, name in enumerate(class_names):
+        candidates = [name] if isinstance(name, str) else list(name)
+        candidates += class_synonyms(name, split_commas)
+        key = next((candidate for candidate in candidates if candidate in checked), None)
+        if key is None:
+            raise ValueError(
+                f"templates: the per-class mapping has no prompts for class {index} {name!r} "
+                f"(it has {len(checked)} classes, e.g. {next(iter(checked))!r})"
+            )
+        per_class.append(list(checked[key]))
+    return per_class
+
+
+def read_templates(path: str | os.PathLike[str]) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+    """Read a templates file (a command's ``--templates FILE``).
+
+    Three formats:
+
+    - a text file (any suffix but ``.json``): one template per non-empty line, each with one ``{}``, the line's
+      surrounding whitespace stripped;
+    - a ``.json`` list of templates, each with one ``{}``;
+    - a ``.json`` object mapping class names to lists of complete prompts without ``{}`` (CuPL's format), checked
+      by `check_class_prompts`; `unicl.zeroshot.build_zeroshot_classifier` makes each class the mean of its own
+      prompts (see `class_prompts` for how classes are looked up).
+
+    Returns:
+        A tuple of templates, or ``{class name: tuple of prompts}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an empty file, invalid JSON, JSON that is neither a list nor an object, or a bad entry; one line
+            naming the file and the line, entry or class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"templates file {str(path)!r} does not exist")
+    where = f"templates file {str(path)!r}"
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if not numbered:
+            raise ValueError(f"{where} has no templates (one per line, each with one '{{}}')")
+        return tuple(_check_one_template(line, f"{where} line {number}") for number, line in numbered)
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON: {error}") from None
+    if isinstance(data, dict):
+        return check_class_prompts(data, where)
+    if not isinstance(data, list):
+        raise ValueError(
+            f"{where} must hold a JSON list of templates or an object mapping class names to prompt lists; "
+            f"got a JSON {type(data).__name__}"
+        )
+    if not data:
+        raise ValueError(f"{where} has no templates")
+    return tuple(_check_one_template(entry, f"{where} entry {index}") for index, entry in enumerate(data))
+
+
+def get_templates(source: str | os.PathLike[str]) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+    """A template set by name (`TEMPLATE_SETS`: ``"default"``, ``"plain"``, ``"clip"``, ``"unicl"``) or a file for
+    `read_templates`; a name wins over a file of that name in the working directory (write ``./clip`` for that).
+
+    Raises:
+        FileNotFoundError: neither a set's name nor a file.
+        ValueError: a bad file (see `read_templates`).
+
+    Example:
+        >>> from unicl.prompts import get_templates
+        >>> len(get_templates("unicl")), get_templates("plain")
+        (81, ('a photo of a {}.',))
+    """
+    named = {"default": DEFAULT_TEMPLATES, "plain": PLAIN_TEMPLATES}
+    name = str(source)
+    if name in named:
+        return named[name]
+    if name in _TEMPLATE_FILES:
+        return _shipped_lines(_TEMPLATE_FILES[name])
+    if not Path(source).is_file():
+        raise FileNotFoundError(
+            f"templates {name!r} is neither a template set ({', '.join(TEMPLATE_SETS)}) nor an existing file"
+        )
+    return read_templates(source)

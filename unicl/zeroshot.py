@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from unicl._checks import check_positive_int
-from unicl.prompts import DEFAULT_TEMPLATES, LabelToPrompt
+from unicl.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
 from unicl.tokenizer import Tokenizer
 
 
@@ -24,31 +24,41 @@ def build_zeroshot_classifier(
     model: TextEncoder,
     tokenizer: Tokenizer,
     class_names: Sequence[str | Sequence[str]],
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    templates: Templates = DEFAULT_TEMPLATES,
     batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Per-class text embeddings: each the normalised mean of its normalised prompt embeddings.
 
-    Every template × synonym prompt of every class is encoded in batches of ``batch_size`` under ``no_grad``.
+    Every template × synonym prompt of every class is encoded in batches of ``batch_size`` under ``no_grad``. With a
+    per-class mapping instead of templates (CuPL's ``{class name: [complete prompts, ...]}``, e.g. from
+    `unicl.prompts.read_templates`), each class is the mean of its own prompts, found as `unicl.prompts.class_prompts`
+    describes; the rest is the same.
 
     Args:
         model: has ``encode_text(input_ids, attention_mask)``.
         tokenizer: turns prompts into ids.
         class_names: ``C`` names, each a name or a list of synonyms (cleaned as in :class:`LabelToPrompt`).
-        templates: prompt templates with one ``{}`` each.
+        templates: prompt templates with one ``{}`` each, or a mapping from class names to complete prompts.
         batch_size: prompts per forward pass.
         device: where to run the text encoder (default: the model's first parameter's device, else CPU).
 
     Returns:
         ``[C, D]`` float32, unit rows.
+
+    Raises:
+        ValueError: a template without exactly one ``{}``, or a mapping with no prompts for one of the classes
+            (named).
     """
     check_positive_int("batch_size", batch_size)
-    prompts = LabelToPrompt(class_names, templates)
+    if isinstance(templates, Mapping):
+        per_class = class_prompts(class_names, templates)
+    else:
+        prompts = LabelToPrompt(class_names, templates)
+        per_class = [prompts.all_prompts(c) for c in range(prompts.num_classes)]
     if device is None:
         parameter = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
         device = torch.device("cpu") if parameter is None else parameter.device
-    per_class = [prompts.all_prompts(c) for c in range(prompts.num_classes)]
     flat = [prompt for group in per_class for prompt in group]
     embeddings = []
     for start in range(0, len(flat), batch_size):
