@@ -367,3 +367,35 @@ def test_micro_batches_train_the_same_weights_to_float32_rounding(data, tmp_path
     plain, cached = finals
     largest = max(float((cached[name].double() - tensor.double()).abs().max()) for name, tensor in plain.items())
     assert largest <= 0.1 * 1e-3 * 3
+
+
+def test_unicl_tiny_trains_its_own_tokenizer_saves_it_with_the_run_and_reads_it_back_on_resume(data, tmp_path):
+    """No --tokenizer: unicl_tiny's tokenizer is a BPE trained on this run's prompts and captions, saved as
+    OUTPUT/tokenizer.json, read back (not retrained) by a resumed run, and saved in final/ for the commands."""
+    output = tmp_path / "run"
+    arguments = _options(data, output, "--steps", "2", "--workers", "0", "--captions", data / "captions.csv")
+    del arguments[arguments.index("--tokenizer") : arguments.index("--tokenizer") + 2]
+    main([*arguments, "--stop-after", "1", "--save-every", "1"])
+    trained = unicl.get_tokenizer(output / "tokenizer.json")
+    assert trained.context_length == 16 and trained.vocab_size <= 1000
+    for text in ("a photo of a three.", "a handwritten five"):
+        ids = trained(text)["input_ids"][0]
+        assert trained.decode(ids) == text.lower()
+        assert int((ids > 0).sum()) <= 8  # words it was trained on are a few tokens each, not bytes
+    (output / "tokenizer.json").write_text((output / "tokenizer.json").read_text())  # same bytes, newer file
+    stamp = (output / "tokenizer.json").stat().st_mtime_ns
+    main([*arguments, "--resume", "auto"])
+    assert (output / "tokenizer.json").stat().st_mtime_ns == stamp
+    final = unicl.get_tokenizer(output / "final")
+    assert torch.equal(final(NAMES)["input_ids"], trained(NAMES)["input_ids"])
+
+
+def test_webdataset_captions_are_in_the_trained_tokenizer(data, tmp_path):
+    output = tmp_path / "run"
+    arguments = _options(
+        data, output, "--steps", "2", "--workers", "0", "--webdataset", f"{data}/shard-{{0..3}}.tar", "--ratio", "0.5"
+    )
+    del arguments[arguments.index("--tokenizer") : arguments.index("--tokenizer") + 2]
+    main(arguments)
+    tokenizer = unicl.get_tokenizer(output / "final")
+    assert len(tokenizer("a handwritten four")["input_ids"][0].nonzero()) <= 6  # caption words are whole tokens

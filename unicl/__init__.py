@@ -3,7 +3,7 @@
 from unicl.captions import caption_labels
 from unicl.distributed import distributed_unicl_loss
 from unicl.loss import unicl_loss
-from unicl.models import UniCLModel, create_model, list_models, load_model
+from unicl.models import UniCLModel, create_model, get_tokenizer, list_models, load_model
 from unicl.nn import UniCLLoss
 from unicl.targets import target_keys
 from unicl.transforms import image_transform
@@ -17,6 +17,7 @@ __all__ = [
     "caption_labels",
     "create_model",
     "distributed_unicl_loss",
+    "get_tokenizer",
     "image_transform",
     "list_models",
     "load_model",

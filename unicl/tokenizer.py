@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ from unicl._checks import check_positive_int
 CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
 #: CLIP's word pattern: contractions, letter runs, single digits, other non-space runs.
 CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+#: The files :meth:`Tokenizer.save` writes: the ``tokenizers`` model, and what it cannot hold (context length,
+#: start and end tokens, padding id, text clean-up).
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 #: CLIP's merges file holds 48,894 merges after its header line: 49,152 − 256 byte tokens − 2 specials.
 CLIP_NUM_MERGES = 49152 - 256 - 2
 
@@ -220,6 +224,71 @@ class Tokenizer:
         )
         tokenizer.train_from_iterator(corpus, trainer)
         return cls(tokenizer, context_length, pad_id=0)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``directory`` (created if needed), so that
+        :meth:`from_pretrained` gives back a tokenizer with the same ids for every text.
+
+        Returns:
+            The directory.
+
+        Raises:
+            ValueError: a ``clean`` function other than :func:`clip_clean` (a function cannot be stored in JSON).
+
+        Example:
+            >>> import tempfile
+            >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=8)
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     again = Tokenizer.from_pretrained(tokenizer.save(folder))
+            >>> bool((again("a dog")["input_ids"] == tokenizer("a dog")["input_ids"]).all())
+            True
+        """
+        if self.clean not in (None, clip_clean):
+            raise ValueError("only a tokenizer without clean-up or with clip_clean can be saved; got a custom clean")
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "context_length": self.context_length,
+            "start_token": self.tokenizer.id_to_token(self.start_id),
+            "end_token": self.tokenizer.id_to_token(self.end_id),
+            "pad_id": self.pad_id,
+            "clean": None if self.clean is None else "clip",
+        }
+        self.tokenizer.save(str(target / TOKENIZER_FILE))
+        (target / TOKENIZER_CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        return target
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], context_length: int | None = None) -> Tokenizer:
+        """The tokenizer :meth:`save` wrote to ``directory`` (``context_length`` overrides the saved one).
+
+        A directory with a ``tokenizer.json`` but no ``tokenizer_config.json`` (a tokenizer saved by the
+        ``tokenizers`` library itself) is read with this class's defaults.
+
+        Raises:
+            FileNotFoundError: no ``tokenizer.json`` in ``directory``.
+            ValueError: an unreadable file, or settings that do not fit the vocabulary.
+        """
+        folder = Path(directory)
+        settings: dict[str, Any] = {}
+        config_path = folder / TOKENIZER_CONFIG_FILE
+        if config_path.is_file():
+            try:
+                settings = json.loads(config_path.read_text())
+                if not isinstance(settings, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                raise ValueError(f"{str(config_path)!r} is not a tokenizer configuration: {error}") from None
+        known = {"context_length", "start_token", "end_token", "pad_id", "clean"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"{str(config_path)!r} has unknown setting(s) {unknown}; known: {sorted(known)}")
+        cleaners = {None: None, "clip": clip_clean}
+        if settings.get("clean") not in cleaners:
+            raise ValueError(f"{str(config_path)!r}: clean must be null or 'clip'; got {settings['clean']!r}")
+        settings["clean"] = cleaners[settings.get("clean")]
+        saved_length = settings.pop("context_length", 77)
+        return cls.from_file(folder / TOKENIZER_FILE, context_length or saved_length, **settings)
 
     @property
     def vocab_size(self) -> int:

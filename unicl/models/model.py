@@ -14,6 +14,7 @@ from torch import nn
 from unicl.models.heads import projection_head
 from unicl.models.image import ImageConfig, ImageEncoder
 from unicl.models.text import TextConfig, TextTransformer
+from unicl.tokenizer import Tokenizer
 
 
 @dataclass
@@ -86,12 +87,13 @@ class UniCLModel(nn.Module):
             "logit_scale": self.logit_scale.exp().clamp(max=self.config.max_logit_scale),
         }
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write this model to ``directory`` as safetensors weights and a JSON config (see
-        :func:`unicl.models.serialization.save_pretrained`); :func:`unicl.load_model` restores it bit for bit."""
+    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
+        """Write this model (and its tokenizer, if given) to ``directory`` as safetensors weights and a JSON config
+        (see :func:`unicl.models.serialization.save_pretrained`); :func:`unicl.load_model` restores it bit for bit
+        and ``unicl.get_tokenizer(directory)`` its tokenizer."""
         from unicl.models.serialization import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, tokenizer)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.

@@ -18,20 +18,47 @@ PAPER_TEXT = TextConfig(vocab_size=49408, context_length=77, width=512, layers=1
 #: epsilon 1e-12 and the sequence read out at the largest id (CLIP BPE's end-of-text token).
 OFFICIAL_TEXT = dataclasses.replace(PAPER_TEXT, activation="quick_gelu", norm_eps=1e-12, pool="argmax")
 
-_PRESETS: dict[str, Callable[[], UniCLConfig]] = {
+#: A preset's tokenizer is CLIP's byte-level BPE (found on this machine, see ``Tokenizer.clip``).
+CLIP_TOKENIZER = "clip"
+#: A preset's tokenizer is trained on each run's own prompts and captions (a byte-level BPE with the text tower's
+#: vocabulary size and context length) and saved with the run: right for small towers and new domains.
+TRAINED_TOKENIZER = "trained"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named model: how to build its configuration, and which tokenizer its text tower reads.
+
+    Attributes:
+        config: returns a fresh `UniCLConfig`.
+        tokenizer: `CLIP_TOKENIZER` or `TRAINED_TOKENIZER`.
+    """
+
+    config: Callable[[], UniCLConfig]
+    tokenizer: str = CLIP_TOKENIZER
+
+
+_PRESETS: dict[str, Preset] = {
     # The released UniCL architectures: Swin-T / Swin-B at 224, window 7, bias-free projections into 512.
-    "unicl_swin_tiny": lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512),
-    "unicl_swin_base": lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512),
-    "unicl_resnet50": lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512),
+    "unicl_swin_tiny": Preset(
+        lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
+    ),
+    "unicl_swin_base": Preset(
+        lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
+    ),
+    "unicl_resnet50": Preset(lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512)),
     # For tests and demos: a 2-block ViT on 32x32 images and a 2-layer, 64-wide text tower.
-    "unicl_tiny": lambda: UniCLConfig(
-        ImageConfig(
-            "vit_tiny_patch16_224",
-            image_size=32,
-            timm_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+    "unicl_tiny": Preset(
+        lambda: UniCLConfig(
+            ImageConfig(
+                "vit_tiny_patch16_224",
+                image_size=32,
+                timm_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+            ),
+            TextConfig(vocab_size=1000, context_length=16, width=64, layers=2, heads=2),
+            embed_dim=64,
         ),
-        TextConfig(vocab_size=1000, context_length=16, width=64, layers=2, heads=2),
-        embed_dim=64,
+        tokenizer=TRAINED_TOKENIZER,
     ),
 }
 
@@ -52,12 +79,27 @@ def get_config(name: str, **overrides: Any) -> UniCLConfig:
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    config = _PRESETS[name]()
+    config = _PRESETS[name].config()
     for tower in ("image", "text"):
         change = overrides.get(tower)
         if isinstance(change, dict):
             overrides[tower] = _replace(getattr(config, tower), change, tower)
     return _replace(config, overrides, "model")
+
+
+def preset_tokenizer(name: str) -> str:
+    """The tokenizer preset ``name`` reads: `CLIP_TOKENIZER` or `TRAINED_TOKENIZER`.
+
+    Raises:
+        ValueError: an unknown preset (the known ones are listed).
+
+    Example:
+        >>> preset_tokenizer("unicl_swin_tiny"), preset_tokenizer("unicl_tiny")
+        ('clip', 'trained')
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _PRESETS[name].tokenizer
 
 
 def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.text import TextConfig
+from unicl.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -29,23 +30,30 @@ CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
 
-def save_pretrained(model: UniCLModel, directory: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s tensors and configuration to ``directory`` (created if needed).
+def save_pretrained(
+    model: UniCLModel, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None
+) -> Path:
+    """Write ``model``'s tensors and configuration to ``directory`` (created if needed), and its tokenizer if given.
 
-    Each file is written to a temporary name and renamed into place, so a reader never sees a half-written file.
+    Each weight and configuration file is written to a temporary name and renamed into place, so a reader never
+    sees a half-written file. With the tokenizer saved beside them (``Tokenizer.save``), ``unicl.get_tokenizer``
+    and the commands read the directory's own tokenizer by default.
 
     Args:
         model: the model to save.
         directory: where ``model.safetensors`` and ``config.json`` go.
+        tokenizer: the tokenizer the model was trained with (``tokenizer.json``, ``tokenizer_config.json``).
 
     Returns:
         The directory.
 
     Raises:
-        TypeError: ``model`` is not a :class:`unicl.UniCLModel`.
+        TypeError: ``model`` is not a :class:`unicl.UniCLModel`, or ``tokenizer`` not a ``Tokenizer``.
     """
     if not isinstance(model, UniCLModel):
         raise TypeError(f"model must be a unicl.UniCLModel; got {type(model).__name__}")
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+        raise TypeError(f"tokenizer must be a unicl.tokenizer.Tokenizer; got {type(tokenizer).__name__}")
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
@@ -56,6 +64,8 @@ def save_pretrained(model: UniCLModel, directory: str | os.PathLike[str]) -> Pat
         save_file(tensors, str(temporary), metadata={"format": "pt"})
     with _replacing(target / CONFIG_NAME) as temporary:
         temporary.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(target)
     return target
 
 

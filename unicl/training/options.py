@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--tokenizer",
-        default="clip",
-        help="'clip' (CLIP's BPE, found on this machine; see unicl.tokenizer.Tokenizer.clip) or a tokenizer.json; "
-        "its vocabulary must fit the preset's text tower (default: clip)",
+        help="'clip' (CLIP's BPE, found on this machine), a tokenizer.json or a saved model directory; its "
+        "vocabulary must fit the preset's text tower (default: the tokenizer saved with a --pretrained directory, "
+        "else the preset's own: CLIP's BPE for the paper presets, and for unicl_tiny a BPE trained on this run's "
+        "prompts and captions, saved as OUTPUT/tokenizer.json and read back on resume)",
     )
     model.add_argument(
         "--micro-batch",

@@ -46,6 +46,23 @@ def expand_shard_urls(urls: str | Sequence[str]) -> list[str]:
     return [shard for item in items for shard in expand_urls(item)]
 
 
+def read_captions(urls: str | Sequence[str], limit: int) -> list[str]:
+    """The captions of the first ``limit`` samples of the shards, in their listed order (images not decoded).
+
+    Raises:
+        ImportError: webdataset is not installed.
+    """
+    tarfile_samples = _webdataset().tariterators.tarfile_samples
+    captions: list[str] = []
+    for sample in tarfile_samples([{"url": url} for url in expand_shard_urls(urls)]):
+        text_key = next((key for key in TEXT_EXTENSIONS if key in sample), None)
+        if text_key is not None:
+            captions.append(sample[text_key].decode("utf-8").strip())
+        if len(captions) >= limit:
+            break
+    return captions
+
+
 class ShardedCaptions(IterableDataset):
     """An endless stream of ``(image, caption)`` samples from WebDataset shards, for one rank (see the module
     docstring for the order and the resumption).

@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import random
-import shutil
 import signal
 import time
 import warnings
@@ -22,17 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer as HFTokenizer
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from unicl.data import UnifiedCollate
-from unicl.datasets import CaptionPairs, LabelledFolders, read_class_names
+from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.evaluate import zeroshot_accuracy
-from unicl.models import UniCLModel, create_model
+from unicl.models import UniCLModel, check_tokenizer_fits, create_model, get_tokenizer, preset_tokenizer
+from unicl.models.presets import TRAINED_TOKENIZER
 from unicl.nn import UniCLLoss
 from unicl.prompts import LabelToPrompt
-from unicl.tokenizer import Tokenizer
+from unicl.tokenizer import TOKENIZER_FILE, Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
@@ -40,12 +41,14 @@ from unicl.training.options import build_parser, check_arguments
 from unicl.training.runtime import Runtime, start_runtime, stop_runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
-from unicl.training.shards import ShardedCaptions
+from unicl.training.shards import ShardedCaptions, read_captions
 from unicl.training.signals import StopSignals
 from unicl.transforms import image_transform
 
 #: Bumped when the checkpoint's layout changes.
 CHECKPOINT_FORMAT = 1
+#: WebDataset captions a trained tokenizer learns from (the shards' first, in their listed order).
+TOKENIZER_CAPTIONS = 100_000
 #: Options that change what an uninterrupted run would compute; a resumed run warns when one differs.
 REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
@@ -100,18 +103,14 @@ class Training:
     def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
         self.args, self.runtime = args, runtime
         self.device = runtime.device
+        self._folders: LabelledFolders | None = None
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         overrides: dict[str, Any] = {}
         if args.grad_checkpointing:
             overrides = {"image": {"grad_checkpointing": True}, "text": {"grad_checkpointing": True}}
         self.model: UniCLModel = create_model(args.model, pretrained=args.pretrained, **overrides).to(self.device)
-        self.tokenizer = Tokenizer.load(args.tokenizer, self.model.config.text.context_length)
-        if self.tokenizer.vocab_size > self.model.config.text.vocab_size:
-            raise TrainingError(
-                f"--tokenizer has {self.tokenizer.vocab_size} ids but {args.model}'s text tower embeds "
-                f"{self.model.config.text.vocab_size}; use the preset's tokenizer or a smaller vocabulary"
-            )
+        self.train_transform = image_transform(self.model, train=not args.no_augmentation)
         self.precision = args.precision
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -133,6 +132,7 @@ class Training:
         self.step = 0
         self._resumed_random: dict[str, Any] | None = None
         resumed = self._resume()
+        self.tokenizer = self._tokenizer()
         self.log = RunLog(
             args.output, args.steps, self.step, enabled=runtime.is_main,
             tensorboard=args.tensorboard, progress=not args.no_progress,
@@ -148,20 +148,68 @@ class Training:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=device_ids)
 
+    # --- text ----------------------------------------------------------------------------------------------------
+
+    def _tokenizer(self) -> Tokenizer:
+        """``--tokenizer``; else the tokenizer saved with ``--pretrained``'s directory; else the preset's own: CLIP's
+        BPE, or one trained on this run's text (``TRAINED_TOKENIZER``)."""
+        args, context_length = self.args, self.model.config.text.context_length
+        pretrained = Path(args.pretrained) if args.pretrained is not None else None
+        if args.tokenizer is not None:
+            tokenizer, argument = get_tokenizer(args.tokenizer, context_length), "--tokenizer"
+        elif pretrained is not None and (pretrained / TOKENIZER_FILE).is_file():
+            tokenizer = get_tokenizer(pretrained, context_length)
+            argument = f"--pretrained {str(pretrained)!r}'s tokenizer"
+        elif preset_tokenizer(args.model) == TRAINED_TOKENIZER:
+            tokenizer, argument = self._trained_tokenizer(), "the trained tokenizer"
+        else:
+            tokenizer, argument = Tokenizer.clip(context_length), "CLIP's tokenizer"
+        check_tokenizer_fits(tokenizer, self.model.config, argument, args.model)
+        return tokenizer
+
+    def _trained_tokenizer(self) -> Tokenizer:
+        """A byte-level BPE with the text tower's vocabulary and context, trained by rank 0 on every prompt of every
+        class and the captions (all of a caption file, the first ``TOKENIZER_CAPTIONS`` of WebDataset shards),
+        sent to the other ranks, and saved as ``OUTPUT/tokenizer.json``; a resumed run reads that file back."""
+        args, text = self.args, self.model.config.text
+        if self.step > 0 and (args.output / TOKENIZER_FILE).is_file():
+            return Tokenizer.from_pretrained(args.output, text.context_length)
+        serialized: str | None = None
+        if self.runtime.is_main:
+            corpus: list[str] = []
+            if args.image_folder:
+                corpus += [prompt for prompts in LabelToPrompt(self._labelled().class_names) for prompt in prompts]
+            for path in args.captions:
+                corpus += [caption for _, caption in read_caption_file(path)]
+            if args.webdataset:
+                corpus += read_captions(args.webdataset, TOKENIZER_CAPTIONS)
+            tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)
+            tokenizer.save(args.output)
+            serialized = tokenizer.tokenizer.to_str()
+        serialized = self.runtime.broadcast(serialized)
+        return Tokenizer(HFTokenizer.from_str(serialized), text.context_length)
+
     # --- data ----------------------------------------------------------------------------------------------------
+
+    def _labelled(self) -> LabelledFolders:
+        """The ``--image-folder`` roots as one dataset (scanned once)."""
+        if self._folders is None:
+            args = self.args
+            names = [read_class_names(path) for path in args.classnames] if args.classnames else None
+            self._folders = LabelledFolders(args.image_folder, self.train_transform, names)
+        return self._folders
 
     def _loaders(self) -> dict[str, DataLoader]:
         """One loader per source, from the step the run is at, each giving its share of every batch."""
         args, runtime = self.args, self.runtime
-        transform = image_transform(self.model, train=not args.no_augmentation)
+        transform = self.train_transform
         labelled_size = round(args.ratio * args.batch_size)
         shares = {"labelled": labelled_size, "captioned": args.batch_size - labelled_size}
         self.shares = {name: share for name, share in shares.items() if share > 0}
         prompts = None
         loaders = {}
         if shares["labelled"] > 0:
-            names = [read_class_names(path) for path in args.classnames] if args.classnames else None
-            folders = LabelledFolders(args.image_folder, transform, names)
+            folders = self._labelled()
             prompts = LabelToPrompt(folders.class_names, seed=args.seed)
             keyed = KeyedSamples(folders, args.seed, prompts)
             loaders["labelled"] = self._loader(keyed, shares["labelled"], prompts)
@@ -423,9 +471,7 @@ class Training:
         """The final weights (``save_pretrained``), the tokenizer file and the run's options, by rank 0."""
         final = self.args.output / "final"
         if self.runtime.is_main:
-            self.model.save_pretrained(final)
-            if self.args.tokenizer != "clip":
-                shutil.copyfile(self.args.tokenizer, final / "tokenizer.json")
+            self.model.save_pretrained(final, tokenizer=self.tokenizer)
             summary = {"step": self.step, "options": run_configuration(self.args)}
             (final / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
             self.log.message(f"final weights in {final}")

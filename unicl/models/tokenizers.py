@@ -1,0 +1,114 @@
+"""The tokenizer that goes with a model: a saved model's own, a preset's, CLIP's, or a ``tokenizer.json``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from unicl.models.model import UniCLConfig
+from unicl.models.presets import TRAINED_TOKENIZER, get_config, list_models, preset_tokenizer
+from unicl.models.serialization import CONFIG_NAME, read_config
+from unicl.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
+
+#: The vocabulary of CLIP's BPE, the only one a saved model without a tokenizer file can have been trained with
+#: by this library's defaults.
+CLIP_VOCAB_SIZE = 49408
+
+
+def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = None) -> Tokenizer:
+    """The tokenizer a model reads.
+
+    Args:
+        source: one of
+            - a directory written by ``save_pretrained`` (the training command's ``RUN/final``): the tokenizer saved
+              with it; a model directory saved without one is read with CLIP's BPE when its text tower embeds CLIP's
+              49,408 ids;
+            - a preset name: the tokenizer the preset names (CLIP's BPE for the paper presets);
+            - ``"clip"``: CLIP's BPE, found on this machine (see ``Tokenizer.clip``);
+            - a ``tokenizer.json`` file (with the settings of a ``tokenizer_config.json`` beside it, if any).
+        context_length: tokens per row; default: the saved setting, the model's text context, or 77.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        FileNotFoundError: ``source`` is none of the above.
+        ValueError: a preset whose tokenizer is trained per run (``unicl_tiny``), a model directory with no
+            tokenizer that CLIP's BPE cannot be, or unreadable files.
+
+    Example:
+        >>> import tempfile, unicl
+        >>> from unicl.tokenizer import Tokenizer
+        >>> model = unicl.create_model("unicl_tiny")
+        >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=16)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = model.save_pretrained(folder, tokenizer=tokenizer)
+        ...     unicl.get_tokenizer(folder).vocab_size == tokenizer.vocab_size
+        True
+    """
+    text = str(source)
+    path = Path(source)
+    if path.is_dir():
+        return _saved_tokenizer(path, context_length)
+    if text == "clip":
+        return Tokenizer.clip(context_length or 77)
+    if text in list_models():
+        if preset_tokenizer(text) == TRAINED_TOKENIZER:
+            raise ValueError(
+                f"{text}'s tokenizer is trained on each run's own text: pass the run's directory (RUN/final) or a "
+                "tokenizer.json, or make one with unicl.tokenizer.Tokenizer.train(corpus, ...)"
+            )
+        return Tokenizer.clip(context_length or get_config(text).text.context_length)
+    if path.is_file():
+        if (path.parent / TOKENIZER_CONFIG_FILE).is_file() and path.name == TOKENIZER_FILE:
+            return Tokenizer.from_pretrained(path.parent, context_length)
+        return Tokenizer.from_file(path, context_length or 77)
+    raise FileNotFoundError(
+        f"tokenizer {text!r} is neither a saved model directory, a preset ({', '.join(list_models())}), 'clip', "
+        "nor a tokenizer.json file"
+    )
+
+
+def _saved_tokenizer(directory: Path, context_length: int | None) -> Tokenizer:
+    if (directory / TOKENIZER_FILE).is_file():
+        # The tokenizer's own saved context wins; a bare tokenizer.json takes the saved model's.
+        saved_settings = (directory / TOKENIZER_CONFIG_FILE).is_file()
+        if context_length is None and not saved_settings and (directory / CONFIG_NAME).is_file():
+            context_length = read_config(directory).text.context_length
+        return Tokenizer.from_pretrained(directory, context_length)
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{str(directory)!r} holds neither a tokenizer.json nor a saved model")
+    config = read_config(directory)
+    if config.text.vocab_size != CLIP_VOCAB_SIZE:
+        raise ValueError(
+            f"the model in {str(directory)!r} was saved without its tokenizer and its text tower embeds "
+            f"{config.text.vocab_size} ids (not CLIP's {CLIP_VOCAB_SIZE}): pass its tokenizer.json"
+        )
+    return Tokenizer.clip(context_length or config.text.context_length)
+
+
+def check_tokenizer_fits(
+    tokenizer: Tokenizer, config: UniCLConfig, argument: str = "--tokenizer", model_name: str = "the model"
+) -> None:
+    """Refuse a tokenizer whose ids the text tower cannot embed (an index error deep in the embedding otherwise).
+
+    Args:
+        tokenizer: the tokenizer.
+        config: the model's configuration.
+        argument: how the user gave the tokenizer, named in the message.
+        model_name: the model, named in the message.
+
+    Raises:
+        ValueError: more ids than the text tower embeds, or rows longer than its context.
+    """
+    text = config.text
+    if tokenizer.vocab_size > text.vocab_size:
+        raise ValueError(
+            f"{argument} has {tokenizer.vocab_size} ids but {model_name}'s text tower embeds {text.vocab_size}; "
+            "use the model's own tokenizer or a smaller vocabulary"
+        )
+    if tokenizer.context_length > text.context_length:
+        raise ValueError(
+            f"{argument} makes rows of {tokenizer.context_length} tokens but {model_name}'s text tower reads at most "
+            f"{text.context_length}"
+        )
