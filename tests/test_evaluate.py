@@ -1,146 +1,419 @@
-"""The zero-shot commands end to end on digits saved as PNG files, against the Python API."""
+"""The evaluation commands end to end on digits saved as PNG files, against the Python API and independent
+references (scikit-learn, a numpy 11-point AP, brute-force recall), and every bad input as one line."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sklearn.datasets import load_digits
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torchvision.datasets import ImageFolder
 
 import unicl
-from unicl.evaluate import CaptionFile, retrieval_recall, zeroshot_accuracy
+import unicl.evaluate
+from unicl.evaluate import (
+    CaptionFile,
+    build_parser,
+    main,
+    retrieval_recall,
+    zeroshot_accuracy,
+    zeroshot_scores,
+)
+from unicl.evaluation.label_files import MultiLabelImages
+from unicl.evaluation.probe import run_linear_probe
 from unicl.prompts import DEFAULT_TEMPLATES
 from unicl.tokenizer import Tokenizer
+from unicl.zeroshot import build_zeroshot_classifier
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
+SHAPES = {"zero": ["round"], "one": ["straight"], "two": ["curved"], "three": ["curved"], "four": ["straight"],
+          "five": ["curved", "straight"]}  # fmt: skip
+
+
+def _save_digit(pixels, path: Path) -> None:
+    Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32), Image.NEAREST).convert("RGB").save(path)
+
+
+def make_workspace(root: Path) -> Path:
+    """Real digits written as: an ImageFolder (6 classes x 6 images), a second split of it (6 x 4), a two-class
+    folder, a labels CSV (multi-label: shape words per digit), a caption CSV (one image with two captions), a
+    tokenizer trained on the prompts and captions, and a model saved with it."""
+    digits = load_digits()
+    captions, labels = [], []
+    for class_id, name in enumerate(NAMES):
+        indices = (digits.target == class_id).nonzero()[0]
+        for split, chosen in (("digits", indices[:6]), ("held-out", indices[6:10])):
+            (root / split / name).mkdir(parents=True)
+            for index in chosen:
+                _save_digit(digits.images[index], root / split / name / f"{index}.png")
+                if split == "digits":
+                    captions.append((f"digits/{name}/{index}.png", f"a handwritten {name}"))
+                    labels.append((f"digits/{name}/{index}.png", ";".join(SHAPES[name])))
+        if name in ("zero", "one"):
+            (root / "binary" / name).mkdir(parents=True)
+            for index in indices[:8]:
+                _save_digit(digits.images[index], root / "binary" / name / f"{index}.png")
+    captions.append((captions[0][0], "the digit zero, written by hand"))  # a second caption of one image
+    for file_name, header, rows in (("captions.csv", "caption", captions), ("labels.csv", "labels", labels)):
+        with (root / file_name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", header])
+            writer.writerows(rows)
+    words = [*NAMES, "round", "straight", "curved"]
+    corpus = [t.format(n) for t in DEFAULT_TEMPLATES for n in words] + [caption for _, caption in captions]
+    tokenizer = Tokenizer.train(corpus, vocab_size=600, context_length=16)
+    tokenizer.tokenizer.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    unicl.create_model("unicl_tiny").save_pretrained(root / "model", tokenizer=tokenizer)
+    return root
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """An ImageFolder of real digits (32x32 RGB PNGs), a caption CSV over the same files, a saved model and a
-    tokenizer file."""
-    root = tmp_path_factory.mktemp("evaluate")
-    digits = load_digits()
-    rows = []
-    for name_id, name in enumerate(NAMES):
-        folder = root / "digits" / name
-        folder.mkdir(parents=True)
-        for index in (digits.target == name_id).nonzero()[0][:6]:
-            pixels = (digits.images[index] * 255 / 16).astype("uint8")
-            image = Image.fromarray(pixels).resize((32, 32), Image.NEAREST).convert("RGB")
-            path = folder / f"{index}.png"
-            image.save(path)
-            rows.append((f"digits/{name}/{path.name}", f"a handwritten {name}"))
-    rows.append((rows[0][0], "the digit zero, written by hand"))  # a second caption of one image
-    with (root / "captions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "caption"])
-        writer.writerows(rows)
-    torch.manual_seed(0)
-    model = unicl.create_model("unicl_tiny")
-    model.save_pretrained(root / "model")
-    corpus = [t.format(n) for t in DEFAULT_TEMPLATES for n in NAMES] + [caption for _, caption in rows]
-    Tokenizer.train(corpus, vocab_size=600, context_length=16).tokenizer.save(str(root / "tokenizer.json"))
-    return root
+    return make_workspace(tmp_path_factory.mktemp("evaluate"))
 
 
-def _run(*arguments) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "unicl.evaluate", *map(str, arguments), "--workers", "0", "--device", "cpu"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+def _main(*arguments) -> dict:
+    """The command in this process (its options as a user types them), on the CPU without workers."""
+    return main([*map(str, arguments), "--workers", "0", "--device", "cpu", "--no-progress"])
 
 
-def test_zeroshot_command_reports_what_the_python_api_computes(workspace):
-    result = _run(
-        "zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
-        "--tokenizer", workspace / "tokenizer.json", "--json", workspace / "zeroshot.json", "--batch-size", "7",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    reported = json.loads((workspace / "zeroshot.json").read_text())
+def _api_scores(workspace, dataset, class_names, templates=DEFAULT_TEMPLATES):
     model = unicl.load_model(workspace / "model")
-    tokenizer = Tokenizer.from_file(workspace / "tokenizer.json", context_length=16)
+    tokenizer = unicl.get_tokenizer(workspace / "model")
+    dataset.transform = unicl.image_transform(model)
+    classifier = build_zeroshot_classifier(model.eval(), tokenizer, class_names, templates)
+    return zeroshot_scores(model, dataset, classifier, batch_size=5)
+
+
+def test_zeroshot_command_reports_what_the_python_api_computes(workspace, capsys):
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
+                     "--json", workspace / "zeroshot.json", "--batch-size", "7")  # fmt: skip
+    assert json.loads((workspace / "zeroshot.json").read_text()) == reported
+    model = unicl.load_model(workspace / "model")
+    tokenizer = unicl.get_tokenizer(workspace / "model")  # the model's own, the command's default
     dataset = ImageFolder(str(workspace / "digits"), transform=unicl.image_transform(model))
     expected = zeroshot_accuracy(model, dataset, dataset.classes, tokenizer, batch_size=5)
     assert reported == expected
-    assert set(reported) == {"top1", "top5", "images", "classes"} and reported["images"] == 36
-    assert 0.0 <= reported["top1"] <= reported["top5"] <= 1.0
-    assert f"top1={expected['top1']:.4f}" in result.stdout
+    assert set(reported) == {"top1", "top5", "metric", "images", "classes"} and reported["images"] == 36
+    assert 0.0 <= reported["top1"] <= reported["top5"] <= 1.0 and reported["metric"] == "top1"
+    assert f"top1={expected['top1']:.4f}" in capsys.readouterr().out
+    # An explicit tokenizer file with the same vocabulary gives the same numbers.
+    assert _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
+                 "--tokenizer", workspace / "tokenizer.json") == expected  # fmt: skip
 
 
-def test_class_names_file_and_preset_with_pretrained_weights(workspace):
+def test_class_names_file_and_preset_with_pretrained_weights(workspace, capsys):
     names = workspace / "names.txt"
-    names.write_text("\n".join(sorted(NAMES)) + "\n")
-    arguments = ["zeroshot", "--model", "unicl_tiny", "--pretrained", workspace / "model", "--data"]
-    result = _run(*arguments, workspace / "digits", "--tokenizer", workspace / "tokenizer.json",
-                  "--classnames", names, "--json", workspace / "named.json", "--no-progress")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((workspace / "named.json").read_text()) == json.loads((workspace / "zeroshot.json").read_text())
-    names.write_text("one\ntwo\n")
-    result = _run(*arguments, workspace / "digits", "--tokenizer", workspace / "tokenizer.json", "--classnames", names)
-    assert result.returncode != 0 and "has 2 names; the image folder has 6 classes" in result.stderr
+    names.write_text("\n".join(sorted(NAMES)) + "\n")  # the folders' own names, in folder order
+    preset = ["zeroshot", "--model", "unicl_tiny", "--pretrained", workspace / "model"]
+    # The tokenizer: the --pretrained directory's own.
+    with_names = _main(*preset, "--data", workspace / "digits", "--classnames", names)
+    assert with_names == _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits")
+
+
+def test_zeroshot_metrics_equal_scikit_learn_and_a_numpy_reference(workspace):
+    folder = ImageFolder(str(workspace / "digits"))
+    scores, targets = _api_scores(workspace, folder, folder.classes)
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
+                     "--metric", "mean_per_class_recall")  # fmt: skip
+    assert reported["metric"] == "mean_per_class_recall"
+    expected = balanced_accuracy_score(targets.numpy(), scores.argmax(1).numpy())
+    assert reported["mean_per_class_recall"] == pytest.approx(expected, abs=1e-12)
+
+    binary = ImageFolder(str(workspace / "binary"))
+    scores, targets = _api_scores(workspace, binary, binary.classes)
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "binary", "--metric", "roc_auc")
+    expected = roc_auc_score(targets.numpy(), (scores[:, 1] - scores[:, 0]).double().numpy())
+    assert reported["roc_auc"] == pytest.approx(expected, abs=1e-12) and "top5" not in reported
+
+    multilabel = MultiLabelImages(workspace / "labels.csv")
+    assert multilabel.classes == ["curved", "round", "straight"] and multilabel.targets.sum() == 42
+    scores, targets = _api_scores(workspace, multilabel, multilabel.classes)
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "labels.csv")
+    assert reported["metric"] == "map_11_point" and set(reported) == {"map_11_point", "metric", "images", "classes"}
+    assert reported["map_11_point"] == pytest.approx(_numpy_11_point_map(scores.numpy(), targets.numpy()), abs=1e-12)
+
+
+def _numpy_11_point_map(scores: np.ndarray, targets: np.ndarray) -> float:
+    """VOC2007's devkit rule in float64: per class, the mean over t in 0, 0.1, ..., 1 of the best precision at a
+    recall >= t, samples taken one at a time in score order (no ties in these scores)."""
+    precisions = []
+    for c in range(scores.shape[1]):
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = targets[order, c].astype(np.float64)
+        tp = np.cumsum(hits)
+        precision, recall = tp / np.arange(1, len(hits) + 1), tp / hits.sum()
+        precisions.append(np.mean([precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)]))
+    return float(np.mean(precisions))
+
+
+def test_templates_file_is_used(workspace, tmp_path, monkeypatch):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a drawing of the digit {}.\n{}, handwritten.\n")
+    used = []
+
+    def recording(model, tokenizer, class_names, templates, **options):
+        used.append(list(templates))
+        return build_zeroshot_classifier(model, tokenizer, class_names, templates, **options)
+
+    monkeypatch.setattr(unicl.evaluate, "build_zeroshot_classifier", recording)
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
+                     "--templates", templates)  # fmt: skip
+    assert used == [["a drawing of the digit {}.", "{}, handwritten."]]
+    folder = ImageFolder(str(workspace / "digits"))
+    scores, targets = _api_scores(workspace, folder, folder.classes, used[0])
+    assert reported["top1"] == pytest.approx(float((scores.argmax(1) == targets).double().mean()), abs=1e-12)
+    _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits")
+    assert used[1] == list(DEFAULT_TEMPLATES)
 
 
 def test_retrieval_command_reports_what_the_python_api_computes(workspace):
-    result = _run(
-        "retrieval", "--model", workspace / "model", "--captions", workspace / "captions.csv",
-        "--tokenizer", workspace / "tokenizer.json", "--json", workspace / "retrieval.json",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    reported = json.loads((workspace / "retrieval.json").read_text())
+    reported = _main("retrieval", "--model", workspace / "model", "--captions", workspace / "captions.csv",
+                     "--json", workspace / "retrieval.json")  # fmt: skip
     model = unicl.load_model(workspace / "model")
-    tokenizer = Tokenizer.from_file(workspace / "tokenizer.json", context_length=16)
     captions = CaptionFile(workspace / "captions.csv", unicl.image_transform(model))
-    assert reported == retrieval_recall(model, captions, tokenizer, batch_size=4)
+    assert reported == retrieval_recall(model, captions, unicl.get_tokenizer(workspace / "model"), batch_size=4)
     assert reported["images"] == 36 and reported["captions"] == 37
     for direction in ("image_to_text", "text_to_image"):
         recalls = [reported[f"{direction}_R@{k}"] for k in (1, 5, 10)]
         assert 0.0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1.0
 
 
-def test_retrieval_of_a_perfect_model_is_one():
-    """Recall counts any caption of an image as a hit: with embeddings that pair each caption with its image, every
-    recall is 1."""
+class _Lookup(torch.nn.Module):
+    """Fixed embeddings: image ``i`` is ``images[i]``, a caption with id ``j`` is ``texts[j]``."""
 
-    class Paired(torch.nn.Module):
-        def encode_image(self, images):
-            return images.flatten(1)[:, :4]
+    def __init__(self, images: torch.Tensor, texts: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.texts = images, texts
 
-        def encode_text(self, ids, mask):
-            return torch.nn.functional.one_hot(ids[:, 1] % 4, 4).float()
+    def encode_image(self, index):
+        return self.images[index.flatten(1)[:, 0].long()]
 
-    class Captions:
-        image_index = (0, 1, 2, 2)
-        captions = ("a", "b", "c", "c2")
-
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, index):
-            return torch.nn.functional.one_hot(torch.tensor(index), 4).float().reshape(1, 2, 2)
-
-    class Ids:
-        def __call__(self, texts):
-            ids = torch.tensor([[0, {"a": 0, "b": 1, "c": 2, "c2": 2}[t]] for t in texts])
-            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    results = retrieval_recall(Paired(), Captions(), Ids())  # type: ignore[arg-type]
-    assert all(results[f"{d}_R@{k}"] == 1.0 for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
+    def encode_text(self, ids, mask):
+        return self.texts[ids[:, 1]]
 
 
-def test_bad_inputs_are_clear(workspace, tmp_path):
-    result = _run("zeroshot", "--model", "unicl_tiny", "--data", tmp_path / "missing", "--tokenizer",
-                  workspace / "tokenizer.json")  # fmt: skip
-    assert result.returncode != 0 and "is not a directory" in result.stderr
-    bad_csv = tmp_path / "bad.csv"
-    bad_csv.write_text("path,text\nx.png,hello\n")
-    with pytest.raises(ValueError, match="needs a header with an image column"):
-        CaptionFile(bad_csv, unicl.image_transform("unicl_tiny"))
-    missing_image = tmp_path / "missing.csv"
-    missing_image.write_text("image,caption\nnowhere.png,hello\n")
-    with pytest.raises(FileNotFoundError, match=r"image 'nowhere\.png' does not exist"):
-        CaptionFile(missing_image, unicl.image_transform("unicl_tiny"))
+class _Captions:
+    def __init__(self, owners: list[int]) -> None:
+        self.image_index, self.captions = owners, [str(j) for j in range(len(owners))]
+
+    def __len__(self):
+        return max(self.image_index) + 1
+
+    def __getitem__(self, index):
+        return torch.full((1, 1, 1), float(index))
+
+
+class _Ids:
+    def __call__(self, texts):
+        ids = torch.tensor([[0, int(t)] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 6), st.lists(st.integers(1, 3), min_size=2, max_size=12), st.integers(0, 2**31))
+def test_retrieval_recall_equals_a_brute_force_reference(dim, captions_per_image, seed):
+    """An image query is a hit when ANY of its captions is in its top k captions; a caption when its image is in
+    its top k images (clip_benchmark's rule), checked against loops in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    owners = [i for i, count in enumerate(captions_per_image) for _ in range(count)]
+    images = torch.randn(len(captions_per_image), dim, generator=generator)
+    texts = torch.randn(len(owners), dim, generator=generator)
+    results = retrieval_recall(_Lookup(images, texts), _Captions(owners), _Ids(), batch_size=5)  # type: ignore[arg-type]
+    similarity = (torch.nn.functional.normalize(images.double(), dim=1)
+                  @ torch.nn.functional.normalize(texts.double(), dim=1).T).numpy()  # fmt: skip
+    for k in (1, 5, 10):
+        image_hits = [any(owners[j] == i for j in np.argsort(-similarity[i], kind="stable")[:k])
+                      for i in range(len(images))]  # fmt: skip
+        text_hits = [owners[j] in np.argsort(-similarity[:, j], kind="stable")[:k] for j in range(len(owners))]
+        assert results[f"image_to_text_R@{k}"] == pytest.approx(np.mean(image_hits))
+        assert results[f"text_to_image_R@{k}"] == pytest.approx(np.mean(text_hits))
+
+
+def test_the_model_a_training_run_saved_evaluates_with_its_own_tokenizer(workspace, tmp_path):
+    """The issue's fault: ``zeroshot --model RUN/final`` tokenised with CLIP's BPE (49,408 ids) for a text tower
+    that embeds 1,000, and ended in an IndexError; the run's own tokenizer is now the default, and CLIP's BPE is
+    refused by name."""
+    from unicl.train import main as train
+
+    final = train(["--model", "unicl_tiny", "--device", "cpu", "--tokenizer", str(workspace / "tokenizer.json"),
+                   "--image-folder", str(workspace / "digits"), "--batch-size", "8", "--lr", "1e-3", "--warmup", "1",
+                   "--steps", "2", "--workers", "0", "--output", str(tmp_path / "run"), "--no-progress",
+                   "--no-tensorboard"])  # fmt: skip
+    assert final == tmp_path / "run" / "final"
+    reported = _main("zeroshot", "--model", final, "--data", workspace / "held-out")
+    model = unicl.load_model(final)
+    tokenizer = Tokenizer.from_file(workspace / "tokenizer.json", context_length=16)
+    dataset = ImageFolder(str(workspace / "held-out"), transform=unicl.image_transform(model))
+    assert reported == zeroshot_accuracy(model, dataset, dataset.classes, tokenizer)
+    assert reported["images"] == 24
+
+
+def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tmp_path, capsys):
+    model = unicl.load_model(workspace / "model")
+    transform = unicl.image_transform(model)
+    train = ImageFolder(str(workspace / "digits"), transform=transform)
+    test = ImageFolder(str(workspace / "held-out"), transform=transform)
+    reported = _main("linear-probe", "--model", workspace / "model", "--train", workspace / "digits",
+                     "--test", workspace / "held-out", "--metric", "mean_per_class_recall")  # fmt: skip
+    assert reported == run_linear_probe(model, train, test, metric="mean_per_class_recall")
+    assert reported["feature_kind"] == "backbone" and reported["train"] == 36 and reported["test"] == 24
+    assert f"mean_per_class_recall={reported['mean_per_class_recall']:.4f}" in capsys.readouterr().out
+
+    # Few-shot over three seeds, features cached: the second run reads the cache and reports the same.
+    few_shot = ["linear-probe", "--model", workspace / "model", "--train", workspace / "digits", "--test",
+                workspace / "held-out", "--shots", "3", "--seeds", "0", "1", "2", "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    first = _main(*few_shot)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # the train and the test split
+    assert _main(*few_shot) == first
+    expected = run_linear_probe(model, train, test, shots=3, seeds=(0, 1, 2))
+    assert first["mean"] == expected["mean"] and first["std"] == expected["std"] and first["shots"] == 3
+    shown = capsys.readouterr().out
+    assert f"top1={first['mean']['top1']:.4f}±{first['std']['top1']:.4f}" in shown
+
+    # A zero-shot-initialised head: projected features by default.
+    tokenizer = unicl.get_tokenizer(workspace / "model")
+    text = _main("linear-probe", "--model", workspace / "model", "--train", workspace / "digits", "--test",
+                 workspace / "held-out", "--init", "text")  # fmt: skip
+    expected = run_linear_probe(model, train, test, features="projected", init="text", tokenizer=tokenizer)
+    assert text == expected and text["feature_kind"] == "projected"
+
+
+def _error(capsys, *arguments) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        _main(*arguments)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    prefix = f"python -m unicl.evaluate {arguments[0]}: error: "
+    assert lines[-1].startswith(prefix), lines
+    return lines[-1].removeprefix(prefix)
+
+
+def _corrupt_model(workspace, tmp_path, content: bytes | None) -> Path:
+    directory = tmp_path / "model"
+    directory.mkdir(exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (workspace / "model" / name).is_file():
+            (directory / name).write_bytes((workspace / "model" / name).read_bytes())
+    if content is not None:
+        (directory / "model.safetensors").write_bytes(content)
+    return directory
+
+
+BAD_INPUTS = {
+    "missing data": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", t / "missing"],
+                     "--data '{t}/missing': does not exist"),
+    "empty folder": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", t],
+                     "--data '{t}': Couldn't find any class folder"),
+    "unknown model": (lambda w, t: ["zeroshot", "--model", "resnet", "--data", w / "digits"],
+                      "--model 'resnet': is neither a model directory"),
+    "no config": (lambda w, t: ["zeroshot", "--model", t, "--data", w / "digits"],
+                  "--model '{t}': {t}/config.json does not exist"),
+    "truncated weights": (lambda w, t: ["zeroshot", "--model", _corrupt_model(w, t, (w / "model/model.safetensors")
+                                        .read_bytes()[:500]), "--data", w / "digits"],
+                          "is not a readable safetensors file"),
+    "foreign weights": (lambda w, t: ["zeroshot", "--model", _corrupt_model(w, t, b"PK\x03\x04 a zip"), "--data",
+                                      w / "digits"], "is not a readable safetensors file"),
+    "missing weights": (lambda w, t: ["zeroshot", "--model", _corrupt_model(w, t, None), "--data", w / "digits"],
+                        "model.safetensors does not exist"),
+    "pretrained with a directory": (lambda w, t: ["zeroshot", "--model", w / "model", "--pretrained", w / "model",
+                                                  "--data", w / "digits"], "--pretrained"),
+    "missing pretrained": (lambda w, t: ["zeroshot", "--model", "unicl_tiny", "--pretrained", t / "x.safetensors",
+                                         "--data", w / "digits"], "--pretrained '{t}/x.safetensors'"),
+    "preset without its tokenizer": (lambda w, t: ["zeroshot", "--model", "unicl_tiny", "--data", w / "digits"],
+                                     "--tokenizer (default: the model's own) 'unicl_tiny': unicl_tiny's tokenizer is "
+                                     "trained"),
+    "tokenizer too big": (lambda w, t: ["zeroshot", "--model", w / "model", "--tokenizer", "clip", "--data",
+                                        w / "digits"],
+                          "--tokenizer has 49408 ids but the model's text tower embeds 1000"),
+    "missing tokenizer": (lambda w, t: ["zeroshot", "--model", w / "model", "--tokenizer", t / "tok.json", "--data",
+                                        w / "digits"], "--tokenizer '{t}/tok.json'"),
+    "wrong caption columns": (lambda w, t: ["retrieval", "--model", w / "model", "--captions", _write(t / "c.csv",
+                              "path,text\nx.png,hello\n")], "--captions '{t}/c.csv': '{t}/c.csv' needs a header"),
+    "missing caption image": (lambda w, t: ["retrieval", "--model", w / "model", "--captions", _write(t / "c.csv",
+                              "image,caption\nnowhere.png,hi\n")], "image 'nowhere.png' does not exist"),
+    "class-name count": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--classnames",
+                                       _write(t / "n.txt", "one\ntwo\n")],
+                         "--classnames '{t}/n.txt': has 2 names; --data has 6 classes"),
+    "missing class names": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits",
+                                          "--classnames", t / "n.txt"], "--classnames '{t}/n.txt'"),
+    "templates without a slot": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits",
+                                               "--templates", _write(t / "t.txt", "a photo\n")], "--templates"),
+    "unknown metric": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--metric", "f1"],
+                       "argument --metric: invalid choice: 'f1'"),
+    "mAP on single-label data": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits",
+                                               "--metric", "map_11_point"],
+                                 "--metric 'map_11_point': map_11_point is for multi-label data"),
+    "roc_auc on 6 classes": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--metric",
+                                           "roc_auc"], "roc_auc scores binary data (2 classes); this data has 6"),
+    "top1 on multi-label data": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "labels.csv",
+                                               "--metric", "top1"], "multi-label data is scored with map_11_point"),
+    "labels file without labels": (lambda w, t: ["zeroshot", "--model", w / "model", "--data",
+                                                 _write(t / "l.csv", "image,tags\nx.png,a\n")], "a 'labels' column"),
+    "bad batch size": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--batch-size", "0"],
+                       "--batch-size '0': must be >= 1"),
+    "test classes differ": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
+                                          w / "binary"], "--test '{w}/binary': must have --train's classes"),
+    "bad shots": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
+                                w / "held-out", "--shots", "0"], "--shots '0': must be >= 1"),
+    "one shot without l2": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
+                                          w / "held-out", "--shots", "1"], "--shots '1': leaves nothing to hold out"),
+    "text init with backbone features": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits",
+                                                       "--test", w / "held-out", "--init", "text", "--features",
+                                                       "backbone"], "--features 'backbone': --init text"),
+    "seeds without shots": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
+                                          w / "held-out", "--seeds", "0", "1"], "several seeds need --shots"),
+}  # fmt: skip
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_are_clear(workspace, tmp_path, capsys, case):
+    """One line naming the argument, exit status 2, no traceback."""
+    arguments, expected = BAD_INPUTS[case]
+    message = _error(capsys, *arguments(workspace, tmp_path))
+    assert expected.format(t=tmp_path, w=workspace) in message, message
+
+
+def test_a_bad_input_prints_one_line_from_the_shell(workspace, tmp_path):
+    command = [sys.executable, "-m", "unicl.evaluate", "zeroshot", "--model", str(workspace / "model"), "--data",
+               str(tmp_path / "missing"), "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("python -m unicl.evaluate zeroshot: error: --data")
+
+
+def test_help_explains_every_option():
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"zeroshot", "retrieval", "linear-probe", "suite"}
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help and len(action.help) > 15, (name, action.dest)
+
+
+def test_the_evaluation_page_documents_every_option():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        assert f"`{name}`" in page, name
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert f"`{action.option_strings[0]}" in page, (name, action.option_strings[0])

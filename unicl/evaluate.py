@@ -1,27 +1,38 @@
-"""Zero-shot evaluation: image classification on an ImageFolder and image-text retrieval on a caption file.
+"""Evaluation commands: zero-shot classification, image-text retrieval, linear probes (few-shot too), and suites.
 
-From Python, :func:`zeroshot_accuracy` and :func:`retrieval_recall`; from the shell::
+From Python, `zeroshot_accuracy` and `retrieval_recall` (linear probes: `unicl.evaluation.run_linear_probe`); from
+the shell::
 
-    python -m unicl.evaluate zeroshot --model unicl_swin_tiny --pretrained in21k_yfcc14m.pth --data imagenet/val
+    python -m unicl.evaluate zeroshot --model runs/x/final --data imagenet/val --classnames imagenet --templates unicl
     python -m unicl.evaluate retrieval --model unicl_swin_tiny --pretrained in21k_yfcc14m.pth --captions coco.csv
+    python -m unicl.evaluate linear-probe --model runs/x/final --train cifar10/train --test cifar10/test
+    python -m unicl.evaluate linear-probe --model runs/x/final --train T --test V --shots 5 --seeds 0 1 2
+    python -m unicl.evaluate suite examples/elevater_suite.json --model runs/x/final --output results/
 
-``--model`` is a preset (with ``--pretrained`` weights) or a directory written by ``save_pretrained``. Class names
-come from the ImageFolder's folders, or one per line from ``--classnames`` (in folder order; commas separate
-synonyms); every class is the mean of its prompts from :data:`unicl.prompts.DEFAULT_TEMPLATES`. The caption file is
-a CSV (or TSV) with a header naming an ``image`` (or ``filepath``) and a ``caption`` (or ``title``) column; relative
-image paths start at the file's folder, and an image listed with several captions is one image with several
-positives. Images go through :func:`unicl.image_transform` (the released models' evaluation transform).
+``--model`` is a preset (with ``--pretrained`` weights) or a directory written by ``save_pretrained`` or by the
+training command (``RUN/final``); the tokenizer is the model's own unless ``--tokenizer`` names another, and its
+ids are checked against the text tower. ``--data`` is an ImageFolder root (one folder per class), or a labels CSV
+for multi-label data (an ``image`` and a ``labels`` column of ``;``-separated class names). Class names come from
+the folders (or the labels), or one per line from ``--classnames`` (in folder order; commas separate synonyms;
+``imagenet`` for ImageNet-1k's curated names). Every class is the mean of its prompts from ``--templates``
+(``default``, ``plain``, ``clip`` for CLIP's 80 ImageNet templates, ``unicl`` for UniCL's 81, or a file).
+``--metric`` picks the reported score: top1, top5, mean_per_class_recall, map_11_point (multi-label) or roc_auc
+(two classes). The caption file is a CSV (or TSV) with an ``image`` (or ``filepath``) and a ``caption`` (or
+``title``) column; an image listed on several rows is one image with several captions. Images go through
+`unicl.image_transform`. The page docs/evaluation.md defines every protocol and metric.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +41,35 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from unicl._checks import check_positive_int
+from unicl._checks import check_positive_int, first_line
 from unicl.datasets import load_rgb, read_caption_file, read_class_names
-from unicl.models import UniCLModel, create_model, load_model
-from unicl.models.serialization import CONFIG_NAME
-from unicl.prompts import DEFAULT_TEMPLATES
+from unicl.evaluation.label_files import MultiLabelImages
+from unicl.evaluation.metrics import METRICS, compute_metric
+from unicl.evaluation.probe import run_linear_probe
+from unicl.models import UniCLModel, create_model, list_models, load_model
+from unicl.prompts import (
+    DEFAULT_TEMPLATES,
+    TEMPLATE_SETS,
+    Templates,
+    class_prompts,
+    get_templates,
+    imagenet_class_names,
+)
 from unicl.tokenizer import Tokenizer
 from unicl.transforms import image_transform
-from unicl.zeroshot import build_zeroshot_classifier
+from unicl.zeroshot import build_zeroshot_classifier, zeroshot_logits
 
 TOP_K = (1, 5)
 RECALL_AT = (1, 5, 10)
+#: The metric a command reports when ``--metric`` is not given.
+DEFAULT_METRIC = "top1"
+MULTILABEL_METRIC = "map_11_point"
+#: ``--classnames`` names of the shipped class-name lists: ImageNet-1k's as CLIP curated them, and UniCL's copy.
+CLASS_NAME_SETS = {"imagenet": "clip", "imagenet-unicl": "unicl"}
+
+
+class UsageError(ValueError):
+    """A bad command-line input; the message is one line that names the argument."""
 
 
 class CaptionFile(Dataset):
@@ -56,7 +85,7 @@ class CaptionFile(Dataset):
         ValueError: no header with an image and a caption column, or no rows.
     """
 
-    def __init__(self, path: str | Path, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, path: str | Path, transform: Callable[[Image.Image], torch.Tensor] | None) -> None:
         rows = read_caption_file(path)
         index_of: dict[Path, int] = {}
         self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in rows]
@@ -68,6 +97,8 @@ class CaptionFile(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        if self.transform is None:
+            raise RuntimeError("CaptionFile.transform is not set")
         return self.transform(load_rgb(self.image_paths[index]))
 
 
@@ -82,29 +113,75 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return nullcontext()
 
 
+def check_metric_fits(metric: str, num_classes: int, multilabel: bool) -> str:
+    """Return ``metric`` if it scores data of ``num_classes`` classes (multi-label or not), else raise.
+
+    ``map_11_point`` is for multi-label data only and multi-label data only has it; ``roc_auc`` needs exactly two
+    classes; ``top5`` at least five.
+
+    Raises:
+        ValueError: an unknown metric (the message lists them) or one that does not fit the data.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    if multilabel and metric != MULTILABEL_METRIC:
+        raise ValueError(f"{metric} scores one class per image; multi-label data is scored with {MULTILABEL_METRIC}")
+    if not multilabel and metric == MULTILABEL_METRIC:
+        raise ValueError(
+            f"{metric} is for multi-label data (a labels CSV); this data has one class per image: use top1 or "
+            "mean_per_class_recall"
+        )
+    if metric == "roc_auc" and num_classes != 2:
+        raise ValueError(f"roc_auc scores binary data (2 classes); this data has {num_classes} classes")
+    if metric == "top5" and num_classes < 5:
+        raise ValueError(f"top5 needs at least 5 classes; this data has {num_classes}")
+    return metric
+
+
+def classification_results(scores: torch.Tensor, targets: torch.Tensor, metric: str | None = None) -> dict[str, Any]:
+    """The metrics every classification command reports, from all of a dataset's scores.
+
+    Args:
+        scores: ``[N, C]`` class scores.
+        targets: ``[N]`` class ids, or ``[N, C]`` multi-hot (multi-label data).
+        metric: the dataset's metric (default ``top1``, or ``map_11_point`` for multi-label targets).
+
+    Returns:
+        Single-label: ``{"top1", "top5" (with >= 5 classes), metric (when another), "metric", "images", "classes"}``;
+        multi-label: ``{"map_11_point", "metric", "images", "classes"}``.
+
+    Raises:
+        ValueError: a metric that does not fit the data (`check_metric_fits`).
+    """
+    multilabel = targets.dim() == 2
+    num_images, num_classes = scores.shape
+    if metric is None:
+        metric = MULTILABEL_METRIC if multilabel else DEFAULT_METRIC
+    check_metric_fits(metric, num_classes, multilabel)
+    names = [metric] if multilabel else [f"top{k}" for k in TOP_K if k <= num_classes]
+    names += [] if metric in names else [metric]
+    results: dict[str, Any] = {name: compute_metric(name, scores, targets) for name in names}
+    return {**results, "metric": metric, "images": num_images, "classes": num_classes}
+
+
 @torch.no_grad()
-def zeroshot_accuracy(
+def zeroshot_scores(
     model: UniCLModel,
     dataset: Dataset,
-    class_names: Sequence[str | Sequence[str]],
-    tokenizer: Tokenizer,
+    classifier: torch.Tensor,
     *,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: bool = False,
-) -> dict[str, float]:
-    """Zero-shot top-1 and top-5 accuracy of ``model`` on ``dataset``'s ``(image, class_id)`` samples.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot logits of every image of ``dataset`` against ``classifier`` and the images' targets.
 
     Args:
         model: the model (moved to ``device``, put in eval mode).
-        dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
-            :func:`unicl.image_transform`.
-        class_names: one name (or list of synonyms) per class id.
-        tokenizer: the model's tokenizer.
-        templates: prompt templates (every class is the mean of its prompts).
+        dataset: ``(image tensor, target)`` samples: a class id, or a ``[C]`` multi-hot row.
+        classifier: ``[C, D]`` from `unicl.zeroshot.build_zeroshot_classifier`.
         batch_size: images per batch.
         workers: data-loading processes.
         device: where to run.
@@ -112,27 +189,74 @@ def zeroshot_accuracy(
         progress: show a progress bar on standard error.
 
     Returns:
-        ``{"top1": ..., "top5": ..., "images": N, "classes": C}`` (``top5`` only with at least 5 classes).
+        ``([N, C] float32 logits 100·cos, [N] or [N, C] targets)``, on the CPU.
+    """
+    check_positive_int("batch_size", batch_size)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    scores, targets = [], []
+    for images, batch_targets in _batches(dataset, batch_size, workers, progress, "zero-shot"):
+        with _autocast(device, precision):
+            features = model.encode_image(images.to(device))
+        scores.append(zeroshot_logits(features.float(), classifier).cpu())
+        targets.append(torch.as_tensor(batch_targets))
+    if not scores:
+        raise ValueError("dataset has no images")
+    return torch.cat(scores), torch.cat(targets)
+
+
+@torch.no_grad()
+def zeroshot_accuracy(
+    model: UniCLModel,
+    dataset: Dataset,
+    class_names: Sequence[str | Sequence[str]],
+    tokenizer: Tokenizer,
+    *,
+    templates: Templates = DEFAULT_TEMPLATES,
+    metric: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Zero-shot classification of ``dataset`` by ``model``: top-1, top-5 and the dataset's metric.
+
+    Every class is the normalised mean of its normalised prompt embeddings; an image's score for a class is
+    ``100 · cos(image, class)``; the metrics are those of `unicl.evaluation.metrics` on all scores at once.
+
+    Args:
+        model: the model (moved to ``device``, put in eval mode).
+        dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
+            `unicl.image_transform`, or ``(image tensor, [C] multi-hot)`` ones (`MultiLabelImages`).
+        class_names: one name (or list of synonyms) per class id.
+        tokenizer: the model's tokenizer.
+        templates: prompt templates (every class is the mean of its prompts), or a per-class mapping of complete
+            prompts (`unicl.prompts.read_templates`).
+        metric: the dataset's metric (see `classification_results`; default ``top1``, ``map_11_point`` for
+            multi-label data).
+        batch_size: images per batch.
+        workers: data-loading processes.
+        device: where to run.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
+        progress: show a progress bar on standard error.
+
+    Returns:
+        ``{"top1": ..., "top5": ..., "metric": name, "images": N, "classes": C}`` (``top5`` only with at least 5
+        classes; the metric's own value too when it is another; see `classification_results`).
     """
     check_positive_int("batch_size", batch_size)
     device = torch.device(device)
     model = model.to(device).eval()
     with _autocast(device, precision):
         classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=device)
-    ks = [k for k in TOP_K if k <= len(class_names)]
-    correct = dict.fromkeys(ks, 0)
-    seen = 0
-    for images, targets in _batches(dataset, batch_size, workers, progress, "zero-shot"):
-        with _autocast(device, precision):
-            features = model.encode_image(images.to(device))
-        ranked = (features.float() @ classifier.T).topk(max(ks), dim=1).indices.cpu()
-        hits = ranked == targets[:, None]
-        for k in ks:
-            correct[k] += int(hits[:, :k].any(dim=1).sum())
-        seen += len(targets)
-    if seen == 0:
-        raise ValueError("dataset has no images")
-    return {**{f"top{k}": correct[k] / seen for k in ks}, "images": seen, "classes": len(class_names)}
+    scores, targets = zeroshot_scores(
+        model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
+        progress=progress,
+    )  # fmt: skip
+    if scores.shape[1] != len(class_names):
+        raise ValueError(f"dataset has {scores.shape[1]} classes but {len(class_names)} class names were given")
+    return classification_results(scores, targets, metric)
 
 
 @torch.no_grad()
@@ -149,8 +273,8 @@ def retrieval_recall(
 ) -> dict[str, float]:
     """Image→text and text→image recall@1/5/10 over a caption file.
 
-    An image is retrieved correctly at ``k`` when one of its captions ranks in its top ``k`` captions; a caption
-    when its image ranks in its top ``k`` images.
+    An image query is a hit at ``k`` when ANY of its captions ranks in its top ``k`` captions (clip_benchmark's
+    rule for several captions per image); a caption query when its image ranks in its top ``k`` images.
 
     Returns:
         ``{"image_to_text_R@1": ..., ..., "text_to_image_R@10": ..., "images": I, "captions": T}``.
@@ -180,70 +304,203 @@ def retrieval_recall(
     return {**results, "images": similarity.shape[0], "captions": similarity.shape[1]}
 
 
-# --- the command line ------------------------------------------------------------------------------------------------
+# --- the command line: checking what the user gave --------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> UniCLModel:
-    source = Path(args.model)
-    if source.is_dir() and (source / CONFIG_NAME).is_file():
-        if args.pretrained is not None:
-            raise SystemExit("--pretrained goes with a preset name; --model is already a saved model directory")
-        return load_model(source)
-    return create_model(args.model, pretrained=args.pretrained)
+def default_workers() -> int:
+    """``--workers`` by default: 4, or this machine's CPUs if fewer (more workers than CPUs only slow loading)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)
 
 
-def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
-    return Tokenizer.load(args.tokenizer, model.config.text.context_length)
-
-
-def _class_names(args: argparse.Namespace, folders: list[str]) -> list[str]:
-    if args.classnames is None:
-        return folders
-    try:
-        return read_class_names(args.classnames, len(folders))
-    except ValueError as error:
-        raise SystemExit(f"--classnames: {error}") from None
+def _usage(argument: str, value: object, error: BaseException | str) -> NoReturn:
+    message = error if isinstance(error, str) else first_line(error, limit=400)
+    raise UsageError(f"{argument} {str(value)!r}: {message}")
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        _usage("--device", name, "not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _usage("--device", name, "CUDA is not available on this machine")
+    return device
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m unicl.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="a preset name, or a directory written by save_pretrained")
-    common.add_argument("--pretrained", help="weights for the preset: a microsoft/UniCL .pth or unicl safetensors")
-    common.add_argument(
-        "--tokenizer", default="clip", help="'clip' (CLIP's BPE, found on this machine) or a tokenizer.json"
-    )
-    common.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    common.add_argument("--workers", type=int, default=4, help="data-loading processes")
-    common.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda:1', ...")
-    common.add_argument(
-        "--precision", choices=("bf16", "fp32"), default="bf16", help="bf16 autocast on CUDA (fp32 on the CPU)"
-    )
-    common.add_argument("--json", type=Path, help="also write the results here as JSON")
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    zeroshot = commands.add_parser("zeroshot", parents=[common], help="zero-shot classification on an ImageFolder")
-    zeroshot.add_argument("--data", required=True, type=Path, help="an ImageFolder root (one folder per class)")
-    zeroshot.add_argument("--classnames", type=Path, help="one class name per line, in folder order")
-    retrieval = commands.add_parser("retrieval", parents=[common], help="image-text retrieval on a caption file")
-    retrieval.add_argument("--captions", required=True, type=Path, help="a CSV/TSV of image paths and captions")
-    return parser
+def _template_set(value: str | None) -> Templates:
+    """``--templates``: a shipped set's name (`unicl.prompts.TEMPLATE_SETS`) or a file (`read_templates`)."""
+    try:
+        return get_templates("default" if value is None else value)
+    except (OSError, ValueError, TypeError) as error:
+        _usage("--templates", value, error)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        raise SystemExit(f"--batch-size must be >= 1 and --workers >= 0; got {args.batch_size} and {args.workers}")
-    model = _load(args)
-    tokenizer = _tokenizer(args, model)
+def _class_names(value: str | None, classes: list[str], data_argument: str) -> list[str]:
+    """``--classnames``: the data's own class names, a shipped list's name, or a file, one name per class."""
+    if value is None:
+        return classes
+    if value in CLASS_NAME_SETS:
+        names = imagenet_class_names(CLASS_NAME_SETS[value])
+    else:
+        try:
+            names = read_class_names(value)
+        except (OSError, ValueError) as error:
+            _usage("--classnames", value, error)
+    if len(names) != len(classes):
+        _usage(
+            "--classnames", value,
+            f"has {len(names)} names; {data_argument} has {len(classes)} classes (one name per line, in folder order)",
+        )  # fmt: skip
+    return names
+
+
+def _image_folder(argument: str, path: Path) -> ImageFolder:
+    if not path.is_dir():
+        _usage(argument, path, "is not a directory (an ImageFolder root: one sub-folder of images per class)")
+    try:
+        return ImageFolder(str(path))
+    except (FileNotFoundError, ValueError) as error:  # no class folders, or folders without images
+        _usage(argument, path, error)
+
+
+def _metric(value: str | None, classes: int, multilabel: bool) -> str:
+    metric = value if value is not None else (MULTILABEL_METRIC if multilabel else DEFAULT_METRIC)
+    try:
+        return check_metric_fits(metric, classes, multilabel)
+    except ValueError as error:
+        _usage("--metric", metric, error)
+
+
+def _zeroshot_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Check a zeroshot command's data, names, templates and metric before any model is loaded."""
+    data: Path = args.data
+    dataset: ImageFolder | MultiLabelImages
+    if data.is_dir():
+        dataset = _image_folder("--data", data)
+    elif data.is_file():
+        try:
+            dataset = MultiLabelImages(data)
+        except (OSError, ValueError) as error:
+            _usage("--data", data, error)
+    else:
+        _usage("--data", data, "does not exist (expected an ImageFolder root or a labels CSV)")
+    multilabel = isinstance(dataset, MultiLabelImages)
+    class_names = _class_names(args.classnames, dataset.classes, "--data")
+    return {
+        "dataset": dataset,
+        "class_names": class_names,
+        "templates": _checked_templates(args.templates, class_names),
+        "metric": _metric(args.metric, len(dataset.classes), multilabel),
+    }
+
+
+def _checked_templates(value: str | None, class_names: list[str]) -> Templates:
+    templates = _template_set(value)
+    if isinstance(templates, Mapping):
+        try:
+            class_prompts(class_names, templates)  # every class has prompts: checked before the model loads
+        except ValueError as error:
+            _usage("--templates", value, error)
+    return templates
+
+
+def _retrieval_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return {"captions": CaptionFile(args.captions, None)}
+    except (OSError, ValueError) as error:
+        _usage("--captions", args.captions, error)
+
+
+def _linear_probe_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    train = _image_folder("--train", args.train)
+    test = _image_folder("--test", args.test)
+    if test.classes != train.classes:
+        missing = sorted(set(test.classes) ^ set(train.classes))[:5]
+        _usage("--test", args.test, f"must have --train's classes in the same order; they differ in {missing}")
+    if args.shots is not None and args.shots < 1:
+        _usage("--shots", args.shots, "must be >= 1 (training images per class)")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        _usage("--seeds", " ".join(map(str, args.seeds)), "must be distinct")
+    if args.seeds is not None and len(args.seeds) > 1 and args.shots is None:
+        _usage("--seeds", " ".join(map(str, args.seeds)), "several seeds need --shots K (few-shot sampling)")
+    if args.shots == 1 and args.l2 is None:
+        _usage("--shots", 1, "leaves nothing to hold out for choosing the L2 strength: give --l2")
+    if args.l2 is not None and not args.l2 > 0:
+        _usage("--l2", args.l2, "must be > 0")
+    if args.init != "text" and (args.templates is not None or args.classnames is not None):
+        _usage("--init", args.init, "--classnames and --templates are for --init text (the zero-shot head)")
+    # The text embeddings that start a zero-shot head live in the joint space: --init text means projected features.
+    features = args.features or ("projected" if args.init == "text" else "backbone")
+    if args.init == "text" and features != "projected":
+        _usage("--features", features, "--init text starts the head from text embeddings: use --features projected")
+    class_names = _class_names(args.classnames, train.classes, "--train")
+    return {
+        "train": train,
+        "test": test,
+        "class_names": class_names,
+        "templates": _checked_templates(args.templates, class_names),
+        "metric": _metric(args.metric, len(train.classes), multilabel=False),
+        "features": features,
+    }
+
+
+def _load_model(args: argparse.Namespace) -> UniCLModel:
+    source = Path(args.model)
+    if source.is_dir():
+        if args.pretrained is not None:
+            _usage("--pretrained", args.pretrained, "goes with a preset name; --model is already a model directory")
+        try:
+            return load_model(source)
+        except (OSError, ValueError) as error:
+            _usage("--model", args.model, error)
+    if args.model not in list_models():
+        _usage(
+            "--model", args.model,
+            f"is neither a model directory (save_pretrained, or a training run's final/) nor a preset "
+            f"({', '.join(list_models())})",
+        )  # fmt: skip
+    try:
+        return create_model(args.model, pretrained=args.pretrained)
+    except (OSError, ValueError) as error:
+        _usage("--pretrained", args.pretrained, error)
+
+
+def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
+    """``--tokenizer``, by default the model's own: its directory's, else its preset's."""
+    from unicl import get_tokenizer
+    from unicl.models import check_tokenizer_fits
+
+    if args.tokenizer is not None:
+        source, argument = args.tokenizer, "--tokenizer"
+    else:
+        pretrained = Path(args.pretrained) if args.pretrained is not None else None
+        if Path(args.model).is_dir():
+            source = args.model
+        elif pretrained is not None and pretrained.is_dir() and (pretrained / "tokenizer.json").is_file():
+            source = str(pretrained)
+        else:
+            source = args.model
+        argument = "--tokenizer (default: the model's own)"
+    # A saved directory's tokenizer keeps the context it was trained with; other sources take the text tower's.
+    context_length = None if Path(source).is_dir() else model.config.text.context_length
+    try:
+        tokenizer = get_tokenizer(source, context_length)
+    except (OSError, ValueError) as error:
+        _usage(argument, source, error)
+    try:
+        check_tokenizer_fits(tokenizer, model.config, argument="--tokenizer")
+    except ValueError as error:
+        raise UsageError(first_line(error, limit=400)) from None
+    return tokenizer
+
+
+# --- the command line: running ------------------------------------------------------------------------------------
+
+
+def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
     transform = image_transform(model)
     options = {
         "batch_size": args.batch_size,
@@ -253,18 +510,228 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "progress": not args.no_progress,
     }
     if args.command == "zeroshot":
-        if not args.data.is_dir():
-            raise SystemExit(f"--data {str(args.data)!r} is not a directory")
-        dataset = ImageFolder(str(args.data), transform=transform)
-        results = zeroshot_accuracy(model, dataset, _class_names(args, dataset.classes), tokenizer, **options)
-    else:
-        results = retrieval_recall(model, CaptionFile(args.captions, transform), tokenizer, **options)
-    print(
-        " ".join(
-            f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}" for key, value in results.items()
-        )
+        inputs["dataset"].transform = transform
+        return zeroshot_accuracy(
+            model, inputs["dataset"], inputs["class_names"], tokenizer, templates=inputs["templates"],
+            metric=inputs["metric"], **options,
+        )  # fmt: skip
+    if args.command == "retrieval":
+        inputs["captions"].transform = transform
+        return retrieval_recall(model, inputs["captions"], tokenizer, **options)
+    inputs["train"].transform = transform
+    inputs["test"].transform = transform
+    return run_linear_probe(
+        model, inputs["train"], inputs["test"], features=inputs["features"], shots=args.shots,
+        seeds=tuple(args.seeds) if args.seeds is not None else (0,), init=args.init,
+        class_names=inputs["class_names"], tokenizer=tokenizer, templates=inputs["templates"],
+        metric=inputs["metric"], l2=args.l2, cache_dir=args.cache_dir, **options,
+    )  # fmt: skip
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        _usage("--batch-size", args.batch_size, "must be >= 1")
+    if args.workers < 0:
+        _usage("--workers", args.workers, "must be >= 0")
+    _device(args.device)
+
+
+INPUTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "zeroshot": _zeroshot_inputs,
+    "retrieval": _retrieval_inputs,
+    "linear-probe": _linear_probe_inputs,
+}
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+    """``key=value`` pairs of the numbers and names of ``results`` (floats to 4 decimals), one line."""
+    shown = []
+    if isinstance(results.get("mean"), Mapping) and isinstance(results.get("std"), Mapping):  # few-shot over seeds
+        shown += [f"{key}={value:.4f}±{results['std'][key]:.4f}" for key, value in results["mean"].items()]
+    for key, value in results.items():
+        if isinstance(value, float):
+            shown.append(f"{key}={value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{key}={value:.3g}")
+        elif isinstance(value, (int, str)):
+            shown.append(f"{key}={value}")
+    return " ".join(shown)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors raise `UsageError` when ``raise_errors`` (the suite parses its entries with one)."""
+
+    raise_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.raise_errors:
+            raise UsageError(message)
+        super().error(message)
+
+
+def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
+    """The ``python -m unicl.evaluate`` parser (with ``raise_errors``, its errors raise `UsageError`)."""
+
+    class Parser(_Parser):
+        pass
+
+    Parser.raise_errors = raise_errors
+    parser = Parser(
+        prog="python -m unicl.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--model", required=True, help="a preset name, or a directory written by save_pretrained or unicl.train"
+    )
+    common.add_argument("--pretrained", help="weights for the preset: a microsoft/UniCL .pth or unicl safetensors")
+    common.add_argument(
+        "--tokenizer",
+        help="default: the model's own (its directory's tokenizer.json, else its preset's); or 'clip' (CLIP's BPE), "
+        "a tokenizer.json, or a directory written by save_pretrained",
+    )
+    common.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    common.add_argument(
+        "--workers", type=int, default=default_workers(), help="data-loading processes (default: 4, or this "
+        "machine's CPUs if fewer)",
+    )  # fmt: skip
+    common.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda:1', ...")
+    common.add_argument(
+        "--precision", choices=("bf16", "fp32"), default="bf16", help="bf16 autocast on CUDA (always fp32 on the CPU)"
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    results = Parser(add_help=False)
+    results.add_argument("--json", type=Path, help="also write the results here as JSON")
+    names = Parser(add_help=False)
+    names.add_argument(
+        "--classnames",
+        help="one class name per line, in folder order (commas separate synonyms), or 'imagenet' (CLIP's curated "
+        "ImageNet-1k names) or 'imagenet-unicl' (UniCL's copy)",
+    )
+    names.add_argument(
+        "--templates",
+        help=f"prompt templates: a set ({', '.join(TEMPLATE_SETS)}: 'clip' is CLIP's 80 ImageNet templates, 'unicl' "
+        "UniCL's 81), or a file: one template with {} per line, a JSON list, or a JSON per-class mapping of prompts "
+        "(default: default)",
+    )
+    metric = Parser(add_help=False)
+    metric.add_argument("--metric", choices=tuple(METRICS), help="the score to report (default: top1; map_11_point for "
+                        "a labels CSV)")  # fmt: skip
+
+    zeroshot = commands.add_parser(
+        "zeroshot", parents=[common, results, names, metric],
+        help="zero-shot classification on an ImageFolder or a labels CSV",
+        description="Zero-shot classification: each image gets the class whose prompts' mean embedding is nearest.",
+    )  # fmt: skip
+    zeroshot.add_argument(
+        "--data", required=True, type=Path, help="an ImageFolder root, or a CSV of image and ';'-separated labels"
+    )
+
+    retrieval = commands.add_parser(
+        "retrieval", parents=[common, results], help="image-text retrieval on a caption file",
+        description="Recall@1/5/10 both ways; an image is a hit when any of its captions is in the top k.",
+    )  # fmt: skip
+    retrieval.add_argument("--captions", required=True, type=Path, help="a CSV/TSV of image paths and captions")
+
+    probe = commands.add_parser(
+        "linear-probe", parents=[common, results, names, metric], help="a logistic-regression head on frozen features",
+        description="A linear probe: a multinomial logistic regression on frozen image features, its L2 strength "
+        "chosen on a held-out part of the training split, scored on the test split; --shots K for few-shot.",
+    )  # fmt: skip
+    probe.add_argument("--train", required=True, type=Path, help="the training split: an ImageFolder root")
+    probe.add_argument("--test", required=True, type=Path, help="the test split: an ImageFolder with the same classes")
+    probe.add_argument(
+        "--features", choices=("backbone", "projected"),
+        help="image features before the projection (backbone: the default, as CLIP's probes) or the projected "
+        "embedding (the default with --init text)",
+    )  # fmt: skip
+    probe.add_argument("--shots", type=int, help="few-shot: K training images per class, drawn per seed")
+    probe.add_argument("--seeds", type=int, nargs="+", help="few-shot seeds (default: 0); mean and std over them")
+    probe.add_argument(
+        "--init", choices=("random", "text"), default="random",
+        help="the head's start: random, or the class prompts' text embeddings (zero-shot initialised, as ELEVATER)",
+    )  # fmt: skip
+    probe.add_argument(
+        "--l2", type=float, help="a fixed L2 strength instead of the held-out sweep (needed for --shots 1)"
+    )
+    probe.add_argument("--cache-dir", type=Path, help="cache the image features here (safetensors) for later runs")
+
+    suite = commands.add_parser(
+        "suite", parents=[common], help="run a JSON/TOML list of evaluations and tabulate them",
+        description="Run every entry of CONFIG (see docs/evaluation.md), one JSON per entry in --output, then "
+        "results.csv and results.md; entries whose JSON exists are skipped (--force redoes them).",
+    )  # fmt: skip
+    suite.add_argument("config", type=Path, help="a .json (or .toml) suite: a list of entries, or {entries: [...]}")
+    suite.add_argument("--output", required=True, type=Path, help="the directory of the results")
+    suite.add_argument("--root", type=Path, help="where relative dataset paths start (default: the config's 'root', "
+                       "else its folder)")  # fmt: skip
+    suite.add_argument("--force", action="store_true", help="redo entries whose results exist")
+    return parser
+
+
+def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    from unicl.evaluation.suite import read_suite, run_suite
+
+    try:
+        entries = read_suite(args.config, root=args.root)
+    except (OSError, ValueError) as error:
+        _usage("config", args.config, error)
+    common = [
+        "--model", args.model, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+        "--device", args.device, "--precision", args.precision,
+        *(["--pretrained", args.pretrained] if args.pretrained is not None else []),
+        *(["--tokenizer", args.tokenizer] if args.tokenizer is not None else []),
+        *(["--no-progress"] if args.no_progress else []),
+    ]  # fmt: skip
+    parser = build_parser(raise_errors=True)
+    prepared = []
+    for number, entry in enumerate(entries, 1):  # every entry is checked before the first one runs
+        try:
+            entry_args = parser.parse_args([entry.task, *common, *entry.arguments()])
+            prepared.append((entry, entry_args, INPUTS[entry.task](entry_args)))
+        except UsageError as error:
+            _usage("config", args.config, f"entry {number} ({entry.name!r}): {error}")
+    loaded: dict[str, Any] = {}
+
+    def run_entry(index: int) -> dict[str, Any]:
+        if not loaded:  # the model loads when the first entry needs it: a rerun with every entry done loads nothing
+            loaded["model"] = _load_model(args)
+            loaded["tokenizer"] = _tokenizer(args, loaded["model"])
+        _, entry_args, inputs = prepared[index]
+        return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
+
+    return run_suite(entries, args.output, run_entry, force=args.force, log=sys.stderr)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name`` (its errors show its own usage)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the command in ``argv`` (default: ``sys.argv``), print its results on one line and return them.
+
+    Every bad input ends the process with one line naming the argument (exit status 2), never a traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        _check_common(args)
+        if args.command == "suite":
+            summary = _run_suite(args)
+            print(Path(summary["markdown"]).read_text(), end="")
+            return summary
+        inputs = INPUTS[args.command](args)
+        model = _load_model(args)
+        results = _run_task(args, inputs, model, _tokenizer(args, model))
+    except UsageError as error:
+        _subcommand(parser, args.command).error(str(error))
+    except (OSError, ValueError) as error:  # bad data found while running (an unreadable image, say)
+        _subcommand(parser, args.command).error(first_line(error, limit=400))
+    print(format_results(results))
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return results
 

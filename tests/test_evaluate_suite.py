@@ -1,0 +1,157 @@
+"""``python -m unicl.evaluate suite``: three local datasets end to end (digits, multi-label, binary) plus a few-shot
+probe and a retrieval entry, the same numbers as the single commands, reruns that skip, ``--force``, the shipped
+ELEVATER example, and bad suite files as one line naming the entry."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from test_evaluate import make_workspace
+
+import unicl.evaluate
+from unicl.evaluate import main
+from unicl.evaluation.suite import read_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--workers", "0", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("suite"))
+
+
+def _suite(workspace: Path, entries: list[dict]) -> Path:
+    path = workspace / "suite.json"
+    path.write_text(json.dumps({"defaults": {"templates": "plain"}, "entries": entries}))
+    return path
+
+
+ENTRIES = [
+    {"name": "digits", "task": "zeroshot", "data": "digits", "metric": "mean_per_class_recall"},
+    {"name": "shapes", "task": "zeroshot", "data": "labels.csv"},
+    {"name": "zero-or-one", "task": "zeroshot", "data": "binary", "metric": "roc_auc"},
+    {"name": "digits-3-shot", "task": "linear-probe", "train": "digits", "test": "held-out",
+     "options": {"shots": 3, "seeds": [0, 1]}},
+    {"name": "captions", "task": "retrieval", "captions": "captions.csv", "metric": "text_to_image_R@5"},
+]  # fmt: skip
+
+
+def test_a_suite_runs_every_entry_then_skips_them(workspace, tmp_path, capsys, monkeypatch):
+    config = _suite(workspace, ENTRIES)
+    output = tmp_path / "results"
+    summary = main(["suite", str(config), "--model", str(workspace / "model"), "--output", str(output), *COMMON])
+    assert summary["ran"] == 5 and summary["skipped"] == 0
+    captured = capsys.readouterr()
+    assert "[1/5] digits (zeroshot): running" in captured.err and "[5/5] captions (retrieval): " in captured.err
+    assert "elapsed" in captured.err
+
+    model = ["--model", str(workspace / "model"), *COMMON]
+    single = {
+        "digits": main(["zeroshot", *model, "--data", str(workspace / "digits"), "--templates", "plain",
+                        "--metric", "mean_per_class_recall"]),
+        "shapes": main(["zeroshot", *model, "--data", str(workspace / "labels.csv"), "--templates", "plain"]),
+        "zero-or-one": main(["zeroshot", *model, "--data", str(workspace / "binary"), "--templates", "plain",
+                             "--metric", "roc_auc"]),
+        "digits-3-shot": main(["linear-probe", *model, "--train", str(workspace / "digits"), "--test",
+                               str(workspace / "held-out"), "--shots", "3", "--seeds", "0", "1"]),
+        "captions": main(["retrieval", *model, "--captions", str(workspace / "captions.csv")]),
+    }  # fmt: skip
+    scores = {"digits": ("mean_per_class_recall", single["digits"]["mean_per_class_recall"], None),
+              "shapes": ("map_11_point", single["shapes"]["map_11_point"], None),
+              "zero-or-one": ("roc_auc", single["zero-or-one"]["roc_auc"], None),
+              "digits-3-shot": ("top1", single["digits-3-shot"]["mean"]["top1"],
+                                single["digits-3-shot"]["std"]["top1"]),
+              "captions": ("text_to_image_R@5", single["captions"]["text_to_image_R@5"], None)}  # fmt: skip
+    for name, (metric, score, std) in scores.items():
+        record = json.loads((output / f"{name}.json").read_text())
+        assert record["results"] == single[name], name
+        assert (record["metric"], record["score"], record["std"]) == (metric, score, std)
+    with (output / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == list(scores)
+    assert [float(row["score"]) for row in rows] == [score for _, score, _ in scores.values()]
+    table = (output / "results.md").read_text().splitlines()
+    assert table[0] == "| Entry | Task | Metric | Score (%) |" and len(table) == 2 + 5
+    assert table[2] == f"| digits | zeroshot | mean_per_class_recall | {100 * scores['digits'][1]:.2f} |"
+    assert f"{100 * scores['digits-3-shot'][1]:.2f} ± {100 * scores['digits-3-shot'][2]:.2f}" in table[5]
+    capsys.readouterr()
+
+    # A rerun does no work: the model is never loaded and the results stay as they were.
+    before = {path.name: path.read_bytes() for path in output.glob("*.json")}
+
+    def no_model(args):
+        raise AssertionError("a rerun with every entry done loaded the model")
+
+    monkeypatch.setattr(unicl.evaluate, "_load_model", no_model)
+    again = main(["suite", str(config), "--model", str(workspace / "model"), "--output", str(output), *COMMON])
+    assert again["ran"] == 0 and again["skipped"] == 5
+    assert capsys.readouterr().err.count("done before, skipped") == 5
+    assert {path.name: path.read_bytes() for path in output.glob("*.json")} == before
+    monkeypatch.undo()
+
+    # --force redoes them (the same numbers); a corrupt result file is redone too.
+    (output / "shapes.json").write_text("{")
+    forced = main(["suite", str(config), "--model", str(workspace / "model"), "--output", str(output), "--force",
+                   *COMMON])  # fmt: skip
+    assert forced["ran"] == 5
+    assert json.loads((output / "shapes.json").read_text())["results"] == single["shapes"]
+
+
+def test_the_elevater_example_lists_the_20_datasets_and_imagenet_with_their_metrics(tmp_path):
+    entries = read_suite(ROOT / "examples" / "elevater_suite.json", root=tmp_path)
+    zeroshot = {entry.name.removesuffix("-zeroshot"): entry for entry in entries if entry.task == "zeroshot"}
+    assert len(zeroshot) == 21 and len(entries) == 21 + 19 + 1  # VOC2007 (multi-label) has no probe
+    metrics = {name: entry.metric for name, entry in zeroshot.items()}
+    for name in ("caltech101", "fgvc-aircraft", "oxford-flowers102", "oxford-iiit-pets"):
+        assert metrics.pop(name) == "mean_per_class_recall"
+    assert metrics.pop("voc2007") == "map_11_point" and metrics.pop("hateful-memes") == "roc_auc"
+    assert set(metrics.values()) == {"top1"} and len(metrics) == 15
+    assert zeroshot["voc2007"].paths["data"] == str(tmp_path / "voc2007" / "test.csv")
+    assert zeroshot["imagenet-1k"].paths["classnames"] == "imagenet"
+    assert zeroshot["imagenet-1k"].paths["templates"] == "unicl"
+    probes = [entry for entry in entries if entry.task == "linear-probe"]
+    assert all(entry.paths["train"].startswith(str(tmp_path)) for entry in probes)
+    assert probes[-1].options["shots"] == 5 and probes[-1].options["seeds"] == [0, 1, 2]
+    assert probes[-1].arguments()[-6:] == ["--seeds", "0", "1", "2", "--cache-dir", str(tmp_path / "feature-cache")]
+
+
+BAD_SUITES = {
+    "invalid JSON": ("{", "is not valid JSON"),
+    "no entries": ("[]", "has no entries"),
+    "unknown field": ('[{"name": "a", "task": "zeroshot", "data": "digits", "colour": 1}]',
+                      "entry 1 ('a') has unknown field(s) ['colour']"),
+    "model per entry": ('[{"name": "a", "task": "zeroshot", "data": "digits", "model": "x"}]',
+                        "['model'] is set on the suite command line"),
+    "bad task": ('[{"name": "a", "task": "segment", "data": "digits"}]', "task must be one of zeroshot"),
+    "missing data field": ('[{"name": "a", "task": "linear-probe", "train": "digits"}]', "needs train and test"),
+    "bad name": ('[{"name": "a/b", "task": "zeroshot", "data": "digits"}]', "name must be letters"),
+    "duplicate names": ('[{"name": "a", "task": "zeroshot", "data": "digits"}, '
+                        '{"name": "a", "task": "zeroshot", "data": "binary"}]', "has two entries named 'a'"),
+    "missing data": ('[{"name": "a", "task": "zeroshot", "data": "digits"}, '
+                     '{"name": "b", "task": "zeroshot", "data": "nowhere"}]',
+                     "entry 2 ('b'): --data '{w}/nowhere': does not exist"),
+    "metric that does not fit": ('[{"name": "a", "task": "zeroshot", "data": "binary", "metric": "map_11_point"}]',
+                                 "entry 1 ('a'): --metric 'map_11_point'"),
+    "unknown option": ('[{"name": "a", "task": "zeroshot", "data": "digits", "options": {"shots": 3}}]',
+                       "entry 1 ('a'): unrecognized arguments: --shots 3"),
+    "bad retrieval metric": ('[{"name": "a", "task": "retrieval", "captions": "captions.csv", "metric": "top1"}]',
+                             "a retrieval entry's metric must be one of"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_SUITES))
+def test_bad_suites_are_one_line_naming_the_entry(workspace, tmp_path, capsys, case):
+    text, expected = BAD_SUITES[case]
+    config = workspace / f"bad-{case.replace(' ', '-')}.json"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        main(["suite", str(config), "--model", str(workspace / "model"), "--output", str(tmp_path), *COMMON])
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"python -m unicl.evaluate suite: error: config '{config}'"), lines[-1]
+    assert expected.format(w=workspace) in lines[-1], lines[-1]
+    assert not list(tmp_path.iterdir())  # nothing ran
