@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from unicl.training import CheckpointDirectory
+from unicl.training import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
 
 
 def _state(step: int) -> dict:
@@ -35,7 +35,7 @@ def test_round_trip_and_newest_first(tmp_path):
     assert torch.equal(state["rng"], _state(12)["rng"]) and state["data"] == {"epoch": 1, "batch": 5}
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not a dict"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "flipped"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path, damage):
     checkpoints = CheckpointDirectory(tmp_path)
     checkpoints.save(1, _state(1))
@@ -47,11 +47,36 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
         newest.write_bytes(os.urandom(256))
     elif damage == "empty":
         newest.write_bytes(b"")
-    else:
-        torch.save([1, 2, 3], newest)
+    else:  # one byte changed on disk: torch.load would read the tensor without noticing; its CRC-32 does not match
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        newest.write_bytes(bytes(flipped))
     with pytest.warns(UserWarning, match=r"skipping checkpoint .*step-000000002\.pt"):
         path, state = checkpoints.load_latest()
     assert path.name == "step-000000001.pt" and state["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [([1, 2, 3], "holds a list, not a checkpoint's dictionary"),
+     ({"options": os.environ.__class__}, "reads back whole but cannot be loaded by this version")],
+)  # fmt: skip
+def test_a_whole_checkpoint_that_cannot_be_used_is_not_skipped(tmp_path, content, words):
+    """Skipping it would silently resume from an older step; the error names the file and the problem."""
+    checkpoints = CheckpointDirectory(tmp_path)
+    checkpoints.save(1, _state(1))
+    torch.save(content, checkpoints.path_for(2))
+    with pytest.raises(UnusableCheckpoint, match=words) as raised:
+        checkpoints.load_latest()
+    assert "step-000000002.pt" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_read_checkpoint_tells_damage_from_absence(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(DamagedCheckpoint, match=r"truncated or not a torch\.save archive"):
+        read_checkpoint(tmp_path / "text.pt")
 
 
 def test_nothing_to_resume_from(tmp_path):

@@ -27,6 +27,7 @@ from unicl.evaluate import zeroshot_accuracy
 from unicl.prompts import DEFAULT_TEMPLATES
 from unicl.tokenizer import Tokenizer
 from unicl.train import main
+from unicl.training import trainer as trainer_module
 from unicl.training.options import build_parser
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
@@ -399,3 +400,110 @@ def test_webdataset_captions_are_in_the_trained_tokenizer(data, tmp_path):
     main(arguments)
     tokenizer = unicl.get_tokenizer(output / "final")
     assert len(tokenizer("a handwritten four")["input_ids"][0].nonzero()) <= 6  # caption words are whole tokens
+
+
+# --- promises a run keeps (each of these failed before the fix it tests) ----------------------------------------------
+
+
+def test_a_changed_workers_count_is_named_on_resume_of_a_webdataset_run(data, tmp_path):
+    """WebDataset streams are dealt to the loader's workers: --workers orders the data, so a resume checks it."""
+    shards = ["--webdataset", str(data / "shard-{0..3}.tar"), "--steps", "4", "--ratio", "0.5"]
+    main(_options(data, tmp_path / "run", *shards, "--workers", "2", "--save-every", "2", "--stop-after", "2"))
+    with pytest.warns(UserWarning, match=r"resuming with changed options \(workers\)"):
+        main(_options(data, tmp_path / "run", *shards, "--workers", "1", "--resume", "auto"))
+
+
+def test_each_step_appears_once_in_the_log_of_a_resumed_run(data, tmp_path):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--stop-after", "5"))
+    assert [record["step"] for record in _records(output, "train")] == [1, 2, 3, 4, 5]
+    with (output / "log.jsonl").open("a") as log:
+        log.write('{"step": 5, "kind": "tra')  # a record the crash cut short
+    main(_options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--resume", "auto"))
+    assert [record["step"] for record in _records(output, "train")] == [1, 2, 3, 4, 5, 6]
+    assert [record["step"] for record in _records(output, "checkpoint")] == [2, 4, 6]
+    assert [record["step"] for record in _records(output, "resume")] == [4]
+
+
+def _poison_the_loss_from_call(monkeypatch, first_bad_call: int, where: str) -> None:
+    """From the ``first_bad_call``-th loss on, make the loss (``where="loss"``) or only its gradient
+    (``where="gradient"``: the value stays finite) NaN."""
+    calls = {"n": 0}
+    original = trainer_module.UniCLLoss.forward
+
+    def poisoned(self, image_features, text_features, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, image_features, text_features, *args, **kwargs)
+        if calls["n"] < first_bad_call:
+            return loss
+        if where == "loss":
+            return loss * float("nan")
+        # sqrt(|0 · x|) is 0, and its derivative at 0 is infinite: 0 · inf = NaN in every gradient.
+        return loss + (image_features.sum() * 0).abs().sqrt()
+
+    monkeypatch.setattr(trainer_module.UniCLLoss, "forward", poisoned)
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_non_finite_step_stops_the_run_before_any_checkpoint_of_its_weights(data, tmp_path, monkeypatch, where):
+    """Step 3 diverges; the log is written only every 10 steps, a checkpoint every 2: the run stops at step 4's
+    checkpoint, naming step 3, and the newest checkpoint on disk is step 2's (finite weights)."""
+    _poison_the_loss_from_call(monkeypatch, 3, where)
+    output = tmp_path / "run"
+    arguments = _options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--grad-clip", "0")
+    arguments[arguments.index("--log-every") + 1] = "10"
+    with pytest.raises(SystemExit, match=r"not finite at step 3: training diverged, and no checkpoint"):
+        main(arguments)
+    assert [path.name for path in (output / "checkpoints").iterdir()] == ["step-000000002.pt"]
+    state = torch.load(output / "checkpoints" / "step-000000002.pt", weights_only=True)
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_resume_auto_stops_at_a_readable_checkpoint_it_cannot_use(data, tmp_path):
+    """A whole file that is not this version's checkpoint is not skipped (that would silently restart earlier)."""
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "4", "--workers", "0", "--save-every", "2", "--stop-after", "2"))
+    newest = output / "checkpoints" / "step-000000003.pt"
+    torch.save({"format": 2, "step": 3, "weights": Path("a class weights_only refuses")}, newest)
+    with pytest.raises(SystemExit, match=r"--resume auto: .*step-000000003\.pt reads back whole but cannot be loaded"):
+        main(_options(data, output, "--steps", "4", "--workers", "0", "--resume", "auto"))
+    torch.save({"format": 2, "step": 3}, newest)
+    with pytest.raises(SystemExit, match=r"the checkpoint has format 2; this version of unicl.train reads format 1"):
+        main(_options(data, output, "--steps", "4", "--workers", "0", "--resume", "auto"))
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "flipped"])
+def test_resume_from_a_file_that_is_not_a_usable_checkpoint_says_so_in_one_line(data, tmp_path, capsys, content):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "2", "--workers", "0", "--save-every", "1", "--stop-after", "1"))
+    target = tmp_path / "file.pt"
+    if content == "pickle":
+        torch.save({"options": argparse_like_namespace()}, target)
+    elif content == "text":
+        target.write_text("not a checkpoint\n")
+    else:
+        payload = bytearray((output / "checkpoints" / "step-000000001.pt").read_bytes())
+        payload[len(payload) // 2] ^= 0xFF  # one byte changed on disk: torch.load alone would not notice
+        target.write_bytes(bytes(payload))
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, output, "--steps", "2", "--workers", "0", "--resume", target))
+    message = str(stopped.value)
+    assert message.startswith(f"unicl.train: error: --resume {target}: not a checkpoint this run can use")
+    assert "\n" not in message and "weights_only=False" not in message and len(message) < 400
+
+
+def argparse_like_namespace():
+    """An object ``torch.load(weights_only=True)`` refuses to unpickle."""
+    import argparse
+
+    return argparse.Namespace(lr=1.0)
+
+
+def test_a_gradient_cached_run_stopped_and_resumed_equals_the_uninterrupted_one_bit_for_bit(data, tmp_path):
+    """--micro-batch replays each micro-batch's random state from the generator the checkpoint restores."""
+    cached = ["--steps", "4", "--workers", "0", "--micro-batch", "4", "--captions", data / "captions.csv"]
+    main(_options(data, tmp_path / "whole", *cached))
+    main(_options(data, tmp_path / "split", *cached, "--save-every", "2", "--stop-after", "3"))
+    main(_options(data, tmp_path / "split", *cached, "--resume", "auto"))
+    assert _records(tmp_path / "split", "resume")[0]["step"] == 2
+    _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")

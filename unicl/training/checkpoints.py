@@ -4,8 +4,13 @@ A checkpoint is one file ``step-NNNNNNNNN.pt`` holding a dictionary of tensors, 
 (model, optimizer, scheduler and grad-scaler states, RNG states, the data position, the run's configuration). It is
 written to a temporary file beside its final name, flushed and ``fsync``-ed, renamed into place with
 ``os.replace`` (atomic on POSIX file systems) and the directory entry ``fsync``-ed, so a crash at any moment leaves
-either the previous set of checkpoints or the new one, never a half-written file under a checkpoint's name. Reading
-uses ``torch.load(weights_only=True)``: nothing but tensors and plain values is unpickled.
+either the previous set of checkpoints or the new one, never a half-written file under a checkpoint's name.
+
+Reading tells two faults apart. A file that is *damaged* (truncated, cut short by a crash, bytes changed on disk:
+its zip container does not open or a member fails its CRC-32, which ``torch.load`` itself does not check) raises
+`DamagedCheckpoint`, and ``load_latest`` skips it for an older one. A file that reads back whole but cannot be used
+(objects ``torch.load(weights_only=True)`` refuses to unpickle, no dictionary: another version's or a foreign file)
+raises `UnusableCheckpoint`, which nothing skips: resuming from an older checkpoint would silently throw away work.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,51 @@ import torch
 from unicl._checks import check_positive_int, first_line
 
 _NAME = re.compile(r"step-(\d{9})\.pt")
+#: How ``torch.load(weights_only=True)`` names an object it refuses.
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that is truncated or corrupt (its bytes are not what was written)."""
+
+
+class UnusableCheckpoint(ValueError):
+    """A checkpoint file that reads back whole but holds what this version cannot use."""
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """One checkpoint, checked whole before it is unpickled.
+
+    Args:
+        path: the file.
+        map_location: where its tensors go.
+
+    Returns:
+        The state dictionary.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DamagedCheckpoint: not a ``torch.save`` archive, truncated, or a member whose CRC-32 does not match.
+        UnusableCheckpoint: a whole archive that ``torch.load(weights_only=True)`` refuses, or no dictionary.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise DamagedCheckpoint(f"{path} is truncated or not a torch.save archive ({first_line(error)})") from None
+    if bad_member is not None:
+        raise DamagedCheckpoint(f"{path} is corrupt: {bad_member!r} fails its CRC-32 check")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # the unpickler raises UnpicklingError, RuntimeError, ... with many-line advice
+        message = f"{path} reads back whole but cannot be loaded by this version ({_why(error)})"
+        raise UnusableCheckpoint(message) from None
+    if not isinstance(state, dict):
+        raise UnusableCheckpoint(f"{path} holds a {type(state).__name__}, not a checkpoint's dictionary")
+    return state
 
 
 class CheckpointDirectory:
@@ -84,24 +135,26 @@ class CheckpointDirectory:
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that reads back whole, or ``None`` when there is none.
 
-        A file that cannot be read (truncated, corrupt, not a checkpoint) is skipped with a ``UserWarning`` naming
-        it, and the next older one is tried.
+        A damaged file (truncated or corrupt, see `read_checkpoint`) is skipped with a ``UserWarning`` naming it,
+        and the next older one is tried.
+
+        Raises:
+            UnusableCheckpoint: the newest undamaged checkpoint cannot be used (it is not skipped).
         """
         for path in self.paths():
             try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-                warnings.warn(
-                    f"skipping checkpoint {path}: it cannot be read ({type(error).__name__}: {first_line(error)}); "
-                    "trying an older one",
-                    stacklevel=2,
-                )
-                continue
-            if not isinstance(state, dict):
-                warnings.warn(f"skipping checkpoint {path}: it holds no dictionary", stacklevel=2)
-                continue
-            return path, state
+                return path, read_checkpoint(path, map_location)
+            except (DamagedCheckpoint, FileNotFoundError) as error:  # a file pruned meanwhile is no checkpoint
+                warnings.warn(f"skipping checkpoint {path}: {first_line(error)}; trying an older one", stacklevel=2)
         return None
+
+
+def _why(error: Exception) -> str:
+    """What a failed ``torch.load`` found, without its advice to unpickle arbitrary objects."""
+    refused = _REFUSED_GLOBAL.search(str(error))
+    if refused is not None:
+        return f"it holds a {refused.group(1)}, which a checkpoint does not"
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,8 +16,10 @@ class RunLog:
     """The reports of rank 0 (other ranks make a silent one with ``enabled=False``).
 
     Records are appended to ``directory/log.jsonl`` and flushed at once, so a crash loses none and a resumed run
-    continues the same file; numbers also go to TensorBoard under ``directory/tensorboard`` when asked and
-    installed, and the latest loss and accuracy to the progress bar's postfix.
+    continues the same file. A run starting at step ``t`` first drops the records of steps after ``t`` (those of
+    the steps a crashed run did past its last checkpoint, which the resumed run does again), so every step appears
+    once (TensorBoard's ``purge_step`` does the same for its events). Numbers also go to TensorBoard under
+    ``directory/tensorboard`` when asked and installed, and the latest loss and accuracy to the progress bar's postfix.
 
     Args:
         directory: the run's directory.
@@ -43,6 +46,7 @@ class RunLog:
         if not enabled:
             return
         directory.mkdir(parents=True, exist_ok=True)
+        self._drop_records_after(start_step)
         self.stream = self.path.open("a", encoding="utf-8")
         if tensorboard:
             try:
@@ -54,6 +58,22 @@ class RunLog:
         self.bar = tqdm(
             total=total_steps, initial=start_step, desc="train", file=sys.stderr, disable=not progress, unit="step"
         )
+
+    def _drop_records_after(self, step: int) -> None:
+        """Rewrite the log without records of later steps (and without a line a crash cut short), atomically."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        os.replace(temporary, self.path)
 
     def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
         """Write one record ``{"step": step, "kind": kind, **values}``; numbers also go to TensorBoard as
@@ -81,8 +101,8 @@ class RunLog:
             tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        """Flush and close everything."""
-        if not self.enabled:
+        """Flush and close everything (again: nothing)."""
+        if not self.enabled or self.stream.closed:
             return
         if self.bar is not None:
             self.bar.close()

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from unicl._checks import first_line
 from unicl.data import UnifiedCollate
 from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.evaluate import zeroshot_accuracy
@@ -34,7 +35,7 @@ from unicl.models.presets import TRAINED_TOKENIZER
 from unicl.nn import UniCLLoss
 from unicl.prompts import LabelToPrompt
 from unicl.tokenizer import TOKENIZER_FILE, Tokenizer
-from unicl.training.checkpoints import CheckpointDirectory
+from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
 from unicl.training.options import build_parser, check_arguments
@@ -130,6 +131,8 @@ class Training:
         )
         self.checkpoints = CheckpointDirectory(args.output / "checkpoints", keep=args.keep)
         self.step = 0
+        # -1, or the first step whose loss or gradient norm was not finite (see _note_nonfinite).
+        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self._resumed_random: dict[str, Any] | None = None
         resumed = self._resume()
         self.tokenizer = self._tokenizer()
@@ -287,12 +290,19 @@ class Training:
         choice: str | None = args.resume
         state: dict[str, Any] | None = None
         if args.resume == "auto":
-            choice = None
+            choice, problem = None, None
             if self.runtime.is_main:
-                found = self.checkpoints.load_latest()
-                if found is not None:
-                    choice, state = str(found[0]), found[1]
-            choice = self.runtime.broadcast(choice)
+                try:
+                    found = self.checkpoints.load_latest()
+                except UnusableCheckpoint as error:
+                    problem = f"--resume auto: {error}; resume from an older one with --resume PATH, or fix the file"
+                else:
+                    if found is not None:
+                        choice, state = str(found[0]), found[1]
+            # Every rank learns of the problem, so all of them stop rather than wait in the broadcast below.
+            choice, problem = self.runtime.broadcast((choice, problem))
+            if problem is not None:
+                raise TrainingError(problem)
         if choice is None:
             if self.runtime.is_main:
                 print(f"no checkpoint in {self.checkpoints.directory}; starting at step 0", flush=True)
@@ -300,18 +310,33 @@ class Training:
         path = Path(choice)
         try:
             if state is None:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = read_checkpoint(path)
+        except (DamagedCheckpoint, UnusableCheckpoint) as error:
+            raise TrainingError(f"--resume {choice}: not a checkpoint this run can use: {error}") from None
+        try:
             self._load_state(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError, EOFError) as error:
-            raise TrainingError(f"checkpoint {path} cannot be resumed from: {type(error).__name__}: {error}") from None
+        except TrainingError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise TrainingError(
+                f"checkpoint {path} cannot be resumed from: {type(error).__name__}: {first_line(error)}"
+            ) from None
         return path
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(
+                f"the checkpoint has format {state.get('format')!r}; this version of unicl.train reads format "
+                f"{CHECKPOINT_FORMAT}"
+            )
         stored = state["config"]
         if stored.get("model") != self.args.model:
             raise TrainingError(f"the checkpoint trains {stored.get('model')!r}, not --model {self.args.model!r}")
         current = run_configuration(self.args)
         changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name) != current.get(name)]
+        # WebDataset streams are dealt to the data-loading workers, so there the number of workers orders the data.
+        if (self.args.webdataset or stored.get("webdataset")) and stored.get("workers") != current.get("workers"):
+            changed.append("workers")
         if state["world_size"] != self.runtime.world_size:
             changed.append(f"ranks ({state['world_size']} then, {self.runtime.world_size} now)")
         if changed and self.runtime.is_main:
@@ -330,6 +355,7 @@ class Training:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint of the current step (a collective: every rank calls it)."""
+        self.check_finite()
         states = self.runtime.gather(random_states(self.device))
         if not self.runtime.is_main:
             return
@@ -374,9 +400,10 @@ class Training:
                 outputs = self.network(moved["images"], moved["input_ids"], moved["attention_mask"])
                 loss = self.loss_fn(**outputs, labels=moved["labels"])
             self.scaler.scale(loss).backward()
-        if self.args.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self._note_nonfinite(loss.detach(), norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -385,6 +412,31 @@ class Training:
             # The temperature stays in [1, max_logit_scale] (CLIP's clamp), in the stored log space.
             self.model.logit_scale.clamp_(0, math.log(self.model.config.max_logit_scale))
         return loss.detach()
+
+    def _note_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember, on the device and without a sync, the first step whose loss or gradient norm is not finite.
+
+        Under fp16 a non-finite gradient is the gradient scaler's business (it skips that update and lowers its
+        scale, leaving the weights as they were), so there only the loss counts.
+        """
+        finite = torch.isfinite(loss.float())
+        if not self.scaler.is_enabled():
+            finite = finite & torch.isfinite(grad_norm)
+        step = torch.full_like(self._first_nonfinite, self.step + 1)
+        self._first_nonfinite = torch.where(~finite & (self._first_nonfinite < 0), step, self._first_nonfinite)
+
+    def check_finite(self) -> None:
+        """Stop, on every rank, when any rank saw a non-finite loss or gradient norm (a collective and a sync).
+
+        Called before every checkpoint and log record, so no checkpoint of diverged weights is ever written.
+        """
+        first = self.runtime.max(int(self._first_nonfinite))
+        if first >= 0:
+            raise TrainingError(
+                f"the loss or the gradient norm is not finite at step {first}: training diverged, and no checkpoint "
+                "of these weights was written; resume from an earlier checkpoint (--resume auto) with a lower --lr, "
+                "more --warmup or a --grad-clip"
+            )
 
     def evaluate(self) -> dict[str, float]:
         """Zero-shot accuracy on ``--eval-folder``, every rank scoring its share (a collective)."""
@@ -413,48 +465,53 @@ class Training:
             restore_random_states(self._resumed_random, self.device)
         end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
         self.model.train()
+        try:
+            with StopSignals(enabled=args.checkpoint_on_signal) as stop:
+                self._train_until(end, stop)
+            if self.step < args.steps:
+                self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
+                return None
+            return self._write_final()
+        finally:
+            self.log.close()
+
+    def _train_until(self, end: int, stop: StopSignals) -> None:
+        args = self.args
         losses: list[torch.Tensor] = []
         started, started_step = time.perf_counter(), self.step
-        with StopSignals(enabled=args.checkpoint_on_signal) as stop:
-            while self.step < end:
+        while self.step < end:
+            try:
                 losses.append(self.train_step(next(self.batches)))
-                self.step += 1
-                self.log.advance()
-                if self.step % args.log_every == 0 or self.step == end:
-                    self._report(losses, time.perf_counter() - started, self.step - started_step)
-                    losses, started, started_step = [], time.perf_counter(), self.step
-                saved = (args.save_every and self.step % args.save_every == 0) or self.step == args.steps
-                if saved:
+            except (ValueError, RuntimeError):
+                # Non-finite weights from an earlier step make a later one fail its input checks: say why.
+                if int(self._first_nonfinite) >= 0:
+                    self.check_finite()
+                raise
+            self.step += 1
+            self.log.advance()
+            if self.step % args.log_every == 0 or self.step == end:
+                self._report(losses, time.perf_counter() - started, self.step - started_step)
+                losses, started, started_step = [], time.perf_counter(), self.step
+            saved = (args.save_every and self.step % args.save_every == 0) or self.step == args.steps
+            if saved:
+                self.save_checkpoint()
+            if self.eval_set is not None and (
+                (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
+            ):
+                self.evaluate()
+            # Every rank learns of a signal any rank received, so all of them stop at this same step.
+            received = self.runtime.max(stop.received) if args.checkpoint_on_signal else 0
+            if received and self.step < args.steps:
+                if not saved:
                     self.save_checkpoint()
-                if self.eval_set is not None and (
-                    (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
-                ):
-                    self.evaluate()
-                # Every rank learns of a signal any rank received, so all of them stop at this same step.
-                received = self.runtime.max(stop.received) if args.checkpoint_on_signal else 0
-                if received and self.step < args.steps:
-                    if not saved:
-                        self.save_checkpoint()
-                    self.log.record(self.step, "signal", {"signal": signal.Signals(received).name})
-                    self.log.message(f"{signal.Signals(received).name} received: checkpoint of step {self.step} "
-                                     "written; resume with --resume auto")  # fmt: skip
-                    self.log.close()
-                    raise SystemExit(128 + received)
-        if self.step < args.steps:
-            self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
-            self.log.close()
-            return None
-        final = self._write_final()
-        self.log.close()
-        return final
+                self.log.record(self.step, "signal", {"signal": signal.Signals(received).name})
+                self.log.message(f"{signal.Signals(received).name} received: checkpoint of step {self.step} "
+                                 "written; resume with --resume auto")  # fmt: skip
+                raise SystemExit(128 + received)
 
     def _report(self, losses: list[torch.Tensor], seconds: float, steps: int) -> None:
+        self.check_finite()
         loss = self.runtime.mean(float(torch.stack(losses).float().mean()))
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss is {loss} at step {self.step}: training diverged; resume from an earlier checkpoint "
-                "with a lower --lr, more --warmup or --grad-clip"
-            )
         self.log.record(
             self.step,
             "train",
