@@ -192,14 +192,6 @@ class Tokenizer:
         return cls.from_clip_bpe(path, context_length)
 
     @classmethod
-    def load(cls, source: str | os.PathLike, context_length: int = 77) -> Tokenizer:
-        """``"clip"`` for :meth:`clip`, else a ``tokenizer.json`` path for :meth:`from_file` (the command lines'
-        ``--tokenizer``)."""
-        if str(source) == "clip":
-            return cls.clip(context_length)
-        return cls.from_file(source, context_length)
-
-    @classmethod
     def train(
         cls, corpus: Iterable[str], vocab_size: int = 1000, context_length: int = 77, min_frequency: int = 1
     ) -> Tokenizer:
