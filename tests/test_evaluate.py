@@ -274,7 +274,8 @@ def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tm
 
     # Few-shot over three seeds, features cached: the second run reads the cache and reports the same.
     few_shot = ["linear-probe", "--model", workspace / "model", "--train", workspace / "digits", "--test",
-                workspace / "held-out", "--shots", "3", "--seeds", "0", "1", "2", "--cache-dir", tmp_path / "cache"]  # fmt: skip
+                workspace / "held-out", "--shots", "3", "--seeds", "0", "1", "2",
+                "--cache-dir", tmp_path / "cache"]  # fmt: skip
     first = _main(*few_shot)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # the train and the test split
     assert _main(*few_shot) == first

@@ -298,9 +298,9 @@ def retrieval_recall(
     results: dict[str, float] = {}
     for k in RECALL_AT:
         top_captions = similarity.topk(min(k, similarity.shape[1]), dim=1).indices
-        results[f"image_to_text_R@{k}"] = float(matches.gather(1, top_captions).any(dim=1).float().mean())
+        results[f"image_to_text_R@{k}"] = float(matches.gather(1, top_captions).any(dim=1).double().mean())
         top_images = similarity.T.topk(min(k, similarity.shape[0]), dim=1).indices
-        results[f"text_to_image_R@{k}"] = float((top_images == owner[:, None]).any(dim=1).float().mean())
+        results[f"text_to_image_R@{k}"] = float((top_images == owner[:, None]).any(dim=1).double().mean())
     return {**results, "images": similarity.shape[0], "captions": similarity.shape[1]}
 
 

@@ -235,6 +235,15 @@ def write_tables(records: Sequence[Mapping[str, Any]], output: Path) -> tuple[Pa
     return csv_path, markdown_path
 
 
+def _test_images(results: Mapping[str, Any]) -> int | None:
+    """How many images an entry scored: ``images`` (zero-shot, retrieval) or a probe's ``test`` count."""
+    if "images" in results:
+        return int(results["images"])
+    runs = results.get("runs")
+    probe = runs[0] if isinstance(runs, list) and runs else results
+    return int(probe["test"]) if "test" in probe else None
+
+
 def _done_before(path: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
@@ -290,7 +299,7 @@ def run_suite(
         metric, score, std = entry_score(entry.task, entry.metric, results)
         record = {
             "name": entry.name, "task": entry.task, "metric": metric, "score": score, "std": std,
-            "images": results.get("images"), "seconds": round(seconds, 3), "entry": entry.describe(),
+            "images": _test_images(results), "seconds": round(seconds, 3), "entry": entry.describe(),
             "results": results,
         }  # fmt: skip
         temporary = path.with_suffix(".json.tmp")
