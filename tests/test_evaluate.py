@@ -179,6 +179,17 @@ def test_templates_file_is_used(workspace, tmp_path, monkeypatch):
     assert used[1] == list(DEFAULT_TEMPLATES)
 
 
+def test_a_per_class_prompt_mapping_is_used(workspace, tmp_path):
+    mapping = {name: [f"A handwritten {name}.", f"The digit {name}, drawn."] for name in NAMES}
+    (tmp_path / "prompts.json").write_text(json.dumps(mapping))
+    reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
+                     "--templates", tmp_path / "prompts.json", "--metric", "mean_per_class_recall")  # fmt: skip
+    folder = ImageFolder(str(workspace / "digits"))
+    scores, targets = _api_scores(workspace, folder, folder.classes, mapping)
+    expected = balanced_accuracy_score(targets.numpy(), scores.argmax(1).numpy())
+    assert reported["mean_per_class_recall"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_retrieval_command_reports_what_the_python_api_computes(workspace):
     reported = _main("retrieval", "--model", workspace / "model", "--captions", workspace / "captions.csv",
                      "--json", workspace / "retrieval.json")  # fmt: skip
@@ -353,6 +364,10 @@ BAD_INPUTS = {
                                           "--classnames", t / "n.txt"], "--classnames '{t}/n.txt'"),
     "templates without a slot": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits",
                                                "--templates", _write(t / "t.txt", "a photo\n")], "--templates"),
+    "mapping without a class": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--templates",
+                                              _write(t / "p.json", '{"one": ["A one."]}')],
+                                "--templates '{t}/p.json': templates: the per-class mapping has no prompts for "
+                                "class 0"),
     "unknown metric": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--metric", "f1"],
                        "argument --metric: invalid choice: 'f1'"),
     "mAP on single-label data": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits",

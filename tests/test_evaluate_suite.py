@@ -119,6 +119,24 @@ def test_the_elevater_example_lists_the_20_datasets_and_imagenet_with_their_metr
     assert probes[-1].arguments()[-6:] == ["--seeds", "0", "1", "2", "--cache-dir", str(tmp_path / "feature-cache")]
 
 
+def test_a_toml_suite_reads_as_the_same_json_suite(tmp_path):
+    (tmp_path / "suite.toml").write_text(
+        'root = "data"\n[defaults]\ntemplates = "unicl"\n'
+        '[[entries]]\nname = "a"\ntask = "zeroshot"\ndata = "a/test"\nmetric = "mean_per_class_recall"\n'
+        '[[entries]]\nname = "b"\ntask = "linear-probe"\ntrain = "b/train"\ntest = "b/test"\n'
+        "[entries.options]\nshots = 5\nseeds = [0, 1]\n"
+    )
+    (tmp_path / "suite.json").write_text(json.dumps({"root": "data", "defaults": {"templates": "unicl"}, "entries": [
+        {"name": "a", "task": "zeroshot", "data": "a/test", "metric": "mean_per_class_recall"},
+        {"name": "b", "task": "linear-probe", "train": "b/train", "test": "b/test",
+         "options": {"shots": 5, "seeds": [0, 1]}}]}))  # fmt: skip
+    entries = read_suite(tmp_path / "suite.toml")
+    assert entries == read_suite(tmp_path / "suite.json")
+    assert entries[0].arguments() == ["--data", str(tmp_path / "data" / "a" / "test"), "--templates", "unicl",
+                                      "--metric", "mean_per_class_recall"]  # fmt: skip
+    assert entries[1].arguments()[-5:] == ["--shots", "5", "--seeds", "0", "1"] and "templates" not in entries[1].paths
+
+
 BAD_SUITES = {
     "invalid JSON": ("{", "is not valid JSON"),
     "no entries": ("[]", "has no entries"),
