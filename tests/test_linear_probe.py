@@ -111,7 +111,7 @@ def test_the_fit_reaches_the_float64_optimum(pixels, l2, dtype, bound):
                   objective(tight.weight, tight.bias))  # fmt: skip
     ours = objective(head.weight.double(), head.bias.double())
     assert ours <= optimum * (1 + bound)
-    assert abs(head.loss - ours) <= 1e-9 * ours
+    assert abs(head.loss - ours) <= 1e-6 * ours  # the reported loss: float32 logits summed in float64
 
 
 def test_the_fit_is_deterministic(pixels):

@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from unicl._checks import check_positive_int
 
-__all__ = ["DEFAULT_L2_GRID", "LogisticHead", "choose_l2", "fit_logistic_regression", "stratified_split"]
+__all__ = [
+    "DEFAULT_L2_GRID",
+    "LogisticHead",
+    "StandardizedFeatures",
+    "choose_l2",
+    "fit_logistic_regression",
+    "stratified_split",
+]
 
 #: The coarse sweep: one λ per decade from 1e-6 to 1e2 (refined around the best afterwards, see `choose_l2`).
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0**e for e in range(-6, 3))
@@ -72,6 +79,36 @@ class LogisticHead:
     __call__ = logits
 
 
+@dataclass
+class StandardizedFeatures:
+    """Training features standardised once, with their covariance's eigendecomposition, for fits at several λ.
+
+    Attributes:
+        mean: ``[F]`` the features' mean.
+        scale: ``[F]`` their standard deviation (1 where a feature is constant).
+        z: ``[N, F]`` the standardised features ``(x - mean) / scale``.
+        eigenvalues: ``[F]`` float64 eigenvalues of ``zᵀz / N`` (clamped at 0).
+        eigenvectors: ``[F, F]`` float64, the matching eigenvectors (columns).
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    z: torch.Tensor
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> StandardizedFeatures:
+        """Standardise ``[N, F]`` features ``x`` in ``dtype`` on their device."""
+        x = x.to(dtype)
+        mean = x.mean(dim=0)
+        scale = x.std(dim=0, correction=0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        z = (x - mean) / scale
+        eigenvalues, eigenvectors = torch.linalg.eigh((z.T @ z).double() / len(z))
+        return cls(mean, scale, z, eigenvalues.clamp(min=0), eigenvectors)
+
+
 def _check_problem(x: object, y: object, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -107,6 +144,7 @@ def fit_logistic_regression(
     tolerance_change: float = 1e-12,
     dtype: torch.dtype = torch.float32,
     history_size: int = 10,
+    standardized: StandardizedFeatures | None = None,
 ) -> LogisticHead:
     """Fit a multinomial logistic-regression head by full-batch L-BFGS (see the module docstring's objective).
 
@@ -126,6 +164,7 @@ def fit_logistic_regression(
         tolerance_change: stop when the objective or the step changes by less than it in one iteration.
         dtype: the arithmetic's dtype (float32; float64 for a tighter optimum).
         history_size: L-BFGS's number of stored curvature pairs.
+        standardized: ``StandardizedFeatures.of(x, dtype)``, when several fits share ``x`` (computed otherwise).
 
     Returns:
         The `LogisticHead`.
@@ -143,11 +182,11 @@ def fit_logistic_regression(
     check_positive_int("max_iter", max_iter)
     l2 = _check_l2(l2)
     x, y = _check_problem(x, y, classes)
-    x = x.to(dtype)
-    mean = x.mean(dim=0)
-    scale = x.std(dim=0, correction=0)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    z = (x - mean) / scale
+    if standardized is None:
+        standardized = StandardizedFeatures.of(x, dtype)
+    elif standardized.z.shape != x.shape or standardized.z.dtype != dtype:
+        raise ValueError(f"standardized must be StandardizedFeatures.of(x, {dtype}) for x of shape {tuple(x.shape)}")
+    mean, scale, z = standardized.mean, standardized.scale, standardized.z
     num_features = x.shape[1]
     center = torch.zeros(classes, num_features, dtype=dtype, device=x.device)
     bias_start = torch.zeros(classes, dtype=dtype, device=x.device)
@@ -170,20 +209,21 @@ def fit_logistic_regression(
     # Preconditioning by a change of variables W = V·P, P = (zᵀz/N + μI)^(-1/2) with μ = max(λ, 1% of the mean
     # eigenvalue): the same objective and optimum, but correlated features (a random or collapsed tower's) no longer
     # cost L-BFGS thousands of iterations; the floor μ keeps P from amplifying near-empty directions more than 10x.
-    covariance = (z.double().T @ z.double()) / len(z)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    eigenvalues = eigenvalues.clamp(min=0)
-    eigenvalues = eigenvalues + max(l2, PRECONDITION_FLOOR * float(eigenvalues.mean()))
+    # Any invertible P gives the same optimum, so P need not be exact: the N x F products stay in dtype and only
+    # the F x F eigendecomposition runs in float64.
+    eigenvalues = standardized.eigenvalues + max(l2, PRECONDITION_FLOOR * float(standardized.eigenvalues.mean()))
+    eigenvectors = standardized.eigenvectors
     precondition = ((eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T).to(dtype)
     inverse = ((eigenvectors * eigenvalues.sqrt()) @ eigenvectors.T).to(dtype)
-    zp = (z.double() @ precondition.double()).to(dtype)
+    zp = z @ precondition
     variables = (start @ inverse).contiguous()
-    one_hot = F.one_hot(y, classes).to(dtype)
+    rows = y[:, None]
+    minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
 
     def objective(weight: torch.Tensor) -> torch.Tensor:
-        # Reported in float64, so that a small loss is not lost to float32 rounding.
-        weight, z64 = weight.double(), z.double()
-        return F.cross_entropy(z64 @ weight.T + bias.double(), y) + l2 / 2 * (weight - center.double()).square().sum()
+        # Summed in float64 (the logits' matmul stays in dtype), so that a small loss is not lost to rounding.
+        logits = torch.addmm(bias, z, weight.T).double()
+        return F.cross_entropy(logits, y) + l2 / 2 * (weight.double() - center.double()).square().sum()
 
     optimizer = torch.optim.LBFGS(
         [variables, bias],
@@ -199,13 +239,12 @@ def fit_logistic_regression(
     def closure() -> torch.Tensor:
         # The gradient in closed form, without autograd's graph (most of a small problem's time otherwise):
         # d/dlogits of the mean cross-entropy is (softmax - one_hot) / N.
-        logits = torch.addmm(bias, zp, variables.T)
-        log_probabilities = logits.log_softmax(dim=1)
+        log_probabilities = torch.addmm(bias, zp, variables.T).log_softmax(dim=1)
         difference = variables @ precondition - center
-        loss = -(log_probabilities * one_hot).sum() / len(z) + l2 / 2 * difference.square().sum()
-        residual = (log_probabilities.exp() - one_hot) / len(z)
-        variables.grad = torch.addmm(difference @ precondition, residual.T, zp, beta=l2)
-        bias.grad = residual.sum(dim=0)
+        loss = -log_probabilities.gather(1, rows).sum() / len(z) + l2 / 2 * difference.square().sum()
+        residual = log_probabilities.exp_().scatter_add_(1, rows, minus_one)  # N · (softmax - one_hot)
+        variables.grad = torch.addmm(difference @ precondition, residual.T, zp, beta=l2, alpha=1 / len(z))
+        bias.grad = residual.sum(dim=0) / len(z)
         return loss
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
@@ -314,6 +353,7 @@ def choose_l2(
     train, held = stratified_split(y, fraction=validation_fraction, seed=seed, classes=classes)
     train, held = train.to(x.device), held.to(x.device)
     x_train, y_train, x_held, y_held = x[train], y[train], x[held], y[held]
+    standardized = StandardizedFeatures.of(x_train, dtype)
     scores: dict[float, float] = {}
     heads: dict[float, LogisticHead] = {}
 
@@ -321,7 +361,8 @@ def choose_l2(
         if l2 in scores:
             return
         head = fit_logistic_regression(x_train, y_train, l2, classes=classes, init=init, init_bias=init_bias,
-                                       warm_start=start, max_iter=max_iter, dtype=dtype)  # fmt: skip
+                                       warm_start=start, max_iter=max_iter, dtype=dtype,
+                                       standardized=standardized)  # fmt: skip
         heads[l2] = head
         with torch.no_grad():
             scores[l2] = float(score_fn(head(x_held).float(), y_held))
