@@ -379,6 +379,8 @@ BAD_INPUTS = {
                                                "--metric", "top1"], "multi-label data is scored with map_11_point"),
     "labels file without labels": (lambda w, t: ["zeroshot", "--model", w / "model", "--data",
                                                  _write(t / "l.csv", "image,tags\nx.png,a\n")], "a 'labels' column"),
+    "unreadable image": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", _broken_folder(t)],
+                         "--data: cannot identify image file"),
     "bad batch size": (lambda w, t: ["zeroshot", "--model", w / "model", "--data", w / "digits", "--batch-size", "0"],
                        "--batch-size '0': must be >= 1"),
     "test classes differ": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
@@ -393,6 +395,13 @@ BAD_INPUTS = {
     "seeds without shots": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
                                           w / "held-out", "--seeds", "0", "1"], "several seeds need --shots"),
 }  # fmt: skip
+
+
+def _broken_folder(root: Path) -> Path:
+    for name in ("a", "b"):
+        (root / "broken" / name).mkdir(parents=True)
+        (root / "broken" / name / "x.png").write_text("not a PNG")
+    return root / "broken"
 
 
 def _write(path: Path, text: str) -> Path:

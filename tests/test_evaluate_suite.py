@@ -101,6 +101,21 @@ def test_a_suite_runs_every_entry_then_skips_them(workspace, tmp_path, capsys, m
     assert json.loads((output / "shapes.json").read_text())["results"] == single["shapes"]
 
 
+def test_an_entry_failing_midway_is_named_and_the_entries_before_it_are_kept(workspace, tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        (tmp_path / "broken" / name / "x.png").write_text("not a PNG")
+    config = _suite(workspace, [{"name": "fine", "task": "zeroshot", "data": "binary"},
+                                {"name": "broken", "task": "zeroshot", "data": str(tmp_path / "broken")}])  # fmt: skip
+    arguments = ["suite", str(config), "--model", str(workspace / "model"), "--output", str(tmp_path / "out"), *COMMON]
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "entry 2 ('broken'): --data: cannot identify image file" in last, last
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["fine.json"]
+
+
 def test_the_elevater_example_lists_the_20_datasets_and_imagenet_with_their_metrics(tmp_path):
     entries = read_suite(ROOT / "examples" / "elevater_suite.json", root=tmp_path)
     zeroshot = {entry.name.removesuffix("-zeroshot"): entry for entry in entries if entry.task == "zeroshot"}

@@ -500,7 +500,18 @@ def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
 # --- the command line: running ------------------------------------------------------------------------------------
 
 
+#: The argument that names each command's images, for errors found while reading them.
+DATA_ARGUMENTS = {"zeroshot": "--data", "retrieval": "--captions", "linear-probe": "--train/--test"}
+
+
 def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
+    try:
+        return _evaluate(args, inputs, model, tokenizer)
+    except (OSError, ValueError) as error:  # an unreadable or broken image, found only when it is read
+        raise UsageError(f"{DATA_ARGUMENTS[args.command]}: {first_line(error, limit=400)}") from None
+
+
+def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
     transform = image_transform(model)
     options = {
         "batch_size": args.batch_size,
@@ -695,8 +706,11 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
         if not loaded:  # the model loads when the first entry needs it: a rerun with every entry done loads nothing
             loaded["model"] = _load_model(args)
             loaded["tokenizer"] = _tokenizer(args, loaded["model"])
-        _, entry_args, inputs = prepared[index]
-        return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
+        entry, entry_args, inputs = prepared[index]
+        try:
+            return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
+        except UsageError as error:  # the entries before it are saved: a rerun resumes at this one
+            _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {error}")
 
     return run_suite(entries, args.output, run_entry, force=args.force, log=sys.stderr)
 
