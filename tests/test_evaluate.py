@@ -159,6 +159,26 @@ def _numpy_11_point_map(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(precisions))
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sets(st.sampled_from(["dog", "person", "train", "cat", "tv monitor"])), min_size=1,
+                max_size=8), st.booleans())  # fmt: skip
+def test_a_labels_file_reads_back_its_label_sets(tmp_path_factory, label_sets, tsv):
+    root = tmp_path_factory.mktemp("labels")
+    Image.new("RGB", (4, 4)).save(root / "x.png")
+    separator = "\t" if tsv else ","
+    lines = [f"filepath{separator}labels"] + [f"x.png{separator}{' ; '.join(sorted(labels))}" for labels in label_sets]
+    path = root / ("labels.tsv" if tsv else "labels.csv")
+    path.write_text("\n".join(lines) + "\n")
+    if not any(label_sets):
+        with pytest.raises(ValueError, match="has no labels"):
+            MultiLabelImages(path)
+        return
+    images = MultiLabelImages(path)
+    assert images.classes == sorted(set().union(*label_sets))
+    assert [{images.classes[c] for c in row.nonzero()[:, 0].tolist()} for row in images.targets] == label_sets
+    assert len(images) == len(label_sets) and images.image_paths[0] == (root / "x.png").resolve()
+
+
 def test_templates_file_is_used(workspace, tmp_path, monkeypatch):
     templates = tmp_path / "templates.txt"
     templates.write_text("a drawing of the digit {}.\n{}, handwritten.\n")
