@@ -626,6 +626,9 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     metric = Parser(add_help=False)
     metric.add_argument("--metric", choices=tuple(METRICS), help="the score to report (default: top1; map_11_point for "
                         "a labels CSV)")  # fmt: skip
+    probe_metric = Parser(add_help=False)
+    probe_metric.add_argument("--metric", choices=tuple(METRICS), help="the score that chooses the L2 strength and is "
+                              "reported (default: top1; map_11_point is for multi-label data)")  # fmt: skip
 
     zeroshot = commands.add_parser(
         "zeroshot", parents=[common, results, names, metric],
@@ -643,7 +646,8 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     retrieval.add_argument("--captions", required=True, type=Path, help="a CSV/TSV of image paths and captions")
 
     probe = commands.add_parser(
-        "linear-probe", parents=[common, results, names, metric], help="a logistic-regression head on frozen features",
+        "linear-probe", parents=[common, results, names, probe_metric],
+        help="a logistic-regression head on frozen features",
         description="A linear probe: a multinomial logistic regression on frozen image features, its L2 strength "
         "chosen on a held-out part of the training split, scored on the test split; --shots K for few-shot.",
     )  # fmt: skip
