@@ -34,7 +34,10 @@ operation (so every measurement starts from a fresh heap, and no OpenMP pool is 
    trustworthy.
 4. ``seconds_per_step``: the median of ``--repeats`` timed steps (``time.perf_counter``, gradients zeroed in place
    outside the timing) after those; ``microseconds_per_sample`` is that over ``B``. ``threads`` is
-   ``torch.set_num_threads`` in the child.
+   ``torch.set_num_threads`` in the child. ``cpu_seconds_per_step`` and ``cpu_microseconds_per_sample`` are the
+   same for the process's CPU time (``time.process_time``, all its threads): on a machine shared with other jobs the
+   wall time includes the time the step waited for a core, the CPU time does not, so with one thread it is the
+   steadier measure of the step's work (it still feels other jobs through shared caches and memory bandwidth).
 
 ``features_mb`` is the size of the whole batch's ``O(B·D)`` tensors that gradient caching must hold however small its
 micro-batch: the image and text features and their gradients, ``4·B·D`` float32 values. ``cached`` is expected to
@@ -112,6 +115,8 @@ class Row:
     microseconds_per_sample: float
     threads: int
     machine: str
+    cpu_seconds_per_step: float = math.nan
+    cpu_microseconds_per_sample: float = math.nan
     tensor_peak_mb: float = math.nan
     loss_backend: str = ""
     model: str = ""
@@ -247,11 +252,12 @@ def measure(job: Job) -> dict[str, Any]:
     extra = _resident_mb("VmHWM:") - baseline
     _zero_grads(model)
 
-    times = []
+    times, cpu_times = [], []
     for _ in range(job.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         _zero_grads(model)
 
     gc.collect()
@@ -260,6 +266,7 @@ def measure(job: Job) -> dict[str, Any]:
     return {
         "extra_memory_mb": extra,
         "seconds_per_step": statistics.median(times),
+        "cpu_seconds_per_step": statistics.median(cpu_times),
         "tensor_peak_mb": counter.peak / 2**20,
         "loss_backend": backend,
     }
@@ -374,10 +381,13 @@ def run(args: argparse.Namespace) -> list[Row]:
                 row.tensor_peak_mb = result["tensor_peak_mb"]
                 row.seconds_per_step = result["seconds_per_step"]
                 row.microseconds_per_sample = result["seconds_per_step"] / job.batch * 1e6
+                row.cpu_seconds_per_step = result["cpu_seconds_per_step"]
+                row.cpu_microseconds_per_sample = result["cpu_seconds_per_step"] / job.batch * 1e6
                 row.loss_backend = result["loss_backend"]
         print(
             f"{label:<24} extra {row.extra_memory_mb:9.1f} MB  tensors {row.tensor_peak_mb:9.1f} MB  "
-            f"features {row.features_mb:7.2f} MB  {row.microseconds_per_sample:9.1f} us/sample  "
+            f"features {row.features_mb:7.2f} MB  {row.microseconds_per_sample:9.1f} us/sample "
+            f"(CPU {row.cpu_microseconds_per_sample:7.1f})  "
             f"load {row.load_1min:.2f}  {row.note}",
             flush=True,
         )
@@ -417,12 +427,12 @@ def plot(csv_path: Path, out: Path) -> Path:
     for r in rows:
         name = "plain" if r["mode"] == "plain" else f"cached, micro-batch {r['micro_batch']}"
         groups.setdefault(name, []).append(r)
-    figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4.4))
+    figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 5.2))
     for name, points in sorted(groups.items(), key=lambda item: (item[0] != "plain", len(item[0]), item[0])):
         points.sort(key=lambda r: int(r["batch"]))
         batches = [int(r["batch"]) for r in points]
         line = memory_axis.plot(
-            batches, [max(float(r["extra_memory_mb"]), 0.1) for r in points], marker="o", label=f"{name}: resident peak"
+            batches, [max(float(r["extra_memory_mb"]), 0.1) for r in points], marker="o", label=name
         )[0]
         memory_axis.plot(
             batches,
@@ -430,9 +440,15 @@ def plot(csv_path: Path, out: Path) -> Path:
             marker=".",
             linestyle=":",
             color=line.get_color(),
-            label=f"{name}: live tensors",
         )
-        time_axis.plot(batches, [float(r["microseconds_per_sample"]) for r in points], marker="o", label=name)
+        line = time_axis.plot(batches, [float(r["microseconds_per_sample"]) for r in points], marker="o")[0]
+        time_axis.plot(
+            batches,
+            [float(r["cpu_microseconds_per_sample"]) for r in points],
+            marker=".",
+            linestyle=":",
+            color=line.get_color(),
+        )
     features = sorted({(int(r["batch"]), float(r["features_mb"])) for r in rows})
     memory_axis.plot(
         [b for b, _ in features],
@@ -443,20 +459,22 @@ def plot(csv_path: Path, out: Path) -> Path:
     )
     memory_axis.set_yscale("log")
     memory_axis.set_ylabel("peak extra memory of the step (MB)")
-    time_axis.set_ylabel("time per sample (µs), median")
+    memory_axis.set_title("solid: resident peak; dotted: live tensors", fontsize=8)
+    time_axis.set_ylabel("time per sample (µs), median of the repeats")
+    time_axis.set_title("solid: wall time; dotted: CPU time", fontsize=8)
     time_axis.set_ylim(bottom=0)
     for axis in (memory_axis, time_axis):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("global batch B")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+    figure.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
     first = rows[0] if rows else {"model": "", "machine": "", "threads": "", "torch": ""}
     figure.suptitle(
         f"one training step (forward + backward) of {first['model']}: {first['machine']}, "
         f"{first['threads']} thread(s), torch {first['torch']}",
         fontsize=9,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     path = out / PLOT_NAME
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -43,7 +43,8 @@ def test_quick_run_writes_csv_plot_readme_and_caching_saves_memory(tmp_path):
     ]  # fmt: skip
     for r in rows:
         assert r["note"] == "", r["note"]
-        assert float(r["seconds_per_step"]) > 0 and int(r["threads"]) == 1 and r["machine"]
+        assert float(r["seconds_per_step"]) > 0 and float(r["cpu_seconds_per_step"]) > 0
+        assert int(r["threads"]) == 1 and r["machine"]
         per_sample = float(r["seconds_per_step"]) / int(r["batch"]) * 1e6
         assert math.isclose(float(r["microseconds_per_sample"]), per_sample, rel_tol=1e-9)
         assert math.isclose(float(r["features_mb"]), 4 * int(r["batch"]) * EMBED_DIM * 4 / 2**20, rel_tol=1e-9)
