@@ -449,7 +449,8 @@ class Training:
                 precision="bf16" if self.precision == "bf16" else "fp32",
             )  # fmt: skip
             images = scores["images"]
-            counts = [round(scores["top1"] * images), round(scores.get("top5", 0.0) * images), images]
+            # Unrounded: ties earn fractional credit (the metrics' expected credit of random tie-breaking).
+            counts = [scores["top1"] * images, scores.get("top5", 0.0) * images, images]
         self.model.train()
         top1, top5, images = self.runtime.sum(counts)
         results = {"top1": top1 / images, "images": int(images), "classes": len(self.eval_class_names)}
