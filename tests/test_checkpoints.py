@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def test_keep_prunes_the_oldest_and_bad_arguments_are_named(tmp_path):
         CheckpointDirectory(tmp_path, keep=0)
     with pytest.raises(ValueError, match="step must be an int >= 0"):
         checkpoints.path_for(-1)
+
+
+def test_a_checkpoint_that_cannot_be_opened_is_not_taken_for_damage(tmp_path, monkeypatch):
+    """Permission or network-mount errors say nothing about the file's bytes: no fallback to an older step."""
+    checkpoints = CheckpointDirectory(tmp_path)
+    checkpoints.save(1, _state(1))
+    newest = checkpoints.save(2, _state(2))
+    original_open = Path.open
+
+    def refusing_open(self, *args, **kwargs):
+        if self == newest:
+            raise PermissionError(13, "Permission denied", str(self))
+        return original_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing_open)
+    with pytest.raises(UnusableCheckpoint, match=r"step-000000002\.pt cannot be opened: Permission denied"):
+        checkpoints.load_latest()

@@ -121,11 +121,22 @@ def test_the_training_page_documents_every_option():
             assert f"`{action.option_strings[0]}" in page, action.option_strings[0]
 
 
+def _without_tokenizer(arguments: list[str]) -> list[str]:
+    """The options with no --tokenizer: unicl_tiny trains its own on the run's text."""
+    position = arguments.index("--tokenizer")
+    return arguments[:position] + arguments[position + 2 :]
+
+
 def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrupted_run(data, tmp_path):
+    """Also: the tokenizer unicl_tiny trains (rank 0 trains it, the other rank receives it) is the same in both."""
     captions = ["--captions", data / "captions.csv", "--steps", "6", "--eval-folder", data / "eval"]
-    whole = _torchrun(*_options(data, tmp_path / "whole", *captions, "--workers", "0", "--eval-every", "3"))
+    whole = _torchrun(
+        *_without_tokenizer(_options(data, tmp_path / "whole", *captions, "--workers", "0", "--eval-every", "3"))
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
-    interrupted = _options(data, tmp_path / "faulty", *captions, "--workers", "2", "--save-every", "1")
+    interrupted = _without_tokenizer(
+        _options(data, tmp_path / "faulty", *captions, "--workers", "2", "--save-every", "1")
+    )
     first = _torchrun(*interrupted, "--stop-after", "3")
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = tmp_path / "faulty" / "checkpoints"
@@ -370,34 +381,53 @@ def test_micro_batches_train_the_same_weights_to_float32_rounding(data, tmp_path
     assert largest <= 0.1 * 1e-3 * 3
 
 
-def test_unicl_tiny_trains_its_own_tokenizer_saves_it_with_the_run_and_reads_it_back_on_resume(data, tmp_path):
+def test_unicl_tiny_trains_its_own_tokenizer_and_a_resumed_run_reads_it_from_the_checkpoint(data, tmp_path):
     """No --tokenizer: unicl_tiny's tokenizer is a BPE trained on this run's prompts and captions, saved as
-    OUTPUT/tokenizer.json, read back (not retrained) by a resumed run, and saved in final/ for the commands."""
+    OUTPUT/tokenizer.json and in every checkpoint; a resumed run takes the checkpoint's (no file needed, none
+    trained, another --tokenizer refused) and final/ holds it for the commands."""
     output = tmp_path / "run"
-    arguments = _options(data, output, "--steps", "2", "--workers", "0", "--captions", data / "captions.csv")
-    del arguments[arguments.index("--tokenizer") : arguments.index("--tokenizer") + 2]
-    main([*arguments, "--stop-after", "1", "--save-every", "1"])
+    extra = ["--steps", "2", "--workers", "0", "--captions", data / "captions.csv"]
+    main([*_without_tokenizer(_options(data, output, *extra)), "--stop-after", "1", "--save-every", "1"])
     trained = unicl.get_tokenizer(output / "tokenizer.json")
     assert trained.context_length == 16 and trained.vocab_size <= 1000
     for text in ("a photo of a three.", "a handwritten five"):
         ids = trained(text)["input_ids"][0]
         assert trained.decode(ids) == text.lower()
         assert int((ids > 0).sum()) <= 8  # words it was trained on are a few tokens each, not bytes
-    (output / "tokenizer.json").write_text((output / "tokenizer.json").read_text())  # same bytes, newer file
-    stamp = (output / "tokenizer.json").stat().st_mtime_ns
-    main([*arguments, "--resume", "auto"])
-    assert (output / "tokenizer.json").stat().st_mtime_ns == stamp
-    final = unicl.get_tokenizer(output / "final")
-    assert torch.equal(final(NAMES)["input_ids"], trained(NAMES)["input_ids"])
+    (output / "tokenizer.json").unlink()
+    main([*_without_tokenizer(_options(data, output, *extra)), "--resume", "auto"])
+    assert not (output / "tokenizer.json").exists()
+    assert unicl.get_tokenizer(output / "final").tokenizer.to_str() == trained.tokenizer.to_str()
+    checkpoint = output / "checkpoints" / "step-000000001.pt"
+    main([*_without_tokenizer(_options(data, tmp_path / "elsewhere", *extra)), "--resume", str(checkpoint)])
+    assert unicl.get_tokenizer(tmp_path / "elsewhere" / "final").tokenizer.to_str() == trained.tokenizer.to_str()
+    Tokenizer.train(["other words entirely"], vocab_size=300, context_length=16).save(tmp_path / "other-tokenizer")
+    with pytest.raises(SystemExit, match="is not the tokenizer the checkpoint was trained with"):
+        main([*_without_tokenizer(_options(data, tmp_path / "other", *extra)), "--resume", str(checkpoint),
+              "--tokenizer", str(tmp_path / "other-tokenizer")])  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["directory", "safetensors file", "directory without a tokenizer"])
+def test_pretrained_weights_bring_their_tokenizer_and_never_get_a_new_one(data, tmp_path, form):
+    source = tmp_path / "source"
+    tokenizer = Tokenizer.from_file(data / "tokenizer.json", context_length=16)
+    unicl.create_model("unicl_tiny").save_pretrained(source, tokenizer=None if "without" in form else tokenizer)
+    pretrained = source / "model.safetensors" if form == "safetensors file" else source
+    arguments = [*_without_tokenizer(_options(data, tmp_path / "run", "--steps", "2", "--workers", "0")),
+                 "--pretrained", str(pretrained)]  # fmt: skip
+    if "without" in form:
+        with pytest.raises(SystemExit, match=r"has no tokenizer\.json with it, and unicl_tiny's tokenizer is trained"):
+            main(arguments)
+        return
+    main(arguments)
+    assert unicl.get_tokenizer(tmp_path / "run" / "final").tokenizer.to_str() == tokenizer.tokenizer.to_str()
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
 
 
 def test_webdataset_captions_are_in_the_trained_tokenizer(data, tmp_path):
     output = tmp_path / "run"
-    arguments = _options(
-        data, output, "--steps", "2", "--workers", "0", "--webdataset", f"{data}/shard-{{0..3}}.tar", "--ratio", "0.5"
-    )
-    del arguments[arguments.index("--tokenizer") : arguments.index("--tokenizer") + 2]
-    main(arguments)
+    webdataset = ["--webdataset", f"{data}/shard-{{0..3}}.tar", "--ratio", "0.5"]
+    main(_without_tokenizer(_options(data, output, "--steps", "2", "--workers", "0", *webdataset)))
     tokenizer = unicl.get_tokenizer(output / "final")
     assert len(tokenizer("a handwritten four")["input_ids"][0].nonzero()) <= 6  # caption words are whole tokens
 
@@ -444,19 +474,44 @@ def _poison_the_loss_from_call(monkeypatch, first_bad_call: int, where: str) -> 
     monkeypatch.setattr(trainer_module.UniCLLoss, "forward", poisoned)
 
 
-@pytest.mark.parametrize("where", ["loss", "gradient"])
-def test_a_non_finite_step_stops_the_run_before_any_checkpoint_of_its_weights(data, tmp_path, monkeypatch, where):
+@pytest.mark.parametrize(("where", "clip"), [("loss", "0"), ("gradient", "0"), ("gradient", "5")])
+def test_a_non_finite_step_stops_the_run_before_any_checkpoint_of_its_weights(
+    data, tmp_path, monkeypatch, where, clip
+):
     """Step 3 diverges; the log is written only every 10 steps, a checkpoint every 2: the run stops at step 4's
     checkpoint, naming step 3, and the newest checkpoint on disk is step 2's (finite weights)."""
     _poison_the_loss_from_call(monkeypatch, 3, where)
     output = tmp_path / "run"
-    arguments = _options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--grad-clip", "0")
+    arguments = _options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--grad-clip", clip)
     arguments[arguments.index("--log-every") + 1] = "10"
     with pytest.raises(SystemExit, match=r"not finite at step 3: training diverged, and no checkpoint"):
         main(arguments)
     assert [path.name for path in (output / "checkpoints").iterdir()] == ["step-000000002.pt"]
     state = torch.load(output / "checkpoints" / "step-000000002.pt", weights_only=True)
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_an_evaluation_after_a_non_finite_step_stops_the_run(data, tmp_path, monkeypatch):
+    _poison_the_loss_from_call(monkeypatch, 2, "loss")
+    arguments = _options(data, tmp_path / "run", "--steps", "6", "--workers", "0", "--save-every", "0",
+                         "--eval-folder", data / "eval", "--eval-every", "3")  # fmt: skip
+    arguments[arguments.index("--log-every") + 1] = "10"
+    with pytest.raises(SystemExit, match="not finite at step 2"):
+        main(arguments)
+    assert _records(tmp_path / "run", "eval") == []
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_says_which_in_one_line(data, tmp_path):
+    output = tmp_path / "run"
+    main(_options(data, output, "--steps", "2", "--workers", "0", "--save-every", "1", "--stop-after", "1"))
+    path = output / "checkpoints" / "step-000000001.pt"
+    state = torch.load(path, weights_only=True)
+    del state["model"]["logit_scale"]
+    torch.save(state, path)
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, output, "--steps", "2", "--workers", "0", "--resume", "auto"))
+    message = str(stopped.value)
+    assert "\n" not in message and "step-000000001.pt cannot be resumed from" in message and "logit_scale" in message
 
 
 def test_resume_auto_stops_at_a_readable_checkpoint_it_cannot_use(data, tmp_path):

@@ -20,7 +20,7 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from unicl._checks import check_positive_int
+from unicl._checks import check_positive_int, first_line
 
 CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
 #: CLIP's word pattern: contractions, letter runs, single digits, other non-space runs.
@@ -30,6 +30,20 @@ CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 #: CLIP's merges file holds 48,894 merges after its header line: 49,152 − 256 byte tokens − 2 specials.
 CLIP_NUM_MERGES = 49152 - 256 - 2
+
+
+def _checked_settings(settings: dict[str, Any], where: str, context_length: int | None) -> dict[str, Any]:
+    """Stored `Tokenizer.settings` as constructor arguments (``context_length`` overrides the stored one)."""
+    known = {"context_length", "start_token", "end_token", "pad_id", "clean"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{where} has unknown setting(s) {unknown}; known: {sorted(known)}")
+    cleaners = {None: None, "clip": clip_clean}
+    if settings.get("clean") not in cleaners:
+        raise ValueError(f"{where}: clean must be null or 'clip'; got {settings['clean']!r}")
+    arguments = {**settings, "clean": cleaners[settings.get("clean")]}
+    arguments["context_length"] = context_length or settings.get("context_length", 77)
+    return arguments
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -217,6 +231,44 @@ class Tokenizer:
         tokenizer.train_from_iterator(corpus, trainer)
         return cls(tokenizer, context_length, pad_id=0)
 
+    def settings(self) -> dict[str, Any]:
+        """What the ``tokenizers`` model cannot hold, as JSON-ready values: context length, start and end tokens,
+        padding id and clean-up (``None`` or ``"clip"``).
+
+        Raises:
+            ValueError: a ``clean`` function other than :func:`clip_clean` (a function cannot be stored in JSON).
+        """
+        if self.clean not in (None, clip_clean):
+            raise ValueError("only a tokenizer without clean-up or with clip_clean can be saved; got a custom clean")
+        return {
+            "context_length": self.context_length,
+            "start_token": self.tokenizer.id_to_token(self.start_id),
+            "end_token": self.tokenizer.id_to_token(self.end_id),
+            "pad_id": self.pad_id,
+            "clean": None if self.clean is None else "clip",
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """The whole tokenizer as plain values (what a training checkpoint stores): ``{"tokenizer": JSON text,
+        **settings()}``; :meth:`from_state` undoes it."""
+        return {"tokenizer": self.tokenizer.to_str(), **self.settings()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], context_length: int | None = None, where: str = "state") -> Tokenizer:
+        """The tokenizer of :meth:`to_state` (``context_length`` overrides the stored one).
+
+        Raises:
+            ValueError: a state that is not one (``where`` names it in the message).
+        """
+        settings = {key: value for key, value in state.items() if key != "tokenizer"}
+        if not isinstance(state.get("tokenizer"), str):
+            raise ValueError(f"{where} holds no tokenizer JSON")
+        try:
+            tokenizer = HFTokenizer.from_str(state["tokenizer"])
+        except Exception as error:  # the Rust side raises a bare Exception
+            raise ValueError(f"{where} holds no tokenizers JSON: {first_line(error)}") from None
+        return cls(tokenizer, **_checked_settings(settings, where, context_length))
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``directory`` (created if needed), so that
         :meth:`from_pretrained` gives back a tokenizer with the same ids for every text.
@@ -235,17 +287,9 @@ class Tokenizer:
             >>> bool((again("a dog")["input_ids"] == tokenizer("a dog")["input_ids"]).all())
             True
         """
-        if self.clean not in (None, clip_clean):
-            raise ValueError("only a tokenizer without clean-up or with clip_clean can be saved; got a custom clean")
+        settings = self.settings()
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        settings = {
-            "context_length": self.context_length,
-            "start_token": self.tokenizer.id_to_token(self.start_id),
-            "end_token": self.tokenizer.id_to_token(self.end_id),
-            "pad_id": self.pad_id,
-            "clean": None if self.clean is None else "clip",
-        }
         self.tokenizer.save(str(target / TOKENIZER_FILE))
         (target / TOKENIZER_CONFIG_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         return target
@@ -271,16 +315,8 @@ class Tokenizer:
                     raise ValueError("not a JSON object")
             except ValueError as error:
                 raise ValueError(f"{str(config_path)!r} is not a tokenizer configuration: {error}") from None
-        known = {"context_length", "start_token", "end_token", "pad_id", "clean"}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"{str(config_path)!r} has unknown setting(s) {unknown}; known: {sorted(known)}")
-        cleaners = {None: None, "clip": clip_clean}
-        if settings.get("clean") not in cleaners:
-            raise ValueError(f"{str(config_path)!r}: clean must be null or 'clip'; got {settings['clean']!r}")
-        settings["clean"] = cleaners[settings.get("clean")]
-        saved_length = settings.pop("context_length", 77)
-        return cls.from_file(folder / TOKENIZER_FILE, context_length or saved_length, **settings)
+        arguments = _checked_settings(settings, repr(str(config_path)), context_length)
+        return cls.from_file(folder / TOKENIZER_FILE, **arguments)
 
     @property
     def vocab_size(self) -> int:

@@ -56,6 +56,9 @@ def save_pretrained(
         raise TypeError(f"tokenizer must be a unicl.tokenizer.Tokenizer; got {type(tokenizer).__name__}")
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        # First: a reader that finds the weights finds their tokenizer (never CLIP's by default in its place).
+        tokenizer.save(target)
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     config = {"format_version": FORMAT_VERSION, "model": dataclasses.asdict(model.config)}
     with _replacing(target / WEIGHTS_NAME) as temporary:
@@ -64,8 +67,6 @@ def save_pretrained(
         save_file(tensors, str(temporary), metadata={"format": "pt"})
     with _replacing(target / CONFIG_NAME) as temporary:
         temporary.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-    if tokenizer is not None:
-        tokenizer.save(target)
     return target
 
 

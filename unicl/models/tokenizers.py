@@ -25,7 +25,10 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
               49,408 ids;
             - a preset name: the tokenizer the preset names (CLIP's BPE for the paper presets);
             - ``"clip"``: CLIP's BPE, found on this machine (see ``Tokenizer.clip``);
-            - a ``tokenizer.json`` file (with the settings of a ``tokenizer_config.json`` beside it, if any).
+            - a ``tokenizer.json`` file (with the settings of a ``tokenizer_config.json`` beside it when the file is
+              named ``tokenizer.json``).
+
+            An existing directory is read as a saved model even when its name is also ``"clip"`` or a preset's.
         context_length: tokens per row; default: the saved setting, the model's text context, or 77.
 
     Returns:

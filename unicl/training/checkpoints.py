@@ -53,16 +53,22 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     Raises:
         FileNotFoundError: no such file.
         DamagedCheckpoint: not a ``torch.save`` archive, truncated, or a member whose CRC-32 does not match.
-        UnusableCheckpoint: a whole archive that ``torch.load(weights_only=True)`` refuses, or no dictionary.
+        UnusableCheckpoint: a file that cannot be opened, a whole archive that ``torch.load(weights_only=True)``
+            refuses, or no dictionary.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad_member = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        raise DamagedCheckpoint(f"{path} is truncated or not a torch.save archive ({first_line(error)})") from None
+        handle = path.open("rb")
+    except OSError as error:  # permissions, a stale network mount: not damage, and no reason to take an older one
+        raise UnusableCheckpoint(f"{path} cannot be opened: {error.strerror or first_line(error)}") from None
+    with handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                bad_member = archive.testzip()
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:
+            raise DamagedCheckpoint(f"{path} is truncated or not a torch.save archive ({first_line(error)})") from None
     if bad_member is not None:
         raise DamagedCheckpoint(f"{path} is corrupt: {bad_member!r} fails its CRC-32 check")
     try:

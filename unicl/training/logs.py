@@ -54,7 +54,9 @@ class RunLog:
             except ImportError:
                 warnings.warn("tensorboard is not installed; logging to log.jsonl only", stacklevel=2)
             else:
-                self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=start_step)
+                # purge_step drops events at steps >= it; the log keeps the resumed step's own records.
+                purge = start_step + 1 if start_step > 0 else None
+                self.writer = SummaryWriter(str(directory / "tensorboard"), purge_step=purge)
         self.bar = tqdm(
             total=total_steps, initial=start_step, desc="train", file=sys.stderr, disable=not progress, unit="step"
         )

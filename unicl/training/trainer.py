@@ -26,12 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from unicl._checks import first_line
 from unicl.data import UnifiedCollate
 from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.evaluate import zeroshot_accuracy
 from unicl.models import UniCLModel, check_tokenizer_fits, create_model, get_tokenizer, preset_tokenizer
 from unicl.models.presets import TRAINED_TOKENIZER
+from unicl.models.serialization import OFFICIAL_SUFFIXES
 from unicl.nn import UniCLLoss
 from unicl.prompts import LabelToPrompt
 from unicl.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -48,8 +48,9 @@ from unicl.transforms import image_transform
 
 #: Bumped when the checkpoint's layout changes.
 CHECKPOINT_FORMAT = 1
-#: WebDataset captions a trained tokenizer learns from (the shards' first, in their listed order).
-TOKENIZER_CAPTIONS = 100_000
+#: WebDataset captions a trained tokenizer learns from (the shards' first, in their listed order): read by rank 0
+#: while the others wait, so few enough to read well within a collective's timeout from remote shards.
+TOKENIZER_CAPTIONS = 20_000
 #: Options that change what an uninterrupted run would compute; a resumed run warns when one differs.
 REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
@@ -61,6 +62,23 @@ REPRODUCIBILITY_OPTIONS = (
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what to change."""
+
+
+def _diverged(step: int) -> str:
+    return (
+        f"the loss or the gradient norm is not finite at step {step}: training diverged, and no checkpoint of these "
+        "weights was written; resume from an earlier checkpoint (--resume auto) with a lower --lr, more --warmup or "
+        "a --grad-clip"
+    )
+
+
+def gradient_norm(parameters: Iterator[torch.nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients (what ``clip_grad_norm_`` computes, without rewriting every
+    gradient by a factor of one); on the device, no sync."""
+    norms = [parameter.grad.detach().norm() for parameter in parameters if parameter.grad is not None]
+    if not norms:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def run_configuration(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +152,7 @@ class Training:
         # -1, or the first step whose loss or gradient norm was not finite (see _note_nonfinite).
         self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self._resumed_random: dict[str, Any] | None = None
+        self._resumed_tokenizer: dict[str, Any] | None = None
         resumed = self._resume()
         self.tokenizer = self._tokenizer()
         self.log = RunLog(
@@ -154,15 +173,28 @@ class Training:
     # --- text ----------------------------------------------------------------------------------------------------
 
     def _tokenizer(self) -> Tokenizer:
-        """``--tokenizer``; else the tokenizer saved with ``--pretrained``'s directory; else the preset's own: CLIP's
-        BPE, or one trained on this run's text (``TRAINED_TOKENIZER``)."""
+        """The tokenizer of the run, checked against the text tower: a resumed run's is the checkpoint's; else
+        ``--tokenizer``; else the one saved with ``--pretrained``; else the preset's own (CLIP's BPE, or one trained
+        on this run's text for ``TRAINED_TOKENIZER`` presets)."""
         args, context_length = self.args, self.model.config.text.context_length
-        pretrained = Path(args.pretrained) if args.pretrained is not None else None
+        requested = None
         if args.tokenizer is not None:
-            tokenizer, argument = get_tokenizer(args.tokenizer, context_length), "--tokenizer"
-        elif pretrained is not None and (pretrained / TOKENIZER_FILE).is_file():
-            tokenizer = get_tokenizer(pretrained, context_length)
-            argument = f"--pretrained {str(pretrained)!r}'s tokenizer"
+            try:
+                requested = get_tokenizer(args.tokenizer, context_length)
+            except (FileNotFoundError, ValueError) as error:
+                raise TrainingError(f"--tokenizer {args.tokenizer!r}: {error}") from None
+        if self._resumed_tokenizer is not None:
+            tokenizer = Tokenizer.from_state(self._resumed_tokenizer, context_length, where="the checkpoint")
+            if requested is not None and requested.tokenizer.to_str() != tokenizer.tokenizer.to_str():
+                raise TrainingError(
+                    f"--tokenizer {args.tokenizer!r} is not the tokenizer the checkpoint was trained with; leave "
+                    "--tokenizer out to go on with the checkpoint's"
+                )
+            argument = "the checkpoint's tokenizer"
+        elif requested is not None:
+            tokenizer, argument = requested, "--tokenizer"
+        elif (saved := self._pretrained_tokenizer()) is not None:
+            tokenizer, argument = saved, f"--pretrained {args.pretrained!r}'s tokenizer"
         elif preset_tokenizer(args.model) == TRAINED_TOKENIZER:
             tokenizer, argument = self._trained_tokenizer(), "the trained tokenizer"
         else:
@@ -170,26 +202,50 @@ class Training:
         check_tokenizer_fits(tokenizer, self.model.config, argument, args.model)
         return tokenizer
 
+    def _pretrained_tokenizer(self) -> Tokenizer | None:
+        """The tokenizer saved with ``--pretrained`` (its directory, or beside its ``.safetensors`` file), or
+        ``None``; a preset that trains its tokenizer never trains a new one for pretrained weights."""
+        args = self.args
+        if args.pretrained is None or Path(args.pretrained).suffix in OFFICIAL_SUFFIXES:
+            return None  # the released checkpoints read CLIP's BPE
+        pretrained = Path(args.pretrained)
+        source = pretrained if pretrained.is_dir() else pretrained.parent
+        if (source / TOKENIZER_FILE).is_file():
+            try:
+                return get_tokenizer(source, self.model.config.text.context_length)
+            except (FileNotFoundError, ValueError) as error:
+                raise TrainingError(f"--pretrained {args.pretrained!r}: {error}") from None
+        if preset_tokenizer(args.model) == TRAINED_TOKENIZER:
+            raise TrainingError(
+                f"--pretrained {args.pretrained!r} has no {TOKENIZER_FILE} with it, and {args.model}'s tokenizer is "
+                "trained per run: pass the --tokenizer those weights were trained with"
+            )
+        return None
+
     def _trained_tokenizer(self) -> Tokenizer:
         """A byte-level BPE with the text tower's vocabulary and context, trained by rank 0 on every prompt of every
         class and the captions (all of a caption file, the first ``TOKENIZER_CAPTIONS`` of WebDataset shards),
-        sent to the other ranks, and saved as ``OUTPUT/tokenizer.json``; a resumed run reads that file back."""
+        saved as ``OUTPUT/tokenizer.json`` and sent to the other ranks (with any error, so that all of them stop)."""
         args, text = self.args, self.model.config.text
-        if self.step > 0 and (args.output / TOKENIZER_FILE).is_file():
-            return Tokenizer.from_pretrained(args.output, text.context_length)
-        serialized: str | None = None
+        serialized, problem = None, None
         if self.runtime.is_main:
-            corpus: list[str] = []
-            if args.image_folder:
-                corpus += [prompt for prompts in LabelToPrompt(self._labelled().class_names) for prompt in prompts]
-            for path in args.captions:
-                corpus += [caption for _, caption in read_caption_file(path)]
-            if args.webdataset:
-                corpus += read_captions(args.webdataset, TOKENIZER_CAPTIONS)
-            tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)
-            tokenizer.save(args.output)
-            serialized = tokenizer.tokenizer.to_str()
-        serialized = self.runtime.broadcast(serialized)
+            try:
+                corpus: list[str] = []
+                if args.image_folder:
+                    prompts = LabelToPrompt(self._labelled().class_names)
+                    corpus += [prompt for class_prompts in prompts for prompt in class_prompts]
+                for path in args.captions:
+                    corpus += [caption for _, caption in read_caption_file(path)]
+                if args.webdataset:
+                    corpus += read_captions(args.webdataset, TOKENIZER_CAPTIONS)
+                tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)
+                tokenizer.save(args.output)
+                serialized = tokenizer.tokenizer.to_str()
+            except (FileNotFoundError, ValueError, ImportError, OSError) as error:
+                problem = f"training the tokenizer of {args.model}: {error}"
+        serialized, problem = self.runtime.broadcast((serialized, problem))
+        if problem is not None:
+            raise TrainingError(problem)
         return Tokenizer(HFTokenizer.from_str(serialized), text.context_length)
 
     # --- data ----------------------------------------------------------------------------------------------------
@@ -315,11 +371,13 @@ class Training:
             raise TrainingError(f"--resume {choice}: not a checkpoint this run can use: {error}") from None
         try:
             self._load_state(state)
-        except TrainingError:
-            raise
+        except TrainingError as error:
+            raise TrainingError(f"--resume {args.resume}: {path}: {error}") from None
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            # load_state_dict lists every mismatched tensor over many lines: one line, cut to a readable length.
+            details = " ".join(str(error).split())
             raise TrainingError(
-                f"checkpoint {path} cannot be resumed from: {type(error).__name__}: {first_line(error)}"
+                f"--resume {args.resume}: {path} cannot be resumed from: {type(error).__name__}: {details[:400]}"
             ) from None
         return path
 
@@ -335,7 +393,9 @@ class Training:
         current = run_configuration(self.args)
         changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name) != current.get(name)]
         # WebDataset streams are dealt to the data-loading workers, so there the number of workers orders the data.
-        if (self.args.webdataset or stored.get("webdataset")) and stored.get("workers") != current.get("workers"):
+        # (0 and 1 workers both read one stream.)
+        streams = max(int(stored.get("workers") or 0), 1), max(self.args.workers, 1)
+        if (self.args.webdataset or stored.get("webdataset")) and streams[0] != streams[1]:
             changed.append("workers")
         if state["world_size"] != self.runtime.world_size:
             changed.append(f"ranks ({state['world_size']} then, {self.runtime.world_size} now)")
@@ -352,6 +412,7 @@ class Training:
         self.step = int(state["step"])
         ranks = state["random"]
         self._resumed_random = ranks[self.runtime.rank % len(ranks)]
+        self._resumed_tokenizer = state.get("tokenizer")  # checkpoints before the tokenizer was stored have none
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint of the current step (a collective: every rank calls it)."""
@@ -372,6 +433,7 @@ class Training:
                 "world_size": self.runtime.world_size,
                 "data": self.data_position(),
                 "config": run_configuration(self.args),
+                "tokenizer": self.tokenizer.to_state(),
             },
         )
         self.log.record(self.step, "checkpoint", {"path": str(path)})
@@ -401,8 +463,10 @@ class Training:
                 loss = self.loss_fn(**outputs, labels=moved["labels"])
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        clip = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.args.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        else:
+            norm = gradient_norm(self.model.parameters())
         self._note_nonfinite(loss.detach(), norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -432,15 +496,12 @@ class Training:
         """
         first = self.runtime.max(int(self._first_nonfinite))
         if first >= 0:
-            raise TrainingError(
-                f"the loss or the gradient norm is not finite at step {first}: training diverged, and no checkpoint "
-                "of these weights was written; resume from an earlier checkpoint (--resume auto) with a lower --lr, "
-                "more --warmup or a --grad-clip"
-            )
+            raise TrainingError(_diverged(first))
 
     def evaluate(self) -> dict[str, float]:
         """Zero-shot accuracy on ``--eval-folder``, every rank scoring its share (a collective)."""
         assert self.eval_set is not None
+        self.check_finite()
         counts = [0.0, 0.0, 0.0]
         if len(self.eval_set) > 0:
             scores = zeroshot_accuracy(
@@ -484,9 +545,15 @@ class Training:
             try:
                 losses.append(self.train_step(next(self.batches)))
             except (ValueError, RuntimeError):
-                # Non-finite weights from an earlier step make a later one fail its input checks: say why.
-                if int(self._first_nonfinite) >= 0:
-                    self.check_finite()
+                # Non-finite weights from an earlier step make a later one fail its input checks: say why. No
+                # collective here (the other ranks may be in another one), and the original error stays if the
+                # flag cannot be read (a device that failed).
+                try:
+                    first = int(self._first_nonfinite)
+                except RuntimeError:
+                    first = -1
+                if first >= 0:
+                    raise TrainingError(_diverged(first)) from None
                 raise
             self.step += 1
             self.log.advance()
