@@ -21,7 +21,7 @@ def plot_results(csv_path: Path, out: Path) -> list[Path]:
 
     with csv_path.open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["status"] == "ok"]
-    newest = {}
+    newest: dict[str, str] = {}
     for r in rows:
         newest[r["device"]] = max(newest.get(r["device"], ""), r["date"])
     groups: dict[tuple, dict[str, list[tuple[int, float, float]]]] = defaultdict(lambda: defaultdict(list))
