@@ -114,6 +114,15 @@ def test_the_fit_reaches_the_float64_optimum(pixels, l2, dtype, bound):
     assert abs(head.loss - ours) <= 1e-6 * ours  # the reported loss: float32 logits summed in float64
 
 
+@pytest.mark.parametrize(("metric", "classes"), [("roc_auc", (0, 1)), ("map_11_point", (3, 5, 8))])
+def test_binary_and_one_hot_metrics_of_a_probe(pixels, metric, classes):
+    train_x, train_y, test_x, test_y = pixels
+    train, test = torch.isin(train_y, torch.tensor(classes)), torch.isin(test_y, torch.tensor(classes))
+    relabel = torch.full((10,), -1).index_put_((torch.tensor(classes),), torch.arange(len(classes)))
+    result = linear_probe(train_x[train], relabel[train_y[train]], test_x[test], relabel[test_y[test]], metric=metric)
+    assert result["metric"] == metric and 0.97 <= result[metric] <= 1.0 and "top5" not in result
+
+
 def test_the_fit_is_deterministic(pixels):
     first = fit_logistic_regression(pixels[0], pixels[1], 1e-3, classes=10)
     second = fit_logistic_regression(pixels[0], pixels[1], 1e-3, classes=10)

@@ -2,7 +2,14 @@
 few-shot probes (the command-line front end is `unicl.evaluate`)."""
 
 from unicl.evaluation.features import FEATURE_KINDS, image_features
-from unicl.evaluation.logistic import DEFAULT_L2_GRID, LogisticHead, choose_l2, fit_logistic_regression
+from unicl.evaluation.logistic import (
+    DEFAULT_L2_GRID,
+    LogisticHead,
+    StandardizedFeatures,
+    choose_l2,
+    fit_logistic_regression,
+    stratified_split,
+)
 from unicl.evaluation.metrics import (
     METRICS,
     compute_metric,
@@ -20,6 +27,7 @@ __all__ = [
     "INITS",
     "METRICS",
     "LogisticHead",
+    "StandardizedFeatures",
     "choose_l2",
     "compute_metric",
     "few_shot",
@@ -32,6 +40,7 @@ __all__ = [
     "run_linear_probe",
     "sample_shots",
     "score_logits",
+    "stratified_split",
     "text_head",
     "top_k_accuracy",
 ]

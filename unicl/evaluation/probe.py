@@ -124,8 +124,7 @@ def run_linear_probe(
     fit_device = torch.device(device)
     train_x, test_x = train_x.to(fit_device), test_x.to(fit_device)
     init_weights = None
-    if init == "text":
-        assert names is not None and tokenizer is not None  # checked above; for the type checker
+    if init == "text" and names is not None and tokenizer is not None:  # both checked above
         init_weights = text_head(model, tokenizer, names, templates, device=fit_device)
         train_x, test_x = F.normalize(train_x, dim=-1), F.normalize(test_x, dim=-1)
     classes = len(names) if names is not None else None

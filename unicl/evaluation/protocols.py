@@ -79,13 +79,16 @@ def linear_probe(
     grid: Sequence[float] = DEFAULT_L2_GRID,
     refine: Sequence[float] = REFINE_STEPS,
     max_iter: int = 1000,
+    tolerance: float = 1e-7,
+    sweep_tolerance: float = 1e-4,
 ) -> dict[str, Any]:
     """The linear-probe protocol: choose λ on held-out training samples, refit on all of them, score the test split.
 
     Exactly: (1) `unicl.evaluation.logistic.choose_l2` holds out a stratified ``validation_fraction`` of each
     training class (seeded by ``seed``), fits a head for each λ of ``grid`` on the rest, scores ``metric`` on the
-    held-out part, and refines λ around the best by ``refine`` decades (skipped when ``l2`` is given); (2) a head
-    with the chosen λ is fitted on the whole training split; (3) it scores the test split. The features are
+    held-out part, and refines λ around the best by ``refine`` decades (skipped when ``l2`` is given), each fit to
+    gradient tolerance ``sweep_tolerance``; (2) a head with the chosen λ is fitted on the whole training split to
+    ``tolerance``; (3) it scores the test split. The features are
     standardised with the statistics of the samples each head is fitted on. The fit runs on ``train_features``'
     device.
 
@@ -104,6 +107,8 @@ def linear_probe(
         grid: the sweep's coarse λ values.
         refine: the sweep's refinement steps in decades.
         max_iter: most L-BFGS iterations per fit.
+        tolerance: the final fit's gradient tolerance (see `unicl.evaluation.logistic.fit_logistic_regression`).
+        sweep_tolerance: the sweep's fits' gradient tolerance (looser: they only rank λ values).
 
     Returns:
         ``{"top1", "top5" (with >= 5 classes), <metric>, "metric", "l2", "sweep" ([[λ, held-out score], ...],
@@ -139,10 +144,10 @@ def linear_probe(
         l2, sweep = choose_l2(
             train_features, train_targets, classes=num_classes, seed=seed, validation_fraction=validation_fraction,
             grid=grid, refine=refine, score=lambda logits, targets: score_logits(metric, logits, targets),
-            init=init_weights, max_iter=max_iter,
+            init=init_weights, max_iter=max_iter, tolerance=sweep_tolerance,
         )  # fmt: skip
     head = fit_logistic_regression(train_features, train_targets, l2, classes=num_classes, init=init_weights,
-                                   max_iter=max_iter)  # fmt: skip
+                                   max_iter=max_iter, tolerance=tolerance)  # fmt: skip
     with torch.no_grad():
         logits = head(test_features.to(device)).float()
     targets = test_targets.to(device)
@@ -203,6 +208,8 @@ def few_shot(
     grid: Sequence[float] = DEFAULT_L2_GRID,
     refine: Sequence[float] = REFINE_STEPS,
     max_iter: int = 1000,
+    tolerance: float = 1e-7,
+    sweep_tolerance: float = 1e-4,
 ) -> dict[str, Any]:
     """The few-shot protocol: a `linear_probe` per seed on ``shots`` training samples per class; mean and spread.
 
@@ -229,6 +236,8 @@ def few_shot(
         grid: as in `linear_probe`.
         refine: as in `linear_probe`.
         max_iter: as in `linear_probe`.
+        tolerance: as in `linear_probe`.
+        sweep_tolerance: as in `linear_probe`.
 
     Returns:
         ``{"shots", "seeds", "metric", "runs" (one `linear_probe` result per seed, with "seed"), "mean" and "std"
@@ -258,7 +267,8 @@ def few_shot(
         run = linear_probe(
             train_features[chosen], train_targets.to(train_features.device)[chosen], test_features, test_targets,
             metric=metric, seed=seed, init_weights=init_weights, l2=l2, classes=num_classes,
-            validation_fraction=validation_fraction, grid=grid, refine=refine, max_iter=max_iter,
+            validation_fraction=validation_fraction, grid=grid, refine=refine, max_iter=max_iter, tolerance=tolerance,
+            sweep_tolerance=sweep_tolerance,
         )  # fmt: skip
         runs.append({"seed": seed, **run})
     names = [name for name in ("top1", "top5", metric) if name in runs[0]]
