@@ -5,8 +5,10 @@ weights (every ``state_dict`` tensor's name, dtype, shape and bytes), the datase
 ``ImageFolder``/``DatasetFolder``: its root, every sample's relative path, class id, size and modification time;
 otherwise the string its ``cache_identity()`` method returns), the repr of its transform, the feature kind and the
 precision. Changing any of them (retraining, adding or touching an image, another resize) misses the cache; a hit
-returns the stored features bit for bit without running the model. A file that cannot be read back, or whose stored
-key differs, is recomputed with a warning.
+returns the stored features bit for bit without running the model. The device, batch size and workers are not part
+of the key: they change the features by rounding at most. A transform whose repr holds a memory address (a lambda)
+never hits in another process. A file that cannot be read back, or whose stored key differs, is recomputed with a
+warning.
 """
 
 from __future__ import annotations
