@@ -29,20 +29,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from tqdm import tqdm
 
 from unicl._checks import check_positive_int, first_line
 from unicl.datasets import load_rgb, read_caption_file, read_class_names
+from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.metrics import METRICS, compute_metric
 from unicl.evaluation.probe import run_linear_probe
@@ -100,17 +99,6 @@ class CaptionFile(Dataset):
         if self.transform is None:
             raise RuntimeError("CaptionFile.transform is not set")
         return self.transform(load_rgb(self.image_paths[index]))
-
-
-def _batches(dataset: Dataset, batch_size: int, workers: int, progress: bool, description: str) -> Iterator[Any]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    return iter(tqdm(loader, desc=description, disable=not progress, file=sys.stderr))
-
-
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def check_metric_fits(metric: str, num_classes: int, multilabel: bool) -> str:
@@ -195,8 +183,8 @@ def zeroshot_scores(
     device = torch.device(device)
     model = model.to(device).eval()
     scores, targets = [], []
-    for images, batch_targets in _batches(dataset, batch_size, workers, progress, "zero-shot"):
-        with _autocast(device, precision):
+    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, "zero-shot"):
+        with inference_autocast(device, precision):
             features = model.encode_image(images.to(device))
         scores.append(zeroshot_logits(features.float(), classifier).cpu())
         targets.append(torch.as_tensor(batch_targets))
@@ -248,7 +236,7 @@ def zeroshot_accuracy(
     check_positive_int("batch_size", batch_size)
     device = torch.device(device)
     model = model.to(device).eval()
-    with _autocast(device, precision):
+    with inference_autocast(device, precision):
         classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=device)
     scores, targets = zeroshot_scores(
         model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
@@ -283,13 +271,13 @@ def retrieval_recall(
     device = torch.device(device)
     model = model.to(device).eval()
     image_features = []
-    for images in _batches(captions, batch_size, workers, progress, "images"):
-        with _autocast(device, precision):
+    for images in inference_batches(captions, batch_size, workers, progress, "images"):
+        with inference_autocast(device, precision):
             image_features.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1))
     text_features = []
     for start in range(0, len(captions.captions), batch_size):
         batch = tokenizer(captions.captions[start : start + batch_size])
-        with _autocast(device, precision):
+        with inference_autocast(device, precision):
             encoded = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         text_features.append(F.normalize(encoded.float(), dim=-1))
     similarity = (torch.cat(image_features) @ torch.cat(text_features).T).cpu()  # [images, captions]

@@ -16,22 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import DatasetFolder
-from tqdm import tqdm
 
 from unicl._checks import check_choice, check_positive_int
+from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.models import UniCLModel
 
 __all__ = ["FEATURE_KINDS", "cache_path", "dataset_identity", "image_features", "model_digest"]
@@ -42,19 +38,6 @@ FEATURE_KINDS = ("backbone", "projected")
 PRECISIONS = ("fp32", "bf16")
 #: Bumped when the features' layout or key changes, so older cache files miss.
 CACHE_VERSION = 1
-
-
-def _batches(dataset: Dataset, batch_size: int, workers: int, progress: bool, description: str) -> Iterator[Any]:
-    # Also in unicl.evaluate (agent-local duplicate; one of the two should import the other).
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    return iter(tqdm(loader, desc=description, disable=not progress, file=sys.stderr))
-
-
-def _autocast(device: torch.device, precision: str) -> Any:
-    # bf16 autocast on CUDA only, as in unicl.evaluate: on the CPU "bf16" runs in float32.
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -189,8 +172,8 @@ def image_features(
         return model.encode_image(images, normalize=False)
 
     features, targets = [], []
-    for images, batch_targets in _batches(dataset, batch_size, workers, progress, f"{kind} features"):
-        with _autocast(device, precision):
+    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, f"{kind} features"):
+        with inference_autocast(device, precision):
             encoded = encode(images.to(device))
         features.append(encoded.float().cpu())
         targets.append(torch.as_tensor(batch_targets).long())
