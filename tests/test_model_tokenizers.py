@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unicl
-from unicl.models import check_tokenizer_fits, get_config, preset_tokenizer
+from unicl.models import check_tokenizer_fits, get_config, model_tokenizer, preset_tokenizer
 from unicl.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 CORPUS = [f"a photo of a {name}." for name in ("cat", "dog", "seven", "zero", "bird")] + ["a blurry sketch of it"]
@@ -103,3 +103,18 @@ def test_check_tokenizer_fits_names_the_argument_and_the_model(trained):
 def test_save_pretrained_refuses_a_foreign_tokenizer(tmp_path):
     with pytest.raises(TypeError, match=r"tokenizer must be a unicl\.tokenizer\.Tokenizer"):
         unicl.create_model("unicl_tiny").save_pretrained(tmp_path, tokenizer=object())  # type: ignore[arg-type]
+
+
+def test_model_tokenizer_follows_pretrained_weights_to_their_tokenizer(tmp_path, trained):
+    """What the commands' --model/--pretrained pair reads: a saved directory's own tokenizer, the one saved beside a
+    .safetensors file or in a weights directory, CLIP's for released checkpoints, the preset's otherwise."""
+    clip_sized = unicl.create_model("unicl_tiny", text={"vocab_size": 49408})
+    clip_sized.save_pretrained(tmp_path / "run", tokenizer=trained)
+    for weights in (tmp_path / "run", tmp_path / "run" / "model.safetensors"):
+        found = model_tokenizer("unicl_swin_tiny", weights)
+        assert found.tokenizer.to_str() == trained.tokenizer.to_str()
+    assert model_tokenizer(tmp_path / "run").tokenizer.to_str() == trained.tokenizer.to_str()
+    assert model_tokenizer("unicl_swin_tiny", tmp_path / "release.pth").vocab_size == 49408
+    unicl.create_model("unicl_tiny").save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match=r"have no tokenizer\.json with them, and unicl_tiny's tokenizer is trained"):
+        model_tokenizer("unicl_tiny", tmp_path / "bare" / "model.safetensors")

@@ -416,7 +416,7 @@ def test_pretrained_weights_bring_their_tokenizer_and_never_get_a_new_one(data, 
     arguments = [*_without_tokenizer(_options(data, tmp_path / "run", "--steps", "2", "--workers", "0")),
                  "--pretrained", str(pretrained)]  # fmt: skip
     if "without" in form:
-        with pytest.raises(SystemExit, match=r"has no tokenizer\.json with it, and unicl_tiny's tokenizer is trained"):
+        with pytest.raises(SystemExit, match=r"have no tokenizer\.json with them, and unicl_tiny's tokenizer is trained"):
             main(arguments)
         return
     main(arguments)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from unicl.models.model import UniCLConfig
 from unicl.models.presets import TRAINED_TOKENIZER, get_config, list_models, preset_tokenizer
-from unicl.models.serialization import CONFIG_NAME, read_config
+from unicl.models.serialization import CONFIG_NAME, OFFICIAL_SUFFIXES, read_config
 from unicl.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 #: The vocabulary of CLIP's BPE, the only one a saved model without a tokenizer file can have been trained with
@@ -70,6 +70,43 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
         f"tokenizer {text!r} is neither a saved model directory, a preset ({', '.join(list_models())}), 'clip', "
         "nor a tokenizer.json file"
     )
+
+
+def model_tokenizer(
+    model: str | os.PathLike[str],
+    pretrained: str | os.PathLike[str] | None = None,
+    context_length: int | None = None,
+) -> Tokenizer:
+    """The tokenizer that goes with a model given as the commands take it (``--model`` and ``--pretrained``).
+
+    Args:
+        model: a saved model directory (its own tokenizer, see `get_tokenizer`) or a preset name.
+        pretrained: the preset's weights: a ``save_pretrained`` directory or a ``.safetensors`` file carries the
+            tokenizer saved with it (in the directory, or beside the file); a released microsoft/UniCL checkpoint
+            (``.pth``, ``.pt``, ``.bin``) reads CLIP's BPE.
+        context_length: tokens per row (default: as `get_tokenizer` decides).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        ValueError: pretrained weights of a preset that trains its tokenizer per run (``unicl_tiny``) without the
+            tokenizer saved with them, or a preset name alone for such a preset.
+        FileNotFoundError: ``model`` is neither a directory nor a preset.
+    """
+    if Path(model).is_dir():
+        return get_tokenizer(model, context_length)
+    if pretrained is not None and Path(pretrained).suffix not in OFFICIAL_SUFFIXES:
+        weights = Path(pretrained)
+        source = weights if weights.is_dir() else weights.parent
+        if (source / TOKENIZER_FILE).is_file():
+            return get_tokenizer(source, context_length)
+        if str(model) in list_models() and preset_tokenizer(str(model)) == TRAINED_TOKENIZER:
+            raise ValueError(
+                f"the weights {str(pretrained)!r} have no {TOKENIZER_FILE} with them, and {model}'s tokenizer is "
+                "trained per run: give the tokenizer they were trained with"
+            )
+    return get_tokenizer(model, context_length)
 
 
 def _saved_tokenizer(directory: Path, context_length: int | None) -> Tokenizer:

@@ -29,12 +29,18 @@ from torchvision.datasets import ImageFolder
 from unicl.data import UnifiedCollate
 from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.evaluate import zeroshot_accuracy
-from unicl.models import UniCLModel, check_tokenizer_fits, create_model, get_tokenizer, preset_tokenizer
+from unicl.models import (
+    UniCLModel,
+    check_tokenizer_fits,
+    create_model,
+    get_tokenizer,
+    model_tokenizer,
+    preset_tokenizer,
+)
 from unicl.models.presets import TRAINED_TOKENIZER
-from unicl.models.serialization import OFFICIAL_SUFFIXES
 from unicl.nn import UniCLLoss
 from unicl.prompts import LabelToPrompt
-from unicl.tokenizer import TOKENIZER_FILE, Tokenizer
+from unicl.tokenizer import Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
@@ -203,24 +209,15 @@ class Training:
         return tokenizer
 
     def _pretrained_tokenizer(self) -> Tokenizer | None:
-        """The tokenizer saved with ``--pretrained`` (its directory, or beside its ``.safetensors`` file), or
-        ``None``; a preset that trains its tokenizer never trains a new one for pretrained weights."""
+        """The tokenizer that goes with ``--pretrained`` (`unicl.models.model_tokenizer`), or ``None`` without it;
+        a preset that trains its tokenizer never trains a new one for pretrained weights."""
         args = self.args
-        if args.pretrained is None or Path(args.pretrained).suffix in OFFICIAL_SUFFIXES:
-            return None  # the released checkpoints read CLIP's BPE
-        pretrained = Path(args.pretrained)
-        source = pretrained if pretrained.is_dir() else pretrained.parent
-        if (source / TOKENIZER_FILE).is_file():
-            try:
-                return get_tokenizer(source, self.model.config.text.context_length)
-            except (FileNotFoundError, ValueError) as error:
-                raise TrainingError(f"--pretrained {args.pretrained!r}: {error}") from None
-        if preset_tokenizer(args.model) == TRAINED_TOKENIZER:
-            raise TrainingError(
-                f"--pretrained {args.pretrained!r} has no {TOKENIZER_FILE} with it, and {args.model}'s tokenizer is "
-                "trained per run: pass the --tokenizer those weights were trained with"
-            )
-        return None
+        if args.pretrained is None:
+            return None
+        try:
+            return model_tokenizer(args.model, args.pretrained, self.model.config.text.context_length)
+        except (FileNotFoundError, ValueError) as error:
+            raise TrainingError(f"--pretrained {args.pretrained!r}: {error}; pass --tokenizer") from None
 
     def _trained_tokenizer(self) -> Tokenizer:
         """A byte-level BPE with the text tower's vocabulary and context, trained by rank 0 on every prompt of every
