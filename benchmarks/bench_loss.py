@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -435,12 +436,13 @@ def main(argv=None) -> list[Row]:
     return rows
 
 
-def append_csv(row: Row, csv_path: Path) -> None:
-    """Append one row to the long-format CSV, writing the header first into a new file."""
+def append_csv(row: Any, csv_path: Path) -> None:
+    """Append one dataclass row (its fields are the columns) to a long-format CSV, writing the header first into a
+    new file (shared by the benchmarks)."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Row)])
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(row)])
         if new_file:
             writer.writeheader()
         writer.writerow(asdict(row))

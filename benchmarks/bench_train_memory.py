@@ -77,7 +77,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loss import _meminfo_bytes, _resident_mb, device_name
+from bench_loss import _meminfo_bytes, _resident_mb, append_csv, device_name
 
 import unicl
 from unicl.backends import BACKENDS, resolve_backend
@@ -394,17 +394,6 @@ def run(args: argparse.Namespace) -> list[Row]:
         rows.append(row)
         append_csv(row, csv_path)
     return rows
-
-
-def append_csv(row: Row, csv_path: Path) -> None:
-    """Append one row, writing the header first into a new file."""
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not csv_path.exists()
-    with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Row)])
-        if new_file:
-            writer.writeheader()
-        writer.writerow(asdict(row))
 
 
 def read_csv(csv_path: Path) -> list[dict[str, str]]:

@@ -22,36 +22,56 @@ IMAGE_COLUMNS = ("image", "filepath")
 CAPTION_COLUMNS = ("caption", "title")
 
 
+def read_image_rows(
+    path: str | os.PathLike[str], value_columns: Sequence[str], kind: str, value_description: str
+) -> list[tuple[Path, str]]:
+    """The ``(image path, value)`` rows of a CSV (or ``.tsv``) with a header naming an image column
+    (`IMAGE_COLUMNS`) and a value column (the first of ``value_columns`` present), image paths resolved against the
+    file's folder: what caption files and multi-label files share.
+
+    Args:
+        path: the file.
+        value_columns: accepted names of the value column, in order of preference.
+        kind: what the file is, for messages (``"caption"``).
+        value_description: the value column as messages describe it.
+
+    Raises:
+        FileNotFoundError: the file or one of its images is missing.
+        ValueError: no header with an image and a value column, or no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        fields = reader.fieldnames or []
+        image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
+        value_column = next((c for c in value_columns if c in fields), None)
+        if image_column is None or value_column is None:
+            raise ValueError(
+                f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and {value_description}; "
+                f"got {fields}"
+            )
+        rows = [(row[image_column] or "", row[value_column] or "") for row in reader]
+    if not rows:
+        raise ValueError(f"{str(path)!r} has no rows")
+    resolved = []
+    for image, value in rows:
+        image_path = (path.parent / image).resolve()
+        if not image or not image_path.is_file():
+            raise FileNotFoundError(f"{str(path)!r}: image {image!r} does not exist ({image_path})")
+        resolved.append((image_path, value))
+    return resolved
+
+
 def read_caption_file(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
-    """The ``(image path, caption)`` rows of a caption file, image paths resolved.
+    """The ``(image path, caption)`` rows of a caption file, image paths resolved (see `read_image_rows`).
 
     Raises:
         FileNotFoundError: the file or one of its images is missing.
         ValueError: no header with an image and a caption column, or no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption file {str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-        fields = reader.fieldnames or []
-        image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
-        caption_column = next((c for c in CAPTION_COLUMNS if c in fields), None)
-        if image_column is None or caption_column is None:
-            raise ValueError(
-                f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and a caption column "
-                f"{CAPTION_COLUMNS}; got {fields}"
-            )
-        rows = [(row[image_column], row[caption_column]) for row in reader]
-    if not rows:
-        raise ValueError(f"{str(path)!r} has no rows")
-    resolved = []
-    for image, caption in rows:
-        image_path = (path.parent / image).resolve()
-        if not image_path.is_file():
-            raise FileNotFoundError(f"{str(path)!r}: image {image!r} does not exist ({image_path})")
-        resolved.append((image_path, caption))
-    return resolved
+    return read_image_rows(path, CAPTION_COLUMNS, "caption", f"a caption column {CAPTION_COLUMNS}")
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:

@@ -9,17 +9,15 @@ at the file's folder. PASCAL VOC2007 classification, scored with 11-point mAP, i
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from unicl.datasets import IMAGE_COLUMNS, load_rgb
+from unicl.datasets import load_rgb, read_image_rows
 
 LABELS_COLUMN = "labels"
 LABEL_SEPARATOR = ";"
@@ -44,31 +42,14 @@ class MultiLabelImages(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike[str], transform: Callable[[Image.Image], Any] | None = None) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"labels file {str(path)!r} does not exist")
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-            fields = reader.fieldnames or []
-            image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
-            if image_column is None or LABELS_COLUMN not in fields:
-                raise ValueError(
-                    f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and a {LABELS_COLUMN!r} "
-                    f"column of {LABEL_SEPARATOR!r}-separated class names; got {fields}"
-                )
-            rows = [(row[image_column] or "", row[LABELS_COLUMN] or "") for row in reader]
-        if not rows:
-            raise ValueError(f"{str(path)!r} has no rows")
+        rows = read_image_rows(
+            path, (LABELS_COLUMN,), "labels", f"a {LABELS_COLUMN!r} column of {LABEL_SEPARATOR!r}-separated class names"
+        )
         labels = [sorted({label.strip() for label in cell.split(LABEL_SEPARATOR) if label.strip()}) for _, cell in rows]
         self.classes = sorted({label for row in labels for label in row})
         if not self.classes:
             raise ValueError(f"{str(path)!r} has no labels in its {LABELS_COLUMN!r} column")
-        self.image_paths: list[Path] = []
-        for image, _ in rows:
-            image_path = (path.parent / image).resolve()
-            if not image or not image_path.is_file():
-                raise FileNotFoundError(f"{str(path)!r}: image {image!r} does not exist ({image_path})")
-            self.image_paths.append(image_path)
+        self.image_paths = [image for image, _ in rows]
         column = {name: index for index, name in enumerate(self.classes)}
         self.targets = torch.zeros(len(rows), len(self.classes), dtype=torch.bool)
         for row, names in enumerate(labels):
