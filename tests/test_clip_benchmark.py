@@ -68,13 +68,22 @@ def workspace(tmp_path_factory):
     return root
 
 
+def _topk_reference(logits: torch.Tensor, targets: torch.Tensor, topk: tuple[int, ...]) -> list[float]:
+    """clip_benchmark's top-k step written out here, independently of unicl: a row is a hit at ``k`` when its target
+    is among ``torch.topk``'s ``k`` indices."""
+    indices = torch.topk(logits, max(topk), dim=1).indices
+    return [sum(int(t) in row[:k].tolist() for row, t in zip(indices, targets)) / len(targets) for k in topk]
+
+
 def _their_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """clip_benchmark's own accuracy where it runs; under NumPy >= 2.4 it raises (their issue 147), and the
-    launcher's replacement stands in (checked against scikit-learn below and in every test that uses it)."""
+    """clip_benchmark's own ``accuracy`` where it runs. With clip_benchmark 1.6.2 under NumPy >= 2.4 it raises
+    ``TypeError`` (a ``float()`` of a one-element 1-D array; their issue 147) and cannot be run at all, so this
+    falls back to `_topk_reference`, the same top-k step written in this file: never to unicl's own
+    `top_k_accuracies`, which would compare unicl with itself."""
     try:
         return zeroshot_classification.accuracy(logits, targets, topk=(1, 5))
     except TypeError:
-        return top_k_accuracies(logits, targets, topk=(1, 5))
+        return _topk_reference(logits, targets, (1, 5))
 
 
 def test_the_loader_keeps_clip_benchmarks_contract(workspace):
@@ -152,6 +161,7 @@ def test_top_k_accuracies_against_scikit_learn(seed, rows, classes):
     ks = sorted({1, 2, classes - 1})
     expected = [top_k_accuracy_score(targets, logits, k=k, labels=list(range(classes))) for k in ks]
     assert top_k_accuracies(logits, targets, topk=ks) == pytest.approx(expected, abs=1e-12)
+    assert top_k_accuracies(logits, targets, topk=ks) == _topk_reference(logits, targets, tuple(ks))
     try:
         theirs = zeroshot_classification.accuracy(logits, targets, topk=ks)
     except TypeError:  # NumPy >= 2.4: their function cannot run (see _their_accuracy)
@@ -195,6 +205,19 @@ def test_load_unicl_refuses_what_does_not_fit(workspace, tmp_path):
     # a preset with a saved directory as its weights reads that directory's tokenizer
     _, _, tokenizer = load_unicl("unicl_tiny", str(workspace / "model"))
     assert tokenizer.tokenizer.vocab_size == unicl.get_tokenizer(workspace / "model").vocab_size
+
+
+def test_a_weights_file_brings_the_tokenizer_saved_beside_it(workspace):
+    """The review's fault: only a directory's tokenizer was found, so ``RUN/final/model.safetensors`` as a preset's
+    weights was refused for unicl_tiny (whose tokenizer is trained per run)."""
+    model, _, tokenizer = load_unicl("unicl_tiny", str(workspace / "model" / "model.safetensors"))
+    saved = unicl.get_tokenizer(workspace / "model")
+    texts = ["a photo of a zero.", "the digit five, written by hand"]
+    assert torch.equal(tokenizer(texts), saved(texts)["input_ids"])
+    reference = unicl.load_model(workspace / "model")
+    with torch.no_grad():
+        expected = reference.encode_text(saved(texts)["input_ids"], saved(texts)["attention_mask"], normalize=False)
+        assert torch.equal(model.encode_text(tokenizer(texts)), expected)
 
 
 def _launch(workspace, *arguments: str) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unicl.models import UniCLModel, check_tokenizer_fits, create_model, get_tokenizer, load_model
+from unicl.models import UniCLModel, check_tokenizer_fits, create_model, load_model, model_tokenizer
 from unicl.models.serialization import CONFIG_NAME
 from unicl.prompts import Templates, check_templates
 from unicl.tokenizer import Tokenizer
@@ -149,8 +149,9 @@ def load_unicl(
 
     Returns:
         ``(model, transform, tokenizer)``: a `ClipBenchmarkModel` in eval mode on ``device``, the model's evaluation
-        transform (`unicl.image_transform`) and `TokenIds` over the model's tokenizer: the one saved with the model
-        directory (``model_name``, else ``pretrained``), else the preset's (`unicl.get_tokenizer`).
+        transform (`unicl.image_transform`) and `TokenIds` over the model's tokenizer (`unicl.models.model_tokenizer`):
+        the one saved with the model directory ``model_name``, or with the ``pretrained`` weights (in their directory
+        or beside their ``.safetensors`` file), else the preset's.
 
     Raises:
         ValueError: weights given with a saved directory ``model_name``, weights that do not fit, a tokenizer that
@@ -168,14 +169,11 @@ def load_unicl(
                 f"{pretrained!r} (weights go with a preset name)"
             )
         model = load_model(model_name)
-        tokenizer_source = model_name
     else:
         model = create_model(model_name, pretrained=weights)
-        tokenizer_source = weights if weights is not None and Path(weights).is_dir() else model_name
-    tokenizer = get_tokenizer(tokenizer_source)
-    check_tokenizer_fits(
-        tokenizer, model.config, argument=f"the tokenizer of {tokenizer_source!r}", model_name=model_name
-    )
+    tokenizer = model_tokenizer(model_name, weights)
+    source = model_name if weights is None else f"{model_name} with {weights}"
+    check_tokenizer_fits(tokenizer, model.config, argument=f"the tokenizer of {source!r}", model_name=model_name)
     adapted = ClipBenchmarkModel(model, tokenizer.end_id).to(device).eval()
     return adapted, image_transform(model), TokenIds(tokenizer)
 
