@@ -12,7 +12,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    precision_recall_curve,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
 from unicl.evaluation.metrics import (
     METRICS,
@@ -159,12 +165,79 @@ def test_roc_auc_equals_scikit_learn(seed, n, ties, two_columns):
     assert abs(roc_auc(scores, targets.bool()) - expected) <= TOLERANCE
 
 
+def _elevater_11_point_ap(scores: np.ndarray, positives: np.ndarray) -> float:
+    """ELEVATER's N-point rule as its evaluator states it: scikit-learn's ``precision_recall_curve`` (which ends with
+    the point recall 0, precision 1), then for each level t in 1, 0.9, ..., 0 the best precision at recall >= t."""
+    precision, recall, _ = precision_recall_curve(positives, scores)
+    return float(np.mean([precision[recall >= t - 1e-12].max(initial=0.0) for t in np.linspace(1, 0, 11)]))
+
+
+def _devkit_11_point_ap(scores: np.ndarray, positives: np.ndarray) -> float:
+    """PASCAL VOC2007's devkit rule: images one at a time in (stable) score order, precision and recall after each."""
+    hits = positives[np.argsort(-scores, kind="stable")].astype(np.float64)
+    tp = np.cumsum(hits)
+    precision, recall = tp / np.arange(1, len(hits) + 1), tp / hits.sum()
+    return float(np.mean([precision[recall >= t - 1e-12].max(initial=0.0) for t in np.linspace(0, 1, 11)]))
+
+
+def test_the_documented_example_against_elevaters_rule():
+    scores = torch.tensor([[0.9], [0.8], [0.7], [0.6], [0.5]], dtype=torch.float64)
+    positives = torch.tensor([[0], [1], [0], [1], [0]])
+    assert abs(mean_average_precision_11_point(scores, positives) - 0.5) <= TOLERANCE
+    assert round(_elevater_11_point_ap(scores[:, 0].numpy(), positives[:, 0].numpy()), 4) == 0.5455
+
+
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 40), ties=st.booleans())
+def test_11_point_ap_is_elevaters_less_its_recall_0_point(seed, n, ties):
+    """Documented: ELEVATER's AP of a class is ours plus (1 - the best precision of any threshold) / 11."""
+    scores, multi_hot = _random_multi_hot(seed, n, 1, levels=3 if ties else None)
+    positives = multi_hot[:, 0].numpy()
+    if not positives.any():
+        return
+    thresholds = np.unique(scores[:, 0].numpy())
+    best = max((positives & (scores[:, 0].numpy() >= t)).sum() / (scores[:, 0].numpy() >= t).sum() for t in thresholds)
+    ours = mean_average_precision_11_point(scores, multi_hot)
+    assert abs(_elevater_11_point_ap(scores[:, 0].numpy(), positives) - (ours + (1 - best) / 11)) <= TOLERANCE
+
+
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 40))
+def test_11_point_ap_is_the_devkits_without_ties(seed, n):
+    scores, multi_hot = _random_multi_hot(seed, n, 1, levels=None)  # continuous: no ties, almost surely
+    positives = multi_hot[:, 0].numpy()
+    if not positives.any():
+        return
+    expected = _devkit_11_point_ap(scores[:, 0].numpy(), positives)
+    assert abs(mean_average_precision_11_point(scores, multi_hot) - expected) <= TOLERANCE
+
+
+def test_tied_scores_are_grouped_where_the_devkit_orders_them():
+    scores, positives = torch.tensor([[1.0], [1.0]]), torch.tensor([[0], [1]])
+    assert mean_average_precision_11_point(scores, positives) == 0.5  # one operating point: precision 1/2
+    assert _devkit_11_point_ap(np.array([1.0, 1.0]), np.array([1, 0])) == 1.0  # the positive sorted first
+
+
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 30), c=st.integers(5, 8))
 def test_the_registry_computes_each_metric(seed, n, c):
     scores, targets = _random(seed, n, c)
-    assert compute_metric("top1", scores, targets) == top_k_accuracy(scores, targets, 1)
-    assert compute_metric("top5", scores, targets) == top_k_accuracy(scores, targets, 5)
-    assert compute_metric("mean_per_class_recall", scores, targets) == mean_per_class_recall(scores, targets)
+    labels = np.arange(c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # k = C (top-5 of 5 classes is 1), predicted classes absent from the targets
+        expected = {
+            "top1": top_k_accuracy_score(targets.numpy(), scores.numpy(), k=1, labels=labels),
+            "top5": top_k_accuracy_score(targets.numpy(), scores.numpy(), k=5, labels=labels),
+            "mean_per_class_recall": balanced_accuracy_score(targets.numpy(), scores.argmax(1).numpy()),
+        }
+    for name, value in expected.items():
+        assert abs(compute_metric(name, scores, targets) - value) <= TOLERANCE, name
+    binary = (targets % 2).long()
+    if 0 < int(binary.sum()) < n:
+        expected_auc = roc_auc_score(binary.numpy(), scores[:, 0].numpy())
+        assert abs(compute_metric("roc_auc", scores[:, 0], binary) - expected_auc) <= TOLERANCE
+    multi_hot = torch.nn.functional.one_hot(targets, c)
+    present = [j for j in range(c) if multi_hot[:, j].any()]
+    expected_map = np.mean([_reference_11_point_ap(scores[:, j].numpy(), multi_hot[:, j].numpy().astype(bool))
+                            for j in present])  # fmt: skip
+    assert abs(compute_metric("map_11_point", scores, multi_hot) - expected_map) <= TOLERANCE
     assert set(METRICS) == {"top1", "top5", "mean_per_class_recall", "map_11_point", "roc_auc"}
 
 
