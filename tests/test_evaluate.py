@@ -123,6 +123,40 @@ def test_class_names_file_and_preset_with_pretrained_weights(workspace, capsys):
     assert with_names == _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits")
 
 
+def test_weights_file_of_a_run_brings_the_tokenizer_saved_beside_it(workspace, tmp_path):
+    """The review's fault: ``--pretrained RUN/final/model.safetensors`` looked for a tokenizer only inside a directory,
+    so unicl_tiny (whose tokenizer is trained per run) was refused, and a CLIP-tokenizer preset would have read the
+    weights' text with CLIP's BPE instead of the tokenizer saved beside them."""
+    weights = workspace / "model" / "model.safetensors"
+    from_file = _main("zeroshot", "--model", "unicl_tiny", "--pretrained", weights, "--data", workspace / "binary")
+    model = unicl.load_model(workspace / "model")
+    tokenizer = Tokenizer.from_file(workspace / "tokenizer.json", context_length=16)  # what the model was saved with
+    dataset = ImageFolder(str(workspace / "binary"), transform=unicl.image_transform(model))
+    assert from_file == zeroshot_accuracy(model, dataset, dataset.classes, tokenizer)
+    # A CLIP-vocabulary text tower (unicl_swin_tiny's) saved with a small trained tokenizer: CLIP's BPE would fit
+    # its embedding, so nothing but the rule stops the wrong tokenizer; the saved one must be read.
+    torch.manual_seed(0)
+    clip_sized = unicl.create_model("unicl_tiny", text={"vocab_size": 49408})
+    clip_sized.save_pretrained(tmp_path / "run" / "final", tokenizer=tokenizer)
+    weights = tmp_path / "run" / "final" / "model.safetensors"
+    args = build_parser().parse_args(["zeroshot", "--model", "unicl_tiny", "--pretrained", str(weights), "--data", "x"])
+    chosen = unicl.evaluate._tokenizer(args, clip_sized)
+    assert chosen.vocab_size == tokenizer.vocab_size < 49408
+    texts = ["a photo of a zero.", "the digit five, written by hand"]
+    assert torch.equal(chosen(texts)["input_ids"], tokenizer(texts)["input_ids"])
+
+
+def test_class_names_are_counted_against_the_dataset_before_any_image_is_read(workspace, monkeypatch):
+    model = unicl.load_model(workspace / "model")
+    dataset = ImageFolder(str(workspace / "digits"), transform=unicl.image_transform(model))
+    reads = []
+    loader = dataset.loader
+    dataset.loader = lambda path: reads.append(path) or loader(path)
+    with pytest.raises(ValueError, match=r"^dataset has 6 classes but 5 class names were given$"):
+        zeroshot_accuracy(model, dataset, NAMES[:5], unicl.get_tokenizer(workspace / "model"))
+    assert reads == []
+
+
 def test_zeroshot_metrics_equal_scikit_learn_and_a_numpy_reference(workspace):
     folder = ImageFolder(str(workspace / "digits"))
     scores, targets = _api_scores(workspace, folder, folder.classes)
@@ -414,6 +448,15 @@ BAD_INPUTS = {
                                                        "backbone"], "--features 'backbone': --init text"),
     "seeds without shots": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
                                           w / "held-out", "--seeds", "0", "1"], "several seeds need --shots"),
+    "more shots than a class has": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits",
+                                                  "--test", w / "held-out", "--shots", "7"],
+                                    "--shots '7': needs 7 training images per class; class 'five' of --train has 6"),
+    "cache dir is a file": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
+                                          w / "held-out", "--cache-dir", _write(t / "cache", "")],
+                            "--cache-dir '{t}/cache': is not a directory"),
+    "cache dir under a file": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits",
+                                             "--test", w / "held-out", "--cache-dir", _write(t / "f", "") / "cache"],
+                               "--cache-dir '{t}/f/cache': [Errno 20] Not a directory"),
 }  # fmt: skip
 
 
@@ -435,6 +478,47 @@ def test_bad_inputs_are_clear(workspace, tmp_path, capsys, case):
     arguments, expected = BAD_INPUTS[case]
     message = _error(capsys, *arguments(workspace, tmp_path))
     assert expected.format(t=tmp_path, w=workspace) in message, message
+
+
+def test_input_errors_come_before_the_model_loads(workspace, tmp_path, capsys, monkeypatch):
+    def no_model(args):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(unicl.evaluate, "_load_model", no_model)
+    for case in ("more shots than a class has", "cache dir is a file"):
+        arguments, expected = BAD_INPUTS[case]
+        assert expected.format(t=tmp_path, w=workspace) in _error(capsys, *arguments(workspace, tmp_path))
+        for path in tmp_path.iterdir():
+            path.unlink()
+
+
+def test_run_time_errors_name_the_argument_they_come_from(workspace, tmp_path, capsys, monkeypatch):
+    """The review's fault: every OSError or ValueError of a whole evaluation was reported as the data argument's."""
+    probe = ["linear-probe", "--model", workspace / "model", "--train", workspace / "digits", "--test",
+             workspace / "held-out", "--cache-dir", tmp_path / "cache"]  # fmt: skip
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "cache" / "x.safetensors"))
+
+    monkeypatch.setattr(unicl.evaluate, "run_linear_probe", denied)
+    message = _error(capsys, *probe)
+    assert message == f"--cache-dir '{tmp_path / 'cache'}': [Errno 13] Permission denied: " \
+                      f"'{tmp_path / 'cache' / 'x.safetensors'}'", message  # fmt: skip
+
+    def internal(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(unicl.evaluate, "run_linear_probe", internal)
+    assert _error(capsys, *probe) == "an internal inconsistency"  # not blamed on --train/--test
+
+
+def test_an_unreadable_image_read_by_a_worker_is_one_line_naming_the_data(workspace, tmp_path, capsys):
+    """A DataLoader worker re-raises the error with its traceback in the message: the line is the error's own."""
+    with pytest.raises(SystemExit):
+        main(["zeroshot", "--model", str(workspace / "model"), "--data", str(_broken_folder(tmp_path)),
+              "--workers", "1", "--device", "cpu", "--no-progress"])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("python -m unicl.evaluate zeroshot: error: --data: cannot identify image file "), last
 
 
 def test_a_bad_input_prints_one_line_from_the_shell(workspace, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_evaluate import make_workspace
 
+import unicl
 import unicl.evaluate
 from unicl.evaluate import main
 from unicl.evaluation.suite import read_suite
@@ -75,8 +76,10 @@ def test_a_suite_runs_every_entry_then_skips_them(workspace, tmp_path, capsys, m
     assert [row["name"] for row in rows] == list(scores)
     assert [float(row["score"]) for row in rows] == [score for _, score, _ in scores.values()]
     table = (output / "results.md").read_text().splitlines()
-    assert table[0] == "| Entry | Task | Metric | Score (%) |" and len(table) == 2 + 5
-    assert table[2] == f"| digits | zeroshot | mean_per_class_recall | {100 * scores['digits'][1]:.2f} |"
+    assert table[0] == "| Entry | Task | Metric | Score (%) | Model |" and len(table) == 2 + 5
+    model_dir = workspace / "model"
+    assert table[2] == f"| digits | zeroshot | mean_per_class_recall | {100 * scores['digits'][1]:.2f} | {model_dir} |"
+    assert [row["model"] for row in rows] == [str(model_dir)] * 5
     assert f"{100 * scores['digits-3-shot'][1]:.2f} ± {100 * scores['digits-3-shot'][2]:.2f}" in table[5]
     capsys.readouterr()
 
@@ -99,6 +102,72 @@ def test_a_suite_runs_every_entry_then_skips_them(workspace, tmp_path, capsys, m
                    *COMMON])  # fmt: skip
     assert forced["ran"] == 5
     assert json.loads((output / "shapes.json").read_text())["results"] == single["shapes"]
+
+
+def _sha256_of_directory(directory: Path) -> str:
+    """An independent digest of a model directory: every file's name and bytes, in sorted order."""
+    import hashlib
+
+    parts = [f"{p.name}|{hashlib.sha256(p.read_bytes()).hexdigest()}|" for p in sorted(directory.iterdir())]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def _suite_error(capsys, arguments: list[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    return lines[-1]
+
+
+def test_results_of_another_model_or_entry_are_refused_not_reused(workspace, tmp_path, capsys):
+    """The review's fault: a rerun with another --model (or --pretrained, changed weights, an edited entry) into the
+    same --output skipped every entry and reported the old model's results as the new one's."""
+    import shutil
+
+    import torch
+
+    entries = [{"name": "zero-or-one", "task": "zeroshot", "data": "binary", "metric": "roc_auc"}]
+    config = workspace / "fingerprint-suite.json"
+    config.write_text(json.dumps({"defaults": {"templates": "plain"}, "entries": entries}))
+    copy = tmp_path / "model"
+    shutil.copytree(workspace / "model", copy)
+    output = tmp_path / "results"
+    base = ["suite", str(config), "--output", str(output), *COMMON]
+    assert main([*base, "--model", str(copy)])["ran"] == 1
+    record = json.loads((output / "zero-or-one.json").read_text())
+    assert record["model"]["model"] == str(copy) and record["model"]["pretrained"] is None
+    assert record["model"]["model_digest"] == _sha256_of_directory(copy)
+    assert record["model"]["precision"] == "bf16"  # the command's default
+    before = (output / "zero-or-one.json").read_bytes()
+    assert main([*base, "--model", str(copy)])["skipped"] == 1  # the same model: skipped
+
+    refused = "--output '{o}': results in '{o}' are from another model/entry (zero-or-one.json: another {what}): use " \
+              "--force or another --output"  # fmt: skip
+    # The same weights under another name, a preset with them as --pretrained, another precision or tokenizer.
+    for other in (["--model", str(workspace / "model")], ["--model", "unicl_tiny", "--pretrained", str(copy)],
+                  ["--model", str(copy), "--precision", "fp32"],
+                  ["--model", str(copy), "--tokenizer", str(workspace / "tokenizer.json")]):  # fmt: skip
+        last = _suite_error(capsys, [*base, *other])
+        assert last.endswith(refused.format(o=output, what="model")), (other, last)
+    # The same directory with other weights.
+    torch.manual_seed(1)
+    unicl.create_model("unicl_tiny").save_pretrained(copy, tokenizer=unicl.get_tokenizer(workspace / "model"))
+    assert _suite_error(capsys, [*base, "--model", str(copy)]).endswith(refused.format(o=output, what="model"))
+    assert (output / "zero-or-one.json").read_bytes() == before  # nothing was run or overwritten
+    # An edited entry (its metric), with the model it was computed with.
+    shutil.rmtree(copy)
+    shutil.copytree(workspace / "model", copy)
+    assert main([*base, "--model", str(copy)])["skipped"] == 1
+    config.write_text(json.dumps({"defaults": {"templates": "plain"}, "entries": [{**entries[0], "metric": "top1"}]}))
+    assert _suite_error(capsys, [*base, "--model", str(copy)]).endswith(refused.format(o=output, what="entry"))
+    # --force recomputes with the new model and records it; the table names it.
+    forced = main([*base, "--model", "unicl_tiny", "--pretrained", str(copy), "--force"])
+    assert forced["ran"] == 1
+    record = json.loads((output / "zero-or-one.json").read_text())
+    assert record["model"]["pretrained"] == str(copy) and record["model"]["model"] == "unicl_tiny"
+    assert (output / "results.md").read_text().splitlines()[2].endswith(f"| unicl_tiny ({copy.name}) |")
 
 
 def test_an_entry_failing_midway_is_named_and_the_entries_before_it_are_kept(workspace, tmp_path, capsys):

@@ -16,8 +16,11 @@ for multi-label data (an ``image`` and a ``labels`` column of ``;``-separated cl
 the folders (or the labels), or one per line from ``--classnames`` (in folder order; commas separate synonyms;
 ``imagenet`` for ImageNet-1k's curated names). Every class is the mean of its prompts from ``--templates``
 (``default``, ``plain``, ``clip`` for CLIP's 80 ImageNet templates, ``unicl`` for UniCL's 81, or a file).
-``--metric`` picks the reported score: top1, top5, mean_per_class_recall, map_11_point (multi-label) or roc_auc
-(two classes). The caption file is a CSV (or TSV) with an ``image`` (or ``filepath``) and a ``caption`` (or
+``--metric`` picks the reported score: top1, top5, mean_per_class_recall, map_11_point (multi-label: the 11-point
+interpolated AP over the distinct scores' operating points, tied scores entering together; ELEVATER's evaluator also
+counts precision 1 at recall 0, so its number is ``(1 - max precision) / 11`` higher per class) or roc_auc (two
+classes). A linear probe standardises its features and ``--init text`` centres the L2 penalty on the zero-shot head
+(L2-SP). The caption file is a CSV (or TSV) with an ``image`` (or ``filepath``) and a ``caption`` (or
 ``title``) column; an image listed on several rows is one image with several captions. Images go through
 `unicl.image_transform`. The page docs/evaluation.md defines every protocol and metric.
 """
@@ -71,6 +74,64 @@ class UsageError(ValueError):
     """A bad command-line input; the message is one line that names the argument."""
 
 
+class UnreadableImage(OSError):
+    """An image of the command's data that cannot be read or decoded, found only when it is read."""
+
+
+def _read_or_report(read: Callable[[Any], Any], argument: Any) -> Any:
+    try:
+        return read(argument)
+    except UnreadableImage:
+        raise
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError; a bad mode a ValueError
+        raise UnreadableImage(first_line(error, limit=400)) from error
+
+
+class _ReportingLoader:
+    """An ImageFolder's ``loader`` whose read errors are `UnreadableImage` (a class, so worker processes can take
+    it)."""
+
+    def __init__(self, loader: Callable[[str], Any]) -> None:
+        self.loader = loader
+
+    def __call__(self, path: str) -> Any:
+        return _read_or_report(self.loader, path)
+
+
+class _ReportingDataset(Dataset):
+    """``dataset`` (with its ``classes``) whose samples' read errors are `UnreadableImage`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return _read_or_report(self.dataset.__getitem__, index)
+
+
+def _reporting_unreadable(dataset: Dataset) -> Dataset:
+    """``dataset`` with its image-read errors raised as `UnreadableImage`; an ImageFolder stays one (the feature
+    cache identifies it by its files)."""
+    if isinstance(dataset, ImageFolder):
+        if not isinstance(dataset.loader, _ReportingLoader):
+            dataset.loader = _ReportingLoader(dataset.loader)
+        return dataset
+    return dataset if isinstance(dataset, (_ReportingDataset, CaptionFile)) else _ReportingDataset(dataset)
+
+
+def _unreadable_message(error: UnreadableImage) -> str:
+    """The error's own line, also when a DataLoader worker re-raised it with the worker's traceback in front."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        name = f"{type(error).__module__}.{type(error).__name__}: "
+        return last.removeprefix(name)[:400]
+    return first_line(error, limit=400)
+
+
 class CaptionFile(Dataset):
     """``(image, caption)`` rows of a CSV/TSV file (see the module docstring), images through ``transform``.
 
@@ -98,7 +159,7 @@ class CaptionFile(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.transform is None:
             raise RuntimeError("CaptionFile.transform is not set")
-        return self.transform(load_rgb(self.image_paths[index]))
+        return self.transform(_read_or_report(load_rgb, self.image_paths[index]))
 
 
 def check_metric_fits(metric: str, num_classes: int, multilabel: bool) -> str:
@@ -232,8 +293,14 @@ def zeroshot_accuracy(
     Returns:
         ``{"top1": ..., "top5": ..., "metric": name, "images": N, "classes": C}`` (``top5`` only with at least 5
         classes; the metric's own value too when it is another; see `classification_results`).
+
+    Raises:
+        ValueError: a dataset whose ``classes`` are not as many as ``class_names`` (before any image is read).
     """
     check_positive_int("batch_size", batch_size)
+    dataset_classes = getattr(dataset, "classes", None)
+    if dataset_classes is not None and len(dataset_classes) != len(class_names):
+        raise ValueError(f"dataset has {len(dataset_classes)} classes but {len(class_names)} class names were given")
     device = torch.device(device)
     model = model.to(device).eval()
     with inference_autocast(device, precision):
@@ -242,8 +309,6 @@ def zeroshot_accuracy(
         model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
         progress=progress,
     )  # fmt: skip
-    if scores.shape[1] != len(class_names):
-        raise ValueError(f"dataset has {scores.shape[1]} classes but {len(class_names)} class names were given")
     return classification_results(scores, targets, metric)
 
 
@@ -416,6 +481,10 @@ def _linear_probe_inputs(args: argparse.Namespace) -> dict[str, Any]:
         _usage("--seeds", " ".join(map(str, args.seeds)), "several seeds need --shots K (few-shot sampling)")
     if args.shots == 1 and args.l2 is None:
         _usage("--shots", 1, "leaves nothing to hold out for choosing the L2 strength: give --l2")
+    if args.shots is not None:
+        _check_shots(args.shots, train)
+    if args.cache_dir is not None:
+        _check_cache_dir(args.cache_dir)
     if args.l2 is not None and not args.l2 > 0:
         _usage("--l2", args.l2, "must be > 0")
     if args.init != "text" and (args.templates is not None or args.classnames is not None):
@@ -433,6 +502,36 @@ def _linear_probe_inputs(args: argparse.Namespace) -> dict[str, Any]:
         "metric": _metric(args.metric, len(train.classes), multilabel=False),
         "features": features,
     }
+
+
+def _check_shots(shots: int, train: ImageFolder) -> None:
+    """Every class of ``--train`` has ``--shots`` images: counted from the folder listing, before anything loads."""
+    counts = torch.bincount(torch.as_tensor(train.targets, dtype=torch.long), minlength=len(train.classes))
+    smallest = int(counts.argmin())
+    if int(counts[smallest]) < shots:
+        _usage(
+            "--shots", shots,
+            f"needs {shots} training images per class; class {train.classes[smallest]!r} of --train has "
+            f"{int(counts[smallest])}",
+        )  # fmt: skip
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+    """``--cache-dir`` is (or can become) a writable directory: checked before the model loads."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        _usage("--cache-dir", cache_dir, "is not a directory")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _usage("--cache-dir", cache_dir, error)
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        _usage("--cache-dir", cache_dir, "is not writable")
+
+
+def _within(filename: object, directory: Path) -> bool:
+    if not isinstance(filename, (str, os.PathLike)):
+        return False
+    return Path(filename).resolve().is_relative_to(directory.resolve())
 
 
 def _load_model(args: argparse.Namespace) -> UniCLModel:
@@ -457,25 +556,21 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
 
 
 def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
-    """``--tokenizer``, by default the model's own: its directory's, else its preset's."""
+    """``--tokenizer``, by default the model's own (`unicl.models.model_tokenizer`: a model directory's, the one saved
+    with ``--pretrained`` weights, in their directory or beside their ``.safetensors`` file, else the preset's);
+    either way checked against the text tower."""
     from unicl import get_tokenizer
-    from unicl.models import check_tokenizer_fits
+    from unicl.models import check_tokenizer_fits, model_tokenizer
 
-    if args.tokenizer is not None:
-        source, argument = args.tokenizer, "--tokenizer"
-    else:
-        pretrained = Path(args.pretrained) if args.pretrained is not None else None
-        if Path(args.model).is_dir():
-            source = args.model
-        elif pretrained is not None and pretrained.is_dir() and (pretrained / "tokenizer.json").is_file():
-            source = str(pretrained)
-        else:
-            source = args.model
-        argument = "--tokenizer (default: the model's own)"
-    # A saved directory's tokenizer keeps the context it was trained with; other sources take the text tower's.
-    context_length = None if Path(source).is_dir() else model.config.text.context_length
     try:
-        tokenizer = get_tokenizer(source, context_length)
+        if args.tokenizer is not None:
+            source, argument = args.tokenizer, "--tokenizer"
+            # A saved directory's tokenizer keeps the context it was trained with; other sources take the tower's.
+            context_length = None if Path(source).is_dir() else model.config.text.context_length
+            tokenizer = get_tokenizer(source, context_length)
+        else:
+            source, argument = args.model, "--tokenizer (default: the model's own)"
+            tokenizer = model_tokenizer(args.model, args.pretrained)
     except (OSError, ValueError) as error:
         _usage(argument, source, error)
     try:
@@ -493,10 +588,16 @@ DATA_ARGUMENTS = {"zeroshot": "--data", "retrieval": "--captions", "linear-probe
 
 
 def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
+    """Run a checked command; an error is blamed on an argument only when it comes from what that argument names."""
     try:
         return _evaluate(args, inputs, model, tokenizer)
-    except (OSError, ValueError) as error:  # an unreadable or broken image, found only when it is read
-        raise UsageError(f"{DATA_ARGUMENTS[args.command]}: {first_line(error, limit=400)}") from None
+    except UnreadableImage as error:  # an unreadable or broken image, found only when it is read
+        raise UsageError(f"{DATA_ARGUMENTS[args.command]}: {_unreadable_message(error)}") from None
+    except OSError as error:
+        cache_dir = getattr(args, "cache_dir", None)
+        if cache_dir is not None and (_within(error.filename, cache_dir) or _within(error.filename2, cache_dir)):
+            _usage("--cache-dir", cache_dir, error)
+        raise
 
 
 def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
@@ -511,8 +612,8 @@ def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
     if args.command == "zeroshot":
         inputs["dataset"].transform = transform
         return zeroshot_accuracy(
-            model, inputs["dataset"], inputs["class_names"], tokenizer, templates=inputs["templates"],
-            metric=inputs["metric"], **options,
+            model, _reporting_unreadable(inputs["dataset"]), inputs["class_names"], tokenizer,
+            templates=inputs["templates"], metric=inputs["metric"], **options,
         )  # fmt: skip
     if args.command == "retrieval":
         inputs["captions"].transform = transform
@@ -520,8 +621,9 @@ def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
     inputs["train"].transform = transform
     inputs["test"].transform = transform
     return run_linear_probe(
-        model, inputs["train"], inputs["test"], features=inputs["features"], shots=args.shots,
-        seeds=tuple(args.seeds) if args.seeds is not None else (0,), init=args.init,
+        model, _reporting_unreadable(inputs["train"]), _reporting_unreadable(inputs["test"]),
+        features=inputs["features"], shots=args.shots, seeds=tuple(args.seeds) if args.seeds is not None else (0,),
+        init=args.init,
         class_names=inputs["class_names"], tokenizer=tokenizer, templates=inputs["templates"],
         metric=inputs["metric"], l2=args.l2, cache_dir=args.cache_dir, **options,
     )  # fmt: skip
@@ -636,8 +738,10 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     probe = commands.add_parser(
         "linear-probe", parents=[common, results, names, probe_metric],
         help="a logistic-regression head on frozen features",
-        description="A linear probe: a multinomial logistic regression on frozen image features, its L2 strength "
-        "chosen on a held-out part of the training split, scored on the test split; --shots K for few-shot.",
+        description="A linear probe: a multinomial logistic regression on frozen image features, standardised per "
+        "dimension with the training samples' mean and scale (CLIP's and clip_benchmark's probes fit raw or unit-norm "
+        "features), its L2 strength chosen on a held-out part of the training split, scored on the test split; "
+        "--shots K for few-shot.",
     )  # fmt: skip
     probe.add_argument("--train", required=True, type=Path, help="the training split: an ImageFolder root")
     probe.add_argument("--test", required=True, type=Path, help="the test split: an ImageFolder with the same classes")
@@ -650,11 +754,14 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     probe.add_argument("--seeds", type=int, nargs="+", help="few-shot seeds (default: 0); mean and std over them")
     probe.add_argument(
         "--init", choices=("random", "text"), default="random",
-        help="the head's start: random, or the class prompts' text embeddings (zero-shot initialised, as ELEVATER)",
+        help="random: the head starts at 0 with plain L2; text: it starts at the class prompts' text embeddings times "
+        "the logit scale and its L2 penalty is centred there (L2-SP), not ELEVATER's ordinary weight decay toward 0 "
+        "from that start",
     )  # fmt: skip
     probe.add_argument(
-        "--l2", type=float, help="a fixed L2 strength instead of the held-out sweep (needed for --shots 1)"
-    )
+        "--l2", type=float, help="a fixed L2 strength λ instead of the held-out sweep (needed for --shots 1); the "
+        "penalty is λ/2·||W - W0||² on standardised features",
+    )  # fmt: skip
     probe.add_argument("--cache-dir", type=Path, help="cache the image features here (safetensors) for later runs")
 
     suite = commands.add_parser(
@@ -671,7 +778,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
 
 
 def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
-    from unicl.evaluation.suite import read_suite, run_suite
+    from unicl.evaluation.suite import ForeignResultsError, model_fingerprint, read_suite, run_suite
 
     try:
         entries = read_suite(args.config, root=args.root)
@@ -701,10 +808,20 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
         entry, entry_args, inputs = prepared[index]
         try:
             return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
-        except UsageError as error:  # the entries before it are saved: a rerun resumes at this one
-            _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {error}")
+        except (OSError, ValueError) as error:  # the entries before it are saved: a rerun resumes at this one
+            message = str(error) if isinstance(error, UsageError) else first_line(error, limit=400)
+            _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {message}")
 
-    return run_suite(entries, args.output, run_entry, force=args.force, log=sys.stderr)
+    # The results depend on the files behind these arguments, hashed without loading the model (a finished
+    # suite's rerun stays instant).
+    try:
+        fingerprint = model_fingerprint(args.model, args.pretrained, args.tokenizer, args.precision)
+    except OSError as error:
+        _usage("--model/--pretrained/--tokenizer", error.filename, error)
+    try:
+        return run_suite(entries, args.output, run_entry, force=args.force, log=sys.stderr, fingerprint=fingerprint)
+    except ForeignResultsError as error:
+        _usage("--output", args.output, error)
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -16,11 +16,17 @@ A suite file is a list of entries, or an object ``{"root": ..., "defaults": {...
 zero-shot ones and probes with ``"init": "text"``). Relative paths start at ``root`` (itself relative to the suite
 file's folder), or at the suite file's folder. The model, tokenizer, device and batch size are the suite command's
 own, so entries may not set them.
+
+Every result file records the model it was computed with (`model_fingerprint`: the ``--model`` and ``--pretrained``
+names with the SHA-256 of their files, the tokenizer and the precision) and the entry (`SuiteEntry.describe`). A rerun
+skips an entry only when both match; a result from another model or another version of the entry stops the suite
+(`ForeignResultsError`) rather than be reported as this one's.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -43,6 +49,10 @@ RETRIEVAL_METRIC = "image_to_text_R@1"
 RETRIEVAL_METRICS = tuple(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FIELDS = ("name", "task", "data", "captions", "train", "test", "classnames", "templates", "metric", "options")
+
+
+class ForeignResultsError(ValueError):
+    """A result file in the output directory was computed with another model or another version of its entry."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,69 @@ class SuiteEntry:
     def describe(self) -> dict[str, Any]:
         """The entry as written into its result file."""
         return {"name": self.name, "task": self.task, **self.paths, "metric": self.metric, "options": self.options}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest(source: str | os.PathLike[str] | None) -> str | None:
+    """SHA-256 of what a model, weights or tokenizer argument names, so that results follow the files, not the name.
+
+    A directory hashes every regular file directly in it (by name, in sorted order: a saved model's config, weights
+    and tokenizer); a file hashes its bytes; anything else (a preset name, ``clip``, ``None``) has no digest.
+
+    Raises:
+        OSError: a file that cannot be read.
+    """
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for member in sorted(p for p in path.iterdir() if p.is_file()):
+            digest.update(f"{member.name}|{_file_digest(member)}|".encode())
+        return digest.hexdigest()
+    return _file_digest(path) if path.is_file() else None
+
+
+def model_fingerprint(
+    model: str, pretrained: str | None = None, tokenizer: str | None = None, precision: str = "fp32"
+) -> dict[str, Any]:
+    """What a suite's results depend on besides the entry: the arguments as given and the digests of their files.
+
+    Args:
+        model: ``--model`` (a preset name or a model directory).
+        pretrained: ``--pretrained``.
+        tokenizer: ``--tokenizer`` (``None``: the model's own, which lives in the files hashed above).
+        precision: ``--precision``.
+
+    Returns:
+        ``{"model", "model_digest", "pretrained", "pretrained_digest", "tokenizer", "tokenizer_digest",
+        "precision"}``; the digests are `source_digest`'s (``None`` for names).
+
+    Raises:
+        OSError: a file that cannot be read.
+    """
+    return {
+        "model": model, "model_digest": source_digest(model), "pretrained": pretrained,
+        "pretrained_digest": source_digest(pretrained), "tokenizer": tokenizer,
+        "tokenizer_digest": source_digest(tokenizer), "precision": precision,
+    }  # fmt: skip
+
+
+def model_label(fingerprint: Mapping[str, Any] | None) -> str:
+    """The model column of the tables: ``--model``, with ``--pretrained``'s file name in brackets when given."""
+    if not fingerprint:
+        return ""
+    label = str(fingerprint.get("model", ""))
+    if fingerprint.get("pretrained") is not None:
+        label += f" ({Path(str(fingerprint['pretrained'])).name})"
+    return label
 
 
 def _load(path: Path) -> Any:
@@ -218,19 +291,21 @@ def _minutes(seconds: float) -> str:
 
 def write_tables(records: Sequence[Mapping[str, Any]], output: Path) -> tuple[Path, Path]:
     """``results.csv`` (one row per entry) and ``results.md`` (a Markdown table, scores in percent) in ``output``."""
-    columns = ("name", "task", "metric", "score", "std", "images", "seconds")
+    columns = ("name", "task", "metric", "score", "std", "images", "seconds", "model")
     csv_path, markdown_path = output / "results.csv", output / "results.md"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for record in records:
-            writer.writerow([record.get(column) if record.get(column) is not None else "" for column in columns])
-    lines = ["| Entry | Task | Metric | Score (%) |", "|---|---|---|---:|"]
+            row = {**record, "model": model_label(record.get("model"))}
+            writer.writerow([row.get(column) if row.get(column) is not None else "" for column in columns])
+    lines = ["| Entry | Task | Metric | Score (%) | Model |", "|---|---|---|---:|---|"]
     for record in records:
         score = f"{100 * record['score']:.2f}"
         if record.get("std") is not None:
             score += f" ± {100 * record['std']:.2f}"
-        lines.append(f"| {record['name']} | {record['task']} | {record['metric']} | {score} |")
+        model = model_label(record.get("model")).replace("|", "\\|")
+        lines.append(f"| {record['name']} | {record['task']} | {record['metric']} | {score} | {model} |")
     markdown_path.write_text("\n".join(lines) + "\n")
     return csv_path, markdown_path
 
@@ -244,12 +319,33 @@ def _test_images(results: Mapping[str, Any]) -> int | None:
     return int(probe["test"]) if "test" in probe else None
 
 
-def _done_before(path: Path) -> dict[str, Any] | None:
+def _as_json(value: object) -> Any:
+    """``value`` as it reads back from a result file (tuples become lists), for comparing with what was written."""
+    return json.loads(json.dumps(value))
+
+
+def _done_before(
+    path: Path, entry: SuiteEntry, fingerprint: Mapping[str, Any] | None, output: Path
+) -> dict[str, Any] | None:
+    """The entry's earlier record if it holds results of this model and this entry; ``None`` if there is none.
+
+    Raises:
+        ForeignResultsError: the record holds results of another model or of another version of the entry.
+    """
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # none, or cut short: run it (again)
         return None
-    return record if isinstance(record, dict) and "score" in record and "results" in record else None
+    if not (isinstance(record, dict) and "score" in record and "results" in record):
+        return None
+    differs = [what for what, key, expected in (("model", "model", fingerprint), ("entry", "entry", entry.describe()))
+               if record.get(key) != _as_json(expected)]  # fmt: skip
+    if differs:
+        raise ForeignResultsError(
+            f"results in {str(output)!r} are from another model/entry ({path.name}: another {' and '.join(differs)}):"
+            " use --force or another --output"
+        )
+    return record
 
 
 def run_suite(
@@ -259,26 +355,35 @@ def run_suite(
     *,
     force: bool = False,
     log: TextIO | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``entries`` in order into ``output``: ``NAME.json`` per entry, then the tables of `write_tables`.
 
-    An entry whose ``NAME.json`` holds results is not run again unless ``force``. Progress (entry i of n, its
-    score, its time and the time so far) goes to ``log``.
+    An entry whose ``NAME.json`` holds results of the same ``fingerprint`` and the same entry is not run again
+    unless ``force``; results of another model or entry stop the suite before anything runs. Progress (entry i of
+    n, its score, its time and the time so far) goes to ``log``.
 
     Args:
         entries: from `read_suite`.
         output: the results directory (created).
         run_entry: runs entry ``i`` and returns its results (the command's results dict).
-        force: redo entries that have results.
+        force: redo entries that have results, whoever computed them.
         log: where progress lines go (``None``: nowhere).
+        fingerprint: what the results depend on besides the entry (`model_fingerprint`), written into every record.
 
     Returns:
         ``{"entries": n, "ran": r, "skipped": s, "csv": path, "markdown": path}``.
+
+    Raises:
+        ForeignResultsError: without ``force``, a result file of another model or another version of its entry.
     """
     output = Path(output)
+    # Every earlier result is checked before the first entry runs: a suite never mixes two models' results.
+    previous = [None if force else _done_before(output / f"{e.name}.json", e, fingerprint, output) for e in entries]
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    records, ran = [], 0
+    records: list[Mapping[str, Any]] = []
+    ran = 0
 
     def say(line: str) -> None:
         if log is not None:
@@ -287,10 +392,10 @@ def run_suite(
     for index, entry in enumerate(entries):
         prefix = f"[{index + 1}/{len(entries)}] {entry.name} ({entry.task})"
         path = output / f"{entry.name}.json"
-        previous = None if force else _done_before(path)
-        if previous is not None:
+        earlier = previous[index]
+        if earlier is not None:
             say(f"{prefix}: done before, skipped ({path}; --force redoes it)")
-            records.append(previous)
+            records.append(earlier)
             continue
         say(f"{prefix}: running")
         entry_started = time.perf_counter()
@@ -300,7 +405,7 @@ def run_suite(
         record = {
             "name": entry.name, "task": entry.task, "metric": metric, "score": score, "std": std,
             "images": _test_images(results), "seconds": round(seconds, 3), "entry": entry.describe(),
-            "results": results,
+            "model": dict(fingerprint) if fingerprint is not None else None, "results": results,
         }  # fmt: skip
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(record, indent=1) + "\n")
