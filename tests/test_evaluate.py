@@ -519,6 +519,13 @@ def test_an_unreadable_image_read_by_a_worker_is_one_line_naming_the_data(worksp
               "--workers", "1", "--device", "cpu", "--no-progress"])  # fmt: skip
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("python -m unicl.evaluate zeroshot: error: --data: cannot identify image file "), last
+    # From the shell the error's type lives in __main__, which the worker's traceback names without a module.
+    command = [sys.executable, "-m", "unicl.evaluate", "zeroshot", "--model", str(workspace / "model"), "--data",
+               str(tmp_path / "broken"), "--device", "cpu", "--workers", "1", "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m unicl.evaluate zeroshot: error: --data: cannot identify image file "), last
 
 
 def test_a_bad_input_prints_one_line_from_the_shell(workspace, tmp_path):

@@ -127,8 +127,11 @@ def _unreadable_message(error: UnreadableImage) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught "):
         last = lines[-1]
-        name = f"{type(error).__module__}.{type(error).__name__}: "
-        return last.removeprefix(name)[:400]
+        # The traceback names the type with its module, except for __main__ (python -m unicl.evaluate).
+        name = type(error).__qualname__
+        for prefix in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+            last = last.removeprefix(prefix)
+        return last[:400]
     return first_line(error, limit=400)
 
 
