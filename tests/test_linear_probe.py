@@ -4,6 +4,9 @@ optimum, no test sample in any fit or choice, seeds, the text-initialised head, 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -366,3 +369,42 @@ def test_bad_run_options_give_one_line(folders):
     with pytest.raises(TypeError, match="cache_dir needs a torchvision ImageFolder"):
         image_features(model, torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2)),
                        cache_dir="unused")  # fmt: skip
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from unicl.evaluation import fit_logistic_regression
+
+    def status(field):  # bytes, from the kernel's accounting of this process
+        with open("/proc/self/status") as lines:
+            return 1024 * int(next(line for line in lines if line.startswith(field)).split()[1])
+    torch.set_num_threads(1)
+    n, f, c = 40_000, 256, 50
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(c, (n,), generator=generator)
+    x = torch.randn(n, f, generator=generator)
+    x[torch.arange(n), y] += 3.0  # separable enough to need iterations
+    fit_logistic_regression(x[:500], y[:500] % 2, 1e-3, classes=2, max_iter=3)  # one-off allocations first
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset the peak resident size to the present one
+    before = status("VmRSS:")
+    fit_logistic_regression(x, y, 1e-4, classes=c, max_iter=20)
+    print(status("VmHWM:") - before)
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak resident size reset")
+def test_a_fit_holds_one_feature_sized_matrix_beyond_its_input():
+    """Peak memory of a 40,000 x 256, 50-class fit above its inputs, in a fresh process whose large allocations
+    are all returned to the system when freed (so the peak resident size, reset before the fit, follows the live
+    tensors): the
+    preconditioned features (one N x F matrix), the logits and their softmax (two N x C), blocks of 2^20 numbers.
+    Keeping the standardised features beside their product, or the loss's N x C float64 logits, breaks it."""
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "OMP_NUM_THREADS": "1"}
+    output = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], env=environment, capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    peak = int(output.stdout.split()[-1])
+    n_f, n_c = 40_000 * 256 * 4, 40_000 * 50 * 4
+    assert peak <= n_f + 3 * n_c + 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"

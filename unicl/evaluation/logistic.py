@@ -81,41 +81,76 @@ class LogisticHead:
     __call__ = logits
 
 
+#: Rows per block of the N x F and N x C passes that need no full-size temporary (a block is about 2^20 numbers).
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _block_rows(width: int) -> int:
+    """Rows per block of a ``width``-column pass: ``BLOCK_ELEMENTS // width``, at least one."""
+    return max(1, BLOCK_ELEMENTS // max(width, 1))
+
+
 @dataclass
 class StandardizedFeatures:
-    """Training features standardised once, with their covariance's eigendecomposition, for fits at several λ.
+    """Training features' standardisation and their covariance's eigendecomposition, for fits at several λ.
+
+    The standardised features themselves are never stored: a fit needs only their preconditioned product
+    (`preconditioned`), computed block by block from ``features``, so a fit holds one ``[N, F]`` matrix beyond
+    the caller's features instead of three.
 
     Attributes:
         mean: ``[F]`` the features' mean.
         scale: ``[F]`` their standard deviation (1 where a feature is constant).
-        z: ``[N, F]`` the standardised features ``(x - mean) / scale``.
-        eigenvalues: ``[F]`` float64 eigenvalues of ``zᵀz / N`` (clamped at 0).
+        features: ``[N, F]`` the features in the fits' dtype (the caller's tensor itself when already in it).
+        eigenvalues: ``[F]`` float64 eigenvalues of ``zᵀz / N`` for ``z = (features - mean) / scale`` (clamped at 0).
         eigenvectors: ``[F, F]`` float64, the matching eigenvectors (columns).
     """
 
     mean: torch.Tensor
     scale: torch.Tensor
-    z: torch.Tensor
+    features: torch.Tensor
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
 
     @classmethod
     def of(cls, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> StandardizedFeatures:
-        """Standardise ``[N, F]`` features ``x`` in ``dtype`` on their device."""
+        """Standardise ``[N, F]`` features ``x`` in ``dtype`` on their device (``zᵀz`` summed block by block in
+        float64, so no ``[N, F]`` temporary is made)."""
         x = x.to(dtype)
         mean = x.mean(dim=0)
         scale = x.std(dim=0, correction=0)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        z = (x - mean) / scale
-        eigenvalues, eigenvectors = torch.linalg.eigh((z.T @ z).double() / len(z))
-        return cls(mean, scale, z, eigenvalues.clamp(min=0), eigenvectors)
+        covariance = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        step = _block_rows(x.shape[1])
+        for start in range(0, len(x), step):
+            block = (x[start : start + step] - mean) / scale
+            covariance += (block.T @ block).double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance / len(x))
+        return cls(mean, scale, x, eigenvalues.clamp(min=0), eigenvectors)
+
+    @property
+    def z(self) -> torch.Tensor:
+        """``[N, F]`` the standardised features ``(features - mean) / scale`` (a new tensor at each access)."""
+        return (self.features - self.mean) / self.scale
+
+    def preconditioned(self, precondition: torch.Tensor) -> torch.Tensor:
+        """``[N, F]`` ``z @ precondition`` for an ``[F, F]`` matrix, one block of rows at a time (the only
+        ``[N, F]`` tensor made is the result)."""
+        x = self.features
+        result = torch.empty(x.shape[0], precondition.shape[1], dtype=x.dtype, device=x.device)
+        step = _block_rows(x.shape[1])
+        for start in range(0, len(x), step):
+            torch.mm((x[start : start + step] - self.mean) / self.scale, precondition, out=result[start : start + step])
+        return result
 
 
 def _check_problem(x: object, y: object, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"features must be a non-empty floating-point tensor [N, F]; got {shape}")
-    if not bool(torch.isfinite(x).all()):
+    # Block by block: isfinite of the whole matrix makes temporaries larger than the fit's own working set.
+    step = _block_rows(x.shape[1])
+    if not all(bool(torch.isfinite(x[start : start + step]).all()) for start in range(0, len(x), step)):
         raise ValueError("features must be finite (no NaN or infinity)")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -186,9 +221,9 @@ def fit_logistic_regression(
     x, y = _check_problem(x, y, classes)
     if standardized is None:
         standardized = StandardizedFeatures.of(x, dtype)
-    elif standardized.z.shape != x.shape or standardized.z.dtype != dtype:
+    elif standardized.features.shape != x.shape or standardized.features.dtype != dtype:
         raise ValueError(f"standardized must be StandardizedFeatures.of(x, {dtype}) for x of shape {tuple(x.shape)}")
-    mean, scale, z = standardized.mean, standardized.scale, standardized.z
+    mean, scale, features = standardized.mean, standardized.scale, standardized.features
     num_features = x.shape[1]
     center = torch.zeros(classes, num_features, dtype=dtype, device=x.device)
     bias_start = torch.zeros(classes, dtype=dtype, device=x.device)
@@ -217,15 +252,22 @@ def fit_logistic_regression(
     eigenvectors = standardized.eigenvectors
     precondition = ((eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T).to(dtype)
     inverse = ((eigenvectors * eigenvalues.sqrt()) @ eigenvectors.T).to(dtype)
-    zp = z @ precondition
+    # The one [N, F] matrix the fit keeps beyond the caller's features: z itself is never stored.
+    zp = standardized.preconditioned(precondition)
     variables = (start @ inverse).contiguous()
     rows = y[:, None]
     minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
 
     def objective(weight: torch.Tensor) -> torch.Tensor:
-        # Summed in float64 (the logits' matmul stays in dtype), so that a small loss is not lost to rounding.
-        logits = torch.addmm(bias, z, weight.T).double()
-        return F.cross_entropy(logits, y) + l2 / 2 * (weight.double() - center.double()).square().sum()
+        # Summed in float64 (the logits' matmul stays in dtype), so that a small loss is not lost to rounding; one
+        # block of rows at a time, so the float64 logits never take N x C memory.
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        step = _block_rows(max(classes, num_features))
+        for start in range(0, len(y), step):
+            block = (features[start : start + step] - mean) / scale
+            logits = torch.addmm(bias, block, weight.T).double()
+            total += F.cross_entropy(logits, y[start : start + step], reduction="sum")
+        return total / len(y) + l2 / 2 * (weight.double() - center.double()).square().sum()
 
     optimizer = torch.optim.LBFGS(
         [variables, bias],
@@ -243,10 +285,10 @@ def fit_logistic_regression(
         # d/dlogits of the mean cross-entropy is (softmax - one_hot) / N.
         log_probabilities = torch.addmm(bias, zp, variables.T).log_softmax(dim=1)
         difference = variables @ precondition - center
-        loss = -log_probabilities.gather(1, rows).sum() / len(z) + l2 / 2 * difference.square().sum()
+        loss = -log_probabilities.gather(1, rows).sum() / len(y) + l2 / 2 * difference.square().sum()
         residual = log_probabilities.exp_().scatter_add_(1, rows, minus_one)  # N · (softmax - one_hot)
-        variables.grad = torch.addmm(difference @ precondition, residual.T, zp, beta=l2, alpha=1 / len(z))
-        bias.grad = residual.sum(dim=0) / len(z)
+        variables.grad = torch.addmm(difference @ precondition, residual.T, zp, beta=l2, alpha=1 / len(y))
+        bias.grad = residual.sum(dim=0) / len(y)
         return loss
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
