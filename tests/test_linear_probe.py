@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from torchvision.datasets import ImageFolder
 
 import unicl
+import unicl.evaluation.features as features_module
 import unicl.evaluation.logistic as logistic_module
 import unicl.evaluation.protocols as protocols_module
 from unicl.evaluation import (
@@ -369,6 +370,63 @@ def test_bad_run_options_give_one_line(folders):
     with pytest.raises(TypeError, match="cache_dir needs a torchvision ImageFolder"):
         image_features(model, torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2)),
                        cache_dir="unused")  # fmt: skip
+
+
+def test_a_bf16_cpu_run_shares_the_fp32_cache(folders, tmp_path):
+    """On the CPU "bf16" runs in float32 (inference_autocast), so it must read and write the fp32 entry."""
+    model = _model()
+    calls = _count_forwards(model)
+    train, _ = _datasets(folders)
+    first = image_features(model, train, batch_size=300, precision="fp32", cache_dir=tmp_path)
+    again = image_features(model, train, batch_size=300, precision="bf16", device="cpu", cache_dir=tmp_path)
+    assert calls[0] == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1 and torch.equal(first[0], again[0])
+
+
+class _Named(torch.utils.data.TensorDataset):
+    def __init__(self, identity: str, *tensors: torch.Tensor) -> None:
+        super().__init__(*tensors)
+        self.identity = identity
+
+    def cache_identity(self) -> str:
+        return self.identity
+
+
+def test_a_key_beyond_the_safetensors_header_limit_still_caches(tmp_path):
+    """A key over safetensors' 100 MB header limit (a folder of about 1.4M files) is stored as its digest."""
+    model = _model()
+    calls = _count_forwards(model)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dataset = _Named("x" * 101_000_000, images, torch.arange(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = image_features(model, dataset, cache_dir=tmp_path)
+        again = image_features(model, dataset, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.safetensors")
+    assert calls[0] == 1 and torch.equal(first[0], again[0]) and cached.stat().st_size < 1_000_000
+
+
+def test_a_cache_that_cannot_be_written_warns_and_returns_the_features(folders, tmp_path, monkeypatch):
+    model = _model()
+    train, _ = _datasets(folders)
+    expected = image_features(model, train, batch_size=300)
+
+    class SafetensorError(Exception):  # what safetensors raises: neither an OSError nor a ValueError
+        pass
+
+    def refuse(*args, **kwargs):
+        raise SafetensorError("header too large")
+
+    monkeypatch.setattr(features_module, "save_file", refuse)
+    with pytest.warns(UserWarning, match="could not be written .*header too large"):
+        features, targets = image_features(model, train, batch_size=300, cache_dir=tmp_path)
+    assert torch.equal(features, expected[0]) and torch.equal(targets, expected[1])
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+    monkeypatch.undo()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.warns(UserWarning, match="could not be written"):
+        features, _ = image_features(model, train, batch_size=300, cache_dir=blocked / "cache")
+    assert torch.equal(features, expected[0])
 
 
 _MEMORY_SCRIPT = textwrap.dedent(

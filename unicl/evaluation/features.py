@@ -1,14 +1,20 @@
 """Image features of a dataset, from the image tower before or after the projection, with an optional disk cache.
 
-A cache entry is one safetensors file named by a SHA-256 digest of everything the features depend on: the model's
-weights (every ``state_dict`` tensor's name, dtype, shape and bytes), the dataset's identity (for a torchvision
-``ImageFolder``/``DatasetFolder``: its root, every sample's relative path, class id, size and modification time;
-otherwise the string its ``cache_identity()`` method returns), the repr of its transform, the feature kind and the
-precision. Changing any of them (retraining, adding or touching an image, another resize) misses the cache; a hit
-returns the stored features bit for bit without running the model. The device, batch size and workers are not part
-of the key: they change the features by rounding at most. A transform whose repr holds a memory address (a lambda)
-never hits in another process. A file that cannot be read back, or whose stored key differs, is recomputed with a
-warning.
+A cache entry is one safetensors file named by a SHA-256 digest of a key holding everything the features depend
+on: the model's weights (every ``state_dict`` tensor's name, dtype, shape and bytes), the dataset's identity (for a
+torchvision ``ImageFolder``/``DatasetFolder``: its root, every sample's relative path, class id, size and
+modification time; otherwise the string its ``cache_identity()`` method returns; for a ``torch.utils.data.Subset``
+of either, that of the samples it picks, in its order, so a few-shot subset of a folder stats only its own files),
+the repr of its transform, the feature kind and the precision the tower actually runs in (`run_precision`: a
+``"bf16"`` request off CUDA runs, and is cached, as float32). Changing any of them (retraining, adding or touching an
+image, another resize) misses the cache; a hit returns the stored features bit for bit without running the model.
+The device (beyond that precision), batch size and workers are not part of the key: they change the features by
+rounding at most. A transform whose repr holds a memory address (a lambda) never hits in another process.
+
+The file's metadata holds the key's digest, not the key (a folder's key lists every file, and for a large folder
+would pass the size limit of a safetensors header). A file that cannot be read back, or whose stored digest
+differs, is recomputed with a warning; one that cannot be written is a warning, and the computed features are
+returned all the same.
 """
 
 from __future__ import annotations
@@ -23,21 +29,21 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
 from unicl._checks import check_choice, check_positive_int
 from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.models import UniCLModel
 
-__all__ = ["FEATURE_KINDS", "cache_path", "dataset_identity", "image_features", "model_digest"]
+__all__ = ["FEATURE_KINDS", "cache_path", "dataset_identity", "image_features", "model_digest", "run_precision"]
 
 #: ``"backbone"``: the image tower's pooled output before the projection (``model.image_encoder(images)``, what
 #: CLIP's linear probes use); ``"projected"``: the joint embedding ``model.encode_image(images, normalize=False)``.
 FEATURE_KINDS = ("backbone", "projected")
 PRECISIONS = ("fp32", "bf16")
 #: Bumped when the features' layout or key changes, so older cache files miss.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -56,46 +62,77 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def run_precision(device: torch.device, precision: str) -> str:
+    """The precision the image tower actually runs in for a requested one: ``"bf16"`` only on CUDA, where
+    `unicl.evaluation.inference.inference_autocast` enables it; ``"fp32"`` otherwise.
+
+    Example:
+        >>> run_precision(torch.device("cpu"), "bf16")
+        'fp32'
+    """
+    return precision if device.type == "cuda" else "fp32"
+
+
+def _folder_files(dataset: DatasetFolder, indices: list[int] | None) -> list[list[object]]:
+    root = Path(dataset.root).resolve()
+    samples = dataset.samples if indices is None else [dataset.samples[i] for i in indices]
+    files: list[list[object]] = []
+    for path, class_id in samples:
+        stat = os.stat(path)
+        files.append([os.path.relpath(path, root), class_id, stat.st_size, stat.st_mtime_ns])
+    return files
+
+
 def dataset_identity(dataset: Dataset) -> str:
     """A string that changes whenever ``dataset``'s samples may: see the module docstring.
 
     Raises:
-        TypeError: a dataset that is neither a ``DatasetFolder`` nor has a ``cache_identity()`` method.
+        TypeError: a dataset that is neither a ``DatasetFolder``, a ``Subset`` of one, nor has a
+            ``cache_identity()`` method (or a ``Subset`` of such).
     """
     identity = getattr(dataset, "cache_identity", None)
     if callable(identity):
         return str(identity())
-    if isinstance(dataset, DatasetFolder):
-        root = Path(dataset.root).resolve()
-        files = []
-        for path, class_id in dataset.samples:
-            stat = os.stat(path)
-            files.append([os.path.relpath(path, root), class_id, stat.st_size, stat.st_mtime_ns])
-        return json.dumps({"root": str(root), "files": sorted(files), "transform": repr(dataset.transform),
-                           "target_transform": repr(dataset.target_transform)})  # fmt: skip
+    indices: list[int] | None = None
+    base = dataset
+    while isinstance(base, Subset):  # nested subsets: the indices into the innermost dataset
+        inner = [int(i) for i in base.indices]
+        indices = inner if indices is None else [inner[i] for i in indices]
+        base = base.dataset
+    if isinstance(base, DatasetFolder):
+        files = _folder_files(base, indices)
+        # A whole folder's order is its files' (sorted); a subset's is its indices'.
+        described = {"root": str(Path(base.root).resolve()), "files": sorted(files) if indices is None else files,
+                     "subset": indices is not None, "transform": repr(base.transform),
+                     "target_transform": repr(base.target_transform)}  # fmt: skip
+        return json.dumps(described)
+    identity = getattr(base, "cache_identity", None)
+    if indices is not None and callable(identity):
+        return json.dumps({"dataset": str(identity()), "indices": indices})
     raise TypeError(
-        f"cache_dir needs a torchvision ImageFolder/DatasetFolder or a dataset with a cache_identity() method; "
-        f"got {type(dataset).__name__}"
+        f"cache_dir needs a torchvision ImageFolder/DatasetFolder, a dataset with a cache_identity() method, or a "
+        f"Subset of either; got {type(dataset).__name__}"
     )
 
 
 def cache_path(model: torch.nn.Module, dataset: Dataset, cache_dir: str | os.PathLike[str], *, kind: str,
                precision: str = "fp32") -> tuple[Path, str]:  # fmt: skip
-    """The cache file for these features and the key stored in it: ``(cache_dir / "<digest>.safetensors", key)``."""
+    """The cache file for these features and the SHA-256 digest of their key stored in it:
+    ``(cache_dir / "<digest>.safetensors", digest)``. ``precision`` is the one run (see `run_precision`)."""
     key = json.dumps({"version": CACHE_VERSION, "model": model_digest(model), "dataset": dataset_identity(dataset),
                       "kind": kind, "precision": precision})  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return Path(cache_dir) / f"{digest}.safetensors", key
+    return Path(cache_dir) / f"{digest}.safetensors", digest
 
 
-def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if not path.exists():
-        return None
+def _read_cache(path: Path, digest: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     try:
+        if not path.exists():
+            return None
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             features, targets = handle.get_tensor("features"), handle.get_tensor("targets")
-        if metadata.get("key") != key or features.dim() != 2 or targets.shape != (features.shape[0],):
+        if metadata.get("key_sha256") != digest or features.dim() != 2 or targets.shape != (features.shape[0],):
             raise ValueError("the stored key or shapes do not match")
     except Exception as error:  # any unreadable file is recomputed
         warnings.warn(f"feature cache {path} is unreadable ({error}); recomputing it", stacklevel=3)
@@ -103,17 +140,22 @@ def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | Non
     return features, targets
 
 
-def _write_cache(path: Path, key: str, features: torch.Tensor, targets: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a crash or a concurrent reader never sees half a file.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
+def _write_cache(path: Path, digest: str, features: torch.Tensor, targets: torch.Tensor) -> None:
+    """Write the cache file, or warn: the features are computed by then, and a cache that cannot be written (no
+    permission, a full disk, a safetensors error, which is neither an OSError nor a ValueError) must not lose them."""
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed, so a crash or a concurrent reader never sees half a file.
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
         save_file({"features": features.contiguous(), "targets": targets.contiguous()}, temporary,
-                  metadata={"key": key})  # fmt: skip
+                  metadata={"key_sha256": digest})  # fmt: skip
         os.replace(temporary, path)
+    except Exception as error:
+        warnings.warn(f"feature cache {path} could not be written ({error}); continuing without it", stacklevel=3)
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 
@@ -157,13 +199,14 @@ def image_features(
     check_choice("precision", precision, PRECISIONS)
     check_positive_int("batch_size", batch_size)
     check_positive_int("workers", workers, minimum=0)
-    path = key = None
+    device = torch.device(device)
+    path = digest = None
     if cache_dir is not None:
-        path, key = cache_path(model, dataset, cache_dir, kind=kind, precision=precision)
-        cached = _read_cache(path, key)
+        # Keyed by the precision run, not the one asked for: a CPU "bf16" run computes the fp32 features.
+        path, digest = cache_path(model, dataset, cache_dir, kind=kind, precision=run_precision(device, precision))
+        cached = _read_cache(path, digest)
         if cached is not None:
             return cached
-    device = torch.device(device)
     model = model.to(device).eval()
 
     def encode(images: torch.Tensor) -> torch.Tensor:
@@ -180,6 +223,6 @@ def image_features(
     if not features:
         raise ValueError("dataset has no images")
     result = torch.cat(features), torch.cat(targets)
-    if path is not None and key is not None:
-        _write_cache(path, key, *result)
+    if path is not None and digest is not None:
+        _write_cache(path, digest, *result)
     return result
