@@ -36,6 +36,7 @@ from unicl.evaluation import (
     text_head,
 )
 from unicl.evaluation.logistic import stratified_split
+from unicl.evaluation.protocols import check_shots
 from unicl.prompts import DEFAULT_TEMPLATES
 from unicl.tokenizer import Tokenizer
 
@@ -372,6 +373,70 @@ def test_bad_run_options_give_one_line(folders):
                        cache_dir="unused")  # fmt: skip
 
 
+def _counting_folder(root: Path, reads: list[str]) -> ImageFolder:
+    """An ImageFolder that records every image file it reads."""
+
+    def loader(path: str) -> Image.Image:
+        reads.append(path)
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+
+    return ImageFolder(root, unicl.image_transform("unicl_tiny"), loader=loader)
+
+
+def _count_images(model) -> list[int]:
+    images = [0]
+    model.image_encoder.register_forward_hook(lambda _, inputs, __: images.__setitem__(0, images[0] + len(inputs[0])))
+    return images
+
+
+def test_few_shot_encodes_only_the_drawn_images(folders, tmp_path):
+    model = _model()
+    images = _count_images(model)
+    train_reads: list[str] = []
+    train = _counting_folder(folders / "train", train_reads)
+    _, test = _datasets(folders)
+    result = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], batch_size=1, cache_dir=tmp_path)
+    targets = torch.tensor(train.targets)
+    drawn = [sample_shots(targets, 3, seed, classes=10) for seed in (0, 1)]
+    union = sorted(set(torch.cat(drawn).tolist()))
+    assert sorted(train_reads) == sorted(train.samples[i][0] for i in union) and len(union) < len(train)
+    assert images[0] == len(union) + len(test)
+    # The same runs as the protocol on the whole split's features (batch_size=1: each image's features alike).
+    full_x, full_y = image_features(model, _datasets(folders)[0], batch_size=1)
+    test_x, test_y = image_features(model, test, batch_size=1)
+    reference = few_shot(full_x, full_y, test_x, test_y, shots=3, seeds=[0, 1], classes=10)
+    assert [run["top1"] for run in result["runs"]] == [run["top1"] for run in reference["runs"]]
+    assert [run["l2"] for run in result["runs"]] == [run["l2"] for run in reference["runs"]]
+    # The subset's cache: a rerun encodes the test split only (its own cache file is there too: nothing at all).
+    images[0], train_reads[:] = 0, []
+    again = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], batch_size=1, cache_dir=tmp_path)
+    assert images[0] == 0 and train_reads == [] and again["runs"] == result["runs"]
+
+
+def test_too_few_shots_fail_before_any_image_is_encoded(folders):
+    model = _model()
+    images = _count_images(model)
+    reads: list[str] = []
+    train = _counting_folder(folders / "train", reads)
+    _, test = _datasets(folders)
+    message = r"^shots=31 needs 31 training images per class; class 'zero' \(class 0\) has 30$"
+    with pytest.raises(ValueError, match=message):
+        run_linear_probe(model, train, test, shots=31, seeds=[0], class_names=NAMES)
+    assert images[0] == 0 and reads == []
+
+
+@given(targets=st.lists(st.integers(0, 3), max_size=40), shots=st.integers(1, 5))
+def test_check_shots_refuses_exactly_the_short_classes(targets, shots):
+    counts = [targets.count(c) for c in range(4)]
+    short = [c for c in range(4) if counts[c] < shots]
+    if not short:
+        check_shots(targets, shots, classes=4)
+        return
+    with pytest.raises(ValueError, match=f"class '{NAMES[short[0]]}' \\(class {short[0]}\\) has {counts[short[0]]}$"):
+        check_shots(torch.tensor(targets), shots, class_names=NAMES[:4])
+
+
 def test_a_bf16_cpu_run_shares_the_fp32_cache(folders, tmp_path):
     """On the CPU "bf16" runs in float32 (inference_autocast), so it must read and write the fp32 entry."""
     model = _model()
@@ -392,7 +457,7 @@ class _Named(torch.utils.data.TensorDataset):
 
 
 def test_a_key_beyond_the_safetensors_header_limit_still_caches(tmp_path):
-    """A key over safetensors' 100 MB header limit (a folder of about 1.4M files) is stored as its digest."""
+    """A key of 101 MB (a large folder's every file), more than a safetensors header takes, is stored as its digest."""
     model = _model()
     calls = _count_forwards(model)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from unicl._checks import check_choice, check_optional_positive_int
 from unicl.evaluation.features import FEATURE_KINDS, image_features
-from unicl.evaluation.protocols import few_shot, linear_probe
+from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
 from unicl.models import UniCLModel
 from unicl.prompts import DEFAULT_TEMPLATES
 from unicl.tokenizer import Tokenizer
 from unicl.zeroshot import build_zeroshot_classifier
 
-__all__ = ["INITS", "run_linear_probe", "text_head"]
+__all__ = ["INITS", "known_targets", "run_linear_probe", "text_head"]
 
 #: ``"random"``: the head starts at zero with plain L2 (the name follows ELEVATER; the start is deterministic);
 #: ``"text"``: it starts at, and is pulled towards, the zero-shot classifier.
@@ -40,6 +40,49 @@ def text_head(
     classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=torch.device(device))
     scale = model.logit_scale.exp().clamp(max=model.config.max_logit_scale)
     return (classifier * scale).float()
+
+
+def known_targets(dataset: Dataset) -> torch.Tensor | None:
+    """``[N]`` the class id of every sample, known without reading an image, or ``None``.
+
+    Known for a dataset with a ``targets`` list or tensor of one id per sample and no ``target_transform`` (a
+    torchvision ``ImageFolder``, whose ``targets`` come from its folder names), and for a ``Subset`` of one.
+
+    Example:
+        >>> known_targets(torch.utils.data.TensorDataset(torch.zeros(2, 3))) is None
+        True
+    """
+    if isinstance(dataset, Subset):
+        inner = known_targets(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    targets = getattr(dataset, "targets", None)
+    if getattr(dataset, "target_transform", None) is not None or not isinstance(targets, (list, tuple, torch.Tensor)):
+        return None
+    targets = torch.as_tensor(targets)
+    if targets.dim() != 1 or targets.is_floating_point() or len(targets) != len(dataset):  # type: ignore[arg-type]
+        return None
+    return targets.long()
+
+
+def _draw_shots(
+    train_dataset: Dataset, test_dataset: Dataset, shots: int, seeds: list[int], classes: int | None,
+    class_names: Sequence[str] | None,
+) -> tuple[Dataset, dict[int, torch.Tensor] | None]:  # fmt: skip
+    """The images to encode for a few-shot run and each seed's rows among them: the union of every seed's shots,
+    drawn from the class ids alone when they are known without reading images (`known_targets`), so a class with
+    too few images fails before any is encoded; otherwise the whole split, sampled after encoding (``None``)."""
+    pool_targets = known_targets(train_dataset)
+    if pool_targets is None or len(pool_targets) == 0:  # an empty split is refused by the encoding
+        return train_dataset, None
+    if classes is None:  # as `few_shot` counts them: the largest class id of either split, + 1
+        test_targets = known_targets(test_dataset)
+        largest = [int(t.max()) for t in (pool_targets, test_targets) if t is not None and len(t)]
+        classes = max(largest) + 1
+    drawn = {seed: sample_shots(pool_targets, shots, seed, classes=classes, class_names=class_names)
+             for seed in seeds}  # fmt: skip
+    union = torch.cat(list(drawn.values())).unique()  # sorted
+    rows = {seed: torch.searchsorted(union, chosen) for seed, chosen in drawn.items()}
+    return Subset(train_dataset, union.tolist()), rows
 
 
 def run_linear_probe(
@@ -69,6 +112,12 @@ def run_linear_probe(
     Features come from `unicl.evaluation.features.image_features` (``features="backbone"``: before the projection,
     as CLIP's linear probes; ``"projected"``: the joint embedding), cached in ``cache_dir`` when given. The head is
     fitted on ``device``.
+
+    With ``shots``, every seed's shots are drawn first from the training split's class ids (`known_targets`: a
+    torchvision ``ImageFolder``'s ``targets``, which need no image read), so a class with fewer than ``shots``
+    images is refused before anything is encoded, and only the union of the drawn images is encoded (and cached,
+    as that subset); a dataset whose class ids are not known that way is encoded whole and sampled after. Either
+    way the shots are those `unicl.evaluation.protocols.sample_shots` draws from the split's class ids.
 
     ``init="text"`` starts the head from the zero-shot classifier (`text_head`: the class prompts' text
     embeddings times the logit scale) and centres its L2 penalty there, so the sweep's λ weighs the zero-shot
@@ -102,7 +151,8 @@ def run_linear_probe(
 
     Raises:
         ValueError: a bad option (named), ``init="text"`` without projected features, class names or a tokenizer,
-            more than one seed without ``shots``, or any error of the protocols.
+            more than one seed without ``shots``, a class with fewer than ``shots`` training images (before any
+            image is encoded when the class ids are known), or any error of the protocols.
     """
     check_choice("features", features, FEATURE_KINDS)
     check_choice("init", init, INITS)
@@ -117,9 +167,18 @@ def run_linear_probe(
                              "in the joint embedding space, not in the image tower's backbone space")  # fmt: skip
         if names is None or tokenizer is None:
             raise ValueError("init='text' needs class_names (or a dataset with classes) and a tokenizer")
+    classes = len(names) if names is not None else None
+    labels = [n if isinstance(n, str) else n[0] for n in names] if names is not None else None
+    pool, shot_rows = train_dataset, None
+    if shots is not None:
+        pool, shot_rows = _draw_shots(train_dataset, test_dataset, shots, seeds, classes, labels)
     common = dict(kind=features, batch_size=batch_size, workers=workers, device=device, precision=precision,
                   progress=progress, cache_dir=cache_dir)  # fmt: skip
-    train_x, train_y = image_features(model, train_dataset, **common)  # type: ignore[arg-type]
+    train_x, train_y = image_features(model, pool, **common)  # type: ignore[arg-type]
+    if shot_rows is not None:
+        expected = known_targets(pool)
+        if expected is None or not torch.equal(train_y, expected):
+            raise ValueError("train_dataset: its targets attribute must list the class id each of its samples returns")
     test_x, test_y = image_features(model, test_dataset, **common)  # type: ignore[arg-type]
     fit_device = torch.device(device)
     train_x, test_x = train_x.to(fit_device), test_x.to(fit_device)
@@ -127,12 +186,11 @@ def run_linear_probe(
     if init == "text" and names is not None and tokenizer is not None:  # both checked above
         init_weights = text_head(model, tokenizer, names, templates, device=fit_device)
         train_x, test_x = F.normalize(train_x, dim=-1), F.normalize(test_x, dim=-1)
-    classes = len(names) if names is not None else None
     if shots is None:
         result = linear_probe(train_x, train_y, test_x, test_y, metric=metric, seed=seeds[0],
                               init_weights=init_weights, l2=l2, classes=classes)  # fmt: skip
     else:
-        labels = [n if isinstance(n, str) else n[0] for n in names] if names is not None else None
         result = few_shot(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds, metric=metric,
-                          init_weights=init_weights, l2=l2, classes=classes, class_names=labels)  # fmt: skip
+                          init_weights=init_weights, l2=l2, classes=classes, class_names=labels,
+                          shot_rows=shot_rows)  # fmt: skip
     return {**result, "feature_kind": features, "init": init}

@@ -8,7 +8,7 @@ chosen metric. The test features are read once, by the final head, after everyth
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from unicl._checks import check_positive_int
 from unicl.evaluation.logistic import DEFAULT_L2_GRID, REFINE_STEPS, choose_l2, fit_logistic_regression
 from unicl.evaluation.metrics import METRICS, compute_metric
 
-__all__ = ["few_shot", "linear_probe", "sample_shots", "score_logits"]
+__all__ = ["check_shots", "few_shot", "linear_probe", "sample_shots", "score_logits"]
 
 
 def score_logits(metric: str, logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -163,13 +163,62 @@ def linear_probe(
     return result
 
 
+def _class_members(targets: torch.Tensor, classes: int) -> list[torch.Tensor]:
+    """Each class's sample indices in increasing order, for class ids ``0 .. classes-1`` (others ignored)."""
+    order = torch.argsort(targets, stable=True)  # stable: each class's members stay in index order
+    ordered = targets[order]
+    ids = torch.arange(classes)
+    starts = torch.searchsorted(ordered, ids).tolist()
+    ends = torch.searchsorted(ordered, ids, right=True).tolist()
+    return [order[start:end] for start, end in zip(starts, ends, strict=True)]
+
+
+def check_shots(
+    targets: torch.Tensor | Sequence[int],
+    shots: int,
+    *,
+    classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Check that every class has at least ``shots`` training samples, from the class ids alone (no image needs
+    reading: a torchvision ``ImageFolder``'s ``targets``), before any feature is computed.
+
+    Args:
+        targets: ``[N]`` class ids of the training samples.
+        shots: ``K``, samples per class.
+        classes: the number of classes (default ``len(class_names)``, else the largest class id + 1).
+        class_names: one name per class id, for the error.
+
+    Raises:
+        ValueError: a bad ``shots``, or the first class with fewer than ``shots`` samples, in one line naming it
+            (by ``class_names`` when given) and ``shots``.
+
+    Example:
+        >>> check_shots([0, 0, 1], 2, class_names=["cat", "dog"])
+        Traceback (most recent call last):
+        ...
+        ValueError: shots=2 needs 2 training images per class; class 'dog' (class 1) has 1
+    """
+    check_positive_int("shots", shots)
+    targets = torch.as_tensor(targets).cpu().long()
+    if classes is None:
+        classes = len(class_names) if class_names is not None else (int(targets.max()) + 1 if len(targets) else 0)
+    in_range = targets[(targets >= 0) & (targets < classes)]
+    counts = torch.bincount(in_range, minlength=classes)
+    short = (counts < shots).nonzero()
+    if len(short):
+        c = int(short[0, 0])
+        name = f"{class_names[c]!r} (class {c})" if class_names is not None and c < len(class_names) else f"{c}"
+        raise ValueError(f"shots={shots} needs {shots} training images per class; class {name} has {int(counts[c])}")
+
+
 def sample_shots(
     targets: torch.Tensor, shots: int, seed: int, *, classes: int, class_names: Sequence[str] | None = None
 ) -> torch.Tensor:
     """``shots`` sample indices per class, drawn without replacement by a CPU generator seeded with ``seed``.
 
     Classes are visited in increasing order, each drawing one permutation of its samples (in index order) and
-    keeping its first ``shots``; the result is sorted.
+    keeping its first ``shots``; the result is sorted. The counts are checked first (`check_shots`).
 
     Raises:
         ValueError: a class with fewer than ``shots`` samples (named, by ``class_names`` when given).
@@ -178,17 +227,26 @@ def sample_shots(
         >>> sample_shots(torch.tensor([0, 0, 1, 1, 1]), 1, 0, classes=2).shape
         torch.Size([2])
     """
-    check_positive_int("shots", shots)
     targets = targets.cpu().long()
+    check_shots(targets, shots, classes=classes, class_names=class_names)
     generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in range(classes):
-        members = (targets == c).nonzero()[:, 0]
-        if len(members) < shots:
-            name = f"{class_names[c]!r} (class {c})" if class_names is not None and c < len(class_names) else f"{c}"
-            raise ValueError(f"shots={shots} needs {shots} training images per class; class {name} has {len(members)}")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:shots]])
+    chosen = [members[torch.randperm(len(members), generator=generator)[:shots]]
+              for members in _class_members(targets, classes)]  # fmt: skip
     return torch.cat(chosen).sort().values
+
+
+def _check_shot_rows(
+    shot_rows: Mapping[int, torch.Tensor], seeds: Sequence[int], targets: torch.Tensor, shots: int, classes: int
+) -> None:
+    for seed in seeds:
+        rows = shot_rows.get(seed)
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.is_floating_point():
+            raise ValueError(f"shot_rows must map every seed to a tensor of row indices; seed {seed} has {rows!r}")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(targets)):
+            raise ValueError(f"shot_rows[{seed}] must index the {len(targets)} training rows")
+        counts = torch.bincount(targets[rows.to(targets.device)].cpu(), minlength=classes)
+        if len(rows.unique()) != len(rows) or not bool((counts == shots).all()):
+            raise ValueError(f"shot_rows[{seed}] must pick {shots} distinct rows of each of the {classes} classes")
 
 
 def few_shot(
@@ -210,6 +268,7 @@ def few_shot(
     max_iter: int = 1000,
     tolerance: float = 1e-7,
     sweep_tolerance: float = 1e-4,
+    shot_rows: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The few-shot protocol: a `linear_probe` per seed on ``shots`` training samples per class; mean and spread.
 
@@ -238,6 +297,10 @@ def few_shot(
         max_iter: as in `linear_probe`.
         tolerance: as in `linear_probe`.
         sweep_tolerance: as in `linear_probe`.
+        shot_rows: ``{seed: [K · C] row indices}`` into ``train_features``, when the shots were drawn before the
+            features were computed (`unicl.evaluation.probe.run_linear_probe` draws them from the dataset's class
+            ids and encodes only those images, so ``train_features`` holds just their union); each must pick
+            ``shots`` distinct rows of every class. Default: `sample_shots` of ``train_targets`` for each seed.
 
     Returns:
         ``{"shots", "seeds", "metric", "runs" (one `linear_probe` result per seed, with "seed"), "mean" and "std"
@@ -261,8 +324,13 @@ def few_shot(
         raise ValueError(f"seeds must be a non-empty list of ints; got {seeds!r}")
     num_classes = _num_classes(classes, init_weights, train_targets, test_targets)
     runs = []
+    if shot_rows is not None:
+        _check_shot_rows(shot_rows, seeds, train_targets, shots, num_classes)
     for seed in seeds:
-        chosen = sample_shots(train_targets, shots, seed, classes=num_classes, class_names=class_names)
+        if shot_rows is None:
+            chosen = sample_shots(train_targets, shots, seed, classes=num_classes, class_names=class_names)
+        else:
+            chosen = shot_rows[seed].long()
         chosen = chosen.to(train_features.device)
         run = linear_probe(
             train_features[chosen], train_targets.to(train_features.device)[chosen], test_features, test_targets,
