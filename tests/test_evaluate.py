@@ -450,7 +450,8 @@ BAD_INPUTS = {
                                           w / "held-out", "--seeds", "0", "1"], "several seeds need --shots"),
     "more shots than a class has": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits",
                                                   "--test", w / "held-out", "--shots", "7"],
-                                    "--shots '7': needs 7 training images per class; class 'five' of --train has 6"),
+                                    "--shots '7': shots=7 needs 7 training images per class; class 'five' (class 0) "
+                                    "has 6 in --train"),
     "cache dir is a file": (lambda w, t: ["linear-probe", "--model", w / "model", "--train", w / "digits", "--test",
                                           w / "held-out", "--cache-dir", _write(t / "cache", "")],
                             "--cache-dir '{t}/cache': is not a directory"),

@@ -48,6 +48,7 @@ from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.metrics import METRICS, compute_metric
 from unicl.evaluation.probe import run_linear_probe
+from unicl.evaluation.protocols import check_shots
 from unicl.models import UniCLModel, create_model, list_models, load_model
 from unicl.prompts import (
     DEFAULT_TEMPLATES,
@@ -509,14 +510,10 @@ def _linear_probe_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_shots(shots: int, train: ImageFolder) -> None:
     """Every class of ``--train`` has ``--shots`` images: counted from the folder listing, before anything loads."""
-    counts = torch.bincount(torch.as_tensor(train.targets, dtype=torch.long), minlength=len(train.classes))
-    smallest = int(counts.argmin())
-    if int(counts[smallest]) < shots:
-        _usage(
-            "--shots", shots,
-            f"needs {shots} training images per class; class {train.classes[smallest]!r} of --train has "
-            f"{int(counts[smallest])}",
-        )  # fmt: skip
+    try:
+        check_shots(train.targets, shots, classes=len(train.classes), class_names=train.classes)
+    except ValueError as error:
+        _usage("--shots", shots, f"{first_line(error, limit=400)} in --train")
 
 
 def _check_cache_dir(cache_dir: Path) -> None:
