@@ -7,6 +7,8 @@ None of them reads a tensor's values from an accelerator, so they never add a ho
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -124,3 +126,10 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most ``limit`` characters), or its type when it has none."""
     lines = str(error).splitlines()
     return lines[0][:limit] if lines and lines[0] else type(error).__name__
+
+
+def program_name(module: str) -> str:
+    """What the user typed to run a command, for its usage and error lines: the installed script's name
+    (``unicl-train``) when run as one, else ``python -m <module>``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith("unicl-") else f"python -m {module}"

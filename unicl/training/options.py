@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unicl._checks import program_name
 from unicl.backends import BACKENDS
 
 DESCRIPTION = """\
@@ -25,7 +26,7 @@ stopped at any step and resumed ends with the weights of an uninterrupted run (b
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m unicl.train``."""
     parser = argparse.ArgumentParser(
-        prog="python -m unicl.train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("unicl.train"), description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="the preset to train (see unicl.list_models())")
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--no-augmentation",
         action="store_true",
-        help="train on the evaluation transform instead of the released models' augmentation (RandAugment, "
-        "random resized crops, random erasing)",
+        help="train on the evaluation transform instead of the training augmentation (the released models' "
+        "RandAugment, random resized crops and random erasing; for images of 32 px or less a random shift of up to "
+        "1/16 of the side)",
     )
     data.add_argument("--workers", type=int, default=4, help="data-loading processes per rank (default: 4)")
 

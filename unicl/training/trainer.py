@@ -612,6 +612,6 @@ def main(argv: list[str] | None = None) -> Path | None:
         return Training(args, runtime).run()
     except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
         # Bad data or settings found while building the run: one line naming the problem, no traceback.
-        raise SystemExit(f"unicl.train: error: {error}") from None
+        raise SystemExit(f"{parser.prog}: error: {error}") from None
     finally:
         stop_runtime()
