@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from unicl._checks import check_positive_int, first_line
+from unicl._checks import check_positive_int, first_line, program_name
 from unicl.datasets import load_rgb, read_caption_file, read_class_names
 from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.evaluation.label_files import MultiLabelImages
@@ -676,7 +676,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
 
     Parser.raise_errors = raise_errors
     parser = Parser(
-        prog="python -m unicl.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("unicl.evaluate"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = Parser(add_help=False)

@@ -153,9 +153,10 @@ def _check_multi_hot(targets: object, shape: torch.Size) -> torch.Tensor:
 
 
 def _average_precision_11_point(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """VOC2007 11-point interpolated AP of one class: the mean over recall levels ``t = 0, 0.1, ..., 1`` of the
-    highest precision at any operating point with recall ``>= t`` (0 when none reaches ``t``). Operating points are
-    the distinct scores (a threshold keeps every sample scoring at least it), so tied samples enter together."""
+    """11-point interpolated AP of one class (tied scores grouped): the mean over recall levels
+    ``t = 0, 0.1, ..., 1`` of the highest precision at any operating point with recall ``>= t`` (0 when none reaches
+    ``t``). Operating points are the distinct scores (a threshold keeps every sample scoring at least it), so tied
+    samples enter together."""
     order = torch.argsort(scores, descending=True, stable=True)
     sorted_scores = scores[order]
     true_positives = positives[order].double().cumsum(0)
@@ -174,7 +175,12 @@ def _average_precision_11_point(scores: torch.Tensor, positives: torch.Tensor) -
 
 
 def mean_average_precision_11_point(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Multi-label mean of PASCAL VOC2007's 11-point interpolated average precision over classes.
+    """Multi-label mean over classes of the 11-point interpolated average precision, with tied scores grouped.
+
+    It equals the PASCAL VOC2007 devkit's 11-point AP when no two scores tie (the devkit takes tied samples one at
+    a time in its sort order), and it is not ELEVATER's evaluator, which also counts the point (recall 0,
+    precision 1) that scikit-learn's ``precision_recall_curve`` appends and so is higher by
+    ``(1 - best precision) / 11`` per class.
 
     For each class with at least one positive, samples are ranked by that class's score and the class's AP is the
     mean over recall levels ``t = 0, 0.1, ..., 1`` of the highest precision at any threshold whose recall is at
