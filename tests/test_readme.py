@@ -24,3 +24,12 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (README.parent / ".ci" / "run").read_text()
+
+
+def test_ci_stops_when_the_readme_test_command_fails():
+    """``set -e`` ignores a failure inside an ``&&`` list: without its own exit, a failing docs build or test run
+    would skip the rest of the list and CI would go on to report success."""
+    commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
+    test_command = next(c for c in commands if "pytest" in c)
+    line = next(line for line in (README.parent / ".ci" / "run").read_text().splitlines() if test_command in line)
+    assert re.search(r"\|\| \{ .*exit 1; \}$", line), line

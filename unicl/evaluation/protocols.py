@@ -313,7 +313,8 @@ def few_shot(
         >>> x = torch.arange(12.0)[:, None]
         >>> y = (x[:, 0] >= 6).long()
         >>> result = few_shot(x, y, x, y, shots=3, seeds=[0, 1], grid=(1e-2,), refine=())
-        >>> result["mean"]["top1"], result["std"]["top1"]
+        >>> mean, std = result["mean"], result["std"]
+        >>> mean["top1"], std["top1"]
         (1.0, 0.0)
     """
     train_features, train_targets = _check_split("train", train_features, train_targets)
