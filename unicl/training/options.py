@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="'clip' (CLIP's BPE, found on this machine), a tokenizer.json or a saved model directory; its "
         "vocabulary must fit the preset's text tower (default: the tokenizer saved with a --pretrained directory, "
         "else the preset's own: CLIP's BPE for the paper presets, and for unicl_tiny a BPE trained on this run's "
-        "prompts and captions, saved as OUTPUT/tokenizer.json and read back on resume)",
+        "prompts and captions, saved as OUTPUT/tokenizer.json; a resumed run takes the checkpoint's tokenizer)",
     )
     model.add_argument(
         "--micro-batch",

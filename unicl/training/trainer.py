@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer as HFTokenizer
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
@@ -224,7 +223,8 @@ class Training:
         class and the captions (all of a caption file, the first ``TOKENIZER_CAPTIONS`` of WebDataset shards),
         saved as ``OUTPUT/tokenizer.json`` and sent to the other ranks (with any error, so that all of them stop)."""
         args, text = self.args, self.model.config.text
-        serialized, problem = None, None
+        state: dict[str, Any] | None = None
+        problem: str | None = None
         if self.runtime.is_main:
             try:
                 corpus: list[str] = []
@@ -237,13 +237,13 @@ class Training:
                     corpus += read_captions(args.webdataset, TOKENIZER_CAPTIONS)
                 tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)
                 tokenizer.save(args.output)
-                serialized = tokenizer.tokenizer.to_str()
+                state = tokenizer.to_state()
             except (FileNotFoundError, ValueError, ImportError, OSError) as error:
                 problem = f"training the tokenizer of {args.model}: {error}"
-        serialized, problem = self.runtime.broadcast((serialized, problem))
-        if problem is not None:
-            raise TrainingError(problem)
-        return Tokenizer(HFTokenizer.from_str(serialized), text.context_length)
+        state, problem = self.runtime.broadcast((state, problem))
+        if problem is not None or state is None:
+            raise TrainingError(problem or "rank 0 sent no tokenizer")
+        return Tokenizer.from_state(state, text.context_length, where="rank 0's tokenizer")
 
     # --- data ----------------------------------------------------------------------------------------------------
 
