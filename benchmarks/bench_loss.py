@@ -119,7 +119,7 @@ def run_once(loss_fn, image, text, labels, scale: float, with_backward: bool) ->
         loss.backward()
 
 
-#: A CUDA run longer than this (seconds) is timed over :data:`LONG_RUN_REPEATS` plain runs instead of
+#: A CUDA run longer than this (seconds) is timed over `LONG_RUN_REPEATS` plain runs instead of
 #: ``triton.testing.do_bench``, which makes at least eight calls (one, five to estimate, one warm-up, one timed):
 #: at N = 262,144 the chunked backend's forward+backward takes seconds, and a GPU session has minutes.
 LONG_RUN_SECONDS = 0.25
@@ -246,7 +246,7 @@ def _child(connection, memory_cap_bytes, *args) -> None:
 
 
 def measure_in_child(*args):
-    """Run :func:`_measure` in a forked child with its address space capped near the free memory."""
+    """Run `_measure` in a forked child with its address space capped near the free memory."""
     available = _meminfo_bytes("MemAvailable:")
     current = _resident_mb("VmSize:") * 2**20
     cap = int(current + 0.85 * available)

@@ -90,7 +90,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import _meminfo_bytes, _resident_mb, append_csv, device_name
 
 import unicl
-from unicl.backends import BACKENDS, resolve_backend
+from unicl.loss.backends import BACKENDS, resolve_backend
 from unicl.models.presets import get_config
 from unicl.training import cached_backward
 
@@ -283,7 +283,7 @@ def _child(connection: Any, memory_cap_bytes: int, job: Job) -> None:
 
 
 def measure_in_child(job: Job) -> dict[str, Any] | str:
-    """Run :func:`measure` in a forked child with its address space capped near the available memory.
+    """Run `measure` in a forked child with its address space capped near the available memory.
 
     Returns:
         The measurements, or a one-line reason why there are none.

@@ -11,14 +11,14 @@ For every backend it counts, from the plan that backend really launches:
 
 The torch backends (dense, chunked) are traced on the ``meta`` device at the requested size, under a dispatch mode
 that sees each operation, so their counts are those of the real code at that N (no memory is used). The Triton
-schedules are counted from their launch plans (:mod:`unicl.kernels.plan`, the autotune tables' first tiles).
+schedules are counted from their launch plans (`unicl.loss.kernels.plan`, the autotune tables' first tiles).
 Inf-CL 1.2.1 is counted from its launch plan as read in its source (``inf_cl/flash.py``: 64 × 64 tiles, 256-wide
 heads, float32 operands on TF32 tensor cores; forward one pass, backward two kernels that each recompute ``S``, per
 direction, run in both directions as ``benchmarks/providers.py`` does).
 
 Times are rooflines: per launch ``max(flops at the precision's peak × efficiency (+ exponentials at the special
 function units' rate for fused kernels), bytes at HBM bandwidth × efficiency)``, summed. The peaks and efficiencies
-are in :data:`CHIPS` and :data:`EFFICIENCY` with their sources. The tests tie the counts to reality: flops to
+are in `CHIPS` and `EFFICIENCY` with their sources. The tests tie the counts to reality: flops to
 torch's ``FlopCounterMode`` and to the ``tl.dot`` work the Triton interpreter executes, exponentials to the
 interpreter's ``exp2`` elements.
 
@@ -43,10 +43,10 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unicl.backends import ChunkedEngine, UniCLTermsFunction, normalize_features
-from unicl.backends.chunked import block_rows
-from unicl.backends.dense import dense_terms
-from unicl.kernels.plan import (
+from unicl.loss.backends import ChunkedEngine, UniCLTermsFunction, normalize_features
+from unicl.loss.chunked import block_rows
+from unicl.loss.dense import dense_terms
+from unicl.loss.kernels.plan import (
     DEFAULT_WORKSPACE_BYTES,
     PROGRAMS_PER_SM,
     backward_rows,
@@ -55,7 +55,7 @@ from unicl.kernels.plan import (
     forward_rows,
     super_chunks,
 )
-from unicl.targets import target_keys
+from unicl.loss.targets import target_keys
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -167,7 +167,7 @@ def one_pass_plan(
     chunk_size: int | None = None,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> Plan:
-    """``backend="triton"``: :mod:`unicl.kernels.one_pass` on an ``N × N`` batch."""
+    """``backend="triton"``: `unicl.loss.kernels.one_pass` on an ``N × N`` batch."""
     item, precision = torch.empty(0, dtype=dtype).element_size(), precision_of(dtype)
     plan = Plan("unicl triton (one pass)")
     block_m = smallest_block_m or partials_tiles["BLOCK_M"]
@@ -221,7 +221,7 @@ def one_pass_plan(
 
 
 def rowwise_plan(n: int, d: int, dtype: torch.dtype, lse_tiles: dict, grad_tiles: dict) -> Plan:
-    """``backend="triton_rowwise"``: :mod:`unicl.kernels.unicl_fused`, each direction as the rows of ``S``/``Sᵀ``."""
+    """``backend="triton_rowwise"``: `unicl.loss.kernels.two_pass`, each direction as the rows of ``S``/``Sᵀ``."""
     item, precision = torch.empty(0, dtype=dtype).element_size(), precision_of(dtype)
     plan = Plan("unicl triton_rowwise (two pass)")
     lse_tiles_n = cdiv(n, lse_tiles["BLOCK_M"]) * cdiv(n, lse_tiles["BLOCK_N"])
@@ -285,7 +285,7 @@ _NO_TRAFFIC = {
 
 
 class _TrafficMode(TorchDispatchMode):
-    """Records each operation as a :class:`Launch`: bytes of its tensor inputs and outputs, exponentials."""
+    """Records each operation as a `Launch`: bytes of its tensor inputs and outputs, exponentials."""
 
     def __init__(self, precision: str) -> None:
         super().__init__()
@@ -356,7 +356,7 @@ def chunked_plan(n: int, d: int, dtype: torch.dtype, labels: str = "mixed", chun
 
 def all_plans(n: int, d: int, dtype: torch.dtype, chip: Chip = CHIPS["H200"]) -> list[Plan]:
     """Every backend's plan at one size; the Triton ones with the first tiles of their Hopper tables."""
-    from unicl.kernels import one_pass, unicl_fused
+    from unicl.loss.kernels import one_pass, two_pass
 
     def first(module, name: str) -> dict:
         return dict(module.configs_for(name, (9, 0), dtype)[0].kwargs)
@@ -366,7 +366,7 @@ def all_plans(n: int, d: int, dtype: torch.dtype, chip: Chip = CHIPS["H200"]) ->
     return [
         dense_plan(n, d, dtype),
         chunked_plan(n, d, dtype),
-        rowwise_plan(n, d, dtype, first(unicl_fused, "lse"), first(unicl_fused, "grad")),
+        rowwise_plan(n, d, dtype, first(two_pass, "lse"), first(two_pass, "grad")),
         one_pass_plan(n, d, dtype, first(one_pass, "partials"), first(one_pass, "weights"), programs, smallest),
         inf_cl_plan(n, d),
     ]

@@ -207,7 +207,7 @@ def addmm_accepts_float32_accumulator() -> dict[str, Any]:
 def backward_gemms(n: int, d: int) -> dict[str, Any]:
     """The one-pass backward's products for one super-chunk at ``N = n`` bf16: ``W V`` and ``Wᵀ U`` with float32
     results, and ``W V`` with a bf16 result for comparison."""
-    from unicl.kernels.plan import DEFAULT_WORKSPACE_BYTES, backward_rows
+    from unicl.loss.kernels.plan import DEFAULT_WORKSPACE_BYTES, backward_rows
 
     rows = backward_rows(n, n, 2, None, DEFAULT_WORKSPACE_BYTES)
     weights = (torch.rand(rows, n, device="cuda") / n).to(torch.bfloat16)
@@ -233,7 +233,7 @@ def backward_gemms(n: int, d: int) -> dict[str, Any]:
         )
     except (RuntimeError, TypeError) as error:
         result["addmm_in_place_float32"] = {"supported": False, "error": f"{type(error).__name__}: {error}"[:300]}
-        # What unicl.backends.chunked.mixed_addmm_ does on a torch without it: a float32 temporary, then add.
+        # What unicl.loss.chunked.mixed_addmm_ does on a torch without it: a float32 temporary, then add.
         try:
             result["mm_then_add_float32"] = with_rate(
                 time_cuda(lambda: acc.add_(torch.mm(weights.T, u, out_dtype=torch.float32))), flops
@@ -261,9 +261,9 @@ def install_recorders() -> list[tuple[str, tuple, Any]]:
     """Wrap ``_tuned`` of both kernel modules so every autotuner they hand out is recorded with the arguments it was
     made for (whatever those are: ``(kernel, capability, dtype)`` or with a size bucket after it). The launchers
     look ``_tuned`` up at call time, so the wrapper sees every launch."""
-    from unicl.kernels import one_pass, unicl_fused
+    from unicl.loss.kernels import one_pass, two_pass
 
-    modules = (one_pass, unicl_fused)
+    modules = (one_pass, two_pass)
     # One list for both modules, kept on the wrappers so a second call extends it instead of wrapping twice.
     records: list[tuple[str, tuple, Any]] = next(
         (m._tuned.records for m in modules if getattr(m._tuned, "records", None) is not None), []
@@ -411,10 +411,10 @@ def _matches(variant: dict[str, Any], config: dict[str, Any] | None) -> bool:
 
 def kernels(args: argparse.Namespace) -> int:
     from unicl import unicl_loss
-    from unicl.backends.chunked import mixed_addmm_, mixed_mm
-    from unicl.backends.engine import Similarity
-    from unicl.kernels import one_pass, unicl_fused
-    from unicl.normalize import inverse_norms
+    from unicl.loss.chunked import mixed_addmm_, mixed_mm
+    from unicl.loss.engine import Similarity
+    from unicl.loss.kernels import one_pass, two_pass
+    from unicl.loss.normalize import inverse_norms
 
     report = Report(args.json)
     records = install_recorders()
@@ -499,13 +499,13 @@ def kernels(args: argparse.Namespace) -> int:
     )
     report.measure(
         "rowwise row log-sum-exp kernel (one direction)",
-        lambda: with_rate(time_cuda(lambda: unicl_fused.row_logsumexp(u, v, scale, a, b)), square),
+        lambda: with_rate(time_cuda(lambda: two_pass.row_logsumexp(u, v, scale, a, b)), square),
     )
 
     def rowwise_grad() -> dict[str, float]:
         arguments = (u, v, scale, a, b, lse["r"], lse["c"], g, g)
-        timing = time_cuda(lambda: unicl_fused.row_softmax_grad(*arguments), warmup=1, repeats=5)
-        chosen = best_config_of(records, unicl_fused._row_softmax_grad_kernel)
+        timing = time_cuda(lambda: two_pass.row_softmax_grad(*arguments), warmup=1, repeats=5)
+        chosen = best_config_of(records, two_pass._row_softmax_grad_kernel)
         block_d = chosen[-1].get("BLOCK_D", d) if chosen else d
         # Each of the ceil(D / BLOCK_D) column blocks recomputes S (2N²D) and multiplies P by its BLOCK_D columns.
         return {**with_rate(timing, square * (math.ceil(d / block_d) + 1)), "block_d": block_d}
@@ -518,8 +518,8 @@ def kernels(args: argparse.Namespace) -> int:
         for name, fn in [
             ("partials", one_pass._lse_partials_kernel),
             ("weights", one_pass._softmax_weights_kernel),
-            ("lse", unicl_fused._row_lse_kernel),
-            ("grad", unicl_fused._row_softmax_grad_kernel),
+            ("lse", two_pass._row_lse_kernel),
+            ("grad", two_pass._row_softmax_grad_kernel),
         ]:
             variants, where = compiled_kernels(_jit_function(fn))
             chosen = best_config_of(records, fn)
@@ -545,9 +545,9 @@ def _autotuners_by_scan() -> list[tuple[str, tuple, Any]]:
     launchers did not go through the recorded ``_tuned`` (a refactor that bound it early)."""
     import triton
 
-    from unicl.kernels import one_pass, unicl_fused
+    from unicl.loss.kernels import one_pass, two_pass
 
-    ours = {id(fn) for fn in (*one_pass.KERNELS.values(), *unicl_fused._KERNELS.values())}
+    ours = {id(fn) for fn in (*one_pass.KERNELS.values(), *two_pass._KERNELS.values())}
     autotuner = getattr(triton.runtime, "Autotuner", None)
     return [
         ("scan", (), obj)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from unicl import unicl_loss
-from unicl.targets import target_keys
+from unicl.loss.targets import target_keys
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 

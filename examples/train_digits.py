@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 import unicl
-from unicl.data import UnifiedCollate
-from unicl.prompts import DEFAULT_TEMPLATES, LabelToPrompt
-from unicl.tokenizer import Tokenizer
-from unicl.zeroshot import build_zeroshot_classifier, zeroshot_predict
+from unicl.data.batches import UnifiedCollate
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_predict
+from unicl.text.prompts import DEFAULT_TEMPLATES, LabelToPrompt
+from unicl.text.tokenizer import Tokenizer
 
 CLASS_NAMES = [
     ["zero", "0"], ["one", "1"], ["two", "2"], ["three", "3"], ["four", "4"],

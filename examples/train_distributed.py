@@ -16,7 +16,7 @@ import unicl
 
 
 class TwoTowers(torch.nn.Module):
-    """Stand-ins for an image and a text encoder, returning what :class:`unicl.UniCLLoss` takes by name."""
+    """Stand-ins for an image and a text encoder, returning what `unicl.UniCLLoss` takes by name."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """An independent float64 statement of the UniCL objective, written from the paper's definition.
 
-It builds the whole target matrix straight from the labels (not from :mod:`unicl.targets`, which never forms it)
+It builds the whole target matrix straight from the labels (not from :mod:`unicl.loss.targets`, which never forms it)
 and reduces the full ``N × N`` logits, so a mistake in the library's algebra (per-class sums, tiles, merged
 partials) cannot hide behind the same mistake here.
 """

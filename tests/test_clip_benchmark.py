@@ -29,9 +29,9 @@ from unicl.evaluation.clip_benchmark import (
     register,
     top_k_accuracies,
 )
-from unicl.prompts import unicl_templates
-from unicl.tokenizer import Tokenizer, find_clip_merges
-from unicl.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from unicl.text.prompts import unicl_templates
+from unicl.text.tokenizer import Tokenizer, find_clip_merges
 
 pytest.importorskip("clip_benchmark", reason="clip_benchmark is not installed (pip install clip-benchmark; dev extra)")
 from clip_benchmark.metrics import zeroshot_classification

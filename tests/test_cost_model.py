@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unicl import unicl_loss
-from unicl.kernels import interpreter_active
+from unicl.loss.kernels import interpreter_active
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,7 +65,7 @@ def test_dense_flops_equal_the_flop_counter():
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d", "chunk_size"), [(96, 40, None), (130, 72, None), (130, 40, 48)])
 def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
-    from unicl.kernels.one_pass import INTERPRETER_CONFIG
+    from unicl.loss.kernels.one_pass import INTERPRETER_CONFIG
 
     torch_flops, counts = _counted("triton", n, d, chunk_size)
     tiles = INTERPRETER_CONFIG
@@ -76,7 +76,7 @@ def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d"), [(96, 40), (70, 72)])
 def test_rowwise_counts_equal_what_the_interpreter_runs(n, d):
-    from unicl.kernels.unicl_fused import INTERPRETER_CONFIG
+    from unicl.loss.kernels.two_pass import INTERPRETER_CONFIG
 
     torch_flops, counts = _counted("triton_rowwise", n, d)
     lse_tiles = {k: v for k, v in INTERPRETER_CONFIG.items() if k != "BLOCK_D"}

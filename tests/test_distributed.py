@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from reference import reference_loss
 
 from unicl import UniCLLoss, caption_labels, distributed_unicl_loss, unicl_loss
-from unicl.kernels import interpreter_active
+from unicl.loss.kernels import interpreter_active
 
 D = 6
 SCALE = 7.0
@@ -61,7 +61,7 @@ def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mea
 def _count_one_step(world: int, equal_batches: bool, local: bool) -> dict[str, int]:
     """Collectives and size exchanges (each one a host synchronisation: ``.cpu().tolist()`` of the sizes) of one
     forward and backward of the distributed loss."""
-    from unicl import distributed
+    from unicl.loss import distributed
 
     counts = {"all_gather": 0, "all_gather_single": 0, "reduce_scatter_single": 0, "all_reduce": 0, "exchange": 0}
     originals = {
@@ -317,7 +317,7 @@ def test_the_exchange_uses_the_features_gpu_not_the_current_one(monkeypatch):
     device at ``cuda:0`` on every rank; NCCL collectives must run on the features' own device."""
     from types import SimpleNamespace
 
-    from unicl import distributed
+    from unicl.loss import distributed
 
     monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

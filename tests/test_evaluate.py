@@ -32,9 +32,9 @@ from unicl.evaluate import (
 )
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.probe import run_linear_probe
-from unicl.prompts import DEFAULT_TEMPLATES
-from unicl.tokenizer import Tokenizer
-from unicl.zeroshot import build_zeroshot_classifier
+from unicl.evaluation.zeroshot import build_zeroshot_classifier
+from unicl.text.prompts import DEFAULT_TEMPLATES
+from unicl.text.tokenizer import Tokenizer
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
 SHAPES = {"zero": ["round"], "one": ["straight"], "two": ["curved"], "three": ["curved"], "four": ["straight"],

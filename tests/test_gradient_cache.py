@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import unicl
-import unicl.distributed
+import unicl.loss.distributed
 from unicl import UniCLLoss
 from unicl.training import cached_backward
 
@@ -250,7 +250,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
         rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
         loss_fn = UniCLLoss(backend="dense", gather_distributed=True, equal_batches=True)
         calls = {"n": 0}
-        original = unicl.distributed._gather_rows
+        original = unicl.loss.distributed._gather_rows
         expected = loss_fn(**plain(images[rows], ids[rows]), labels=labels[rows])
         expected.backward()
 
@@ -258,11 +258,11 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
             calls["n"] += 1
             return original(*args, **kwargs)
 
-        unicl.distributed._gather_rows = counting
+        unicl.loss.distributed._gather_rows = counting
         try:
             loss = cached_backward(cached, images[rows], ids[rows], labels[rows], loss_fn=loss_fn, micro_batch=2)
         finally:
-            unicl.distributed._gather_rows = original
+            unicl.loss.distributed._gather_rows = original
         assert _relative_error(loss, expected.detach()) <= TOLERANCE
         _assert_same_grads(cached.module, plain.module)
         # All-reduced: both ranks hold the same gradients.

@@ -37,8 +37,8 @@ from unicl.evaluation import (
 )
 from unicl.evaluation.logistic import stratified_split
 from unicl.evaluation.protocols import check_shots
-from unicl.prompts import DEFAULT_TEMPLATES
-from unicl.tokenizer import Tokenizer
+from unicl.text.prompts import DEFAULT_TEMPLATES
+from unicl.text.tokenizer import Tokenizer
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reference import assert_matches_float64, clip_loss, float64_loss_and_grads, reference_loss, reference_terms
 
 from unicl import UniCLLoss, unicl_loss
-from unicl.kernels import interpreter_active
+from unicl.loss.kernels import interpreter_active
 
 CPU_BACKENDS = ["dense", "chunked"]
 
@@ -268,8 +268,8 @@ def test_rows_only_blocks_skip_the_columns_and_keep_the_row_gradients(backend):
     """``row_terms`` (distributed local mode) gives the same row terms and gradients as the full block."""
     if backend.startswith("triton") and not interpreter_active():
         pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
-    from unicl.backends import row_terms, similarity_terms
-    from unicl.targets import target_keys
+    from unicl.loss.backends import row_terms, similarity_terms
+    from unicl.loss.targets import target_keys
 
     dtype = torch.float32 if backend.startswith("triton") else torch.float64
     generator = torch.Generator().manual_seed(9)
@@ -306,8 +306,8 @@ def test_normalising_inside_the_tiles_equals_normalising_first(backend, columns)
     distributed local mode; both directions need every column to have a positive row, so that block is square."""
     if backend.startswith("triton") and not interpreter_active():
         pytest.skip("the Triton kernels run on the CPU only under the interpreter (tests/conftest.py sets it)")
-    from unicl.backends import row_terms, similarity_terms
-    from unicl.targets import target_keys
+    from unicl.loss.backends import row_terms, similarity_terms
+    from unicl.loss.targets import target_keys
 
     dtype = torch.float32 if backend.startswith("triton") else torch.float64
     generator = torch.Generator().manual_seed(12)
@@ -371,7 +371,7 @@ def test_chunked_forward_keeps_no_feature_sized_copy(normalize):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_normalisation_matches_torch_forward_and_backward(dtype):
-    from unicl.normalize import normalize_features
+    from unicl.loss.normalize import normalize_features
 
     generator = torch.Generator().manual_seed(11)
     features = (torch.randn(9, 7, generator=generator, dtype=torch.float64) * 3).to(dtype)
@@ -424,8 +424,8 @@ def test_first_derivatives_with_create_graph_equal_the_plain_ones():
 def test_chunked_tensor_core_path_matches_the_upcast_one(dtype, labels):
     """The CUDA path (half operands as they are, float32 results, ``P·b`` rounded to the features' dtype) forced on
     the CPU, where its products are upcast: close to the upcast path and within PyTorch's own error."""
-    from unicl.backends import ChunkedEngine, UniCLTermsFunction
-    from unicl.targets import target_keys
+    from unicl.loss.backends import ChunkedEngine, UniCLTermsFunction
+    from unicl.loss.targets import target_keys
 
     image, text = make_batch(40, 24, dtype=dtype, seed=5)
     y = torch.randint(-1, 4, (40,), generator=torch.Generator().manual_seed(2)) if labels == "mixed" else None
@@ -491,8 +491,8 @@ def test_compiled_loss_accepts_a_cpu_scale_tensor():
 def test_gradients_of_one_direction_alone(backend, which):
     """Back-propagating only the image-to-text (or only the text-to-image) terms: the engines' backward gets one
     of its two upstream weights as None."""
-    from unicl.backends import similarity_terms
-    from unicl.targets import target_keys
+    from unicl.loss.backends import similarity_terms
+    from unicl.loss.targets import target_keys
 
     image, text = make_batch(40, 12, dtype=torch.float64, seed=8)
     labels = torch.randint(-1, 4, (40,), generator=torch.Generator().manual_seed(8))

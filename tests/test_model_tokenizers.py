@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import unicl
 from unicl.models import check_tokenizer_fits, get_config, model_tokenizer, preset_tokenizer
-from unicl.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
+from unicl.text.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 CORPUS = [f"a photo of a {name}." for name in ("cat", "dog", "seven", "zero", "bird")] + ["a blurry sketch of it"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import unicl
-from unicl.tokenizer import Tokenizer
+from unicl.text.tokenizer import Tokenizer
 
 CLIP_MERGES = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
 SWIN = {"unicl_swin_tiny": "swin_tiny_patch4_window7_224", "unicl_swin_base": "swin_base_patch4_window7_224"}

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unicl.prompts import (
+from unicl.evaluation.zeroshot import build_zeroshot_classifier
+from unicl.text.prompts import (
     CLASS_NAME_SETS,
     DEFAULT_TEMPLATES,
     PLAIN_TEMPLATES,
@@ -33,11 +34,10 @@ from unicl.prompts import (
     read_templates,
     unicl_templates,
 )
-from unicl.tokenizer import Tokenizer
-from unicl.zeroshot import build_zeroshot_classifier
+from unicl.text.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "unicl" / "prompt_sets"
+DATA = ROOT / "unicl" / "text" / "prompt_sets"
 
 
 # --- the shipped sets ------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_each_call_returns_a_fresh_list_of_names():
 
 
 def test_shipped_files_read_back_through_the_file_readers():
-    from unicl.datasets import read_class_names
+    from unicl.data.datasets import read_class_names
 
     assert read_class_names(prompt_set_path("imagenet_classes_clip.txt"), 1000) == imagenet_class_names("clip")
     assert read_templates(prompt_set_path("imagenet_templates_unicl.txt")) == unicl_templates()
@@ -231,6 +231,6 @@ def test_the_wheel_holds_the_prompt_sets(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         for path in DATA.iterdir():
-            member = f"unicl/prompt_sets/{path.name}"
+            member = f"unicl/text/prompt_sets/{path.name}"
             assert member in names, member
             assert archive.read(member) == path.read_bytes()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unicl.targets import KeyGroups, target_keys
+from unicl.loss.targets import KeyGroups, target_keys
 
 key_lists = st.lists(st.integers(-4, 4), min_size=1, max_size=14)
 

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from unicl import unicl_loss
-from unicl.data import PAIR_LABEL, MixedDataset, UnifiedCollate
-from unicl.prompts import DEFAULT_TEMPLATES, PLAIN_TEMPLATES, LabelToPrompt, check_templates, class_synonyms
-from unicl.tokenizer import Tokenizer
-from unicl.zeroshot import build_zeroshot_classifier, zeroshot_logits, zeroshot_predict
+from unicl.data.batches import PAIR_LABEL, MixedDataset, UnifiedCollate
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits, zeroshot_predict
+from unicl.text.prompts import DEFAULT_TEMPLATES, PLAIN_TEMPLATES, LabelToPrompt, check_templates, class_synonyms
+from unicl.text.tokenizer import Tokenizer
 
 open_clip = pytest.importorskip("open_clip")
 CLIP_MERGES = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
@@ -331,7 +331,7 @@ def test_clip_tokenizer_falls_back_to_the_hugging_face_cache_then_says_how_to_ge
     import gzip
     import importlib.util
 
-    import unicl.tokenizer as tokenizer_module
+    import unicl.text.tokenizer as tokenizer_module
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(

@@ -24,8 +24,8 @@ from torchvision.datasets import ImageFolder
 
 import unicl
 from unicl.evaluate import zeroshot_accuracy
-from unicl.prompts import DEFAULT_TEMPLATES
-from unicl.tokenizer import Tokenizer
+from unicl.text.prompts import DEFAULT_TEMPLATES
+from unicl.text.tokenizer import Tokenizer
 from unicl.train import main
 from unicl.training import trainer as trainer_module
 from unicl.training.options import build_parser

@@ -2,7 +2,7 @@
 on scikit-learn's real digits (32-px PNG files) classifies held-out digits zero-shot with top-1 >= 0.9 within the
 time issue 19 allows on 2 CPU cores (3 minutes; asserted at 4 for slower machines).
 
-Before the small-image augmentation (`unicl.transforms.small_image_augmentation`) and the 16-pixel patches of the
+Before the small-image augmentation (`unicl.data.transforms.small_image_augmentation`) and the 16-pixel patches of the
 preset, this command collapsed: the loss stayed at ln(64) from step 20 and top-1 ended at 0.07 (chance: 0.1).
 """
 

@@ -22,8 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file
-from unicl.prompts import LabelToPrompt
+from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
+from unicl.text.prompts import LabelToPrompt
 from unicl.training.logs import RunLog
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine

@@ -16,8 +16,8 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 import unicl
+from unicl.data.transforms import SMALL_IMAGE, TRAIN_AUGMENTATION, small_image_augmentation
 from unicl.models.image import ImageConfig
-from unicl.transforms import SMALL_IMAGE, TRAIN_AUGMENTATION, small_image_augmentation
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -137,7 +137,7 @@ def test_small_image_augmentation_keeps_digits_recognisable_where_the_imagenet_o
 
     imagenet = create_transform(input_size=32, is_training=True, interpolation="bicubic", **TRAIN_AUGMENTATION)
     imagenet.transforms[0] = transforms.RandomCrop(32, padding=4)  # what the official code trains 32-px images with
-    unicl.transforms._allow_zero_bit_posterize(imagenet)
+    unicl.data.transforms._allow_zero_bit_posterize(imagenet)
     flipped = transforms.Compose([transforms.RandomHorizontalFlip(p=1.0), clean])
     unaugmented = accuracy(clean)
     assert unaugmented > 0.95
@@ -180,6 +180,6 @@ def test_randaugment_posterize_at_its_top_magnitude_gives_black_instead_of_faili
 
 def test_posterize_keeps_the_most_significant_bits():
     photo = _photo(16, 16, seed=3)
-    assert unicl.transforms.posterize(photo, 8) is photo
-    kept = torch.from_numpy(np.asarray(unicl.transforms.posterize(photo, 2)))
+    assert unicl.data.transforms.posterize(photo, 8) is photo
+    kept = torch.from_numpy(np.asarray(unicl.data.transforms.posterize(photo, 2)))
     assert torch.equal(kept, torch.from_numpy(np.asarray(photo)) & 0b11000000)

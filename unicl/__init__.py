@@ -1,14 +1,60 @@
-"""unicl: Unified Contrastive Learning for PyTorch."""
+"""unicl: Unified Contrastive Learning for PyTorch.
 
-from unicl.captions import caption_labels
-from unicl.distributed import distributed_unicl_loss
-from unicl.loss import unicl_loss
-from unicl.models import UniCLModel, create_model, get_tokenizer, list_models, load_model
-from unicl.nn import UniCLLoss
-from unicl.targets import target_keys
-from unicl.transforms import image_transform
+The public names below are imported on first use (PEP 562), so ``import unicl`` and the commands' ``--help`` answer
+without loading torch or timm. Each lives in one package (see the Design page); ``unicl.X`` is the same object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: The module each public name is defined in.
+_PUBLIC_NAMES = {
+    "UniCLLoss": "unicl.loss.module",
+    "unicl_loss": "unicl.loss.functional",
+    "distributed_unicl_loss": "unicl.loss.distributed",
+    "target_keys": "unicl.loss.targets",
+    "caption_labels": "unicl.text.captions",
+    "image_transform": "unicl.data.transforms",
+    "UniCLModel": "unicl.models.model",
+    "create_model": "unicl.models.presets",
+    "list_models": "unicl.models.presets",
+    "load_model": "unicl.models.serialization",
+    "get_tokenizer": "unicl.models.tokenizers",
+}
+#: The packages, reachable as attributes (``unicl.models.ImageConfig``) after a plain ``import unicl``.
+_PACKAGES = ("data", "evaluation", "loss", "models", "text", "training")
+
+if TYPE_CHECKING:
+    from unicl.data.transforms import image_transform
+    from unicl.loss.distributed import distributed_unicl_loss
+    from unicl.loss.functional import unicl_loss
+    from unicl.loss.module import UniCLLoss
+    from unicl.loss.targets import target_keys
+    from unicl.models.model import UniCLModel
+    from unicl.models.presets import create_model, list_models
+    from unicl.models.serialization import load_model
+    from unicl.models.tokenizers import get_tokenizer
+    from unicl.text.captions import caption_labels
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC_NAMES:
+        value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
+    elif name in _PACKAGES:
+        value = importlib.import_module(f"unicl.{name}")
+    else:
+        raise AttributeError(f"module 'unicl' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC_NAMES, *_PACKAGES])
+
 
 __all__ = [
     "UniCLLoss",

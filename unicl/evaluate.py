@@ -43,14 +43,16 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from unicl._checks import check_positive_int, first_line, program_name
-from unicl.datasets import load_rgb, read_caption_file, read_class_names
+from unicl.data.datasets import load_rgb, read_caption_file, read_class_names
+from unicl.data.transforms import image_transform
 from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.metrics import METRICS, compute_metric
 from unicl.evaluation.probe import run_linear_probe
 from unicl.evaluation.protocols import check_shots
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits
 from unicl.models import UniCLModel, create_model, list_models, load_model
-from unicl.prompts import (
+from unicl.text.prompts import (
     DEFAULT_TEMPLATES,
     TEMPLATE_SETS,
     Templates,
@@ -58,9 +60,7 @@ from unicl.prompts import (
     get_templates,
     imagenet_class_names,
 )
-from unicl.tokenizer import Tokenizer
-from unicl.transforms import image_transform
-from unicl.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from unicl.text.tokenizer import Tokenizer
 
 TOP_K = (1, 5)
 RECALL_AT = (1, 5, 10)
@@ -234,7 +234,7 @@ def zeroshot_scores(
     Args:
         model: the model (moved to ``device``, put in eval mode).
         dataset: ``(image tensor, target)`` samples: a class id, or a ``[C]`` multi-hot row.
-        classifier: ``[C, D]`` from `unicl.zeroshot.build_zeroshot_classifier`.
+        classifier: ``[C, D]`` from `unicl.evaluation.zeroshot.build_zeroshot_classifier`.
         batch_size: images per batch.
         workers: data-loading processes.
         device: where to run.
@@ -285,7 +285,7 @@ def zeroshot_accuracy(
         class_names: one name (or list of synonyms) per class id.
         tokenizer: the model's tokenizer.
         templates: prompt templates (every class is the mean of its prompts), or a per-class mapping of complete
-            prompts (`unicl.prompts.read_templates`).
+            prompts (`unicl.text.prompts.read_templates`).
         metric: the dataset's metric (see `classification_results`; default ``top1``, ``map_11_point`` for
             multi-label data).
         batch_size: images per batch.
@@ -388,7 +388,7 @@ def _device(name: str) -> torch.device:
 
 
 def _template_set(value: str | None) -> Templates:
-    """``--templates``: a shipped set's name (`unicl.prompts.TEMPLATE_SETS`) or a file (`read_templates`)."""
+    """``--templates``: a shipped set's name (`unicl.text.prompts.TEMPLATE_SETS`) or a file (`read_templates`)."""
     try:
         return get_templates("default" if value is None else value)
     except (OSError, ValueError, TypeError) as error:

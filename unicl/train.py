@@ -1,6 +1,6 @@
 """Train a UniCL model: ``python -m unicl.train --help`` (or the ``unicl-train`` command) lists every option.
 
-The run itself is :mod:`unicl.training.trainer`; its options are :mod:`unicl.training.options`.
+The run itself is `unicl.training.trainer`; its options are `unicl.training.options`.
 """
 
 from unicl.training.trainer import main

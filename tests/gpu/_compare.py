@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from unicl import unicl_loss
-from unicl.targets import target_keys
+from unicl.loss.targets import target_keys
 
 #: ``(loss, gradient)`` bounds on the relative Frobenius error, per feature dtype. Every backend accumulates in
 #: float32, so the loss of any dtype is float32-accurate up to the rounding of its statistics; half-precision

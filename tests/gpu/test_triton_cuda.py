@@ -5,7 +5,7 @@ batch sizes, D up to 1,024, N = 131,072 with super-chunks, and every dtype on re
 compared with float64 computed from the same rounded inputs, within the fixed relative bounds of
 ``_compare.BOUNDS``; no configuration is compared with itself or with a low-precision baseline.
 
-Compiles (Hopper, from the autotune tables of unicl/kernels): a kernel compiles once per (tile configuration,
+Compiles (Hopper, from the autotune tables of unicl/loss/kernels): a kernel compiles once per (tile configuration,
 dtype, integer specialisation — Triton specialises each integer argument on ``== 1`` and on divisibility by 16 —
 and constexpr flags) in each process, and autotuning compiles every candidate the first time. The parametrised
 loss test meets three specialisations (N = 1; N = 17 with D = 200; N = 1,000 or 4,097 with D a multiple of 16) per
@@ -39,8 +39,8 @@ from _compare import (
 )
 
 from unicl import unicl_loss
-from unicl.backends import row_terms
-from unicl.targets import target_keys
+from unicl.loss.backends import row_terms
+from unicl.loss.targets import target_keys
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -148,7 +148,7 @@ def test_large_batch_with_super_chunks_matches_float64(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_rows_only_block_matches_float64(backend, dtype):
-    """``unicl.backends.row_terms`` as distributed local mode calls it: a rank's 300 rows (global rows 200-499)
+    """``unicl.loss.backends.row_terms`` as distributed local mode calls it: a rank's 300 rows (global rows 200-499)
     against all 1,000 columns, only the row terms (the one-pass engine takes its rows-only forward, the row kernel
     alone, and its backward without column weights)."""
     n, d, offset, rows = 1000, 64, 200, 300
@@ -207,8 +207,8 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
     weight absent in turn: the one-pass statistics over several super-chunks (of 100 rows) and column ranges (of 80
     columns, not a whole number of tiles), and the softmax weights; the two-pass row log-sum-exp and softmax
     gradient."""
-    from unicl.kernels.one_pass import one_pass_logsumexp, softmax_weights
-    from unicl.kernels.unicl_fused import row_logsumexp, row_softmax_grad
+    from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+    from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
 
     q, k, q_scale, k_scale, scale, g, h, sim, q_lse, k_lse = _rectangular_block(dtype, normalized)
     statistic_bound, grad_bound = BOUNDS[dtype]
@@ -237,8 +237,8 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_operators_pass_opcheck_on_cuda(schedule):
     """Schema, fake (meta) implementation and dispatch of the torch.library operators on CUDA tensors."""
-    from unicl.kernels.one_pass import one_pass_logsumexp, softmax_weights
-    from unicl.kernels.unicl_fused import row_logsumexp, row_softmax_grad
+    from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+    from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
 
     q, k, q_scale, k_scale, scale, g, h, _, q_lse, k_lse = _rectangular_block(torch.float32, True)
     q_lse, k_lse = q_lse.float(), k_lse.float()

@@ -11,8 +11,8 @@ What is replaced, and nothing else:
 * cuBLAS's half-precision products with float32 results (``torch.mm(..., out_dtype=)`` and ``torch.addmm`` into a
   float32 accumulator), which torch has only for CUDA: CPU stand-ins compute the same float32 products.
 
-The predicates that choose the CUDA branch (:func:`unicl.kernels.tuning.runs_compiled` and the chunked backend's
-:func:`unicl.backends.chunked.uses_tensor_core_products`) say yes for CPU tensors. Everything else runs as on a
+The predicates that choose the CUDA branch (:func:`unicl.loss.kernels.tuning.runs_compiled` and the chunked backend's
+:func:`unicl.loss.chunked.uses_tensor_core_products`) say yes for CPU tensors. Everything else runs as on a
 GPU: the capability lookup and tile tables, launch plans, autotuner keying and ``early_config_prune``, grids, the
 positional arguments Triton's autotuner needs, super-chunks and column ranges, the mixed-precision GEMM branches.
 """
@@ -30,9 +30,9 @@ import torch
 import triton
 from triton.runtime.autotuner import Autotuner
 
-import unicl.backends.chunked as chunked
-import unicl.kernels.tuning as tuning
-from unicl.kernels import one_pass, unicl_fused
+import unicl.loss.chunked as chunked
+import unicl.loss.kernels.tuning as tuning
+from unicl.loss.kernels import one_pass, two_pass
 
 #: Streaming multiprocessors of the chip under test, per compute capability (A100, RTX 3090, RTX 4090, H100, B200).
 MULTIPROCESSORS = {(8, 0): 108, (8, 6): 82, (8, 9): 128, (9, 0): 132, (10, 0): 148}
@@ -68,7 +68,7 @@ def _cpu_mixed_products(library: torch.library.Library) -> None:
 
 def _clear_autotuners() -> None:
     one_pass._tuned.cache_clear()
-    unicl_fused._tuned.cache_clear()
+    two_pass._tuned.cache_clear()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """Every autotune configuration of both schedules compiles for sm_80, sm_86, sm_89, sm_90 and sm_100 without a GPU, at
-the specialisation a real launch gets (``python -m unicl.kernels.compile_report``: D = 512, contiguous features,
+the specialisation a real launch gets (``python -m unicl.loss.kernels.compile_report``: D = 512, contiguous features,
 16-byte aligned pointers): half precision issues tensor-core instructions (wgmma on Hopper) fed by ``cp.async``
 pipelines, nothing spills, shared memory fits the chip, the launcher's shared-memory estimate (which prunes
 configurations per chip) bounds it, and the one-pass forward issues at most twice the row-only kernel's SASS per
@@ -33,7 +33,7 @@ def summary(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton-cache"))
     command = [
-        sys.executable, "-m", "unicl.kernels.compile_report", "--jobs", "2",
+        sys.executable, "-m", "unicl.loss.kernels.compile_report", "--jobs", "2",
         "--capability", *map(str, CAPABILITIES), "--dtype", *DTYPES,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
@@ -53,9 +53,9 @@ def _name(report: dict) -> str:
 def test_every_configuration_was_compiled(reports):
     import torch
 
-    from unicl.kernels import one_pass, unicl_fused
+    from unicl.loss.kernels import one_pass, two_pass
 
-    module = {"partials": one_pass, "weights": one_pass, "lse": unicl_fused, "grad": unicl_fused}
+    module = {"partials": one_pass, "weights": one_pass, "lse": two_pass, "grad": two_pass}
     expected = sum(
         len(module[kernel].configs_for(kernel, divmod(capability, 10), getattr(torch, dtype)))
         for kernel in KERNELS

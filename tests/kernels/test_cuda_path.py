@@ -1,4 +1,4 @@
-"""The CUDA branch of unicl.kernels and unicl.backends, executed on the CPU (tests/kernels/cuda_harness.py).
+"""The CUDA branch of unicl.loss.kernels and unicl.loss.backends, executed on the CPU (tests/kernels/cuda_harness.py).
 
 Each test runs the code a GPU user runs: capability lookup and tile tables, launch plans, Triton's autotuner with
 its key and ``early_config_prune``, grids, the half-precision GEMMs with float32 results; only the compiled kernel
@@ -13,15 +13,15 @@ import torch
 from cuda_harness import fake_cuda
 from reference import RELATIVE_BOUNDS, assert_matches_float64, assert_relative_close, float64_loss_and_grads
 
-import unicl.backends.chunked as chunked
+import unicl.loss.chunked as chunked
 from unicl import unicl_loss
-from unicl.backends import resolve_backend, row_terms
-from unicl.backends.engine import Similarity
-from unicl.kernels import interpreter_active, one_pass, unicl_fused
-from unicl.kernels.one_pass import OnePassEngine
-from unicl.kernels.plan import cdiv, super_chunks, weights_programs
-from unicl.kernels.tuning import SHARED_MEMORY_LIMIT, prune_for
-from unicl.targets import target_keys
+from unicl.loss.backends import resolve_backend, row_terms
+from unicl.loss.engine import Similarity
+from unicl.loss.kernels import interpreter_active, one_pass, two_pass
+from unicl.loss.kernels.one_pass import OnePassEngine
+from unicl.loss.kernels.plan import cdiv, super_chunks, weights_programs
+from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, prune_for
+from unicl.loss.targets import target_keys
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
 
@@ -30,7 +30,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 #: Kernels of each schedule, by the name their tables know them and the function name the autotuner reports.
 SCHEDULES = {
     "triton": (one_pass, {"partials": "_lse_partials_kernel", "weights": "_softmax_weights_kernel"}),
-    "triton_rowwise": (unicl_fused, {"lse": "_row_lse_kernel", "grad": "_row_softmax_grad_kernel"}),
+    "triton_rowwise": (two_pass, {"lse": "_row_lse_kernel", "grad": "_row_softmax_grad_kernel"}),
 }
 #: Wide enough that no tile is pruned for width (BLOCK_K and BLOCK_D up to 256), ragged in N.
 N, D = 37, 200
@@ -244,9 +244,9 @@ def test_grids_launch_at_n_2_to_the_24(monkeypatch, capability, dtype):
         assert cdiv(forward_rows, config.kwargs["BLOCK_M"]) < 1 << 31
     for config in one_pass.configs_for("weights", capability, dtype):
         assert weights_programs(backward_rows, n, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) < 1 << 31
-    for config in unicl_fused.configs_for("lse", capability, dtype):
+    for config in two_pass.configs_for("lse", capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31
-    for config in unicl_fused.configs_for("grad", capability, dtype):
+    for config in two_pass.configs_for("grad", capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31 and cdiv(d, config.kwargs["BLOCK_D"]) < 1 << 16
     assert sum(chunk.rows for chunk in super_chunks(n, backward_rows)) == n
     # The weights kernel's tiles at this N would need 2^18 programs in a second grid dimension (the old layout).

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unicl.kernels import interpreter_active
-from unicl.kernels.one_pass import one_pass_logsumexp
+from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.one_pass import one_pass_logsumexp
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
 

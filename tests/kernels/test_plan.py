@@ -8,7 +8,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unicl.kernels.plan import (
+from unicl.loss.kernels.plan import (
     COLUMN_GRANULE,
     MIN_SUPER_CHUNK_ROWS,
     ROW_GRANULE,

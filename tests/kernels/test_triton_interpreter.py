@@ -7,9 +7,9 @@ import torch
 from reference import assert_matches_float64, float64_loss_and_grads, reference_loss
 
 from unicl import unicl_loss
-from unicl.kernels import interpreter_active
-from unicl.kernels.one_pass import one_pass_logsumexp, softmax_weights
-from unicl.kernels.unicl_fused import row_logsumexp, row_softmax_grad
+from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
 
 # tests/conftest.py turns the interpreter on where there is no GPU; on a GPU, tests/gpu covers the compiled kernels.
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")

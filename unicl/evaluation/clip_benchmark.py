@@ -4,7 +4,7 @@ clip_benchmark loads a model with ``load(model_name, pretrained, cache_dir, devi
 tokenizer)``, then calls ``tokenizer(list of str) -> [B, L]`` id tensor, ``model.encode_text(ids)`` and
 ``model.encode_image(images)``, and normalises the features itself. `load_unicl` keeps that contract for a unicl
 model: `ClipBenchmarkModel` rebuilds from the ids the attention mask unicl's text tower reads (start..end token, as
-`unicl.tokenizer.Tokenizer` writes it), and `TokenIds` returns the tokenizer's ids alone.
+`unicl.text.tokenizer.Tokenizer` writes it), and `TokenIds` returns the tokenizer's ids alone.
 
 Its command picks the loader from a dict, ``clip_benchmark.models.TYPE2FUNC``, through ``--model_type``; it has
 no plug-in entry point, so `register` adds ``"unicl"`` to that dict (and to ``MODEL_TYPES``, the option's
@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from unicl.data.transforms import image_transform
 from unicl.models import UniCLModel, check_tokenizer_fits, create_model, load_model, model_tokenizer
 from unicl.models.serialization import CONFIG_NAME
-from unicl.prompts import Templates, check_templates
-from unicl.tokenizer import Tokenizer
-from unicl.transforms import image_transform
+from unicl.text.prompts import Templates, check_templates
+from unicl.text.tokenizer import Tokenizer
 
 #: The ``--model_type`` the unicl loader is registered under.
 MODEL_TYPE = "unicl"
@@ -183,7 +183,7 @@ def clip_benchmark_templates(templates: Templates) -> list[str] | dict[str, list
     ``--custom_template_file`` or ``zero_shot_classifier``; a per-class mapping of complete prompts stays as it is.
 
     Raises:
-        ValueError: a template without exactly one ``{}`` (see `unicl.prompts.check_templates`).
+        ValueError: a template without exactly one ``{}`` (see `unicl.text.prompts.check_templates`).
     """
     if isinstance(templates, Mapping):
         return {name: list(prompts) for name, prompts in templates.items()}

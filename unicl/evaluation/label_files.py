@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from unicl.datasets import load_rgb, read_image_rows
+from unicl.data.datasets import load_rgb, read_image_rows
 
 LABELS_COLUMN = "labels"
 LABEL_SEPARATOR = ";"

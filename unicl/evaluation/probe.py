@@ -13,10 +13,10 @@ from torch.utils.data import Dataset, Subset
 from unicl._checks import check_choice, check_optional_positive_int
 from unicl.evaluation.features import FEATURE_KINDS, image_features
 from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
+from unicl.evaluation.zeroshot import build_zeroshot_classifier
 from unicl.models import UniCLModel
-from unicl.prompts import DEFAULT_TEMPLATES
-from unicl.tokenizer import Tokenizer
-from unicl.zeroshot import build_zeroshot_classifier
+from unicl.text.prompts import DEFAULT_TEMPLATES
+from unicl.text.tokenizer import Tokenizer
 
 __all__ = ["INITS", "known_targets", "run_linear_probe", "text_head"]
 
@@ -34,8 +34,8 @@ def text_head(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """``[C, D]`` zero-shot head weights for unit-norm projected image features: the class prompts' embeddings
-    (`unicl.zeroshot.build_zeroshot_classifier`) times the model's logit scale ``exp(logit_scale)`` (clamped at
-    ``max_logit_scale``, as in training), so ``normalize(x) @ headᵀ`` are the zero-shot logits."""
+    (`unicl.evaluation.zeroshot.build_zeroshot_classifier`) times the model's logit scale ``exp(logit_scale)``
+    (clamped at ``max_logit_scale``, as in training), so ``normalize(x) @ headᵀ`` are the zero-shot logits."""
     model = model.to(device).eval()
     classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=torch.device(device))
     scale = model.logit_scale.exp().clamp(max=model.config.max_logit_scale)

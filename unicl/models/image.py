@@ -44,7 +44,7 @@ class ImageEncoder(nn.Module):
     """A timm backbone without its classifier, returning pooled features ``[B, num_features]``.
 
     Args:
-        config: the :class:`ImageConfig`.
+        config: the `ImageConfig`.
 
     Raises:
         ValueError: a model name timm does not know.

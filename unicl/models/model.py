@@ -14,7 +14,7 @@ from torch import nn
 from unicl.models.heads import projection_head
 from unicl.models.image import ImageConfig, ImageEncoder
 from unicl.models.text import TextConfig, TextTransformer
-from unicl.tokenizer import Tokenizer
+from unicl.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -42,10 +42,10 @@ class UniCLModel(nn.Module):
     """Image and text towers projected into one space, with a learnable temperature.
 
     ``forward`` returns ``{"image_features", "text_features", "logit_scale"}``, the argument names of
-    :class:`unicl.UniCLLoss`, so a training step is ``loss_fn(**model(images, ids, mask), labels=y)``.
+    `unicl.UniCLLoss`, so a training step is ``loss_fn(**model(images, ids, mask), labels=y)``.
 
     Args:
-        config: the :class:`UniCLConfig`.
+        config: the `UniCLConfig`.
 
     Example:
         >>> import torch, unicl
@@ -89,7 +89,7 @@ class UniCLModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
         """Write this model (and its tokenizer, if given) to ``directory`` as safetensors weights and a JSON config
-        (see :func:`unicl.models.serialization.save_pretrained`); :func:`unicl.load_model` restores it bit for bit
+        (see `unicl.models.serialization.save_pretrained`); `unicl.load_model` restores it bit for bit
         and ``unicl.get_tokenizer(directory)`` its tokenizer."""
         from unicl.models.serialization import save_pretrained
 

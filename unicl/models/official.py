@@ -87,7 +87,7 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
 
 
 def convert_official_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename the tensors of a release state dict to those of a :class:`unicl.UniCLModel` (see the module
+    """Rename the tensors of a release state dict to those of a `unicl.UniCLModel` (see the module
     docstring). Names that belong to no known part are kept as they are, so strict loading reports them.
 
     Args:

@@ -114,12 +114,12 @@ def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
 
 
 def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniCLModel:
-    """Build preset ``name`` (see :func:`list_models`) with ``overrides`` (see :func:`get_config`).
+    """Build preset ``name`` (see `list_models`) with ``overrides`` (see `get_config`).
 
     Args:
         name: the preset.
         pretrained: weights to load strictly into it: a directory written by ``model.save_pretrained`` or a
-            ``.safetensors`` file with the same tensor names (see :mod:`unicl.models.serialization`).
+            ``.safetensors`` file with the same tensor names (see `unicl.models.serialization`).
         **overrides: configuration changes.
 
     Raises:

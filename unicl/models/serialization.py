@@ -1,7 +1,7 @@
 """unicl's own checkpoint format: safetensors weights and a JSON config in one directory, no pickle.
 
 ``save_pretrained(model, directory)`` writes ``directory/model.safetensors`` and ``directory/config.json``;
-:func:`load_model` rebuilds the model from the config and restores every tensor bit for bit, in its saved dtype.
+`load_model` rebuilds the model from the config and restores every tensor bit for bit, in its saved dtype.
 Loading is strict: a missing or unexpected tensor, or one of the wrong shape, raises one error that names them, and a
 truncated or foreign file says so instead of failing deep inside a parser.
 """
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.text import TextConfig
-from unicl.tokenizer import Tokenizer
+from unicl.text.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -48,12 +48,12 @@ def save_pretrained(
         The directory.
 
     Raises:
-        TypeError: ``model`` is not a :class:`unicl.UniCLModel`, or ``tokenizer`` not a ``Tokenizer``.
+        TypeError: ``model`` is not a `unicl.UniCLModel`, or ``tokenizer`` not a ``Tokenizer``.
     """
     if not isinstance(model, UniCLModel):
         raise TypeError(f"model must be a unicl.UniCLModel; got {type(model).__name__}")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
-        raise TypeError(f"tokenizer must be a unicl.tokenizer.Tokenizer; got {type(tokenizer).__name__}")
+        raise TypeError(f"tokenizer must be a unicl.text.tokenizer.Tokenizer; got {type(tokenizer).__name__}")
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
@@ -90,7 +90,7 @@ class _replacing:
 
 
 def read_config(directory: str | os.PathLike[str]) -> UniCLConfig:
-    """The :class:`UniCLConfig` saved in ``directory/config.json``.
+    """The `UniCLConfig` saved in ``directory/config.json``.
 
     Raises:
         FileNotFoundError: no such directory or file.
@@ -177,10 +177,10 @@ def load_weights_strictly(model: torch.nn.Module, tensors: dict[str, torch.Tenso
 
 
 def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> UniCLModel:
-    """The model saved by :func:`save_pretrained` in ``directory``, bit for bit.
+    """The model saved by `save_pretrained` in ``directory``, bit for bit.
 
     Args:
-        directory: written by :func:`save_pretrained` (or ``UniCLModel.save_pretrained``).
+        directory: written by `save_pretrained` (or ``UniCLModel.save_pretrained``).
         device: where to put the model.
 
     Raises:
@@ -207,9 +207,9 @@ OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin")
 
 
 def load_pretrained_into(model: UniCLModel, pretrained: str | os.PathLike[str]) -> UniCLModel:
-    """Load ``pretrained`` into ``model``, strictly: a :func:`save_pretrained` directory, a ``.safetensors`` file
+    """Load ``pretrained`` into ``model``, strictly: a `save_pretrained` directory, a ``.safetensors`` file
     with unicl's tensor names, or a released microsoft/UniCL checkpoint (``.pth``, ``.pt``, ``.bin``; see
-    :mod:`unicl.models.official`).
+    `unicl.models.official`).
 
     Raises:
         FileNotFoundError: nothing at ``pretrained``.

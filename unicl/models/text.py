@@ -97,7 +97,7 @@ class TextTransformer(nn.Module):
     largest id (CLIP BPE's ``<|endoftext|>``), as in the released UniCL models.
 
     Args:
-        config: the :class:`TextConfig`.
+        config: the `TextConfig`.
 
     Raises:
         ValueError: ``width`` not divisible by ``heads``, an unknown ``activation`` or ``pool``.

@@ -8,7 +8,7 @@ from pathlib import Path
 from unicl.models.model import UniCLConfig
 from unicl.models.presets import TRAINED_TOKENIZER, get_config, list_models, preset_tokenizer
 from unicl.models.serialization import CONFIG_NAME, OFFICIAL_SUFFIXES, read_config
-from unicl.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
+from unicl.text.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 #: The vocabulary of CLIP's BPE, the only one a saved model without a tokenizer file can have been trained with
 #: by this library's defaults.
@@ -41,7 +41,7 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
 
     Example:
         >>> import tempfile, unicl
-        >>> from unicl.tokenizer import Tokenizer
+        >>> from unicl.text.tokenizer import Tokenizer
         >>> model = unicl.create_model("unicl_tiny")
         >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=16)
         >>> with tempfile.TemporaryDirectory() as folder:
@@ -59,7 +59,7 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
         if preset_tokenizer(text) == TRAINED_TOKENIZER:
             raise ValueError(
                 f"{text}'s tokenizer is trained on each run's own text: pass the run's directory (RUN/final) or a "
-                "tokenizer.json, or make one with unicl.tokenizer.Tokenizer.train(corpus, ...)"
+                "tokenizer.json, or make one with unicl.text.tokenizer.Tokenizer.train(corpus, ...)"
             )
         return Tokenizer.clip(context_length or get_config(text).text.context_length)
     if path.is_file():

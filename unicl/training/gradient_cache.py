@@ -2,7 +2,7 @@
 
 Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup". A contrastive loss
 couples every sample with every other one, so ordinary gradient accumulation cannot split its batch. But the loss
-itself is cheap next to the towers: :func:`cached_backward` computes all features without a graph (pass 1), the loss
+itself is cheap next to the towers: `cached_backward` computes all features without a graph (pass 1), the loss
 and its gradient with respect to the features and the logit scale on the full batch, then re-runs each micro-batch
 with a graph and back-propagates the cached feature gradients through it (pass 2). The parameter gradients are those
 of the full-batch step; activation memory is that of one micro-batch; the towers run twice (about 4/3 the compute
@@ -148,7 +148,7 @@ def cached_backward(
     ``text_features`` and the scale under those names.
 
     Args:
-        model: the model, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper. Under DDP every
+        model: the model, or its `torch.nn.parallel.DistributedDataParallel` wrapper. Under DDP every
             micro-batch but the last runs in ``model.no_sync()``, so the gradients are all-reduced once, by the
             last micro-batch's backward (DDP's forward is called in pass 2, so its hooks fire). Every rank must run
             the same number of micro-batches (the same local batch size), as DDP's collectives pair up.
@@ -157,7 +157,7 @@ def cached_backward(
             (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments.
         labels: ``[B]`` labels for the loss, or ``None``; it sees the whole batch's.
         loss_fn: called as ``loss_fn(**outputs, labels=labels)`` on the whole batch's outputs, e.g.
-            :class:`unicl.UniCLLoss`.
+            `unicl.UniCLLoss`.
         micro_batch: rows per micro-batch, a positive int; ``B`` need not be a multiple of it.
         scaler: a gradient scaler for fp16 autocast (``torch.amp.GradScaler`` or ``torch.cuda.amp.GradScaler``):
             pass 1's loss backward is ``scaler.scale(loss).backward()``, so the cached feature gradients and hence

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from unicl._checks import program_name
-from unicl.backends import BACKENDS
+from unicl.loss.backends import BACKENDS
 
 DESCRIPTION = """\
 Train a UniCL model on image-label data (ImageFolder roots), image-text data (a caption CSV/TSV, or WebDataset tar

@@ -3,10 +3,10 @@
 A training run that is stopped and resumed must see exactly the samples, augmentations and prompts the
 uninterrupted run would have seen. Two things make that hold whatever the number of data-loading workers:
 
-* :class:`StepBatchSampler` addresses batches by step: the batch of step ``t`` on rank ``r`` holds the positions
+* `StepBatchSampler` addresses batches by step: the batch of step ``t`` on rank ``r`` holds the positions
   ``[t·B, (t+1)·B)`` of that rank's endless stream, each an ``(epoch, index)`` key from a permutation seeded by
   ``(seed, epoch)``, so resuming at step ``t`` is starting the sampler there;
-* :class:`KeyedSamples` computes each sample inside :func:`seeded_sample`, with Python's, NumPy's and torch's CPU
+* `KeyedSamples` computes each sample inside `seeded_sample`, with Python's, NumPy's and torch's CPU
   generators seeded from ``(seed, key)`` (the generators the transforms of torchvision and timm draw from: timm's
   RandAugment picks its operations with NumPy) and the class prompt drawn from a generator of the same key, so a
   sample does not depend on what was drawn before it, nor on the data-loading worker that computes it.
@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from unicl._checks import check_positive_int
-from unicl.data import SizedDataset
-from unicl.prompts import LabelToPrompt
+from unicl.data.batches import SizedDataset
+from unicl.text.prompts import LabelToPrompt
 
 #: A sample's address in a run: ``(epoch, index into its dataset)``.
 SampleKey = tuple[int, int]
@@ -62,11 +62,11 @@ def seeded_sample(*key: Hashable) -> Iterator[random.Random]:
 
 
 class KeyedSamples(Dataset):
-    """A dataset read by :data:`SampleKey`, every sample a pure function of ``(seed, key)``.
+    """A dataset read by `SampleKey`, every sample a pure function of ``(seed, key)``.
 
-    ``source[index]`` runs inside :func:`seeded_sample`; a labelled sample ``(image, class_id)`` becomes
+    ``source[index]`` runs inside `seeded_sample`; a labelled sample ``(image, class_id)`` becomes
     ``(image, prompt, class_id)`` with the prompt drawn from the key's generator (see
-    :class:`unicl.data.UnifiedCollate`); an ``(image, caption)`` sample passes through.
+    `unicl.data.batches.UnifiedCollate`); an ``(image, caption)`` sample passes through.
 
     Args:
         source: a map-style dataset of ``(image, class_id)`` or ``(image, caption)``.
@@ -94,7 +94,7 @@ class KeyedSamples(Dataset):
 
 
 class StepBatchSampler(Sampler[list[SampleKey]]):
-    """Endless batches of :data:`SampleKey`: batch ``t`` of rank ``rank`` is a pure function of ``t``.
+    """Endless batches of `SampleKey`: batch ``t`` of rank ``rank`` is a pure function of ``t``.
 
     Each epoch is one permutation of the dataset (seeded by ``(seed, epoch)``) dealt to the ranks round-robin, the
     way ``DistributedSampler`` does, padded by wrapping around so every rank gets ``⌈length / world_size⌉``

@@ -9,7 +9,7 @@ Each epoch shuffles the shard list with a seed of ``(seed, epoch)`` and deals it
 data-loading workers. The data loader takes the workers' batches in turn, so the batch of step ``t`` comes from
 stream ``t mod workers``; a run resumed at step ``t`` has each worker skip the samples of its stream's batches
 before ``t`` without decoding them, and every sample's augmentation is seeded by its shard and name
-(:func:`unicl.training.sampling.seeded_sample`), so the resumed stream is the uninterrupted one.
+(`unicl.training.sampling.seeded_sample`), so the resumed stream is the uninterrupted one.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The training run of ``python -m unicl.train``: data, model, optimiser, the loop, checkpoints and evaluation.
 
 A run is reproducible step by step: the batch of step ``t`` (which samples, their augmentations and prompts) is a
-function of the seed and ``t`` alone (:mod:`unicl.training.sampling`, :mod:`unicl.training.shards`), and a
+function of the seed and ``t`` alone (`unicl.training.sampling`, `unicl.training.shards`), and a
 checkpoint holds everything else that changes (weights, optimiser, schedule, gradient scaler, every rank's random
 generators). Resuming from the checkpoint of step ``t`` therefore continues exactly where the run was.
 """
@@ -25,9 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from unicl.data import UnifiedCollate
-from unicl.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
+from unicl.data.batches import UnifiedCollate
+from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
+from unicl.data.transforms import image_transform
 from unicl.evaluate import zeroshot_accuracy
+from unicl.loss.module import UniCLLoss
 from unicl.models import (
     UniCLModel,
     check_tokenizer_fits,
@@ -37,9 +39,8 @@ from unicl.models import (
     preset_tokenizer,
 )
 from unicl.models.presets import TRAINED_TOKENIZER
-from unicl.nn import UniCLLoss
-from unicl.prompts import LabelToPrompt
-from unicl.tokenizer import Tokenizer
+from unicl.text.prompts import LabelToPrompt
+from unicl.text.tokenizer import Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
@@ -49,7 +50,6 @@ from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions, read_captions
 from unicl.training.signals import StopSignals
-from unicl.transforms import image_transform
 
 #: Bumped when the checkpoint's layout changes.
 CHECKPOINT_FORMAT = 1
@@ -109,7 +109,7 @@ def random_states(device: torch.device) -> dict[str, Any]:
 
 
 def restore_random_states(states: dict[str, Any], device: torch.device) -> None:
-    """Undo :func:`random_states`."""
+    """Undo `random_states`."""
     random.setstate(states["python"])
     torch.set_rng_state(states["torch"])
     if device.type == "cuda" and states.get("cuda") is not None:
@@ -117,10 +117,10 @@ def restore_random_states(states: dict[str, Any], device: torch.device) -> None:
 
 
 class Training:
-    """One run: everything :func:`main` builds from the options, and the loop.
+    """One run: everything `main` builds from the options, and the loop.
 
     Args:
-        args: checked options (:func:`unicl.training.options.check_arguments`).
+        args: checked options (`unicl.training.options.check_arguments`).
         runtime: this process's place in the run.
     """
 

@@ -28,7 +28,7 @@ def caption_labels(
 ) -> torch.Tensor:
     """A stable label per caption in ``[first_label, first_label + num_labels)``.
 
-    Identical captions (after :func:`canonical_caption`) get the same label in every process and on every run.
+    Identical captions (after `canonical_caption`) get the same label in every process and on every run.
     Reserve the range above your class ids: with ``first_label = num_classes`` a caption never collides with a
     class. Two different captions collide with probability about ``1 / num_labels`` per pair.
 

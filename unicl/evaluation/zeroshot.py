@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from unicl._checks import check_positive_int
-from unicl.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
-from unicl.tokenizer import Tokenizer
+from unicl.text.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
+from unicl.text.tokenizer import Tokenizer
 
 
 class TextEncoder(Protocol):
@@ -32,13 +32,13 @@ def build_zeroshot_classifier(
 
     Every template × synonym prompt of every class is encoded in batches of ``batch_size`` under ``no_grad``. With a
     per-class mapping instead of templates (CuPL's ``{class name: [complete prompts, ...]}``, e.g. from
-    `unicl.prompts.read_templates`), each class is the mean of its own prompts, found as `unicl.prompts.class_prompts`
-    describes; the rest is the same.
+    `unicl.text.prompts.read_templates`), each class is the mean of its own prompts, found as
+    `unicl.text.prompts.class_prompts` describes; the rest is the same.
 
     Args:
         model: has ``encode_text(input_ids, attention_mask)``.
         tokenizer: turns prompts into ids.
-        class_names: ``C`` names, each a name or a list of synonyms (cleaned as in :class:`LabelToPrompt`).
+        class_names: ``C`` names, each a name or a list of synonyms (cleaned as in `LabelToPrompt`).
         templates: prompt templates with one ``{}`` each, or a mapping from class names to complete prompts.
         batch_size: prompts per forward pass.
         device: where to run the text encoder (default: the model's first parameter's device, else CPU).
@@ -79,7 +79,7 @@ def zeroshot_logits(
 
     Args:
         image_features: ``[B, D]``.
-        classifier: ``[C, D]`` from :func:`build_zeroshot_classifier`.
+        classifier: ``[C, D]`` from `build_zeroshot_classifier`.
         logit_scale: the scale ``s``.
 
     Returns:

@@ -5,11 +5,11 @@ UniCL turns every class label into text. During training each labelled sample ge
 are reproducible for a seed and differ between data-loader workers and epochs: the original code drew the same
 prompts in every worker, so ``num_workers`` copies of one sequence were trained on.
 
-The package ships ImageNet-1k's class names and the CLIP and UniCL ImageNet templates as data (``unicl/prompt_sets``,
-see its README for sources and licences): `imagenet_class_names`, `clip_templates` (80), `unicl_templates` (81:
-``"{}."`` and CLIP's 80, what UniCL evaluates with). `read_templates` reads a ``--templates FILE`` (one template per
-line, a JSON list, or a JSON mapping from class names to complete prompts as CuPL ships) and `get_templates` takes a
-set's name or such a file.
+The package ships ImageNet-1k's class names and the CLIP and UniCL ImageNet templates as data
+(``unicl/text/prompt_sets``, see its README for sources and licences): `imagenet_class_names`, `clip_templates` (80),
+`unicl_templates` (81: ``"{}."`` and CLIP's 80, what UniCL evaluates with). `read_templates` reads a ``--templates
+FILE`` (one template per line, a JSON list, or a JSON mapping from class names to complete prompts as CuPL ships) and
+`get_templates` takes a set's name or such a file.
 """
 
 from __future__ import annotations
@@ -177,10 +177,10 @@ class LabelToPrompt:
     """Turns class ids into prompts: one random draw per sample in training, every prompt in evaluation.
 
     Args:
-        class_names: one entry per class: a name or a list of synonyms (cleaned with :func:`class_synonyms`).
-        templates: prompt templates, each with one ``{}`` (default :data:`DEFAULT_TEMPLATES`).
+        class_names: one entry per class: a name or a list of synonyms (cleaned with `class_synonyms`).
+        templates: prompt templates, each with one ``{}`` (default `DEFAULT_TEMPLATES`).
         seed: seed of the draws. Inside a data-loader worker the stream also depends on the worker id, and on the
-            epoch set with :meth:`set_epoch`, so no two workers or epochs repeat each other.
+            epoch set with `set_epoch`, so no two workers or epochs repeat each other.
         split_commas: treat commas in names as synonym separators.
 
     Example:
@@ -287,7 +287,8 @@ _CLASS_NAME_FILES = {"clip": "imagenet_classes_clip.txt", "unicl": "imagenet_cla
 @functools.cache
 def _shipped_lines(filename: str) -> tuple[str, ...]:
     # Read on first use (not at import) and cached: the files are part of the installed package and never change.
-    text = importlib.resources.files("unicl").joinpath(_DATA_FOLDER).joinpath(filename).read_text(encoding="utf-8")
+    shipped = importlib.resources.files("unicl.text").joinpath(_DATA_FOLDER).joinpath(filename)
+    text = shipped.read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -301,7 +302,7 @@ def prompt_set_path(filename: str) -> Path:
     shipped = sorted({*_TEMPLATE_FILES.values(), *_CLASS_NAME_FILES.values()})
     if filename not in shipped:
         raise FileNotFoundError(f"no shipped prompt-set file {filename!r}; the files are {', '.join(shipped)}")
-    return Path(str(importlib.resources.files("unicl").joinpath(_DATA_FOLDER).joinpath(filename)))
+    return Path(str(importlib.resources.files("unicl.text").joinpath(_DATA_FOLDER).joinpath(filename)))
 
 
 def imagenet_class_names(source: str = "clip") -> list[str]:
@@ -319,7 +320,7 @@ def imagenet_class_names(source: str = "clip") -> list[str]:
         ValueError: an unknown ``source``.
 
     Example:
-        >>> from unicl.prompts import imagenet_class_names
+        >>> from unicl.text.prompts import imagenet_class_names
         >>> names = imagenet_class_names()
         >>> len(names), names[0], imagenet_class_names("unicl")[744]
         (1000, 'tench', 'projectile')
@@ -338,7 +339,7 @@ def unicl_templates() -> tuple[str, ...]:
     """UniCL's 81 ImageNet evaluation templates: ``"{}."`` followed by CLIP's 80 (`clip_templates`).
 
     Example:
-        >>> from unicl.prompts import unicl_templates
+        >>> from unicl.text.prompts import unicl_templates
         >>> len(unicl_templates()), unicl_templates()[:2]
         (81, ('{}.', 'a bad photo of a {}.'))
     """
@@ -441,8 +442,8 @@ def read_templates(path: str | os.PathLike[str]) -> tuple[str, ...] | dict[str, 
       surrounding whitespace stripped;
     - a ``.json`` list of templates, each with one ``{}``;
     - a ``.json`` object mapping class names to lists of complete prompts without ``{}`` (CuPL's format), checked
-      by `check_class_prompts`; `unicl.zeroshot.build_zeroshot_classifier` makes each class the mean of its own
-      prompts (see `class_prompts` for how classes are looked up).
+      by `check_class_prompts`; `unicl.evaluation.zeroshot.build_zeroshot_classifier` makes each class the mean of
+      its own prompts (see `class_prompts` for how classes are looked up).
 
     Returns:
         A tuple of templates, or ``{class name: tuple of prompts}``.
@@ -487,7 +488,7 @@ def get_templates(source: str | os.PathLike[str]) -> tuple[str, ...] | dict[str,
         ValueError: a bad file (see `read_templates`).
 
     Example:
-        >>> from unicl.prompts import get_templates
+        >>> from unicl.text.prompts import get_templates
         >>> len(get_templates("unicl")), get_templates("plain")
         (81, ('a photo of a {}.',))
     """

@@ -4,7 +4,7 @@ An engine does only the two ``N²`` parts of the objective: the row and column l
 ``S_ij = s·a_i·b_j·⟨u_i, v_j⟩`` and, in backward, the products of the softmax part of ``∂L/∂S`` with the features.
 The per-row and per-column factors ``a`` and ``b`` are the inverse feature norms when the loss normalises, so the
 features are normalised inside the tiles and no normalised copy of them is ever held. Everything that involves the
-targets is ``O(N·D)`` and lives in :mod:`unicl.backends.function`, shared by every engine.
+targets is ``O(N·D)`` and lives in `unicl.loss.autograd`, shared by every engine.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class SimilarityEngine(Protocol):
 
         Args:
             sim: the similarity matrix ``S`` (``M × N``).
-            row_lse: ``[M]`` ``r``, as returned by :meth:`logsumexp`.
+            row_lse: ``[M]`` ``r``, as returned by `logsumexp`.
             col_lse: ``[N]`` ``c`` (read only when ``col_weight`` is given).
             row_weight: ``[M]`` ``g^r``, or ``None`` for zero.
             col_weight: ``[N]`` ``g^c``, or ``None`` for zero.

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from unicl.backends import row_terms, similarity_terms
-from unicl.loss import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_loss
-from unicl.targets import target_keys
+from unicl.loss.backends import row_terms, similarity_terms
+from unicl.loss.functional import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_loss
+from unicl.loss.targets import target_keys
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 _DEVICE_TYPES = ("cpu", "cuda")
@@ -45,7 +45,7 @@ class GlobalBatch:
     Attributes:
         image: ``[N, D]`` global image features (differentiable back to each rank's own).
         text: ``[N, D]`` global text features.
-        keys: ``[N]`` global target keys (see :func:`unicl.targets.target_keys`).
+        keys: ``[N]`` global target keys (see `unicl.loss.targets.target_keys`).
         offset: global index of this rank's first sample.
         local_size: ``n``, this rank's batch size.
         world_size: ``W``.
@@ -190,7 +190,7 @@ def gather_batch(
             a named error on every rank.
 
     Returns:
-        The :class:`GlobalBatch`.
+        The `GlobalBatch`.
 
     Raises:
         ValueError: on every rank, when ranks disagree on D, dtype, device type or whether labels are given, or
@@ -224,23 +224,23 @@ def distributed_unicl_loss(
 ) -> torch.Tensor:
     """The UniCL loss of the global batch gathered from every rank (see the module docstring for the convention).
 
-    Outside an initialised process group, or with one rank, this is :func:`unicl.unicl_loss`.
+    Outside an initialised process group, or with one rank, this is `unicl.unicl_loss`.
 
     Args:
         image_features: ``[n, D]`` this rank's image features.
         text_features: ``[n, D]`` this rank's text features.
         labels: ``[n]`` this rank's labels or ``None`` (then ``None`` on every rank).
-        logit_scale: as in :func:`unicl.unicl_loss` (the same value on every rank).
+        logit_scale: as in `unicl.unicl_loss` (the same value on every rank).
         group: process group (``None``: default).
         local_loss: compute only this rank's rows and columns (``W`` times less work and memory).
-        backend: as in :func:`unicl.unicl_loss`.
-        reduction: as in :func:`unicl.unicl_loss`; with ``"none"`` the result is this rank's ``[n]`` per-sample
+        backend: as in `unicl.unicl_loss`.
+        reduction: as in `unicl.unicl_loss`; with ``"none"`` the result is this rank's ``[n]`` per-sample
             terms, in both modes.
-        normalize: as in :func:`unicl.unicl_loss`.
-        chunk_size: as in :func:`unicl.unicl_loss`.
+        normalize: as in `unicl.unicl_loss`.
+        chunk_size: as in `unicl.unicl_loss`.
         equal_batches: every rank has the same batch size (a training loop with full batches on every rank):
             no size exchange and no host synchronisation, one all-gather of the features per call (see
-            :func:`gather_batch`). ``False`` exchanges sizes first, which allows uneven and empty batches and turns
+            `gather_batch`). ``False`` exchanges sizes first, which allows uneven and empty batches and turns
             a bad input on any rank into an error on every rank.
 
     Returns:

@@ -7,7 +7,7 @@ log-sum-exp of its rows over its column range, in registers, and, for every tile
 columns over its ``BLOCK_M`` rows, written to a ``⌈R / BLOCK_M⌉ × N`` float32 buffer. Both partials are merged
 exactly afterwards by a log-sum-exp over the partials, in a fixed order, so results are identical run to run and no
 atomics are needed. Rows go in super-chunks of ``R`` rows so the buffer stays within a workspace budget at any N
-(:mod:`unicl.kernels.plan`). Two exponentials per entry, one per direction, as the two-pass schedule.
+(`unicl.loss.kernels.plan`). Two exponentials per entry, one per direction, as the two-pass schedule.
 
 Backward (3 passes' worth of products): ``_softmax_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
 writes ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` in the features' dtype (statistics in float32);
@@ -16,7 +16,7 @@ then ``a ⊙ (W V)`` and ``Wᵀ (a ⊙ U)`` run as tensor-core GEMMs with float3
 two-pass kernel rounds ``P·b`` before its tensor-core product.
 
 The cost in units of ``F = 2N²D``: forward 1F, backward 3F (1F in the kernel, 2F in the GEMMs), against 2F + 4F for
-the two-pass schedule of :mod:`unicl.kernels.unicl_fused` (``backend="triton_rowwise"``) at D ≤ its BLOCK_D.
+the two-pass schedule of `unicl.loss.kernels.two_pass` (``backend="triton_rowwise"``) at D ≤ its BLOCK_D.
 Extra memory: the workspace (one super-chunk's partials or weights), ``4N`` statistics and the float32 ``[N, D]``
 results.
 """
@@ -31,9 +31,9 @@ import triton
 import triton.language as tl
 
 from unicl._checks import check_positive_int
-from unicl.backends.chunked import mixed_addmm_, mixed_mm
-from unicl.backends.engine import Similarity
-from unicl.kernels.plan import (
+from unicl.loss.chunked import mixed_addmm_, mixed_mm
+from unicl.loss.engine import Similarity
+from unicl.loss.kernels.plan import (
     DEFAULT_WORKSPACE_BYTES,
     PROGRAMS_PER_SM,
     backward_rows,
@@ -43,7 +43,7 @@ from unicl.kernels.plan import (
     super_chunks,
     weights_programs,
 )
-from unicl.kernels.tuning import (
+from unicl.loss.kernels.tuning import (
     config_table,
     device_capability,
     launch,
@@ -52,7 +52,7 @@ from unicl.kernels.tuning import (
     size_bucket,
     tile_options,
 )
-from unicl.kernels.unicl_fused import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
+from unicl.loss.kernels.two_pass import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
 
 #: Base-2 logits of the padded columns and (before the multiply by ``b_j``) rows of a tile: finite, so that no
 #: ``-inf - (-inf)`` or ``-inf·0`` makes a NaN, and so far below any real logit that their exponentials relative to
@@ -86,9 +86,10 @@ def _lse_partials_kernel(
     ``BLOCK_M`` rows, then reduces within threads and 4 lanes, as the row-only kernel's does; the other one, the
     rows' online log-sum-exp, is kept per thread across tiles, each thread merging its own entries of a row into
     ``(max, sum)`` partials in registers, and reduced across lanes and warps once, after the loop. Both are exact:
-    every partial is a max and a sum relative to it, merged with ``2^-|Δmax|`` (:func:`_lse_merge`). Two
+    every partial is a max and a sum relative to it, merged with ``2^-|Δmax|`` (`_lse_merge`). Two
     exponentials per entry, one per direction, as the two-pass schedule. The SASS this costs per entry, against the
-    row-only kernel's, is in docs/kernels.md ("The forward in SASS") and ``python -m unicl.kernels.compile_report``.
+    row-only kernel's, is in docs/kernels.md ("The forward in SASS") and
+    ``python -m unicl.loss.kernels.compile_report``.
     """
     pid_m = tl.program_id(0)
     pid_range = tl.program_id(1)
@@ -181,14 +182,14 @@ def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
 
 
-#: Autotune candidates per chip family (:func:`unicl.kernels.tuning.chip_family`) and operand precision, each
+#: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision, each
 #: compiled without register spills for every chip of that family at a launch's specialisation (divisibility 16,
 #: pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile that fits sm_80
 #: may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not); configurations that need
-#: more shared memory than a chip has are pruned for it at launch (:func:`unicl.kernels.tuning.prune_for`).
+#: more shared memory than a chip has are pruned for it at launch (`unicl.loss.kernels.tuning.prune_for`).
 #: The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
 #: of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
-#: (``python -m unicl.kernels.compile_report --kernel partials lse --table``), so neither is listed.
+#: (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed.
 PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
     ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(128, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
@@ -223,7 +224,7 @@ def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtyp
 def _tuned(
     kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
 ) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and :func:`unicl.kernels.tuning.size_bucket` of ``(M, N)``:
+    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``:
     one per bucket, so each size class gets its own tiles; within it the key is ``D``."""
     return triton.autotune(
         configs=configs_for(kernel_name, capability, dtype),
@@ -274,9 +275,9 @@ def one_pass_logsumexp(
         scale: one-element tensor ``s``.
         q_scale: ``[M]`` row factors ``a``.
         k_scale: ``[N]`` column factors ``b``.
-        rows_per_chunk: rows per launch (super-chunk), see :func:`unicl.kernels.plan.forward_rows`.
+        rows_per_chunk: rows per launch (super-chunk), see `unicl.loss.kernels.plan.forward_rows`.
         cols_per_range: columns per program; any positive number is exact, a multiple of ``BLOCK_N`` wastes no
-            masked columns (see :func:`unicl.kernels.plan.column_ranges`).
+            masked columns (see `unicl.loss.kernels.plan.column_ranges`).
 
     Returns:
         ``r [M]`` and ``c [N]``, float32.
@@ -376,7 +377,7 @@ class OnePassEngine:
 
     Args:
         chunk_size: rows per super-chunk; ``None`` sizes them from ``workspace_bytes``.
-        workspace_bytes: memory budget of one super-chunk's buffers (:data:`DEFAULT_WORKSPACE_BYTES`).
+        workspace_bytes: memory budget of one super-chunk's buffers (`DEFAULT_WORKSPACE_BYTES`).
     """
 
     def __init__(self, chunk_size: int | None = None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> None:
@@ -392,7 +393,7 @@ class OnePassEngine:
         return rows, cols_per_range
 
     def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
         row_scale, col_scale = _factors(sim)
         if not columns:
             # Rows only (distributed local mode): the row kernel alone is one pass with no column statistics.
@@ -413,7 +414,7 @@ class OnePassEngine:
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
         row_scale, col_scale = _factors(sim)
         u, v = sim.u, sim.v

@@ -7,13 +7,13 @@ import torch.distributed as dist
 from torch import nn
 
 from unicl._checks import check_choice, check_optional_positive_int
-from unicl.backends import BACKENDS
-from unicl.distributed import distributed_unicl_loss
-from unicl.loss import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
+from unicl.loss.backends import BACKENDS
+from unicl.loss.distributed import distributed_unicl_loss
+from unicl.loss.functional import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
 
 
 class UniCLLoss(nn.Module):
-    """The UniCL loss as a module; see :func:`unicl.unicl_loss` for the objective and the arguments.
+    """The UniCL loss as a module; see `unicl.unicl_loss` for the objective and the arguments.
 
     ``forward`` takes the tensors by the names a UniCL model returns, so ``loss_fn(**model(images, ids), labels=y)``
     works.
@@ -24,14 +24,14 @@ class UniCLLoss(nn.Module):
         normalize: L2-normalise the features first.
         chunk_size: rows per block for the chunked backend, per super-chunk for ``"triton"`` (``None``: automatic).
         gather_distributed: gather features and labels from every rank of ``group`` and compute the loss of the
-            global batch (see :mod:`unicl.distributed` for the gradient convention). Without an initialised process
+            global batch (see `unicl.loss.distributed` for the gradient convention). Without an initialised process
             group, or with one rank, the loss is the single-process one.
         local_loss: with ``gather_distributed``, compute only this rank's rows and columns against the global batch
             (``W`` times less work and memory per rank, same gradients).
         group: the process group (``None``: the default group).
         equal_batches: with ``gather_distributed``, every rank declares the same batch size, so the loss skips the
             size exchange (a collective and a host synchronisation per call); see
-            :func:`unicl.distributed.distributed_unicl_loss`.
+            `unicl.loss.distributed.distributed_unicl_loss`.
 
     Example:
         >>> import torch
@@ -75,7 +75,7 @@ class UniCLLoss(nn.Module):
         labels: torch.Tensor | None = None,
         logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
     ) -> torch.Tensor:
-        """Loss of one batch; shapes as in :func:`unicl.unicl_loss`."""
+        """Loss of one batch; shapes as in `unicl.unicl_loss`."""
         if self.gather_distributed:
             return distributed_unicl_loss(
                 image_features,

@@ -1,4 +1,4 @@
-"""The UniCL loss in functional form (the module is :class:`unicl.nn.UniCLLoss`).
+"""The UniCL loss in functional form (the module is `unicl.loss.module.UniCLLoss`).
 
 UniCL (Yang et al., CVPR 2022) puts image-label and image-text data in one image-text-label space: every sample has
 a label, samples that share a class label are positives of each other, and an image-text pair (negative label) is
@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_optional_positive_int
-from unicl._dtypes import accumulation_dtype
-from unicl.backends import BACKENDS, similarity_terms
-from unicl.targets import target_keys
+from unicl.loss.backends import BACKENDS, similarity_terms
+from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.targets import target_keys
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -56,7 +56,7 @@ def unicl_loss(
             the vector ``(l_i2t + l_t2i)/2`` of shape ``[N]``.
         normalize: L2-normalise both feature sets first (set ``False`` if the model already does).
         chunk_size: rows per block for the chunked backend, rows per super-chunk for ``"triton"``; ``None``
-            chooses from ``N`` (and the Triton workspace budget, see :mod:`unicl.kernels.plan`).
+            chooses from ``N`` (and the Triton workspace budget, see `unicl.loss.kernels.plan`).
 
     Returns:
         A scalar (or ``[N]`` for ``reduction="none"``) in float32, or float64 for float64 inputs. NaN or Inf inside
@@ -98,10 +98,10 @@ def prepare_inputs(
     chunk_size: int | None,
     allow_no_rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Check every argument of :func:`unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
+    """Check every argument of `unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
 
     The features come back as given (the backends normalise them), the scale as a 0-dim tensor in the
-    accumulation dtype. Raises the errors documented in :func:`unicl_loss`. ``allow_no_rows`` accepts ``N = 0``
+    accumulation dtype. Raises the errors documented in `unicl_loss`. ``allow_no_rows`` accepts ``N = 0``
     (one rank's share of a distributed batch).
     """
     image, text = check_feature_pair(image_features, text_features, allow_no_rows)

@@ -9,9 +9,9 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from unicl.captions import caption_labels
-from unicl.prompts import LabelToPrompt
-from unicl.tokenizer import Tokenizer
+from unicl.text.captions import caption_labels
+from unicl.text.prompts import LabelToPrompt
+from unicl.text.tokenizer import Tokenizer
 
 #: The label of an image-text pair when captions are not hashed: positive only with its own text.
 PAIR_LABEL = -1
@@ -20,10 +20,10 @@ PAIR_LABEL = -1
 class UnifiedCollate:
     """Collate ``(image, class_id)``, ``(image, caption)`` and ``(image, prompt, class_id)`` samples into one batch.
 
-    A labelled sample's text is a prompt drawn for its class (:class:`unicl.prompts.LabelToPrompt`), or the prompt
+    A labelled sample's text is a prompt drawn for its class (`unicl.text.prompts.LabelToPrompt`), or the prompt
     it already carries as a triple (a dataset that draws its own prompts, as ``unicl.train``'s do), and its label
-    is the class id. A caption's label is :data:`PAIR_LABEL`, or with ``hash_captions`` a stable hash label above
-    the class ids (:func:`unicl.captions.caption_labels`), so identical captions are positives of each other, on
+    is the class id. A caption's label is `PAIR_LABEL`, or with ``hash_captions`` a stable hash label above
+    the class ids (`unicl.text.captions.caption_labels`), so identical captions are positives of each other, on
     every rank.
 
     Args:

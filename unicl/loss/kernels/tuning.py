@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import triton
 
-from unicl.kernels import interpreter_active
+from unicl.loss.kernels import interpreter_active
 
 #: Largest shared memory one block may use, in bytes, per compute capability (CUDA programming guide, "Technical
 #: Specifications per Compute Capability": A100 163 KiB, RTX 30xx/40xx/L40 99 KiB, H100/H200 and B200 227 KiB).
@@ -133,7 +133,7 @@ def launch(
         grid_fn: the grid from the tile sizes.
         device: where the tensors are.
         dtype: the features' dtype.
-        buckets: :func:`size_bucket` of the launch's row and column counts (part of the autotune key).
+        buckets: `size_bucket` of the launch's row and column counts (part of the autotune key).
         **arguments: the kernel's other arguments, by name.
     """
     with warnings.catch_warnings():

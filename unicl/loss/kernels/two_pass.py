@@ -1,14 +1,14 @@
 """Fused Triton kernels for the UniCL loss: ``S = s·U Vᵀ`` tiles in SRAM, never an ``N × N`` tensor in memory.
 
 The tiles are ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` with per-row and per-column factors (the inverse feature norms when
-the loss normalises, see :class:`unicl.backends.engine.Similarity`), so the features are normalised on the fly and
+the loss normalises, see `unicl.loss.engine.Similarity`), so the features are normalised on the fly and
 never copied.
 
 Design
 ------
 The loss needs only two ``N²`` reductions, the row and column log-sum-exp of ``S`` (``r``, ``c``), and its gradient
 only the softmax part of ``G = ∂L/∂S`` multiplied with the features. Everything involving the targets is ``O(N·D)``
-(per-key sums, :mod:`unicl.backends.function`), so the kernels never compare labels at all.
+(per-key sums, `unicl.loss.autograd`), so the kernels never compare labels at all.
 
 Both directions use one pair of kernels, because the column problem of ``S`` is the row problem of ``Sᵀ = s·V Uᵀ``:
 
@@ -46,9 +46,9 @@ import torch
 import triton
 import triton.language as tl
 
-from unicl.backends.engine import Similarity
-from unicl.kernels import interpreter_active
-from unicl.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_options
+from unicl.loss.engine import Similarity
+from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_options
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -170,7 +170,7 @@ def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = Non
     return triton.Config(meta, num_warps=warps, num_stages=stages)
 
 
-#: Autotune candidates per chip family (:func:`unicl.kernels.tuning.chip_family`) and operand precision ("half" for
+#: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision ("half" for
 #: bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half tiles because two of
 #: sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without register spills (SASS read
 #: with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
@@ -207,7 +207,7 @@ INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32
 
 
 def interpreting() -> bool:
-    """Whether these kernels run through Triton's CPU interpreter (see :func:`unicl.kernels.interpreter_active`)."""
+    """Whether these kernels run through Triton's CPU interpreter (see `unicl.loss.kernels.interpreter_active`)."""
     return interpreter_active()
 
 
@@ -215,7 +215,7 @@ def interpreting() -> bool:
 def _tuned(
     kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
 ) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and :func:`unicl.kernels.tuning.size_bucket` of ``(M, N)``."""
+    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
     return triton.autotune(
         configs=configs_for(kernel_name, capability, dtype),
         key=["D"],
@@ -362,7 +362,7 @@ class TritonEngine:
     """The fused-kernel engine behind ``backend="triton"`` (see the module docstring for the design)."""
 
     def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
         row_scale, col_scale = _factors(sim)
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
@@ -375,7 +375,7 @@ class TritonEngine:
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
         # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse

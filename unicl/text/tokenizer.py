@@ -25,7 +25,7 @@ from unicl._checks import check_positive_int, first_line
 CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
 #: CLIP's word pattern: contractions, letter runs, single digits, other non-space runs.
 CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-#: The files :meth:`Tokenizer.save` writes: the ``tokenizers`` model, and what it cannot hold (context length,
+#: The files `Tokenizer.save` writes: the ``tokenizers`` model, and what it cannot hold (context length,
 #: start and end tokens, padding id, text clean-up).
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 #: CLIP's merges file holds 48,894 merges after its header line: 49,152 − 256 byte tokens − 2 specials.
@@ -74,7 +74,7 @@ def clip_clean(text: str) -> str:
 
 
 def find_clip_merges() -> Path | None:
-    """Where CLIP's BPE merges file is on this machine (see :meth:`Tokenizer.clip`), or ``None``."""
+    """Where CLIP's BPE merges file is on this machine (see `Tokenizer.clip`), or ``None``."""
     spec = importlib.util.find_spec("open_clip")
     if spec is not None and spec.origin is not None:
         shipped = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
@@ -96,7 +96,7 @@ class Tokenizer:
         start_token: the start token's string (in the vocabulary).
         end_token: the end token's string (in the vocabulary).
         pad_id: id written after the end token (masked out).
-        clean: optional text clean-up applied before encoding (e.g. :func:`clip_clean`).
+        clean: optional text clean-up applied before encoding (e.g. `clip_clean`).
 
     Raises:
         ValueError: ``context_length < 2`` or a start/end token missing from the vocabulary.
@@ -187,7 +187,7 @@ class Tokenizer:
 
     @classmethod
     def clip(cls, context_length: int = 77) -> Tokenizer:
-        """CLIP's BPE (:meth:`from_clip_bpe`) from a merges file found on this machine, downloading nothing: the
+        """CLIP's BPE (`from_clip_bpe`) from a merges file found on this machine, downloading nothing: the
         copy inside an installed ``open_clip`` (its wheel ships ``bpe_simple_vocab_16e6.txt.gz``), else the
         ``merges.txt`` of an ``openai/clip-*`` tokenizer in the local Hugging Face cache (``HF_HUB_CACHE``,
         ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``).
@@ -236,7 +236,7 @@ class Tokenizer:
         padding id and clean-up (``None`` or ``"clip"``).
 
         Raises:
-            ValueError: a ``clean`` function other than :func:`clip_clean` (a function cannot be stored in JSON).
+            ValueError: a ``clean`` function other than `clip_clean` (a function cannot be stored in JSON).
         """
         if self.clean not in (None, clip_clean):
             raise ValueError("only a tokenizer without clean-up or with clip_clean can be saved; got a custom clean")
@@ -250,12 +250,12 @@ class Tokenizer:
 
     def to_state(self) -> dict[str, Any]:
         """The whole tokenizer as plain values (what a training checkpoint stores): ``{"tokenizer": JSON text,
-        **settings()}``; :meth:`from_state` undoes it."""
+        **settings()}``; `from_state` undoes it."""
         return {"tokenizer": self.tokenizer.to_str(), **self.settings()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], context_length: int | None = None, where: str = "state") -> Tokenizer:
-        """The tokenizer of :meth:`to_state` (``context_length`` overrides the stored one).
+        """The tokenizer of `to_state` (``context_length`` overrides the stored one).
 
         Raises:
             ValueError: a state that is not one (``where`` names it in the message).
@@ -271,13 +271,13 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``directory`` (created if needed), so that
-        :meth:`from_pretrained` gives back a tokenizer with the same ids for every text.
+        `from_pretrained` gives back a tokenizer with the same ids for every text.
 
         Returns:
             The directory.
 
         Raises:
-            ValueError: a ``clean`` function other than :func:`clip_clean` (a function cannot be stored in JSON).
+            ValueError: a ``clean`` function other than `clip_clean` (a function cannot be stored in JSON).
 
         Example:
             >>> import tempfile
@@ -296,7 +296,7 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], context_length: int | None = None) -> Tokenizer:
-        """The tokenizer :meth:`save` wrote to ``directory`` (``context_length`` overrides the saved one).
+        """The tokenizer `save` wrote to ``directory`` (``context_length`` overrides the saved one).
 
         A directory with a ``tokenizer.json`` but no ``tokenizer_config.json`` (a tokenizer saved by the
         ``tokenizers`` library itself) is read with this class's defaults.

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from unicl._dtypes import accumulation_dtype
-from unicl.rowwise import ROW_BLOCK
+from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.row_dots import ROW_BLOCK
 
 
 def target_keys(labels: torch.Tensor | None, num_samples: int, device: torch.device, offset: int = 0) -> torch.Tensor:
@@ -58,7 +58,7 @@ def _group_ids(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class KeyGroups:
     """Keys of one side (say the columns) grouped, and where each key of the other side falls among them.
 
-    Groups of two or more keys own a *slot* of a sums buffer with ``slots + 1`` rows (:meth:`buffer_rows`); the
+    Groups of two or more keys own a *slot* of a sums buffer with ``slots + 1`` rows (`buffer_rows`); the
     last slot stays zero and stands for "no stored sum". A key of the other side that matches a lone grouped key
     reads that key's row instead.
 
@@ -125,7 +125,7 @@ class KeyGroups:
                 several sums in turn), or ``None`` to allocate one.
 
         Returns:
-            The :class:`GroupSums`; it reads ``values``, ``weight`` and the buffer, so keep them unchanged while
+            The `GroupSums`; it reads ``values``, ``weight`` and the buffer, so keep them unchanged while
             it is in use.
         """
         acc = accumulation_dtype(values.dtype)
@@ -149,7 +149,7 @@ class KeyGroups:
 
 @dataclass(frozen=True)
 class GroupSums:
-    """The per-group sums of :meth:`KeyGroups.sums`, read row by row for the other side's keys.
+    """The per-group sums of `KeyGroups.sums`, read row by row for the other side's keys.
 
     Row ``k`` is ``buffer[other_slot[k]] + lone_weight[k] · values[other_lone[k]]``: a stored sum, or the lone
     matching row, or zero.

@@ -1,4 +1,4 @@
-"""Fused Triton kernels of the UniCL loss (:mod:`unicl.kernels.unicl_fused`), imported only when used."""
+"""Fused Triton kernels of the UniCL loss (`unicl.loss.kernels.two_pass`), imported only when used."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from unicl.backends.engine import SimilarityEngine
+from unicl.loss.engine import SimilarityEngine
 
 #: Feature dtypes the kernels take.
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -43,15 +43,15 @@ def triton_engine(schedule: str = "one_pass", chunk_size: int | None = None) -> 
     """A Triton engine; importing it compiles nothing until the first launch.
 
     Args:
-        schedule: ``"one_pass"`` (:mod:`unicl.kernels.one_pass`, ``8N²D`` flops, the default of
-            ``backend="triton"``) or ``"rowwise"`` (:mod:`unicl.kernels.unicl_fused`, ``12N²D`` flops at
+        schedule: ``"one_pass"`` (`unicl.loss.kernels.one_pass`, ``8N²D`` flops, the default of
+            ``backend="triton"``) or ``"rowwise"`` (`unicl.loss.kernels.two_pass`, ``12N²D`` flops at
             ``D <= BLOCK_D``, ``backend="triton_rowwise"``).
         chunk_size: rows per super-chunk of the one-pass schedule (``None``: from its workspace budget).
     """
     if schedule == "rowwise":
-        from unicl.kernels.unicl_fused import TritonEngine
+        from unicl.loss.kernels.two_pass import TritonEngine
 
         return TritonEngine()
-    from unicl.kernels.one_pass import OnePassEngine
+    from unicl.loss.kernels.one_pass import OnePassEngine
 
     return OnePassEngine(chunk_size)

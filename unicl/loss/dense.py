@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from unicl._dtypes import accumulation_dtype
+from unicl.loss.dtypes import accumulation_dtype
 
 
 def dense_terms(
@@ -25,7 +25,7 @@ def dense_terms(
         u: ``[M, D]`` row (image) features.
         v: ``[N, D]`` column (text) features.
         scale: 0-dim logit scale ``s``.
-        row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
+        row_keys: ``[M]`` target keys of the rows (see `unicl.loss.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
         columns: also compute the column terms (else the second result is empty).
 

@@ -1,6 +1,6 @@
 """Launch plans of the one-pass Triton schedule: how many rows a launch takes, its grid and its buffers.
 
-Pure Python, so the engine (:mod:`unicl.kernels.one_pass`) and the cost model (``benchmarks/cost_model.py``) read
+Pure Python, so the engine (`unicl.loss.kernels.one_pass`) and the cost model (``benchmarks/cost_model.py``) read
 the same plan: what the model counts is what the engine launches.
 
 The schedule walks the rows of ``S`` in *super-chunks* whose buffers fit a memory budget:
@@ -52,7 +52,7 @@ def super_chunks(num_rows: int, rows_per_chunk: int) -> list[SuperChunk]:
 
 
 def _rows_for(budget_bytes: int, bytes_per_row: int, num_rows: int, floor: int) -> int:
-    """Rows that fit ``budget_bytes`` at ``bytes_per_row``, a multiple of :data:`ROW_GRANULE`, at least ``floor``,
+    """Rows that fit ``budget_bytes`` at ``bytes_per_row``, a multiple of `ROW_GRANULE`, at least ``floor``,
     at most ``num_rows``."""
     fitting = (budget_bytes // max(bytes_per_row, 1)) // ROW_GRANULE * ROW_GRANULE
     return max(1, min(num_rows, max(fitting, floor)))
@@ -69,7 +69,7 @@ def forward_rows(num_rows: int, num_cols: int, smallest_block_m: int, chunk_size
 
 def backward_rows(num_rows: int, num_cols: int, itemsize: int, chunk_size: int | None, budget_bytes: int) -> int:
     """Rows per backward super-chunk: ``chunk_size`` if given, else as many as keep the ``R × N`` weights (of
-    ``itemsize`` bytes) within the budget, and at least :data:`MIN_SUPER_CHUNK_ROWS`."""
+    ``itemsize`` bytes) within the budget, and at least `MIN_SUPER_CHUNK_ROWS`."""
     if chunk_size is not None:
         return min(chunk_size, num_rows)
     return _rows_for(budget_bytes, itemsize * num_cols, num_rows, MIN_SUPER_CHUNK_ROWS)
@@ -79,7 +79,7 @@ def column_ranges(num_cols: int, row_blocks: int, programs_wanted: int) -> tuple
     """``(columns per range, number of ranges)`` for a forward launch of ``row_blocks`` row blocks.
 
     Enough ranges that ``row_blocks × ranges`` approaches ``programs_wanted`` (at least half of it, or every
-    granule its own range: each range is a whole number of :data:`COLUMN_GRANULE` columns), and never an empty
+    granule its own range: each range is a whole number of `COLUMN_GRANULE` columns), and never an empty
     range.
     """
     granules = cdiv(num_cols, COLUMN_GRANULE)

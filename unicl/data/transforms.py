@@ -131,7 +131,7 @@ def posterize(image: Image.Image, bits: int, **_: Any) -> Image.Image:
 
 
 def _allow_zero_bit_posterize(augmentation: Any) -> None:
-    """Give this transform's RandAugment posterize operations :func:`posterize` (this instance only)."""
+    """Give this transform's RandAugment posterize operations `posterize` (this instance only)."""
     for step in getattr(augmentation, "transforms", []):
         for operation in getattr(step, "ops", []):
             if "Posterize" in getattr(operation, "name", ""):

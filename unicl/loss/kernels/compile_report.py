@@ -2,7 +2,7 @@
 
 Every autotune configuration of every kernel (the one-pass schedule's ``partials`` and ``weights``, the two-pass
 schedule's ``lse`` and ``grad``) is compiled for a chip and feature dtype with the specialisation Triton's JIT gives
-a typical launch: the arguments of a representative launch (:class:`Launch`; by default N = 65,536 rows and
+a typical launch: the arguments of a representative launch (`Launch`; by default N = 65,536 rows and
 columns, D = 512, contiguous features, 16-byte aligned CUDA allocations) go through the JIT's own binder
 (``triton.runtime.jit.create_function_from_signature`` and ``JITFunction._pack_args``, what ``JITFunction.run``
 calls), so pointers and integers divisible by 16 get ``tt.divisibility = 16`` and integers equal to 1 become
@@ -10,14 +10,14 @@ constants, exactly as at launch, and the pipelined kernels that will run are the
 
 Per kernel, configuration, chip and dtype it reports registers, spill stores and loads (bytes of ``STL``/``LDL`` in
 the SASS), stack and local memory (``cuobjdump -res-usage``), the number of stages, shared memory against the chip's
-limit and the launcher's estimate (:func:`unicl.kernels.tuning.estimated_shared_bytes`), whether ``cp.async``, TMA,
+limit and the launcher's estimate (`unicl.loss.kernels.tuning.estimated_shared_bytes`), whether ``cp.async``, TMA,
 ``wgmma`` and tensor-core instructions appear, and for the forward kernels (``partials``, ``lse``) the SASS of the
-column loop per ``S`` entry (:func:`loop_counts`).
+column loop per ``S`` entry (`loop_counts`).
 
 Run it without ``TRITON_INTERPRET`` (the interpreter replaces the kernels by Python functions)::
 
-    python -m unicl.kernels.compile_report --capability 90 --dtype bfloat16 --table
-    python -m unicl.kernels.compile_report --jobs 2 > report.json   # every chip and dtype, JSON
+    python -m unicl.loss.kernels.compile_report --capability 90 --dtype bfloat16 --table
+    python -m unicl.loss.kernels.compile_report --jobs 2 > report.json   # every chip and dtype, JSON
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
-from unicl.kernels import one_pass, plan, unicl_fused
-from unicl.kernels.tuning import SHARED_MEMORY_LIMIT, estimated_shared_bytes
+from unicl.loss.kernels import one_pass, plan, two_pass
+from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, estimated_shared_bytes
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 #: Every kernel by name, with the module whose configuration table it uses.
 KERNELS = {
     "partials": (one_pass._lse_partials_kernel, one_pass),
     "weights": (one_pass._softmax_weights_kernel, one_pass),
-    "lse": (unicl_fused._row_lse_kernel, unicl_fused),
-    "grad": (unicl_fused._row_softmax_grad_kernel, unicl_fused),
+    "lse": (two_pass._row_lse_kernel, two_pass),
+    "grad": (two_pass._row_softmax_grad_kernel, two_pass),
 }
 #: The forward kernels, whose column loop is counted per ``S`` entry.
 FORWARD_KERNELS = ("partials", "lse")
@@ -74,7 +74,7 @@ class Launch:
 
     Attributes:
         n: rows and columns of ``S`` (image and text batch). The one-pass kernels take a super-chunk of its rows, as
-            :mod:`unicl.kernels.plan` sizes them with the default workspace.
+            `unicl.loss.kernels.plan` sizes them with the default workspace.
         d: feature dimension, which is also every feature row's stride (the launchers make features contiguous).
     """
 
@@ -100,7 +100,7 @@ class Launch:
 
 @dataclass
 class LoopCounts:
-    """SASS of a forward kernel's column loop, per ``S`` entry (see :func:`loop_counts`)."""
+    """SASS of a forward kernel's column loop, per ``S`` entry (see `loop_counts`)."""
 
     instructions: float
     shuffles: float
@@ -364,7 +364,7 @@ def compile_all(
 ) -> list[dict]:  # fmt: skip
     """Reports (as dictionaries) for every autotune configuration of ``kernels`` at each capability and dtype,
     compiled in ``jobs`` processes."""
-    if unicl_fused.interpreting():
+    if two_pass.interpreting():
         raise RuntimeError("compile_report needs the compiler: unset TRITON_INTERPRET before importing unicl")
     tasks = [
         (name, capability, dtype, index, launch)

@@ -4,13 +4,13 @@ Forward keeps only the row and column log-sum-exp (``2N`` floats) and, when it n
 ``a``, ``b`` (``2N`` more) besides the inputs; backward asks the engine to recompute ``S`` block by block. The
 features are normalised inside the engine's tiles (``S_ij = s·a_i·b_j·⟨x_i, y_j⟩``), so no normalised copy of them
 exists. The target parts of the loss and of its gradient use the per-key sums of
-:class:`unicl.targets.PositiveGroups`, which is exact and costs ``O(N·D)``. With ``u = a·x`` and ``v = b·y``:
+`unicl.loss.targets.PositiveGroups`, which is exact and costs ``O(N·D)``. With ``u = a·x`` and ``v = b·y``:
 
 * ``l^r_i = r_i − (s/p_i)·⟨u_i, Σ_{j∈P(i)} v_j⟩`` and ``l^c_j = c_j − (s/q_j)·⟨v_j, Σ_{i∈Q(j)} u_i⟩``;
 * ``∂L/∂u = s·(P V − (g^r/p)·Σ_{j∈P(i)} v_j − Σ_{j∈P(i)} (g^c_j/q_j)·v_j)`` and its mirror for ``v``, which the
   code carries as ``e = a·∂L/∂u / s``, the form the engine returns;
 * ``∂L/∂s = Σ_i ⟨u_i, ∂L/∂u_i⟩ / s = Σ_i ⟨x_i, e_i⟩``, free once ``e`` is known;
-* ``∂L/∂x = s·(e − a²·⟨x, e⟩·x)`` (:func:`unicl.normalize.unit_grad_to_input_`), in place.
+* ``∂L/∂x = s·(e − a²·⟨x, e⟩·x)`` (`unicl.loss.normalize.unit_grad_to_input_`), in place.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from unicl._dtypes import accumulation_dtype, autocast_disabled
-from unicl.backends.engine import Similarity, SimilarityEngine
-from unicl.normalize import inverse_norms, unit_grad_to_input_
-from unicl.rowwise import row_dots
-from unicl.targets import KeyGroups, PositiveGroups
+from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
+from unicl.loss.engine import Similarity, SimilarityEngine
+from unicl.loss.normalize import inverse_norms, unit_grad_to_input_
+from unicl.loss.row_dots import row_dots
+from unicl.loss.targets import KeyGroups, PositiveGroups
 
 
 def _times(factor: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     """Passes first derivatives through and raises if anything differentiates them again.
 
     Its inputs are the three gradients and then the loss inputs ``x, y, s``, so its outputs belong to the graph of
-    the gradient (``create_graph=True``) and a second derivative reaches :meth:`backward`.
+    the gradient (``create_graph=True``) and a second derivative reaches `backward`.
     """
 
     @staticmethod
@@ -148,7 +148,7 @@ class _FirstOrderOnly(torch.autograd.Function):
 def _first_order_backward(
     ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
 ) -> tuple[torch.Tensor | None, ...]:
-    """The gradients of :class:`UniCLTermsFunction` with respect to its eight inputs."""
+    """The gradients of `UniCLTermsFunction` with respect to its eight inputs."""
     x, y, scale, row_keys, col_keys, row_lse, col_lse, row_scale, col_scale = ctx.saved_tensors
     col_keys = row_keys if col_keys is None else col_keys
     if col_lse.numel() == 0:  # columns were not computed

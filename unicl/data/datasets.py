@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from unicl.prompts import class_synonyms
+from unicl.text.prompts import class_synonyms
 
 IMAGE_COLUMNS = ("image", "filepath")
 CAPTION_COLUMNS = ("caption", "title")
@@ -88,7 +88,7 @@ class CaptionPairs(Dataset):
         transform: turns the PIL image into a tensor.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`read_caption_file`.
+        FileNotFoundError, ValueError: as `read_caption_file`.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], transform: Callable[[Image.Image], Any]) -> None:
@@ -106,7 +106,7 @@ class CaptionPairs(Dataset):
 
 
 def read_class_names(path: str | os.PathLike[str], classes: int | None = None) -> list[str]:
-    """One class name per non-empty line (commas separate synonyms, as in :func:`unicl.prompts.class_synonyms`).
+    """One class name per non-empty line (commas separate synonyms, as in `unicl.text.prompts.class_synonyms`).
 
     Args:
         path: the file.

@@ -1,8 +1,8 @@
 """Row L2-normalisation: the inverse norms, the normalisation itself, and the chain rule back through it.
 
 The memory-efficient backends never normalise a copy of the features: they scale the similarity tiles by the
-inverse norms ``a`` (see :class:`unicl.backends.engine.Similarity`) and turn the gradient back with
-:func:`unit_grad_to_input_`, in place. :func:`normalize_features` (used by the dense backend) shares both.
+inverse norms ``a`` (see `unicl.loss.engine.Similarity`) and turn the gradient back with
+`unit_grad_to_input_`, in place. `normalize_features` (used by the dense backend) shares both.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from unicl._dtypes import accumulation_dtype
-from unicl.rowwise import row_dots
+from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.row_dots import row_dots
 
 #: Norms are clamped here, as ``F.normalize`` does, so a zero row gives a zero vector rather than NaN.
 NORM_EPS = 1e-12
@@ -39,7 +39,7 @@ def unit_grad_to_input_(
     Args:
         grad: ``[N, D]`` ``a·g`` (``g = ∂L/∂u``) in the accumulation dtype; overwritten with ``∂L/∂x``.
         features: ``[N, D]`` the unnormalised ``x``.
-        inverse_norm: ``[N]`` ``a``, from :func:`inverse_norms`.
+        inverse_norm: ``[N]`` ``a``, from `inverse_norms`.
         dots: ``[N]`` ``⟨x, a·g⟩`` when the caller already has them (left unchanged), else ``None``.
 
     Returns:

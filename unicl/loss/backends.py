@@ -1,12 +1,12 @@
 """Backends of the UniCL loss and the choice between them.
 
-* ``"dense"``: :func:`unicl.backends.dense.dense_terms`, the readable reference (holds ``N × N`` tensors).
-* ``"chunked"``: :class:`unicl.backends.chunked.ChunkedEngine` behind the shared autograd function; any device.
-* ``"triton"``: the one-pass fused kernels of :mod:`unicl.kernels.one_pass` (``8N²D`` flops, the minimum); CUDA,
+* ``"dense"``: `unicl.loss.dense.dense_terms`, the readable reference (holds ``N × N`` tensors).
+* ``"chunked"``: `unicl.loss.chunked.ChunkedEngine` behind the shared autograd function; any device.
+* ``"triton"``: the one-pass fused kernels of `unicl.loss.kernels.one_pass` (``8N²D`` flops, the minimum); CUDA,
   or the CPU under ``TRITON_INTERPRET=1``.
-* ``"triton_rowwise"``: the earlier two-pass kernels of :mod:`unicl.kernels.unicl_fused` (``12N²D`` flops), kept
+* ``"triton_rowwise"``: the earlier two-pass kernels of `unicl.loss.kernels.two_pass` (``12N²D`` flops), kept
   selectable until GPU measurements settle which schedule wins where.
-* ``"auto"``: ``"chunked"`` on CUDA (see :data:`AUTO_PREFERS_TRITON_ON_CUDA`), elsewhere ``"dense"`` up to
+* ``"auto"``: ``"chunked"`` on CUDA (see `AUTO_PREFERS_TRITON_ON_CUDA`), elsewhere ``"dense"`` up to
   1,024 × 1,024 entries and ``"chunked"`` above.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 from unicl._checks import check_choice
-from unicl._dtypes import accumulation_dtype, autocast_disabled
-from unicl.backends.chunked import ChunkedEngine
-from unicl.backends.dense import dense_terms
-from unicl.backends.engine import SimilarityEngine
-from unicl.backends.function import UniCLTermsFunction
-from unicl.kernels import triton_engine, triton_unavailable_reason
-from unicl.normalize import normalize_features
+from unicl.loss.autograd import UniCLTermsFunction
+from unicl.loss.chunked import ChunkedEngine
+from unicl.loss.dense import dense_terms
+from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
+from unicl.loss.engine import SimilarityEngine
+from unicl.loss.kernels import triton_engine, triton_unavailable_reason
+from unicl.loss.normalize import normalize_features
 
 BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
 #: The backends that run Triton kernels.
@@ -84,11 +84,11 @@ def similarity_terms(
         u: ``[M, D]`` row (image) features.
         v: ``[N, D]`` column (text) features, same dtype and device as ``u``.
         scale: 0-dim logit scale ``s`` in the accumulation dtype.
-        row_keys: ``[M]`` target keys of the rows (see :func:`unicl.targets.target_keys`).
+        row_keys: ``[M]`` target keys of the rows (see `unicl.loss.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
         normalize: L2-normalise the rows of ``u`` and ``v`` first (the memory-efficient backends do it inside the
             tiles of ``S``, without a normalised copy).
-        backend: one of :data:`BACKENDS`.
+        backend: one of `BACKENDS`.
         chunk_size: rows per block of the chunked backend, or per super-chunk of the one-pass Triton schedule
             (``None``: automatic).
 
@@ -110,7 +110,7 @@ def row_terms(
     backend: str = "auto",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Only the per-row terms ``l_row [M]`` of :func:`similarity_terms`, skipping all column work.
+    """Only the per-row terms ``l_row [M]`` of `similarity_terms`, skipping all column work.
 
     Distributed local mode uses it: a rank's rows against the global columns, once per direction.
     """
@@ -129,7 +129,7 @@ def _terms(
     columns: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both term vectors; without ``columns`` the second is empty and no column work is done. Autocast is off
-    throughout (:func:`unicl._dtypes.autocast_disabled`): the numerics follow the features' dtype only."""
+    throughout (`unicl.loss.dtypes.autocast_disabled`): the numerics follow the features' dtype only."""
     with autocast_disabled(u.device):
         concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
         if u.shape[0] == 0 or v.shape[0] == 0:

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import torch
 
 from unicl._checks import check_optional_positive_int
-from unicl._dtypes import accumulation_dtype
-from unicl.backends.engine import Similarity
+from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.engine import Similarity
 
 #: Entries of ``S`` per block when ``chunk_size`` is not given: 2^21 float32 entries are 8 MiB a buffer, large
 #: enough for efficient matrix products (at N = 8,192 on a 2-core EPYC the 256-row block's ``V·u_rowsᵀ`` ran at 89
@@ -48,7 +48,7 @@ _MIXED_ADDMM_IN_PLACE = torch.__version__ >= "2.14"
 
 def block_rows(num_rows: int, num_cols: int, chunk_size: int | None) -> int:
     """Rows per block of the walk over an ``num_rows × num_cols`` matrix: ``chunk_size``, or, when it is ``None``,
-    enough rows for about :data:`DEFAULT_BLOCK_ENTRIES` entries and at least :data:`MIN_BLOCK_ROWS`; never more
+    enough rows for about `DEFAULT_BLOCK_ENTRIES` entries and at least `MIN_BLOCK_ROWS`; never more
     than ``num_rows``."""
     rows = chunk_size or max(MIN_BLOCK_ROWS, DEFAULT_BLOCK_ENTRIES // max(num_cols, 1))
     return max(1, min(rows, num_rows))
@@ -74,7 +74,7 @@ def mixed_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tenso
 
 
 def mixed_addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``acc += a @ b`` in place, ``acc`` in float32 and ``a``, ``b`` possibly half precision (see :func:`mixed_mm`).
+    """``acc += a @ b`` in place, ``acc`` in float32 and ``a``, ``b`` possibly half precision (see `mixed_mm`).
 
     Written as ``addmm(..., out=acc)`` (one BLAS call with beta = 1, as ``addmm_`` is), which torch's
     ``FlopCounterMode`` counts; it does not count the in-place ``addmm_``.
@@ -139,9 +139,9 @@ class ChunkedEngine:
 
     Args:
         chunk_size: rows per block ``B``; ``None`` picks ``B`` so that a block holds about
-            :data:`DEFAULT_BLOCK_ENTRIES` entries, and at least :data:`MIN_BLOCK_ROWS` rows.
+            `DEFAULT_BLOCK_ENTRIES` entries, and at least `MIN_BLOCK_ROWS` rows.
         native_half: multiply half-precision features as they are, with float32 results; ``None`` does so on CUDA
-            only (see :func:`uses_tensor_core_products`). ``True`` elsewhere gives the same numbers through upcast
+            only (see `uses_tensor_core_products`). ``True`` elsewhere gives the same numbers through upcast
             products, which is how the CUDA path is tested on the CPU.
     """
 
@@ -155,7 +155,7 @@ class ChunkedEngine:
         return _Blocks(sim, rows, native and sim.u.dtype in HALF_DTYPES)
 
     def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
         blocks = self._blocks(sim)
         acc, device = blocks.tile_buffer.dtype, blocks.tile_buffer.device
         row_lse = torch.empty(sim.u.shape[0], dtype=acc, device=device)
@@ -176,7 +176,7 @@ class ChunkedEngine:
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see :class:`unicl.backends.engine.SimilarityEngine`."""
+        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         blocks = self._blocks(sim)
         acc = blocks.tile_buffer.dtype
         grad_u = torch.empty(sim.u.shape, dtype=acc, device=sim.u.device)
