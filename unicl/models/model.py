@@ -84,8 +84,16 @@ class UniCLModel(nn.Module):
         return {
             "image_features": self.encode_image(images),
             "text_features": self.encode_text(input_ids, attention_mask),
-            "logit_scale": self.logit_scale.exp().clamp(max=self.config.max_logit_scale),
+            "logit_scale": self.clamped_logit_scale(),
         }
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """The 0-dim logit scale ``exp(logit_scale)``, clamped at ``max_logit_scale`` (CLIP's bound of 100).
+
+        The one place the bound is applied: training, the zero-shot heads and the probes all take the scale from here.
+        Above the bound the clamp passes no gradient, so the stored parameter stays where it crossed it.
+        """
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
         """Write this model (and its tokenizer, if given) to ``directory`` as safetensors weights and a JSON config
