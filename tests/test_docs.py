@@ -1,26 +1,55 @@
-"""Every Python snippet in the docs runs as written, and every docstring example passes as a doctest."""
+"""The docs render and run: every Python snippet in the docs runs as written, every docstring example passes as a
+doctest, and no docstring or page holds a raw reStructuredText role (mkdocstrings renders Markdown: `:func:`x``
+would show as literal text on the API pages)."""
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
-SNIPPETS = [
-    (page, index, code)
-    for page in PAGES
-    for index, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
-]
+SNIPPET = re.compile(r"```python\n(.*?)```", flags=re.S)
+SNIPPETS = [(page, index, code) for page in PAGES for index, code in enumerate(SNIPPET.findall(page.read_text()))]
+SOURCES = sorted((ROOT / "unicl").rglob("*.py"))
 MODULES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    for path in (ROOT / "unicl").rglob("*.py")
+    for path in SOURCES
     if path.name != "__init__.py" or path.parent == ROOT / "unicl"
 )
+
+#: Sphinx's Python-domain roles and any explicit ``:py:...:`` role, followed by the backtick that opens the target
+#: (in a source or a Markdown page) or by the ``<code>`` Markdown made of it (in a rendered page).
+RAW_ROLE = re.compile(
+    r"(?<![\w:])(?::py:[a-z]+|:(?:func|class|mod|meth|attr|data|exc|obj|const|any|ref|term)):(?=`|<code)"
+)
+#: A fence that opens a Python block, however it is spelled (```` ```python ````, ```` ``` py ````, with options).
+PYTHON_FENCE = re.compile(r"^[ \t]*```[ \t]*(?:python|py|python3)\b", flags=re.M)
+
+
+def raw_roles(text: str) -> list[str]:
+    """``"line N: <line>"`` for every line of ``text`` that holds a raw reStructuredText role."""
+    return [
+        f"line {number}: {line.strip()}"
+        for number, line in enumerate(text.splitlines(), start=1)
+        if RAW_ROLE.search(line)
+    ]
+
+
+def raw_roles_in_files(paths: list[Path]) -> dict[str, list[str]]:
+    """The raw roles of each file that has any, by path."""
+    found = {str(path): raw_roles(path.read_text(encoding="utf-8")) for path in paths}
+    return {path: lines for path, lines in found.items() if lines}
 
 
 @pytest.mark.parametrize(
@@ -34,6 +63,15 @@ def test_docs_have_snippets():
     assert len(SNIPPETS) >= 8
 
 
+@pytest.mark.parametrize("page", [*PAGES, README], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_python_block_is_collected(page):
+    """A block the collector's pattern misses (```` ```py ````, a fence with options) would never run."""
+    text = page.read_text()
+    assert len(SNIPPET.findall(text)) == len(PYTHON_FENCE.findall(text)), (
+        f"{page.relative_to(ROOT)}: open Python blocks with a bare ```python line"
+    )
+
+
 @pytest.mark.parametrize("module_name", [m.removesuffix(".__init__") for m in MODULES])
 def test_docstring_examples(module_name):
     if module_name.endswith("compile_report"):
@@ -41,3 +79,82 @@ def test_docstring_examples(module_name):
     module = importlib.import_module(module_name)
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert failures == 0
+
+
+def test_no_raw_roles_in_the_package_sources():
+    """Every docstring (and comment) of `unicl`: the whole text of each module, so none is missed."""
+    assert len(SOURCES) > 50
+    assert raw_roles_in_files(SOURCES) == {}
+
+
+def test_no_raw_roles_in_the_docs_pages():
+    assert raw_roles_in_files([*PAGES, README]) == {}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "See :func:`unicl_loss`.",
+        "The :class:`~unicl.loss.module.UniCLLoss` module",
+        "(:mod:`unicl.loss`)",
+        "Raises :exc:`ValueError`.",
+        ":meth:`Tokenizer.save`, :attr:`x`, :data:`BACKENDS`, :obj:`None`, :const:`PAIR_LABEL`",
+        "An explicit :py:func:`unicl_loss` role.",
+        ":py:class:`UniCLLoss`",
+        "A doubled one, :func:``unicl_loss``.",
+        "<p>See :func:<code>unicl_loss</code>.</p>",  # as it reaches a rendered page
+    ],
+)
+def test_the_check_catches_a_role(line):
+    assert raw_roles(f"first line\n{line}\n") == [f"line 2: {line}"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "See `unicl_loss` and [`UniCLLoss`][unicl.loss.module.UniCLLoss].",
+        "x[:, 1:] and {'class': 1} and https://example.org:8080/a",
+        "a dict {name: func} and the word class: `code`",  # a role needs its own leading colon
+        "labels:`y`",  # not one of the roles
+    ],
+)
+def test_the_check_passes_code_spans_and_colons(line):
+    assert raw_roles(line) == []
+
+
+def test_the_check_catches_a_role_written_into_a_copy_of_a_module(tmp_path):
+    original = ROOT / "unicl" / "loss" / "module.py"
+    copy = tmp_path / "module.py"
+    text = original.read_text(encoding="utf-8")
+    docstring_end = text.index('"""', text.index('"""') + 3)
+    copy.write_text(text[:docstring_end] + "\nSee :func:`unicl.loss.functional.unicl_loss`.\n" + text[docstring_end:])
+    assert raw_roles_in_files([original]) == {}
+    found = raw_roles_in_files([copy])
+    assert list(found) == [str(copy)]
+    assert found[str(copy)] == [
+        f"line {text[:docstring_end].count(chr(10)) + 2}: See :func:`unicl.loss.functional.unicl_loss`."
+    ]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocstrings") is None or shutil.which("mkdocs") is None,
+    reason="the docs extra is not installed",
+)
+def test_no_raw_roles_on_the_rendered_api_pages(tmp_path):
+    """What readers see: the site built (not strict: CI's strict build judges warnings), each API page's HTML."""
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--no-strict", "-q", "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    api_pages = sorted((site / "api").rglob("index.html"))
+    assert len(api_pages) == len(list((ROOT / "docs" / "api").glob("*.md")))
+    for page in api_pages:
+        html = page.read_text(encoding="utf-8")
+        assert 'class="doc doc-' in html, f"{page}: mkdocstrings rendered nothing"
+        assert raw_roles(html) == [], page
