@@ -1,19 +1,24 @@
-"""Argument checks shared across the package.
+"""Argument checks shared across the package, and the error format of the commands.
 
 Every check raises ``TypeError`` or ``ValueError`` with a message that names the argument and says what was expected.
 None of them reads a tensor's values from an accelerator, so they never add a host-device synchronisation.
+
+This module imports no torch at module level: the commands import it before they parse their arguments, and
+``--help`` must answer without loading torch (2 s or more). The tensor checks import torch when they run (by then the
+caller, which holds tensors, has loaded it: the import statement is a dictionary lookup).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+if TYPE_CHECKING:
+    import torch
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
@@ -41,11 +46,13 @@ def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
 def check_features(name: str, features: object, allow_no_rows: bool = False) -> torch.Tensor:
     """Check that ``features`` is a non-empty floating-point matrix ``[N, D]`` (``N = 0`` allowed with
     ``allow_no_rows``, as one rank's share of a distributed batch may be)."""
+    import torch
+
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [N, D]; got {type(features).__name__}")
     if features.dim() != 2:
         raise ValueError(f"{name} must be 2-D [N, D]; got shape {tuple(features.shape)}")
-    if features.dtype not in _FLOAT_DTYPES:
+    if features.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {features.dtype}")
     if features.shape[1] == 0 or (features.shape[0] == 0 and not allow_no_rows):
         raise ValueError(f"{name} must have at least one row and one column; got shape {tuple(features.shape)}")
@@ -78,6 +85,8 @@ def check_labels(labels: object, num_samples: int, device: torch.device) -> torc
     """Check that ``labels`` is ``None`` or an integer vector ``[N]`` on ``device``."""
     if labels is None:
         return None
+    import torch
+
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -98,6 +107,8 @@ def check_logit_scale(logit_scale: object, device: torch.device) -> torch.Tensor
     on an accelerator is not inspected, because reading its value would stall the stream, so a non-positive or
     non-finite value there gives a non-finite or meaningless loss instead of an error.
     """
+    import torch
+
     if isinstance(logit_scale, torch.Tensor):
         if logit_scale.numel() != 1:
             raise ValueError(f"logit_scale must be a scalar (one element); got shape {tuple(logit_scale.shape)}")
@@ -133,3 +144,31 @@ def program_name(module: str) -> str:
     (``unicl-train``) when run as one, else ``python -m <module>``."""
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return invoked if invoked.startswith("unicl-") else f"python -m {module}"
+
+
+class CommandError(SystemExit):
+    """A user error of a command, already reported: exit status 2, and ``str()`` is the error line
+    ``PROG: error: MESSAGE`` (so a Python caller, or a test, reads what the user read)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(2)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The commands' parser: every user error, argparse's own and those found after parsing, goes through `error`.
+
+    `error` prints what argparse prints (the usage line, then ``PROG: error: MESSAGE``, on standard error) and raises
+    `CommandError` (exit status 2, like argparse's) instead of a bare ``SystemExit(2)``, so the message travels with
+    the exit. Sub-commands' parsers (``add_subparsers``) are of the same class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Report ``message`` in argparse's format and exit with status 2 (raises `CommandError`)."""
+        self.print_usage(sys.stderr)
+        line = f"{self.prog}: error: {message}"
+        self._print_message(line + "\n", sys.stderr)
+        raise CommandError(line)
