@@ -81,28 +81,81 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
 
 
 class CaptionPairs(Dataset):
-    """Every row of one or more caption files as an ``(image, caption)`` training sample.
+    """The rows of one or more caption files: ``(image, caption)`` pairs for training, and by `images` the distinct
+    images, each with all its captions, for retrieval.
+
+    An image listed on several rows (in one file or several) is one image with several captions: `image_paths` holds
+    it once and `image_index` points each row's caption at it.
 
     Args:
-        paths: caption files (see the module docstring).
-        transform: turns the PIL image into a tensor.
+        paths: a caption file (see the module docstring), or a sequence of them read in order.
+        transform: turns the PIL image into a tensor; ``None`` until set (a command checks its files before it has
+            a model, hence its transform).
+        loader: reads an image file (default `load_rgb`), as torchvision's ``ImageFolder`` has it.
+
+    Attributes:
+        rows: every row's ``(resolved image path, caption)``, file by file.
+        captions: every row's caption.
+        image_paths: the distinct images, in first-seen order.
+        image_index: ``[rows]`` which distinct image each row's caption describes.
 
     Raises:
-        FileNotFoundError, ValueError: as `read_caption_file`.
+        FileNotFoundError, ValueError: as `read_caption_file`; ValueError also for an empty sequence of paths.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], transform: Callable[[Image.Image], Any]) -> None:
-        if isinstance(paths, (str, os.PathLike)) or len(paths) == 0:
-            raise ValueError("paths must be a non-empty sequence of caption files")
-        self.rows = [row for path in paths for row in read_caption_file(path)]
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        transform: Callable[[Image.Image], Any] | None = None,
+        loader: Callable[[Path], Image.Image] = load_rgb,
+    ) -> None:
+        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not files:
+            raise ValueError("paths must be a caption file or a non-empty sequence of them")
+        self.rows = [row for path in files for row in read_caption_file(path)]
+        index_of: dict[Path, int] = {}
+        self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in self.rows]
+        self.image_paths = list(index_of)
+        self.captions = [caption for _, caption in self.rows]
         self.transform = transform
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[Any, str]:
         image_path, caption = self.rows[index]
-        return self.transform(load_rgb(image_path)), caption
+        return self.image(image_path), caption
+
+    def image(self, path: Path) -> Any:
+        """The image at ``path`` read by `loader` and through `transform`."""
+        if self.transform is None:
+            raise RuntimeError("CaptionPairs.transform is not set")
+        return self.transform(self.loader(path))
+
+    @property
+    def images(self) -> CaptionImages:
+        """The distinct images as a dataset (`CaptionImages`), read through this one's current `loader` and
+        `transform`."""
+        return CaptionImages(self)
+
+
+class CaptionImages(Dataset):
+    """The distinct images of a `CaptionPairs`, in `CaptionPairs.image_paths` order: sample ``i`` is image ``i``'s
+    tensor, the image that `CaptionPairs.image_index` points its captions at.
+
+    Args:
+        pairs: the caption rows (its `loader` and `transform` are read at each access).
+    """
+
+    def __init__(self, pairs: CaptionPairs) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs.image_paths)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.pairs.image(self.pairs.image_paths[index])
 
 
 def read_class_names(path: str | os.PathLike[str], classes: int | None = None) -> list[str]:

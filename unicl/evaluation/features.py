@@ -34,14 +34,11 @@ from torchvision.datasets import DatasetFolder
 
 from unicl._checks import check_choice, check_positive_int
 from unicl.evaluation.inference import inference_autocast, inference_batches
+from unicl.evaluation.names import FEATURE_KINDS, PRECISIONS
 from unicl.models import UniCLModel
 
 __all__ = ["FEATURE_KINDS", "cache_path", "dataset_identity", "image_features", "model_digest", "run_precision"]
 
-#: ``"backbone"``: the image tower's pooled output before the projection (``model.image_encoder(images)``, what
-#: CLIP's linear probes use); ``"projected"``: the joint embedding ``model.encode_image(images, normalize=False)``.
-FEATURE_KINDS = ("backbone", "projected")
-PRECISIONS = ("fp32", "bf16")
 #: Bumped when the features' layout or key changes, so older cache files miss.
 CACHE_VERSION = 2
 

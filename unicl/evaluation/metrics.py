@@ -23,11 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 
+from unicl.evaluation.names import DEFAULT_METRIC, METRIC_NAMES, MULTILABEL_METRIC, TOP_K
+
 __all__ = [
     "METRICS",
+    "check_metric_fits",
+    "classification_results",
     "compute_metric",
     "mean_average_precision_11_point",
     "mean_per_class_recall",
@@ -261,6 +266,7 @@ def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
 
 #: Metric name to ``fn(scores, targets) -> float``. ``top1``/``top5``/``mean_per_class_recall`` take ``[N, C]``
 #: scores and ``[N]`` class ids; ``map_11_point`` ``[N, C]`` multi-hot targets; ``roc_auc`` binary targets.
+#: The keys are `unicl.evaluation.names.METRIC_NAMES` (a test holds them equal, in order).
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "top1": partial(top_k_accuracy, k=1),
     "top5": partial(top_k_accuracy, k=5),
@@ -283,3 +289,54 @@ def compute_metric(name: str, scores: torch.Tensor, targets: torch.Tensor) -> fl
     if not isinstance(name, str) or name not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {name!r}")
     return METRICS[name](scores, targets)
+
+
+def check_metric_fits(metric: str, num_classes: int, multilabel: bool) -> str:
+    """Return ``metric`` if it scores data of ``num_classes`` classes (multi-label or not), else raise.
+
+    ``map_11_point`` is for multi-label data only and multi-label data only has it; ``roc_auc`` needs exactly two
+    classes; ``top5`` at least five.
+
+    Raises:
+        ValueError: an unknown metric (the message lists them) or one that does not fit the data.
+    """
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRIC_NAMES)}")
+    if multilabel and metric != MULTILABEL_METRIC:
+        raise ValueError(f"{metric} scores one class per image; multi-label data is scored with {MULTILABEL_METRIC}")
+    if not multilabel and metric == MULTILABEL_METRIC:
+        raise ValueError(
+            f"{metric} is for multi-label data (a labels CSV); this data has one class per image: use top1 or "
+            "mean_per_class_recall"
+        )
+    if metric == "roc_auc" and num_classes != 2:
+        raise ValueError(f"roc_auc scores binary data (2 classes); this data has {num_classes} classes")
+    if metric == "top5" and num_classes < 5:
+        raise ValueError(f"top5 needs at least 5 classes; this data has {num_classes}")
+    return metric
+
+
+def classification_results(scores: torch.Tensor, targets: torch.Tensor, metric: str | None = None) -> dict[str, Any]:
+    """The metrics every classification evaluation reports, from all of a dataset's scores.
+
+    Args:
+        scores: ``[N, C]`` class scores.
+        targets: ``[N]`` class ids, or ``[N, C]`` multi-hot (multi-label data).
+        metric: the dataset's metric (default ``top1``, or ``map_11_point`` for multi-label targets).
+
+    Returns:
+        Single-label: ``{"top1", "top5" (with >= 5 classes), metric (when another), "metric", "images", "classes"}``;
+        multi-label: ``{"map_11_point", "metric", "images", "classes"}``.
+
+    Raises:
+        ValueError: a metric that does not fit the data (`check_metric_fits`).
+    """
+    multilabel = targets.dim() == 2
+    num_images, num_classes = scores.shape
+    if metric is None:
+        metric = MULTILABEL_METRIC if multilabel else DEFAULT_METRIC
+    check_metric_fits(metric, num_classes, multilabel)
+    names = [metric] if multilabel else [f"top{k}" for k in TOP_K if k <= num_classes]
+    names += [] if metric in names else [metric]
+    results: dict[str, Any] = {name: compute_metric(name, scores, targets) for name in names}
+    return {**results, "metric": metric, "images": num_images, "classes": num_classes}

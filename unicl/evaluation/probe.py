@@ -11,18 +11,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from unicl._checks import check_choice, check_optional_positive_int
-from unicl.evaluation.features import FEATURE_KINDS, image_features
+from unicl.evaluation.features import image_features
+from unicl.evaluation.names import FEATURE_KINDS, INITS
 from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
 from unicl.evaluation.zeroshot import build_zeroshot_classifier
 from unicl.models import UniCLModel
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
 
-__all__ = ["INITS", "known_targets", "run_linear_probe", "text_head"]
-
-#: ``"random"``: the head starts at zero with plain L2 (the name follows ELEVATER; the start is deterministic);
-#: ``"text"``: it starts at, and is pulled towards, the zero-shot classifier.
-INITS = ("random", "text")
+__all__ = ["known_targets", "run_linear_probe", "text_head"]
 
 
 @torch.no_grad()

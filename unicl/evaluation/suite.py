@@ -37,16 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from unicl.evaluation.names import CLASS_NAME_SETS, RECALL_AT, TEMPLATE_SET_NAMES
+
 TASKS = ("zeroshot", "retrieval", "linear-probe")
 #: Each task's data fields (all required).
 DATA_FIELDS = {"zeroshot": ("data",), "retrieval": ("captions",), "linear-probe": ("train", "test")}
 #: Fields that are paths unless they name a shipped set.
-NAMED_SETS = {"classnames": ("imagenet", "imagenet-unicl"), "templates": ("default", "plain", "clip", "unicl")}
+NAMED_SETS = {"classnames": tuple(CLASS_NAME_SETS), "templates": TEMPLATE_SET_NAMES}
 #: Options the suite command sets once for every entry.
 SUITE_OPTIONS = ("model", "pretrained", "tokenizer", "device", "json", "precision", "workers", "no_progress")
 #: The score column of a retrieval entry unless its ``metric`` names another.
 RETRIEVAL_METRIC = "image_to_text_R@1"
-RETRIEVAL_METRICS = tuple(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
+RETRIEVAL_METRICS = tuple(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in RECALL_AT)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FIELDS = ("name", "task", "data", "captions", "train", "test", "classnames", "templates", "metric", "options")
 

@@ -1,14 +1,19 @@
-"""Zero-shot classification: class embeddings from prompts, logits and predictions."""
+"""Zero-shot classification: class embeddings from prompts, logits and predictions, and a dataset's zero-shot
+scores and metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from unicl._checks import check_positive_int
+from unicl.evaluation.inference import inference_autocast, inference_batches
+from unicl.evaluation.metrics import classification_results
+from unicl.models.model import UniCLModel
 from unicl.text.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
 from unicl.text.tokenizer import Tokenizer
 
@@ -102,3 +107,104 @@ def zeroshot_predict(image_features: torch.Tensor, classifier: torch.Tensor, top
         raise ValueError(f"top_k must be <= the number of classes {logits.shape[1]}; got {top_k}")
     predictions = logits.topk(top_k, dim=1).indices
     return predictions[:, 0] if top_k == 1 else predictions
+
+
+@torch.no_grad()
+def zeroshot_scores(
+    model: UniCLModel,
+    dataset: Dataset,
+    classifier: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot logits of every image of ``dataset`` against ``classifier`` and the images' targets.
+
+    Args:
+        model: the model (moved to ``device``, put in eval mode).
+        dataset: ``(image tensor, target)`` samples: a class id, or a ``[C]`` multi-hot row.
+        classifier: ``[C, D]`` from `build_zeroshot_classifier`.
+        batch_size: images per batch.
+        workers: data-loading processes.
+        device: where to run.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
+        progress: show a progress bar on standard error.
+
+    Returns:
+        ``([N, C] float32 logits 100·cos, [N] or [N, C] targets)``, on the CPU.
+    """
+    check_positive_int("batch_size", batch_size)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    scores, targets = [], []
+    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, "zero-shot"):
+        with inference_autocast(device, precision):
+            features = model.encode_image(images.to(device))
+        scores.append(zeroshot_logits(features.float(), classifier).cpu())
+        targets.append(torch.as_tensor(batch_targets))
+    if not scores:
+        raise ValueError("dataset has no images")
+    return torch.cat(scores), torch.cat(targets)
+
+
+@torch.no_grad()
+def zeroshot_accuracy(
+    model: UniCLModel,
+    dataset: Dataset,
+    class_names: Sequence[str | Sequence[str]],
+    tokenizer: Tokenizer,
+    *,
+    templates: Templates = DEFAULT_TEMPLATES,
+    metric: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Zero-shot classification of ``dataset`` by ``model``: top-1, top-5 and the dataset's metric.
+
+    Every class is the normalised mean of its normalised prompt embeddings; an image's score for a class is
+    ``100 · cos(image, class)``; the metrics are those of `unicl.evaluation.metrics` on all scores at once.
+
+    Args:
+        model: the model (moved to ``device``, put in eval mode).
+        dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
+            `unicl.image_transform`, or ``(image tensor, [C] multi-hot)`` ones
+            (`unicl.evaluation.label_files.MultiLabelImages`).
+        class_names: one name (or list of synonyms) per class id.
+        tokenizer: the model's tokenizer.
+        templates: prompt templates (every class is the mean of its prompts), or a per-class mapping of complete
+            prompts (`unicl.text.prompts.read_templates`).
+        metric: the dataset's metric (see `unicl.evaluation.metrics.classification_results`; default ``top1``,
+            ``map_11_point`` for multi-label data).
+        batch_size: images per batch.
+        workers: data-loading processes.
+        device: where to run.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
+        progress: show a progress bar on standard error.
+
+    Returns:
+        ``{"top1": ..., "top5": ..., "metric": name, "images": N, "classes": C}`` (``top5`` only with at least 5
+        classes; the metric's own value too when it is another; see
+        `unicl.evaluation.metrics.classification_results`).
+
+    Raises:
+        ValueError: a dataset whose ``classes`` are not as many as ``class_names`` (before any image is read).
+    """
+    check_positive_int("batch_size", batch_size)
+    dataset_classes = getattr(dataset, "classes", None)
+    if dataset_classes is not None and len(dataset_classes) != len(class_names):
+        raise ValueError(f"dataset has {len(dataset_classes)} classes but {len(class_names)} class names were given")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    with inference_autocast(device, precision):
+        classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=device)
+    scores, targets = zeroshot_scores(
+        model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
+        progress=progress,
+    )  # fmt: skip
+    return classification_results(scores, targets, metric)
