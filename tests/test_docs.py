@@ -158,3 +158,24 @@ def test_no_raw_roles_on_the_rendered_api_pages(tmp_path):
         html = page.read_text(encoding="utf-8")
         assert 'class="doc doc-' in html, f"{page}: mkdocstrings rendered nothing"
         assert raw_roles(html) == [], page
+
+
+def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
+    """The Design page's house is the package's: every package and top-level module in its table, and the layers
+    of the contract that `.ci/run` checks (`pyproject.toml`), top down, in its diagram."""
+    import tomllib
+
+    design = (ROOT / "docs" / "design.md").read_text()
+    table = design.split("## The packages", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(unicl\.[\w.]+)`", table))
+    top_level = {
+        f"unicl.{path.stem if path.is_file() else path.name}"
+        for path in (ROOT / "unicl").iterdir()
+        if (path.suffix == ".py" and path.name != "__init__.py") or (path / "__init__.py").is_file()
+    }
+    assert top_level - named == set(), "add them to the Design page's table of packages"
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contract if c["type"] == "layers")["layers"]
+    diagram = design.split("## Layers", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    drawn = [line.split("  ")[0].strip() for line in diagram.splitlines() if line.strip()]
+    assert drawn == layers

@@ -33,3 +33,35 @@ def test_ci_stops_when_the_readme_test_command_fails():
     test_command = next(c for c in commands if "pytest" in c)
     line = next(line for line in (README.parent / ".ci" / "run").read_text().splitlines() if test_command in line)
     assert re.search(r"\|\| \{ .*exit 1; \}$", line), line
+
+
+#: The pages that tell users how to install (the other pages point at them).
+INSTALL_PAGES = [README, README.parent / "docs" / "index.md", README.parent / "docs" / "quickstart.md"]
+CPU_TORCH = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("page", INSTALL_PAGES, ids=lambda p: p.name)
+def test_install_says_how_to_install_today(page):
+    """unicl is not on PyPI: the pages install from the repository or a built wheel, CPU-only torch first."""
+    text = page.read_text()
+    assert re.search(r"""pip install ["']?unicl\b""", text) is None, "unicl is not published: no pip install unicl"
+    assert "not on PyPI yet" in text
+    commands = "\n".join(re.findall(r"```bash\n(.*?)\n```", text, flags=re.S))
+    assert CPU_TORCH in commands
+    assert commands.index(CPU_TORCH) < commands.index("pip install -e ")
+    assert "python -m build" in commands
+
+
+def test_readme_install_covers_the_clone_and_the_wheel():
+    section = README.read_text().split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    assert [line.split("#")[0].strip() for line in commands[0].splitlines()] == [
+        "git clone https://github.com/unicl/unicl.git && cd unicl",
+        "python3 -m venv .venv && . .venv/bin/activate",
+        CPU_TORCH,
+        "pip install -e .",
+    ]
+    assert [line.split("#")[0].strip() for line in commands[1].splitlines()] == [
+        "pip install build && python -m build",
+        "pip install dist/unicl-*.whl",
+    ]
