@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -163,8 +164,6 @@ def test_no_raw_roles_on_the_rendered_api_pages(tmp_path):
 def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
     """The Design page's house is the package's: every package and top-level module in its table, and the layers
     of the contract that `.ci/run` checks (`pyproject.toml`), top down, in its diagram."""
-    import tomllib
-
     design = (ROOT / "docs" / "design.md").read_text()
     table = design.split("## The packages", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"`(unicl\.[\w.]+)`", table))
@@ -176,6 +175,35 @@ def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
     assert top_level - named == set(), "add them to the Design page's table of packages"
     contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layers = next(c for c in contract if c["type"] == "layers")["layers"]
-    diagram = design.split("## Layers", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
-    drawn = [line.split("  ")[0].strip() for line in diagram.splitlines() if line.strip()]
-    assert drawn == layers
+    assert _drawn_layers("## Layers") == [[name.strip() for name in layer.split("|")] for layer in layers]
+
+
+def _drawn_layers(section: str) -> list[list[str]]:
+    """The layers of the first ```` ```text ```` diagram of a Design page section: each line's first column (up to
+    two spaces), split at ``|``."""
+    design = (ROOT / "docs" / "design.md").read_text()
+    diagram = design.split(section, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    return [[name.strip() for name in line.split("  ")[0].split("|")] for line in diagram.splitlines() if line.strip()]
+
+
+def test_the_design_pages_layers_of_the_loss_are_its_import_graph():
+    """Each module of `unicl.loss` imports only modules on lower lines of the page's diagram (``kernels`` standing
+    for the package and its modules), every module is on it, and siblings on one line do not import each other."""
+    from test_layout import import_graph
+
+    layers = _drawn_layers("## Inside `unicl.loss`")
+    line_of = {name: index for index, names in enumerate(layers) for name in names}
+    graph = {name: targets for name, targets in import_graph().items() if name.startswith("unicl.loss.")}
+
+    def owner(module: str) -> str:
+        return module.removeprefix("unicl.loss.").split(".")[0]
+
+    assert {owner(name) for name in graph} == set(line_of), "the diagram names every module of unicl.loss once"
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if target.startswith("unicl.loss.") and owner(target) != owner(source)
+        if line_of[owner(target)] <= line_of[owner(source)]
+    ]
+    assert upward == []
