@@ -65,3 +65,14 @@ def test_readme_install_covers_the_clone_and_the_wheel():
         "pip install build && python -m build",
         "pip install dist/unicl-*.whl",
     ]
+
+
+def test_readme_layout_names_every_package_and_top_level_module():
+    layout = README.read_text().split("## Layout\n", 1)[1]
+    package = README.parent / "unicl"
+    entries = {
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in package.iterdir()
+        if (path / "__init__.py").is_file() or (path.suffix == ".py" and path.name != "__init__.py")
+    }
+    assert {entry for entry in entries if f"`{entry}`" not in layout} == set()
