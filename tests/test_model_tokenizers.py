@@ -101,7 +101,7 @@ def test_check_tokenizer_fits_names_the_argument_and_the_model(trained):
 
 
 def test_save_pretrained_refuses_a_foreign_tokenizer(tmp_path):
-    with pytest.raises(TypeError, match=r"tokenizer must be a unicl\.tokenizer\.Tokenizer"):
+    with pytest.raises(TypeError, match=r"tokenizer must be a unicl\.text\.tokenizer\.Tokenizer"):
         unicl.create_model("unicl_tiny").save_pretrained(tmp_path, tokenizer=object())  # type: ignore[arg-type]
 
 

@@ -22,6 +22,9 @@ _PUBLIC_NAMES = {
     "UniCLModel": "unicl.models.model",
     "create_model": "unicl.models.presets",
     "list_models": "unicl.models.presets",
+    "register_model": "unicl.models.presets",
+    "list_pretrained": "unicl.models.pretrained",
+    "create_model_and_transforms": "unicl.factory",
     "load_model": "unicl.models.serialization",
     "get_tokenizer": "unicl.models.tokenizers",
 }
@@ -30,12 +33,14 @@ _PACKAGES = ("data", "evaluation", "loss", "models", "text", "training")
 
 if TYPE_CHECKING:
     from unicl.data.transforms import image_transform
+    from unicl.factory import create_model_and_transforms
     from unicl.loss.distributed import distributed_unicl_loss
     from unicl.loss.functional import unicl_loss
     from unicl.loss.module import UniCLLoss
     from unicl.loss.targets import target_keys
     from unicl.models.model import UniCLModel
-    from unicl.models.presets import create_model, list_models
+    from unicl.models.presets import create_model, list_models, register_model
+    from unicl.models.pretrained import list_pretrained
     from unicl.models.serialization import load_model
     from unicl.models.tokenizers import get_tokenizer
     from unicl.text.captions import caption_labels
@@ -62,11 +67,14 @@ __all__ = [
     "__version__",
     "caption_labels",
     "create_model",
+    "create_model_and_transforms",
     "distributed_unicl_loss",
     "get_tokenizer",
     "image_transform",
     "list_models",
+    "list_pretrained",
     "load_model",
+    "register_model",
     "target_keys",
     "unicl_loss",
 ]

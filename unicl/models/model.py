@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unicl.models.files import write_model_directory
 from unicl.models.heads import projection_head
 from unicl.models.image import ImageConfig, ImageEncoder
 from unicl.models.text import TextConfig, TextTransformer
@@ -97,11 +98,13 @@ class UniCLModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
         """Write this model (and its tokenizer, if given) to ``directory`` as safetensors weights and a JSON config
-        (see `unicl.models.serialization.save_pretrained`); `unicl.load_model` restores it bit for bit
-        and ``unicl.get_tokenizer(directory)`` its tokenizer."""
-        from unicl.models.serialization import save_pretrained
+        (`unicl.models.files.write_model_directory`); `unicl.load_model` restores it bit for bit and
+        ``unicl.get_tokenizer(directory)`` its tokenizer.
 
-        return save_pretrained(self, directory, tokenizer)
+        Raises:
+            TypeError: ``tokenizer`` is not a ``Tokenizer``.
+        """
+        return write_model_directory(directory, self.state_dict(), asdict(self.config), tokenizer)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.

@@ -1,7 +1,13 @@
-"""Named model configurations: ``create_model(name, **overrides)`` and ``list_models()``."""
+"""The preset registry: `register_model`, `create_model(name, pretrained=...)`, `list_models`, `get_config`.
+
+A preset is a name for a model configuration and the tokenizer its text tower reads (`Preset`). The four presets
+below are registered when this module is imported; `register_model` adds one of your own, which every function here,
+`unicl.create_model_and_transforms`, `unicl.image_transform` and the commands' ``--model`` then know by name.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import os
@@ -10,6 +16,8 @@ from typing import Any
 
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
+from unicl.models.pretrained import resolve_pretrained
+from unicl.models.serialization import load_pretrained_into
 from unicl.models.text import TextConfig
 
 #: The paper's text tower: 12 layers, 512 wide, 8 heads, 77 tokens, CLIP's 49,408-token vocabulary.
@@ -23,6 +31,8 @@ CLIP_TOKENIZER = "clip"
 #: A preset's tokenizer is trained on each run's own prompts and captions (a byte-level BPE with the text tower's
 #: vocabulary size and context length) and saved with the run: right for small towers and new domains.
 TRAINED_TOKENIZER = "trained"
+#: The tokenizers a preset may name.
+TOKENIZERS = (CLIP_TOKENIZER, TRAINED_TOKENIZER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,32 +48,107 @@ class Preset:
     tokenizer: str = CLIP_TOKENIZER
 
 
-_PRESETS: dict[str, Preset] = {
-    # The released UniCL architectures: Swin-T / Swin-B at 224, window 7, bias-free projections into 512.
-    "unicl_swin_tiny": Preset(
-        lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
-    ),
-    "unicl_swin_base": Preset(
-        lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
-    ),
-    "unicl_resnet50": Preset(lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512)),
-    # For tests and demos: a 2-block, 128-wide ViT on 32x32 images and a 2-layer, 64-wide text tower. Patches of 16
-    # (4 tokens): trained from scratch on small data, a ViT this shallow learns several times faster from 4 large
-    # patches than from 16 of 8 pixels, whose 16 tokens it must first learn to combine (measured on scikit-learn's
-    # digits; tests/test_train_defaults.py holds the training command to it).
-    "unicl_tiny": Preset(
-        lambda: UniCLConfig(
-            ImageConfig(
-                "vit_tiny_patch16_224",
-                image_size=32,
-                timm_kwargs={"patch_size": 16, "depth": 2, "embed_dim": 128, "num_heads": 2},
-            ),
-            TextConfig(vocab_size=1000, context_length=16, width=64, layers=2, heads=2),
-            embed_dim=64,
+#: The registry: preset name to `Preset`. Filled by `register_model`, never written to directly.
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_model(
+    name: str,
+    config_or_factory: UniCLConfig | Callable[[], UniCLConfig],
+    tokenizer: str = CLIP_TOKENIZER,
+    overwrite: bool = False,
+) -> Preset:
+    """Register a preset: ``create_model(name)`` and every other function that takes a preset name then know it.
+
+    Args:
+        name: the preset's name.
+        config_or_factory: its `UniCLConfig` (each use gets a deep copy, so a model never shares or changes the
+            registered one) or a function returning a fresh one.
+        tokenizer: `CLIP_TOKENIZER` (``"clip"``: CLIP's BPE, 49,408 ids) or `TRAINED_TOKENIZER` (``"trained"``: one
+            trained on each run's own text and saved with it).
+        overwrite: replace a preset of the same name instead of refusing it.
+
+    Returns:
+        The registered `Preset`.
+
+    Raises:
+        ValueError: a name that is taken (without ``overwrite``) or empty, or an unknown tokenizer.
+        TypeError: ``config_or_factory`` is neither a `UniCLConfig` nor a function returning one.
+
+    Example:
+        >>> import unicl
+        >>> from unicl.models import get_config
+        >>> _ = unicl.register_model("my_tiny", get_config("unicl_tiny", embed_dim=32), tokenizer="trained")
+        >>> unicl.create_model("my_tiny").config.embed_dim
+        32
+        >>> unicl.register_model("my_tiny", get_config("unicl_tiny"))
+        Traceback (most recent call last):
+        ...
+        ValueError: model 'my_tiny' is already registered; pass overwrite=True to replace it
+        >>> _ = unicl.models.unregister_model("my_tiny")
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string; got {name!r}")
+    if name in _PRESETS and not overwrite:
+        raise ValueError(f"model {name!r} is already registered; pass overwrite=True to replace it")
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZERS))}; got {tokenizer!r}")
+    if isinstance(config_or_factory, UniCLConfig):
+        registered = copy.deepcopy(config_or_factory)
+
+        def factory() -> UniCLConfig:
+            return copy.deepcopy(registered)
+
+    elif callable(config_or_factory):
+        factory = config_or_factory
+    else:
+        kind = type(config_or_factory).__name__
+        raise TypeError(f"config_or_factory must be a UniCLConfig or a function returning one; got {kind}")
+    # Built once now, so that a factory that fails or returns something else fails here, not at first use.
+    made = factory()
+    if not isinstance(made, UniCLConfig):
+        raise TypeError(f"config_or_factory of {name!r} must return a UniCLConfig; it returned {type(made).__name__}")
+    preset = Preset(factory, tokenizer)
+    _PRESETS[name] = preset
+    return preset
+
+
+def unregister_model(name: str) -> Preset:
+    """Remove preset ``name`` from the registry (a test's or a notebook's own preset, say) and return it.
+
+    Raises:
+        ValueError: an unknown preset (the known ones are listed).
+    """
+    preset = _preset(name)
+    del _PRESETS[name]
+    return preset
+
+
+# The released UniCL architectures: Swin-T / Swin-B at 224, window 7, bias-free projections into 512.
+register_model(
+    "unicl_swin_tiny", lambda: UniCLConfig(ImageConfig("swin_tiny_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
+)
+register_model(
+    "unicl_swin_base", lambda: UniCLConfig(ImageConfig("swin_base_patch4_window7_224"), OFFICIAL_TEXT, embed_dim=512)
+)
+register_model("unicl_resnet50", lambda: UniCLConfig(ImageConfig("resnet50"), PAPER_TEXT, embed_dim=512))
+# For tests and demos: a 2-block, 128-wide ViT on 32x32 images and a 2-layer, 64-wide text tower. Patches of 16
+# (4 tokens): trained from scratch on small data, a ViT this shallow learns several times faster from 4 large
+# patches than from 16 of 8 pixels, whose 16 tokens it must first learn to combine (measured on scikit-learn's
+# digits; tests/test_train_defaults.py holds the training command to it).
+register_model(
+    "unicl_tiny",
+    lambda: UniCLConfig(
+        ImageConfig(
+            "vit_tiny_patch16_224",
+            image_size=32,
+            timm_kwargs={"patch_size": 16, "depth": 2, "embed_dim": 128, "num_heads": 2},
         ),
-        tokenizer=TRAINED_TOKENIZER,
+        TextConfig(vocab_size=1000, context_length=16, width=64, layers=2, heads=2),
+        embed_dim=64,
     ),
-}
+    tokenizer=TRAINED_TOKENIZER,
+)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -80,9 +165,7 @@ def get_config(name: str, **overrides: Any) -> UniCLConfig:
     Raises:
         ValueError: an unknown preset (the known ones are listed) or an unknown field.
     """
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    config = _PRESETS[name].config()
+    config = _preset(name).config()
     for tower in ("image", "text"):
         change = overrides.get(tower)
         if isinstance(change, dict):
@@ -100,9 +183,13 @@ def preset_tokenizer(name: str) -> str:
         >>> preset_tokenizer("unicl_swin_tiny"), preset_tokenizer("unicl_tiny")
         ('clip', 'trained')
     """
+    return _preset(name).tokenizer
+
+
+def _preset(name: str) -> Preset:
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _PRESETS[name].tokenizer
+    return _PRESETS[name]
 
 
 def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
@@ -114,18 +201,20 @@ def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
 
 
 def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniCLModel:
-    """Build preset ``name`` (see `list_models`) with ``overrides`` (see `get_config`).
+    """Build preset ``name`` (see `list_models`) with ``overrides`` (see `get_config`), and load its weights.
 
     Args:
         name: the preset.
-        pretrained: weights to load strictly into it: a directory written by ``model.save_pretrained`` or a
-            ``.safetensors`` file with the same tensor names (see `unicl.models.serialization`).
+        pretrained: weights to load strictly into it: the tag of a released checkpoint (see `unicl.list_pretrained`;
+            read from `unicl.models.pretrained.checkpoint_dir`, checked against its SHA-256 where known), a
+            directory written by ``model.save_pretrained``, a ``.safetensors`` file with the same tensor names, or a
+            release file (``.pth``, ``.pt``, ``.bin``; see `unicl.models.serialization`).
         **overrides: configuration changes.
 
     Raises:
-        ValueError: an unknown preset or field, a file in another format, or weights that do not fit the model
-            (missing, unexpected and mis-shaped tensors are named).
-        FileNotFoundError: nothing at ``pretrained``.
+        ValueError: an unknown preset or field, a tag of another preset, a file in another format or not the
+            release's, or weights that do not fit the model (missing, unexpected and mis-shaped tensors are named).
+        FileNotFoundError: nothing at ``pretrained`` (for a tag: the path looked at and the URL to fetch it from).
 
     Example:
         >>> import unicl
@@ -133,9 +222,10 @@ def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **
         ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny']
         >>> model = unicl.create_model("unicl_tiny", embed_dim=32, text={"layers": 1})
     """
-    model = UniCLModel(get_config(name, **overrides))
-    if pretrained is not None:
-        from unicl.models.serialization import load_pretrained_into
-
-        load_pretrained_into(model, pretrained)
+    config = get_config(name, **overrides)
+    # The weights' path first: a missing or unchecked file fails before the (slow) model is built.
+    source = None if pretrained is None else resolve_pretrained(name, pretrained)
+    model = UniCLModel(config)
+    if source is not None:
+        load_pretrained_into(model, source)
     return model

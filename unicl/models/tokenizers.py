@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unicl.models.files import CONFIG_NAME
 from unicl.models.model import UniCLConfig
 from unicl.models.presets import TRAINED_TOKENIZER, get_config, list_models, preset_tokenizer
-from unicl.models.serialization import CONFIG_NAME, OFFICIAL_SUFFIXES, read_config
+from unicl.models.pretrained import is_pretrained_tag
+from unicl.models.serialization import OFFICIAL_SUFFIXES, read_config
 from unicl.text.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
 #: The vocabulary of CLIP's BPE, the only one a saved model without a tokenizer file can have been trained with
@@ -83,7 +85,7 @@ def model_tokenizer(
         model: a saved model directory (its own tokenizer, see `get_tokenizer`) or a preset name.
         pretrained: the preset's weights: a ``save_pretrained`` directory or a ``.safetensors`` file carries the
             tokenizer saved with it (in the directory, or beside the file); a released microsoft/UniCL checkpoint
-            (``.pth``, ``.pt``, ``.bin``) reads CLIP's BPE.
+            (its tag in `unicl.list_pretrained`, or a ``.pth``, ``.pt``, ``.bin`` file) reads CLIP's BPE.
         context_length: tokens per row (default: as `get_tokenizer` decides).
 
     Returns:
@@ -96,7 +98,7 @@ def model_tokenizer(
     """
     if Path(model).is_dir():
         return get_tokenizer(model, context_length)
-    if pretrained is not None and Path(pretrained).suffix not in OFFICIAL_SUFFIXES:
+    if pretrained is not None and not _is_release(pretrained):
         weights = Path(pretrained)
         source = weights if weights.is_dir() else weights.parent
         if (source / TOKENIZER_FILE).is_file():
@@ -107,6 +109,11 @@ def model_tokenizer(
                 "trained per run: give the tokenizer they were trained with"
             )
     return get_tokenizer(model, context_length)
+
+
+def _is_release(pretrained: str | os.PathLike[str]) -> bool:
+    """Whether ``pretrained`` names a released microsoft/UniCL checkpoint (by tag or by file), read with CLIP's BPE."""
+    return is_pretrained_tag(pretrained) or Path(pretrained).suffix in OFFICIAL_SUFFIXES
 
 
 def _saved_tokenizer(directory: Path, context_length: int | None) -> Tokenizer:
