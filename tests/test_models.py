@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import unicl
 from unicl.models import TextConfig, TextTransformer, get_config, projection_head
@@ -183,3 +184,88 @@ def test_short_training_on_digits_beats_chance_by_a_wide_margin(tmp_path):
     results = train_digits.main(["--epochs", "8", "--out", str(tmp_path)])
     assert results["UniCL (label-aware targets)"] > 0.8  # chance is 0.1
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+# --- the preset registry -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The preset registry, restored after the test (registrations do not leak into other tests)."""
+    from unicl.models import presets
+
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    return presets
+
+
+def test_a_registered_config_is_a_preset_everywhere_and_never_shared(registry):
+    config = get_config("unicl_tiny", embed_dim=24)
+    preset = unicl.register_model("my_tiny", config, tokenizer="trained")
+    assert preset.tokenizer == "trained"
+    assert "my_tiny" in unicl.list_models() and unicl.list_models("my_*") == ["my_tiny"]
+    model = unicl.create_model("my_tiny", text={"layers": 1})
+    assert (model.config.embed_dim, model.config.text.layers) == (24, 1)
+    # Each use gets its own copy: changing one (or the registered object) changes no other.
+    config.embed_dim = 7
+    model.config.image.timm_kwargs["depth"] = 9
+    again = get_config("my_tiny")
+    assert again.embed_dim == 24 and again.image.timm_kwargs["depth"] == 2
+    assert again.text.layers == 2
+    assert unicl.models.preset_tokenizer("my_tiny") == "trained"
+    assert unicl.image_transform("my_tiny")(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="my_tiny's tokenizer is trained on each run's own text"):
+        unicl.get_tokenizer("my_tiny")
+
+
+def test_a_registered_factory_is_called_for_each_model(registry):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return get_config("unicl_tiny", embed_dim=16)
+
+    unicl.register_model("counted", factory)
+    assert len(calls) == 1  # checked once when registered
+    assert unicl.create_model("counted").config.embed_dim == 16
+    assert get_config("counted") is not get_config("counted")
+    assert len(calls) == 4
+    assert unicl.models.preset_tokenizer("counted") == "clip"  # the default
+
+
+def test_a_duplicate_name_is_refused_unless_overwrite(registry):
+    with pytest.raises(ValueError) as caught:
+        unicl.register_model("unicl_tiny", get_config("unicl_tiny", embed_dim=8))
+    assert str(caught.value) == "model 'unicl_tiny' is already registered; pass overwrite=True to replace it"
+    assert get_config("unicl_tiny").embed_dim == 64  # unchanged
+    unicl.register_model("unicl_tiny", get_config("unicl_tiny", embed_dim=8), tokenizer="trained", overwrite=True)
+    assert get_config("unicl_tiny").embed_dim == 8
+
+
+def test_unknown_names_list_the_known_ones_and_unregister_removes(registry):
+    unicl.register_model("extra", get_config("unicl_tiny"))
+    for call in (get_config, unicl.create_model, unicl.models.preset_tokenizer, unicl.models.unregister_model):
+        with pytest.raises(ValueError) as caught:
+            call("unicl_huge")
+        assert str(caught.value) == (
+            "unknown model 'unicl_huge'; known models: extra, unicl_resnet50, unicl_swin_base, unicl_swin_tiny, "
+            "unicl_tiny"
+        )
+    assert unicl.models.unregister_model("extra").tokenizer == "clip"
+    assert "extra" not in unicl.list_models()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        (("", get_config("unicl_tiny")), ValueError, "name must be a non-empty string; got ''"),
+        (("x", get_config("unicl_tiny"), "bpe"), ValueError, "tokenizer must be one of 'clip', 'trained'; got 'bpe'"),
+        (("x", {"embed_dim": 8}), TypeError, "config_or_factory must be a UniCLConfig or a function returning one; "
+                                             "got dict"),
+        (("x", lambda: 3), TypeError, "config_or_factory of 'x' must return a UniCLConfig; it returned int"),
+    ],
+)  # fmt: skip
+def test_bad_registrations_say_what_was_expected(registry, arguments, error, message):
+    with pytest.raises(error) as caught:
+        unicl.register_model(*arguments)
+    assert str(caught.value) == message
+    assert "x" not in unicl.list_models()

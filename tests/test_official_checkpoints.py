@@ -10,6 +10,8 @@ buffers present). Every parameter, norms included, is random.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import re
 from collections import OrderedDict
@@ -203,3 +205,137 @@ def test_foreign_truncated_and_pickled_files_are_refused(tmp_path, tiny_official
     torch.save({"model": {"w": [1, 2]}}, path)
     with pytest.raises(ValueError, match="holds no state dict of tensors"):
         unicl.create_model("unicl_swin_tiny", pretrained=path)
+
+
+# --- list_pretrained and pretrained=TAG --------------------------------------------------------------------------
+
+#: The 13 releases as docs/pretrained.md listed them before list_pretrained existed (the authors' README figures):
+#: preset, file, training data, supervised IN-1K top-1, zero-shot IN-1K top-1, zero-shot 14 datasets.
+RELEASES = [
+    ("unicl_swin_tiny", "in1k.pth", "IN-1K", 79.9, None, 30.2),
+    ("unicl_swin_tiny", "in1k_gcc3m.pth", "IN-1K + GCC-3M", 80.2, None, 39.0),
+    ("unicl_swin_tiny", "in1k_yfcc14m.pth", "IN-1K + YFCC-14M", 81.1, None, 40.0),
+    ("unicl_swin_tiny", "in1k_gcc15m.pth", "IN-1K + GCC-15M", 81.8, None, 45.1),
+    ("unicl_swin_tiny", "yfcc14m.pth", "YFCC-14M", None, 30.1, 36.3),
+    ("unicl_swin_tiny", "in21k.pth", "IN-21K", None, 28.5, 37.8),
+    ("unicl_swin_tiny", "in21k_yfcc14m_half.pth", "IN-21K (half) + YFCC-14M (half)", None, 36.4, 45.5),
+    ("unicl_swin_tiny", "in21k_yfcc14m.pth", "IN-21K + YFCC-14M", None, 40.5, 49.1),
+    ("unicl_swin_base", "yfcc14m_swin_base.pth", "YFCC-14M", None, 37.8, None),
+    ("unicl_swin_base", "in21k_swin_base.pth", "IN-21K", None, 29.9, 42.4),
+    ("unicl_swin_base", "in21k_yfcc14m_half_swin_base.pth", "IN-21K (half) + YFCC-14M (half)", None, 41.1, 48.5),
+    ("unicl_swin_base", "in21k_yfcc14m_swin_base.pth", "IN-21K + YFCC-14M", None, 44.3, 52.2),
+    ("unicl_swin_base", "in21k_yfcc14m_gcc15m_swin_base.pth", "IN-21K + YFCC-14M + GCC-15M", None, 57.9, None),
+]
+
+
+def test_list_pretrained_holds_the_13_releases_with_the_authors_figures():
+    from unicl.models.pretrained import PretrainedCheckpoint
+
+    entries = unicl.list_pretrained()
+    assert all(isinstance(entry, PretrainedCheckpoint) for entry in entries)
+    got = [
+        (e.model, e.file_name, e.training_data, e.imagenet_top1, e.zero_shot_imagenet_top1, e.zero_shot_14_datasets)
+        for e in entries
+    ]
+    assert got == RELEASES
+    for entry in entries:
+        assert entry.url == "https://projects4jw.blob.core.windows.net/unicl/release/" + entry.file_name
+        assert entry.model in unicl.list_models()
+        assert entry.size is None or entry.size > 0
+        assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+    # A tag names one file per preset, and the file name is unique across presets.
+    assert len({(e.model, e.tag) for e in entries}) == len({e.file_name for e in entries}) == 13
+    assert [e.tag for e in unicl.list_pretrained("unicl_swin_base")] == [
+        "yfcc14m", "in21k", "in21k_yfcc14m_half", "in21k_yfcc14m", "in21k_yfcc14m_gcc15m",
+    ]  # fmt: skip
+    assert unicl.list_pretrained("unicl_tiny") == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entries[0].sha256 = "0" * 64  # type: ignore[misc]
+
+
+def test_the_checkpoint_directory_follows_unicl_home_then_xdg_cache_home(monkeypatch, tmp_path):
+    from unicl.models.pretrained import checkpoint_dir
+
+    monkeypatch.delenv("UNICL_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert checkpoint_dir() == Path.home() / ".cache" / "unicl" / "checkpoints"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert checkpoint_dir() == tmp_path / "cache" / "unicl" / "checkpoints"
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path / "home"))
+    assert checkpoint_dir() == tmp_path / "home" / "checkpoints"
+    assert unicl.list_pretrained()[0].local_path() == tmp_path / "home" / "checkpoints" / "in1k.pth"
+
+
+def test_a_missing_tag_file_names_the_tag_the_path_and_the_url(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path))
+    expected = tmp_path / "checkpoints" / "in21k_yfcc14m_swin_base.pth"
+    with pytest.raises(FileNotFoundError) as caught:
+        unicl.create_model("unicl_swin_base", pretrained="in21k_yfcc14m")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("pretrained='in21k_yfcc14m' of unicl_swin_base: ")
+    assert f"{expected} does not exist" in message
+    assert "fetch https://projects4jw.blob.core.windows.net/unicl/release/in21k_yfcc14m_swin_base.pth into " in message
+
+
+def test_tags_of_another_preset_and_unknown_names_list_the_tags(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'in1k' is not a released checkpoint of unicl_swin_base: its tags are "
+                       r"yfcc14m, in21k, .*\('in1k' is a checkpoint of unicl_swin_tiny\)"):  # fmt: skip
+        unicl.create_model("unicl_swin_base", pretrained="in1k")
+    with pytest.raises(ValueError, match=r"of unicl_tiny: it has no released checkpoints \('in21k' is a checkpoint "
+                       r"of unicl_swin_base and unicl_swin_tiny\)"):  # fmt: skip
+        unicl.create_model("unicl_tiny", pretrained="in21k")
+    with pytest.raises(FileNotFoundError, match=r"pretrained='in22k' does not exist, and is not a released checkpoint "
+                       r"of unicl_swin_tiny: its tags are in1k, in1k_gcc3m"):  # fmt: skip
+        unicl.create_model("unicl_swin_tiny", pretrained="in22k")
+
+
+def _with_checks(monkeypatch, tag: str, model: str, path: Path, **changes) -> None:
+    """Give the release ``tag`` of ``model`` the size and SHA-256 of ``path`` (or ``changes``)."""
+    from unicl.models import pretrained
+
+    known = {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **changes}
+    table = tuple(
+        dataclasses.replace(e, **known) if (e.model, e.tag) == (model, tag) else e for e in pretrained._CHECKPOINTS
+    )
+    monkeypatch.setattr(pretrained, "_CHECKPOINTS", table)
+
+
+def test_a_tag_loads_its_file_from_unicl_home_checked_by_size_and_sha256(monkeypatch, tmp_path, tiny_official, tokens):
+    state, encode_image, encode_text = tiny_official
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path / "home"))
+    path = tmp_path / "home" / "checkpoints" / "in21k_yfcc14m.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": state}, path)
+    _with_checks(monkeypatch, "in21k_yfcc14m", "unicl_swin_tiny", path)
+    model = unicl.create_model("unicl_swin_tiny", pretrained="in21k_yfcc14m").eval()
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    _assert_encoders_match(model, encode_image, encode_text, images, tokens)
+    # The release's tokenizer is CLIP's BPE, found from the tag as from the file.
+    assert unicl.models.model_tokenizer("unicl_swin_tiny", "in21k_yfcc14m").vocab_size == 49408
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    _with_checks(monkeypatch, "in21k_yfcc14m", "unicl_swin_tiny", path, sha256="0" * 64)
+    with pytest.raises(ValueError) as caught:
+        unicl.create_model("unicl_swin_tiny", pretrained="in21k_yfcc14m")
+    assert str(caught.value) == (
+        f"pretrained='in21k_yfcc14m' of unicl_swin_tiny: {path} has SHA-256 {digest}, not the release's {'0' * 64}: "
+        "the download is incomplete or another file; fetch "
+        "https://projects4jw.blob.core.windows.net/unicl/release/in21k_yfcc14m.pth again (a file you trust loads "
+        "unchecked as pretrained=PATH)"
+    )
+    _with_checks(monkeypatch, "in21k_yfcc14m", "unicl_swin_tiny", path, size=path.stat().st_size + 1)
+    with pytest.raises(ValueError, match=rf"has {path.stat().st_size} bytes, not the release's "
+                       rf"{path.stat().st_size + 1}: the download is incomplete"):  # fmt: skip
+        unicl.create_model("unicl_swin_tiny", pretrained="in21k_yfcc14m")
+
+
+def test_the_published_sha256_refuses_another_file_before_building_the_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path))
+    path = tmp_path / "checkpoints" / "in21k_yfcc14m_gcc15m_swin_base.pth"
+    path.parent.mkdir()
+    path.write_bytes(b"not the release")
+    with pytest.raises(ValueError, match=r"has SHA-256 [0-9a-f]{64}, not the release's e4bde31bbce5"):
+        unicl.create_model("unicl_swin_base", pretrained="in21k_yfcc14m_gcc15m")

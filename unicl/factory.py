@@ -50,8 +50,9 @@ def create_model_and_transforms(
         >>> from PIL import Image
         >>> import unicl
         >>> model, train_transform, eval_transform = unicl.create_model_and_transforms("unicl_tiny")
-        >>> eval_transform(Image.new("RGB", (48, 40))).shape, model.config.image.image_size
-        (torch.Size([3, 32, 32]), 32)
+        >>> pixels = eval_transform(Image.new("RGB", (32, 32)))  # unicl_tiny reads 32 x 32 images
+        >>> pixels.shape, model.encode_image(pixels[None]).shape
+        (torch.Size([3, 32, 32]), torch.Size([1, 64]))
     """
     if Path(name).is_dir():
         # A directory wins over a preset of the same name, as in `unicl.get_tokenizer` and the commands.
