@@ -57,3 +57,39 @@ def test_a_refused_command_exits_with_status_2_and_one_line(tmp_path):
     )  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == "unicl-train: error: --batch-size must be >= 1; got 0"
+
+
+def test_the_installed_help_names_the_command_as_typed():
+    shown = subprocess.run([_script("unicl-train"), "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.startswith("usage: unicl-train ")
+
+
+def test_every_error_of_a_command_parser_is_argparses_line_carried_by_the_exit(capsys):
+    """`unicl._checks.CommandParser`: argparse's own errors and the command's later ones print the usage line and
+    ``PROG: error: MESSAGE``, exit with status 2, and the exception's text is that line (what a test or a caller
+    reads); sub-commands' parsers are of the same class."""
+    from unicl._checks import CommandError, CommandParser
+
+    parser = CommandParser(prog="unicl-demo")
+    parser.add_argument("--count", type=int, required=True)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run").add_argument("--size", type=int)
+    with pytest.raises(CommandError) as missing:
+        parser.parse_args([])
+    assert (
+        missing.value.code == 2
+        and str(missing.value) == "unicl-demo: error: the following arguments are required: --count"
+    )
+    assert capsys.readouterr().err.splitlines() == [
+        "usage: unicl-demo [-h] --count COUNT {run} ...",
+        str(missing.value),
+    ]
+    with pytest.raises(SystemExit) as later:
+        parser.error("--count 3: too many")
+    assert later.value.code == 2 and str(later.value) == "unicl-demo: error: --count 3: too many"
+    assert capsys.readouterr().err.splitlines()[-1] == str(later.value)
+    with pytest.raises(CommandError) as nested:
+        parser.parse_args(["--count", "1", "run", "--size", "big"])
+    assert str(nested.value) == "unicl-demo run: error: argument --size: invalid int value: 'big'"
+    assert capsys.readouterr().err.splitlines()[0] == "usage: unicl-demo run [-h] [--size SIZE]"

@@ -90,6 +90,25 @@ def test_unicl_tiny_matches_the_plain_full_batch_step():
     assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
 
 
+def test_the_trainers_loss_without_renormalising_matches_the_plain_step_and_the_normalising_loss():
+    """The trainer's loss takes the model's unit features as they are (normalize=False): gradient caching agrees with
+    the plain step, and both with a loss that normalises again (normalising a unit row changes it only by rounding,
+    and the model's own normalisation already projects the gradient onto the sphere's tangent)."""
+    model = _tiny()
+    plain, renormalised = copy.deepcopy(model), copy.deepcopy(model)
+    images, texts = _tiny_inputs()
+    loss_fn = UniCLLoss(backend="dense", normalize=False)
+    expected = loss_fn(**plain(images, **texts), labels=LABELS)
+    expected.backward()
+    again = UniCLLoss(backend="dense", normalize=True)(**renormalised(images, **texts), labels=LABELS)
+    again.backward()
+    loss = cached_backward(model, images, texts, LABELS, loss_fn=loss_fn, micro_batch=4)
+    assert _relative_error(loss, expected.detach()) <= TOLERANCE
+    assert _relative_error(again.detach(), expected.detach()) <= TOLERANCE
+    _assert_same_grads(model, plain)
+    _assert_same_grads(renormalised, plain)
+
+
 def test_drop_path_masks_are_replayed_and_checkpointing_works():
     """Drop-path on, train mode: pass 2 must draw pass 1's masks, or the cached gradients belong to other masks."""
     model = _tiny(drop_path=0.5, checkpointing=True)

@@ -23,12 +23,12 @@ from sklearn.datasets import load_digits
 from torchvision.datasets import ImageFolder
 
 import unicl
-from unicl.evaluate import zeroshot_accuracy
+from unicl.evaluation.zeroshot import zeroshot_accuracy
+from unicl.loss.backends import BACKENDS
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
-from unicl.train import main
+from unicl.train import LOSS_BACKENDS, build_parser, main
 from unicl.training import trainer as trainer_module
-from unicl.training.options import build_parser
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
 #: The option names the issue asks for; scripts rely on them.
@@ -112,6 +112,37 @@ def test_help_explains_every_option():
         assert action.option_strings[0] in result.stdout
     for option in PROMISED_OPTIONS:
         assert option in result.stdout
+
+
+def test_the_help_names_every_loss_backend_and_an_unknown_one_is_refused_by_name(data, tmp_path, capsys):
+    """The parser is torch-free, so it lists the backends from its own tuple: the same as the loss's."""
+    assert LOSS_BACKENDS == BACKENDS
+    assert ", ".join(BACKENDS) in " ".join(build_parser().format_help().split())
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--loss-backend", "fused"))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith("usage: ")
+    names = ", ".join(map(repr, BACKENDS))
+    assert error[-1] == f"python -m unicl.train: error: --loss-backend: backend must be one of {names}; got 'fused'"
+
+
+def test_help_and_refused_options_load_no_torch():
+    """--help and an option refused by the checks answer before torch, timm, torchvision or PIL are imported."""
+    probe = (
+        "import sys\n"
+        "from unicl.train import main\n"
+        "for argv in (['--help'], ['--model', 'unicl_tiny', '--batch-size', '0', '--steps', '1', '--output', 'x',"
+        " '--image-folder', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        print(stop.code, file=sys.stderr)\n"
+        "print(sorted(name for name in ('torch', 'timm', 'torchvision', 'PIL') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+    assert result.stderr.split()[-1] == "2" and "--batch-size must be >= 1; got 0" in result.stderr
 
 
 def test_the_training_page_documents_every_option():
@@ -443,6 +474,55 @@ def test_a_changed_workers_count_is_named_on_resume_of_a_webdataset_run(data, tm
         main(_options(data, tmp_path / "run", *shards, "--workers", "1", "--resume", "auto"))
 
 
+def test_a_resume_checks_the_data_position_the_checkpoint_stored(data, tmp_path):
+    """Every checkpoint stores where each source is; with the same options a resumed run must find its data there,
+    else a source changed size on disk (an image removed here) and the run would read other samples: refused."""
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(data / "train", folder)
+    arguments = _options(data, tmp_path / "run", "--steps", "4", "--workers", "0", "--save-every", "2")
+    arguments[arguments.index("--image-folder") + 1] = str(folder)
+    main([*arguments, "--stop-after", "2"])
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000000002.pt"
+    # 48 images, 8 a step: 16 samples read, a third of an epoch.
+    assert torch.load(checkpoint, weights_only=True)["data"] == {
+        "step": 2,
+        "labelled_samples": 16,
+        "labelled_epoch": 1 / 3,
+    }
+    removed = min((folder / "three").iterdir())
+    removed.unlink()
+    with pytest.raises(SystemExit) as stopped:
+        main([*arguments, "--resume", "auto"])
+    message = str(stopped.value)
+    assert stopped.value.code == 2 and "\n" not in message
+    assert message.startswith(f"python -m unicl.train: error: --resume auto: {checkpoint} left the data at step 2 at ")
+    assert f"labelled_epoch {1 / 3:.6g}" in message and f"labelled_epoch {16 / 47:.6g}" in message
+    assert "a source holds another number of samples than when the checkpoint was written" in message
+    shutil.copy(data / "train" / "three" / removed.name, removed)
+    assert main([*arguments, "--resume", "auto"]) == tmp_path / "run" / "final"  # the data restored: it goes on
+
+
+def test_the_library_entry_trains_and_every_batch_holds_the_shares_of_the_ratio(data, tmp_path):
+    """`unicl.training.train` is what the command calls; `Trainer` builds batches of exactly round(ratio × B)
+    labelled samples (class ids >= 0) and the rest captions (label -1, no --hash-captions), at every step."""
+    from unicl.training import Trainer, check_options, train
+    from unicl.training.runtime import start_runtime
+
+    arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--captions", data / "captions.csv",
+                         "--ratio", "0.75", "--save-every", "0")  # fmt: skip
+    args = build_parser().parse_args(arguments)
+    assert train(args) == tmp_path / "run" / "final"
+    args = build_parser().parse_args(_options(data, tmp_path / "other", *arguments[arguments.index("--steps") :]))
+    trainer = Trainer(check_options(args), start_runtime("cpu"))
+    assert trainer.shares == {"labelled": 6, "captioned": 2}
+    for _ in range(8):  # 48 labelled images at 6 a step: past one epoch of each source
+        labels = next(trainer.batches)["labels"]
+        assert labels.shape == (8,) and bool((labels[:6] >= 0).all()) and labels[6:].tolist() == [-1, -1]
+    trainer.log.close()
+
+
 def test_each_step_appears_once_in_the_log_of_a_resumed_run(data, tmp_path):
     output = tmp_path / "run"
     main(_options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--stop-after", "5"))
@@ -475,9 +555,7 @@ def _poison_the_loss_from_call(monkeypatch, first_bad_call: int, where: str) -> 
 
 
 @pytest.mark.parametrize(("where", "clip"), [("loss", "0"), ("gradient", "0"), ("gradient", "5")])
-def test_a_non_finite_step_stops_the_run_before_any_checkpoint_of_its_weights(
-    data, tmp_path, monkeypatch, where, clip
-):
+def test_a_non_finite_step_stops_the_run_before_any_checkpoint_of_its_weights(data, tmp_path, monkeypatch, where, clip):
     """Step 3 diverges; the log is written only every 10 steps, a checkpoint every 2: the run stops at step 4's
     checkpoint, naming step 3, and the newest checkpoint on disk is step 2's (finite weights)."""
     _poison_the_loss_from_call(monkeypatch, 3, where)

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import tarfile
@@ -25,9 +26,43 @@ from torchvision import transforms
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
 from unicl.text.prompts import LabelToPrompt
 from unicl.training.logs import RunLog
+from unicl.training.mixing import batch_shares, join_batches
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
+
+# --- mixing sources --------------------------------------------------------------------------------------------------
+
+
+@given(fraction=st.floats(0.0, 1.0), batch_size=st.integers(1, 200), steps=st.integers(1, 5))
+def test_every_batch_keeps_the_ratio_to_half_a_sample(fraction, batch_size, steps):
+    """The trainer's way of mixing (it replaced data.MixedDataset, whose every prefix kept the ratio to one sample):
+    every joined batch holds round(ratio × B) image-label samples, first, and the rest image-text pairs."""
+    shares = batch_shares(batch_size, fraction)
+    assert sum(shares.values()) == batch_size and all(share > 0 for share in shares.values())
+    labelled = shares.get("labelled", 0)
+    assert abs(labelled - fraction * batch_size) <= 0.5
+    sources = {
+        "labelled": itertools.repeat({"labels": torch.zeros(labelled, dtype=torch.long)}),
+        "captioned": itertools.repeat({"labels": torch.full((batch_size - labelled,), -1)}),
+    }
+    batches = join_batches(sources[name] for name in shares)
+    for _ in range(steps):
+        kinds = (next(batches)["labels"] >= 0).tolist()
+        assert len(kinds) == batch_size and kinds == sorted(kinds, reverse=True)
+        assert abs(sum(kinds) - fraction * batch_size) <= 1
+
+
+def test_mixing_bad_input():
+    with pytest.raises(ValueError, match=re.escape("ratio must be a number in [0, 1]; got 1.5")):
+        batch_shares(8, 1.5)
+    with pytest.raises(ValueError, match=re.escape("batch_size must be an int >= 1; got 0")):
+        batch_shares(0, 0.5)
+    with pytest.raises(ValueError, match="sources must hold at least one iterator"):
+        next(join_batches([]))
+    short = iter([{"labels": torch.zeros(1)}])
+    assert len(list(join_batches([short, itertools.repeat({"labels": torch.ones(1)})]))) == 1  # ends with the first
+
 
 # --- step-addressed batches ------------------------------------------------------------------------------------------
 
@@ -265,3 +300,37 @@ def test_without_tensorboard_the_log_warns_and_goes_on(tmp_path, monkeypatch):
     silent = RunLog(tmp_path / "other", total_steps=2, enabled=False)
     silent.record(1, "train", {"loss": 1.0})
     assert not (tmp_path / "other").exists()
+
+
+# --- docs ------------------------------------------------------------------------------------------------------------
+
+TRAINING_MODULES = [
+    "unicl.data.batches", "unicl.training.checkpoints", "unicl.training.gradient_cache", "unicl.training.mixing",
+    "unicl.training.schedule",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module_name", TRAINING_MODULES)
+def test_docstring_examples_render_with_their_prompts(module_name):
+    """mkdocstrings (griffe's Google parser) renders an ``Examples:`` section as a console session, prompts and all;
+    under any other title (``Example:``) the ``>>>`` lines become Markdown block quotes and lose their prompts, as
+    `CheckpointDirectory`'s did."""
+    import importlib
+    import inspect
+    import logging
+
+    griffe = pytest.importorskip("griffe")
+    logging.getLogger("griffe").setLevel(logging.ERROR)  # it warns of parameters documented without annotations
+    module = importlib.import_module(module_name)
+    objects = [module, *(value for value in vars(module).values() if getattr(value, "__module__", None) == module_name)]
+    objects += [member for value in list(objects) if inspect.isclass(value) for member in vars(value).values()]
+    examples = 0
+    for value in objects:
+        text = inspect.getdoc(value) if callable(value) or inspect.ismodule(value) else None
+        if not text or ">>>" not in text:
+            continue
+        sections = griffe.Docstring(text).parse("google")
+        rendered = [body for section in sections if section.kind.value == "examples" for _, body in section.value]
+        assert any(">>>" in body for body in rendered), f"{module_name}: {getattr(value, '__qualname__', value)}"
+        examples += 1
+    assert examples >= 1

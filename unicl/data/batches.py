@@ -35,7 +35,7 @@ class UnifiedCollate:
     Returns (when called on a list of samples):
         ``{"images": [B, ...], "input_ids": [B, L], "attention_mask": [B, L], "labels": [B]}``.
 
-    Example:
+    Examples:
         >>> tokenizer = Tokenizer.train(["a photo of a cat", "a dog on grass"], vocab_size=300, context_length=12)
         >>> collate = UnifiedCollate(tokenizer, LabelToPrompt(["cat", "dog"], templates=["a photo of a {}."]))
         >>> batch = collate([(torch.zeros(3, 4, 4), 1), (torch.ones(3, 4, 4), "a dog on grass")])

@@ -1,6 +1,60 @@
-"""Building blocks of UniCL training runs: fault-tolerant checkpoints and gradient caching for large batches."""
+"""The training library: the run (`train`, `Trainer`) and its parts: fault-tolerant checkpoints, gradient caching
+for large batches, step-addressed sampling, the mixing of sources, schedules, logs and the process group.
 
-from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
-from unicl.training.gradient_cache import cached_backward
+The names below are imported on first use (PEP 562), so `unicl.training.options` (torch-free) can be imported by
+the training command before it parses its arguments without loading torch.
+"""
 
-__all__ = ["CheckpointDirectory", "DamagedCheckpoint", "UnusableCheckpoint", "cached_backward", "read_checkpoint"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: The module each public name is defined in.
+_PUBLIC_NAMES = {
+    "CheckpointDirectory": "unicl.training.checkpoints",
+    "DamagedCheckpoint": "unicl.training.checkpoints",
+    "UnusableCheckpoint": "unicl.training.checkpoints",
+    "read_checkpoint": "unicl.training.checkpoints",
+    "cached_backward": "unicl.training.gradient_cache",
+    "batch_shares": "unicl.training.mixing",
+    "join_batches": "unicl.training.mixing",
+    "check_options": "unicl.training.options",
+    "Trainer": "unicl.training.trainer",
+    "TrainingError": "unicl.training.trainer",
+    "train": "unicl.training.trainer",
+}
+
+if TYPE_CHECKING:
+    from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
+    from unicl.training.gradient_cache import cached_backward
+    from unicl.training.mixing import batch_shares, join_batches
+    from unicl.training.options import check_options
+    from unicl.training.trainer import Trainer, TrainingError, train
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC_NAMES:
+        raise AttributeError(f"module 'unicl.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC_NAMES])
+
+
+__all__ = [
+    "CheckpointDirectory",
+    "DamagedCheckpoint",
+    "Trainer",
+    "TrainingError",
+    "UnusableCheckpoint",
+    "batch_shares",
+    "cached_backward",
+    "check_options",
+    "join_batches",
+    "read_checkpoint",
+    "train",
+]

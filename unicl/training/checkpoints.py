@@ -88,7 +88,7 @@ class CheckpointDirectory:
         directory: where the checkpoints live.
         keep: how many of the newest checkpoints to keep; older ones are deleted after each save (``None``: all).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     checkpoints = CheckpointDirectory(folder, keep=2)

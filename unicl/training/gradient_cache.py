@@ -189,7 +189,7 @@ def cached_backward(
         * Pass 1 runs under ``torch.no_grad``, so any ``loss_fn`` that differentiates through the model inside
           itself is not supported; functions of the features and the scale (every UniCL/CLIP loss) are.
 
-    Example:
+    Examples:
         >>> import torch, unicl
         >>> from unicl.training import cached_backward
         >>> model = unicl.create_model("unicl_tiny")

@@ -17,7 +17,7 @@ def warmup_cosine(steps: int, warmup: int, floor: float = 0.0) -> Callable[[int]
         warmup: warm-up steps, ``0 <= warmup <= steps``.
         floor: the final multiplier (``min_lr / lr``), in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> schedule = warmup_cosine(steps=10, warmup=2)
         >>> tuple(round(schedule(t), 3) for t in (0, 1, 2, 6, 10))
         (0.5, 1.0, 1.0, 0.5, 0.0)

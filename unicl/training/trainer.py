@@ -1,4 +1,7 @@
-"""The training run of ``python -m unicl.train``: data, model, optimiser, the loop, checkpoints and evaluation.
+"""The training run: data, model, optimiser, the loop, checkpoints and evaluation (`train`, `Trainer`).
+
+``python -m unicl.train`` (`unicl.train`) parses the options and calls `train`; a Python program can call it too,
+with the options that command's parser returns (`unicl.train.build_parser`).
 
 A run is reproducible step by step: the batch of step ``t`` (which samples, their augmentations and prompts) is a
 function of the seed and ``t`` alone (`unicl.training.sampling`, `unicl.training.shards`), and a
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import signal
 import time
@@ -28,7 +30,7 @@ from torchvision.datasets import ImageFolder
 from unicl.data.batches import UnifiedCollate
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.data.transforms import image_transform
-from unicl.evaluate import zeroshot_accuracy
+from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.module import UniCLLoss
 from unicl.models import (
     UniCLModel,
@@ -44,7 +46,8 @@ from unicl.text.tokenizer import Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
-from unicl.training.options import build_parser, check_arguments
+from unicl.training.mixing import batch_shares, join_batches
+from unicl.training.options import check_options
 from unicl.training.runtime import Runtime, start_runtime, stop_runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
@@ -116,12 +119,16 @@ def restore_random_states(states: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-class Training:
-    """One run: everything `main` builds from the options, and the loop.
+class Trainer:
+    """One run: everything `train` builds from the options, and the loop.
 
     Args:
-        args: checked options (`unicl.training.options.check_arguments`).
+        args: checked options (`unicl.training.options.check_options`).
         runtime: this process's place in the run.
+
+    Raises:
+        TrainingError: a run that cannot start (the message names the option to change).
+        FileNotFoundError, ValueError, ImportError: data that cannot be read, a missing optional package.
     """
 
     def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
@@ -148,16 +155,23 @@ class Training:
             self.optimizer, warmup_cosine(args.steps, args.warmup, floor)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange.
-        self.loss_fn = UniCLLoss(
-            backend=args.loss_backend, gather_distributed=True, local_loss=args.local_loss, equal_batches=True
-        )
+        # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
+        # forward returns unit features, so the loss does not normalise them again.
+        try:
+            self.loss_fn = UniCLLoss(
+                backend=args.loss_backend, normalize=False, gather_distributed=True, local_loss=args.local_loss,
+                equal_batches=True,
+            )  # fmt: skip
+        except ValueError as error:
+            raise TrainingError(f"--loss-backend: {error}") from None
         self.checkpoints = CheckpointDirectory(args.output / "checkpoints", keep=args.keep)
         self.step = 0
         # -1, or the first step whose loss or gradient norm was not finite (see _note_nonfinite).
         self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self._resumed_random: dict[str, Any] | None = None
         self._resumed_tokenizer: dict[str, Any] | None = None
+        self._resumed_position: dict[str, Any] | None = None
+        self._changed_options: list[str] = []
         resumed = self._resume()
         self.tokenizer = self._tokenizer()
         self.log = RunLog(
@@ -168,7 +182,9 @@ class Training:
             self.log.message(f"resumed from {resumed} at step {self.step}")
             self.log.record(self.step, "resume", {"checkpoint": str(resumed)})
         self.loaders = self._loaders()
-        self.batches = self._batches()
+        if resumed is not None and self._resumed_position is not None:
+            self._check_data_position(resumed, self._resumed_position)
+        self.batches = join_batches(iter(loader) for loader in self.loaders.values())
         self.eval_set = self._evaluation_data()
         self.network: torch.nn.Module = self.model
         if runtime.distributed:
@@ -256,28 +272,27 @@ class Training:
         return self._folders
 
     def _loaders(self) -> dict[str, DataLoader]:
-        """One loader per source, from the step the run is at, each giving its share of every batch."""
+        """One loader per source, from the step the run is at, each giving its share of every batch
+        (`unicl.training.mixing`)."""
         args, runtime = self.args, self.runtime
         transform = self.train_transform
-        labelled_size = round(args.ratio * args.batch_size)
-        shares = {"labelled": labelled_size, "captioned": args.batch_size - labelled_size}
-        self.shares = {name: share for name, share in shares.items() if share > 0}
+        self.shares = batch_shares(args.batch_size, args.ratio)
         prompts = None
         loaders = {}
-        if shares["labelled"] > 0:
+        if "labelled" in self.shares:
             folders = self._labelled()
             prompts = LabelToPrompt(folders.class_names, seed=args.seed)
             keyed = KeyedSamples(folders, args.seed, prompts)
-            loaders["labelled"] = self._loader(keyed, shares["labelled"], prompts)
-        if shares["captioned"] > 0:
+            loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts)
+        if "captioned" in self.shares:
             if args.webdataset:
                 captioned: Any = ShardedCaptions(
-                    args.webdataset, transform, shares["captioned"], args.seed,
+                    args.webdataset, transform, self.shares["captioned"], args.seed,
                     runtime.rank, runtime.world_size, args.workers, start_step=self.step,
                 )  # fmt: skip
             else:
                 captioned = KeyedSamples(CaptionPairs(args.captions, transform), args.seed)
-            loaders["captioned"] = self._loader(captioned, shares["captioned"], prompts)
+            loaders["captioned"] = self._loader(captioned, self.shares["captioned"], prompts)
         return loaders
 
     def _loader(self, dataset: Any, batch_size: int, prompts: LabelToPrompt | None) -> DataLoader:
@@ -296,22 +311,40 @@ class Training:
         )
         return DataLoader(dataset, batch_sampler=sampler, **options)
 
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless batches: each source's share, collated in its workers, joined (workers start at the first)."""
-        iterators = [iter(loader) for loader in self.loaders.values()]
-        while True:
-            parts = [next(iterator) for iterator in iterators]
-            yield {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-
     def data_position(self) -> dict[str, Any]:
         """Where each source is after the current step: samples read by this rank, and epochs where a source has
-        a length (a WebDataset stream has none)."""
+        a length (a WebDataset stream has none). Stored in every checkpoint and checked on resume
+        (`_check_data_position`)."""
         position: dict[str, Any] = {"step": self.step}
         for name, loader in self.loaders.items():
             position[f"{name}_samples"] = self.step * self.shares[name]
             if isinstance(loader.batch_sampler, StepBatchSampler):
                 position[f"{name}_epoch"] = loader.batch_sampler.epoch_at(self.step)
         return position
+
+    def _check_data_position(self, checkpoint: Path, stored: dict[str, Any]) -> None:
+        """Stop when the data are not where the checkpoint left them, though the options are the same.
+
+        The batch of a step is addressed by the step, the seed, the shares and the sources' sizes: with unchanged
+        options (a change is warned about in `_load_state`, and explains a different position) a different position
+        means a source changed size on disk (images added to or removed from an ``--image-folder``, rows of a
+        ``--captions`` file), so the resumed run would read other samples than the interrupted one.
+        """
+        if self._changed_options:
+            return
+        current = self.data_position()
+        if stored == current:
+            return
+
+        def where(position: dict[str, Any]) -> str:
+            return ", ".join(f"{name} {value:.6g}" for name, value in position.items() if name != "step")
+
+        raise TrainingError(
+            f"--resume {self.args.resume}: {checkpoint} left the data at step {stored.get('step')} at {where(stored)}, "
+            f"but this run's data put that step at {where(current)}: a source holds another number of samples than "
+            "when the checkpoint was written (images added to or removed from an --image-folder, rows of a "
+            "--captions file); restore the data to go on, or start a new run in another --output"
+        )
 
     def _evaluation_data(self) -> Subset | None:
         """This rank's share of the held-out ImageFolder (every ``world_size``-th image)."""
@@ -396,6 +429,7 @@ class Training:
             changed.append("workers")
         if state["world_size"] != self.runtime.world_size:
             changed.append(f"ranks ({state['world_size']} then, {self.runtime.world_size} now)")
+        self._changed_options = changed
         if changed and self.runtime.is_main:
             warnings.warn(
                 f"resuming with changed options ({', '.join(changed)}): the run goes on, but it will not equal an "
@@ -410,6 +444,7 @@ class Training:
         ranks = state["random"]
         self._resumed_random = ranks[self.runtime.rank % len(ranks)]
         self._resumed_tokenizer = state.get("tokenizer")  # checkpoints before the tokenizer was stored have none
+        self._resumed_position = state["data"]
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint of the current step (a collective: every rank calls it)."""
@@ -469,9 +504,6 @@ class Training:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        with torch.no_grad():
-            # The temperature stays in [1, max_logit_scale] (CLIP's clamp), in the stored log space.
-            self.model.logit_scale.clamp_(0, math.log(self.model.config.max_logit_scale))
         return loss.detach()
 
     def _note_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -583,7 +615,7 @@ class Training:
             {
                 "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0],
-                "logit_scale": float(self.model.logit_scale.detach().exp()),
+                "logit_scale": float(self.model.clamped_logit_scale().detach()),
                 "samples_per_second": steps * self.args.batch_size * self.runtime.world_size / max(seconds, 1e-9),
                 **{name: value for name, value in self.data_position().items() if name.endswith("_epoch")},
             },
@@ -600,18 +632,25 @@ class Training:
         return final
 
 
-def main(argv: list[str] | None = None) -> Path | None:
-    """Parse the options, train, and return ``OUTPUT/final`` (``None`` when stopped early by ``--stop-after``)."""
-    parser = build_parser()
-    args = check_arguments(parser, parser.parse_args(argv))
+def train(args: argparse.Namespace) -> Path | None:
+    """Train with the options ``args`` on this process (one rank of a ``torchrun`` group, or alone).
+
+    Args:
+        args: the options, as ``python -m unicl.train``'s parser returns them (`unicl.train.build_parser`);
+            checked here (`unicl.training.options.check_options`).
+
+    Returns:
+        ``OUTPUT/final`` (the weights in ``save_pretrained`` format, the tokenizer, ``training.json``), or ``None``
+        when ``--stop-after`` ended the run early.
+
+    Raises:
+        ValueError: an inconsistent option or a device this machine does not have.
+        TrainingError: a run that cannot start or go on (the message names the option to change).
+        FileNotFoundError, ImportError: data that cannot be read, a missing optional package.
+    """
+    check_options(args)
+    runtime = start_runtime(args.device)
     try:
-        runtime = start_runtime(args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    try:
-        return Training(args, runtime).run()
-    except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
-        # Bad data or settings found while building the run: one line naming the problem, no traceback.
-        raise SystemExit(f"{parser.prog}: error: {error}") from None
+        return Trainer(args, runtime).run()
     finally:
         stop_runtime()
