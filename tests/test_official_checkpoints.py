@@ -339,3 +339,25 @@ def test_the_published_sha256_refuses_another_file_before_building_the_model(mon
     path.write_bytes(b"not the release")
     with pytest.raises(ValueError, match=r"has SHA-256 [0-9a-f]{64}, not the release's e4bde31bbce5"):
         unicl.create_model("unicl_swin_base", pretrained="in21k_yfcc14m_gcc15m")
+
+
+def _table_row(entry) -> str:
+    def number(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
+    size = "unknown" if entry.size is None else f"{entry.size:,} bytes"
+    sha256 = "unknown" if entry.sha256 is None else f"`{entry.sha256}`"
+    return (
+        f"| `{entry.model}` | `{entry.tag}` | {entry.training_data} | {number(entry.zero_shot_imagenet_top1)} | "
+        f"{number(entry.imagenet_top1)} | {number(entry.zero_shot_14_datasets)} | `{entry.file_name}` | {size} | "
+        f"{sha256} |"
+    )
+
+
+def test_the_pretrained_page_table_is_list_pretrained():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pretrained.md").read_text().splitlines()
+    header = "| preset | tag | training data | ZS IN-1K | IN-1K top-1 | ZS 14 datasets | file | size | SHA-256 |"
+    start = page.index(header) + 2  # after the header and its rule
+    expected = [_table_row(entry) for entry in unicl.list_pretrained()]
+    rows = page[start : start + len(expected) + 1]
+    assert rows == [*expected, ""], "docs/pretrained.md's table should be:\n" + "\n".join(expected)
