@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 import unicl
-from unicl.evaluate import zeroshot_accuracy
 from unicl.evaluation.clip_benchmark import (
     MODEL_TYPE,
     ClipBenchmarkModel,
@@ -29,7 +28,7 @@ from unicl.evaluation.clip_benchmark import (
     register,
     top_k_accuracies,
 )
-from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_accuracy, zeroshot_logits
 from unicl.text.prompts import unicl_templates
 from unicl.text.tokenizer import Tokenizer, find_clip_merges
 

@@ -22,17 +22,14 @@ from torchvision.datasets import ImageFolder
 
 import unicl
 import unicl.evaluate
-from unicl.evaluate import (
-    CaptionFile,
-    build_parser,
-    main,
-    retrieval_recall,
-    zeroshot_accuracy,
-    zeroshot_scores,
-)
+import unicl.evaluation.probe
+import unicl.evaluation.zeroshot
+from unicl.data.datasets import CaptionPairs
+from unicl.evaluate import build_parser, main
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.probe import run_linear_probe
-from unicl.evaluation.zeroshot import build_zeroshot_classifier
+from unicl.evaluation.retrieval import retrieval_recall
+from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_accuracy, zeroshot_scores
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
 
@@ -222,7 +219,7 @@ def test_templates_file_is_used(workspace, tmp_path, monkeypatch):
         used.append(list(templates))
         return build_zeroshot_classifier(model, tokenizer, class_names, templates, **options)
 
-    monkeypatch.setattr(unicl.evaluate, "build_zeroshot_classifier", recording)
+    monkeypatch.setattr(unicl.evaluation.zeroshot, "build_zeroshot_classifier", recording)
     reported = _main("zeroshot", "--model", workspace / "model", "--data", workspace / "digits",
                      "--templates", templates)  # fmt: skip
     assert used == [["a drawing of the digit {}.", "{}, handwritten."]]
@@ -248,12 +245,42 @@ def test_retrieval_command_reports_what_the_python_api_computes(workspace):
     reported = _main("retrieval", "--model", workspace / "model", "--captions", workspace / "captions.csv",
                      "--json", workspace / "retrieval.json")  # fmt: skip
     model = unicl.load_model(workspace / "model")
-    captions = CaptionFile(workspace / "captions.csv", unicl.image_transform(model))
+    captions = CaptionPairs(workspace / "captions.csv", unicl.image_transform(model))
     assert reported == retrieval_recall(model, captions, unicl.get_tokenizer(workspace / "model"), batch_size=4)
     assert reported["images"] == 36 and reported["captions"] == 37
     for direction in ("image_to_text", "text_to_image"):
         recalls = [reported[f"{direction}_R@{k}"] for k in (1, 5, 10)]
         assert 0.0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1.0
+
+
+def test_one_caption_dataset_serves_pairs_and_distinct_images(tmp_path):
+    """`CaptionPairs` is every row as an (image, caption) pair (training) and, by ``images``, every distinct image
+    once with ``image_index`` pointing each row's caption at it (retrieval), also across files."""
+    for shade in (0, 1, 2):
+        Image.new("RGB", (4, 4), (80 * shade, 0, 0)).save(tmp_path / f"{shade}.png")
+    (tmp_path / "a.csv").write_text("image,caption\n0.png,dark\n1.png,red\n0.png,black\n")
+    (tmp_path / "b.tsv").write_text("filepath\ttitle\n2.png\tbright\n1.png\tcrimson\n")
+    to_tensor = lambda image: torch.tensor(image.getpixel((0, 0)))  # noqa: E731
+    pairs = CaptionPairs([tmp_path / "a.csv", tmp_path / "b.tsv"], to_tensor)
+    assert len(pairs) == 5 and pairs.captions == ["dark", "red", "black", "bright", "crimson"]
+    assert pairs.image_paths == [(tmp_path / f"{shade}.png").resolve() for shade in (0, 1, 2)]
+    assert pairs.image_index == [0, 1, 0, 2, 1]
+    images = pairs.images
+    assert len(images) == 3
+    for row in range(len(pairs)):
+        image, caption = pairs[row]
+        assert caption == pairs.captions[row]
+        assert torch.equal(image, images[pairs.image_index[row]])
+    assert [int(images[i][0]) for i in range(3)] == [0, 80, 160]
+    # One file as a path, as the retrieval command reads it; the transform may come later (after the model).
+    one = CaptionPairs(tmp_path / "a.csv")
+    assert len(one) == 3 and len(one.images) == 2
+    with pytest.raises(RuntimeError, match="transform is not set"):
+        one.images[0]
+    one.transform = to_tensor
+    assert torch.equal(one.images[1], torch.tensor([80, 0, 0]))
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        CaptionPairs([], to_tensor)
 
 
 class _Lookup(torch.nn.Module):
@@ -273,6 +300,7 @@ class _Lookup(torch.nn.Module):
 class _Captions:
     def __init__(self, owners: list[int]) -> None:
         self.image_index, self.captions = owners, [str(j) for j in range(len(owners))]
+        self.images = self  # the distinct images, as `CaptionPairs.images`
 
     def __len__(self):
         return max(self.image_index) + 1
@@ -324,6 +352,28 @@ def test_the_model_a_training_run_saved_evaluates_with_its_own_tokenizer(workspa
     dataset = ImageFolder(str(workspace / "held-out"), transform=unicl.image_transform(model))
     assert reported == zeroshot_accuracy(model, dataset, dataset.classes, tokenizer)
     assert reported["images"] == 24
+
+
+def test_zeroshot_from_the_shell_on_a_run_that_trained_its_own_tokenizer(workspace, tmp_path):
+    """Issue #21's check: ``python -m unicl.evaluate zeroshot --model RUN/final --data DIR`` with no tokenizer option
+    on a run whose tokenizer the training command trained itself; the numbers are those of the run's tokenizer file."""
+    from unicl.train import main as train
+
+    final = train(["--model", "unicl_tiny", "--device", "cpu", "--image-folder", str(workspace / "digits"),
+                   "--batch-size", "8", "--warmup", "1", "--steps", "2", "--workers", "0",
+                   "--output", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"])  # fmt: skip
+    command = [sys.executable, "-m", "unicl.evaluate", "zeroshot", "--model", str(final), "--data",
+               str(workspace / "held-out"), "--device", "cpu", "--workers", "0", "--no-progress",
+               "--json", str(tmp_path / "zeroshot.json")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reported = json.loads((tmp_path / "zeroshot.json").read_text())
+    model = unicl.load_model(final)
+    tokenizer = Tokenizer.from_file(final / "tokenizer.json", context_length=model.config.text.context_length)
+    assert tokenizer.vocab_size <= model.config.text.vocab_size < 49408  # not CLIP's BPE
+    dataset = ImageFolder(str(workspace / "held-out"), transform=unicl.image_transform(model))
+    assert reported == zeroshot_accuracy(model, dataset, dataset.classes, tokenizer)
+    assert f"top1={reported['top1']:.4f}" in result.stdout
 
 
 def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tmp_path, capsys):
@@ -481,6 +531,28 @@ def test_bad_inputs_are_clear(workspace, tmp_path, capsys, case):
     assert expected.format(t=tmp_path, w=workspace) in message, message
 
 
+def test_a_user_error_is_argparse_s_format_from_argparse_and_from_the_checks_alike(workspace, tmp_path, capsys):
+    """One format for every user error: the sub-command's usage, then ``PROG COMMAND: error: ...``, exit status 2,
+    whether argparse found it (an unknown choice) or a check after parsing did (a missing path, a bad suite)."""
+    from unicl._checks import CommandError
+
+    (tmp_path / "suite.json").write_text("{not json")
+    cases = [
+        ("zeroshot", ["--model", workspace / "model", "--data", workspace / "digits", "--metric", "f1"]),
+        ("zeroshot", ["--model", workspace / "model", "--data", tmp_path / "missing"]),
+        ("retrieval", ["--model", workspace / "model", "--captions", tmp_path / "missing.csv"]),
+        ("suite", [tmp_path / "suite.json", "--model", workspace / "model", "--output", tmp_path / "out"]),
+    ]
+    for command, arguments in cases:
+        with pytest.raises(CommandError) as stopped:
+            _main(command, *arguments)
+        assert stopped.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[0].startswith(f"usage: python -m unicl.evaluate {command} "), lines
+        assert lines[-1] == str(stopped.value) and lines[-1].startswith(f"python -m unicl.evaluate {command}: error: ")
+        assert "Traceback" not in "\n".join(lines)
+
+
 def test_input_errors_come_before_the_model_loads(workspace, tmp_path, capsys, monkeypatch):
     def no_model(args):
         raise AssertionError("the model was loaded before the inputs were checked")
@@ -501,7 +573,7 @@ def test_run_time_errors_name_the_argument_they_come_from(workspace, tmp_path, c
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "cache" / "x.safetensors"))
 
-    monkeypatch.setattr(unicl.evaluate, "run_linear_probe", denied)
+    monkeypatch.setattr(unicl.evaluation.probe, "run_linear_probe", denied)
     message = _error(capsys, *probe)
     assert message == f"--cache-dir '{tmp_path / 'cache'}': [Errno 13] Permission denied: " \
                       f"'{tmp_path / 'cache' / 'x.safetensors'}'", message  # fmt: skip
@@ -509,7 +581,7 @@ def test_run_time_errors_name_the_argument_they_come_from(workspace, tmp_path, c
     def internal(*args, **kwargs):
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(unicl.evaluate, "run_linear_probe", internal)
+    monkeypatch.setattr(unicl.evaluation.probe, "run_linear_probe", internal)
     assert _error(capsys, *probe) == "an internal inconsistency"  # not blamed on --train/--test
 
 

@@ -22,12 +22,15 @@ from sklearn.metrics import (
 
 from unicl.evaluation.metrics import (
     METRICS,
+    check_metric_fits,
+    classification_results,
     compute_metric,
     mean_average_precision_11_point,
     mean_per_class_recall,
     roc_auc,
     top_k_accuracy,
 )
+from unicl.evaluation.names import DEFAULT_METRIC, METRIC_NAMES, MULTILABEL_METRIC
 
 TOLERANCE = 1e-12
 
@@ -290,3 +293,30 @@ def test_bad_inputs_give_one_line(call, error, message):
     with pytest.raises(error, match=message) as caught:
         call()
     assert "\n" not in str(caught.value)
+
+
+def test_the_torch_free_metric_names_are_the_registry_s_keys():
+    """The command's --metric choices come from `unicl.evaluation.names` (no torch); they are the registry, in order."""
+    assert tuple(METRICS) == METRIC_NAMES
+    assert DEFAULT_METRIC in METRIC_NAMES and MULTILABEL_METRIC in METRIC_NAMES
+
+
+def test_classification_results_report_top_k_and_the_dataset_metric_checked_against_the_data():
+    scores = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0], [0.0, 0.2, 0.8, 0.0, 0.0, 0.0],
+                           [0.1, 0.0, 0.0, 0.0, 0.3, 0.6]])  # fmt: skip
+    targets = torch.tensor([0, 1, 5])
+    results = classification_results(scores, targets, "mean_per_class_recall")
+    assert results == {"top1": 2 / 3, "top5": 1.0, "mean_per_class_recall": 2 / 3, "metric": "mean_per_class_recall",
+                       "images": 3, "classes": 6}  # fmt: skip
+    assert set(classification_results(scores[:, :2], torch.tensor([0, 1, 0]))) == {"top1", "metric", "images",
+                                                                                     "classes"}  # fmt: skip
+    multi_hot = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    assert classification_results(scores[:, :2], multi_hot)["metric"] == "map_11_point"
+    for metric, classes, multilabel, message in [
+        ("f1", 6, False, "unknown metric 'f1'"), ("top1", 2, True, "multi-label data is scored with map_11_point"),
+        ("map_11_point", 6, False, "is for multi-label data"), ("roc_auc", 3, False, "this data has 3 classes"),
+        ("top5", 4, False, "top5 needs at least 5 classes"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            check_metric_fits(metric, classes, multilabel)
+    assert check_metric_fits("roc_auc", 2, False) == "roc_auc"

@@ -234,3 +234,13 @@ def test_the_wheel_holds_the_prompt_sets(tmp_path):
             member = f"unicl/text/prompt_sets/{path.name}"
             assert member in names, member
             assert archive.read(member) == path.read_bytes()
+
+
+def test_the_evaluation_command_s_torch_free_set_names_are_the_shipped_ones():
+    """`unicl.evaluation.names` offers the sets to the command's parser and the suite reader without torch."""
+    from unicl.evaluation import names
+
+    assert names.TEMPLATE_SET_NAMES == TEMPLATE_SETS
+    assert set(names.CLASS_NAME_SETS.values()) == set(CLASS_NAME_SETS)
+    for source in names.CLASS_NAME_SETS.values():
+        assert len(imagenet_class_names(source)) == 1000

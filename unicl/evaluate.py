@@ -1,7 +1,8 @@
 """Evaluation commands: zero-shot classification, image-text retrieval, linear probes (few-shot too), and suites.
 
-From Python, `zeroshot_accuracy` and `retrieval_recall` (linear probes: `unicl.evaluation.run_linear_probe`); from
-the shell::
+This module is the command line only: it parses, checks what the user gave, calls the library and prints. From
+Python, `unicl.evaluation.zeroshot.zeroshot_accuracy`, `unicl.evaluation.retrieval.retrieval_recall` and
+`unicl.evaluation.probe.run_linear_probe`; from the shell::
 
     python -m unicl.evaluate zeroshot --model runs/x/final --data imagenet/val --classnames imagenet --templates unicl
     python -m unicl.evaluate retrieval --model unicl_swin_tiny --pretrained in21k_yfcc14m.pth --captions coco.csv
@@ -21,8 +22,9 @@ interpolated AP over the distinct scores' operating points, tied scores entering
 counts precision 1 at recall 0, so its number is ``(1 - max precision) / 11`` higher per class) or roc_auc (two
 classes). A linear probe standardises its features and ``--init text`` centres the L2 penalty on the zero-shot head
 (L2-SP). The caption file is a CSV (or TSV) with an ``image`` (or ``filepath``) and a ``caption`` (or
-``title``) column; an image listed on several rows is one image with several captions. Images go through
-`unicl.image_transform`. The page docs/evaluation.md defines every protocol and metric.
+``title``) column; an image listed on several rows is one image with several captions
+(`unicl.data.datasets.CaptionPairs`). Images go through `unicl.image_transform`. The page docs/evaluation.md defines
+every protocol and metric.
 """
 
 from __future__ import annotations
@@ -32,333 +34,39 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
-
-from unicl._checks import check_positive_int, first_line, program_name
-from unicl.data.datasets import load_rgb, read_caption_file, read_class_names
-from unicl.data.transforms import image_transform
-from unicl.evaluation.inference import inference_autocast, inference_batches
-from unicl.evaluation.label_files import MultiLabelImages
-from unicl.evaluation.metrics import METRICS, compute_metric
-from unicl.evaluation.probe import run_linear_probe
-from unicl.evaluation.protocols import check_shots
-from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits
-from unicl.models import UniCLModel, create_model, list_models, load_model
-from unicl.text.prompts import (
-    DEFAULT_TEMPLATES,
-    TEMPLATE_SETS,
-    Templates,
-    class_prompts,
-    get_templates,
-    imagenet_class_names,
+# Only torch-free modules before parsing: --help answers without loading torch, torchvision or PIL. The functions that
+# run after parsing import the library.
+from unicl._checks import CommandParser, first_line, program_name
+from unicl.evaluation.names import (
+    CLASS_NAME_SETS,
+    DEFAULT_METRIC,
+    FEATURE_KINDS,
+    INITS,
+    METRIC_NAMES,
+    MULTILABEL_METRIC,
+    PRECISIONS,
+    TEMPLATE_SET_NAMES,
 )
-from unicl.text.tokenizer import Tokenizer
 
-TOP_K = (1, 5)
-RECALL_AT = (1, 5, 10)
-#: The metric a command reports when ``--metric`` is not given.
-DEFAULT_METRIC = "top1"
-MULTILABEL_METRIC = "map_11_point"
-#: ``--classnames`` names of the shipped class-name lists: ImageNet-1k's as CLIP curated them, and UniCL's copy.
-CLASS_NAME_SETS = {"imagenet": "clip", "imagenet-unicl": "unicl"}
+if TYPE_CHECKING:
+    import torch
+    from torchvision.datasets import ImageFolder
 
+    from unicl.models.model import UniCLModel
+    from unicl.text.prompts import Templates
+    from unicl.text.tokenizer import Tokenizer
 
-class UsageError(ValueError):
-    """A bad command-line input; the message is one line that names the argument."""
+#: The longest message kept of an error found while running.
+MESSAGE_LIMIT = 400
 
 
-class UnreadableImage(OSError):
-    """An image of the command's data that cannot be read or decoded, found only when it is read."""
-
-
-def _read_or_report(read: Callable[[Any], Any], argument: Any) -> Any:
-    try:
-        return read(argument)
-    except UnreadableImage:
-        raise
-    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError; a bad mode a ValueError
-        raise UnreadableImage(first_line(error, limit=400)) from error
-
-
-class _ReportingLoader:
-    """An ImageFolder's ``loader`` whose read errors are `UnreadableImage` (a class, so worker processes can take
-    it)."""
-
-    def __init__(self, loader: Callable[[str], Any]) -> None:
-        self.loader = loader
-
-    def __call__(self, path: str) -> Any:
-        return _read_or_report(self.loader, path)
-
-
-class _ReportingDataset(Dataset):
-    """``dataset`` (with its ``classes``) whose samples' read errors are `UnreadableImage`."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        return _read_or_report(self.dataset.__getitem__, index)
-
-
-def _reporting_unreadable(dataset: Dataset) -> Dataset:
-    """``dataset`` with its image-read errors raised as `UnreadableImage`; an ImageFolder stays one (the feature
-    cache identifies it by its files)."""
-    if isinstance(dataset, ImageFolder):
-        if not isinstance(dataset.loader, _ReportingLoader):
-            dataset.loader = _ReportingLoader(dataset.loader)
-        return dataset
-    return dataset if isinstance(dataset, (_ReportingDataset, CaptionFile)) else _ReportingDataset(dataset)
-
-
-def _unreadable_message(error: UnreadableImage) -> str:
-    """The error's own line, also when a DataLoader worker re-raised it with the worker's traceback in front."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        last = lines[-1]
-        # The traceback names the type with its module, except for __main__ (python -m unicl.evaluate).
-        name = type(error).__qualname__
-        for prefix in (f"{type(error).__module__}.{name}: ", f"{name}: "):
-            last = last.removeprefix(prefix)
-        return last[:400]
-    return first_line(error, limit=400)
-
-
-class CaptionFile(Dataset):
-    """``(image, caption)`` rows of a CSV/TSV file (see the module docstring), images through ``transform``.
-
-    Attributes:
-        image_paths: the distinct images, in first-seen order.
-        image_index: ``[rows]`` which distinct image each row's caption describes.
-        captions: every row's caption.
-
-    Raises:
-        FileNotFoundError: the file or one of its images is missing.
-        ValueError: no header with an image and a caption column, or no rows.
-    """
-
-    def __init__(self, path: str | Path, transform: Callable[[Image.Image], torch.Tensor] | None) -> None:
-        rows = read_caption_file(path)
-        index_of: dict[Path, int] = {}
-        self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in rows]
-        self.image_paths = list(index_of)
-        self.captions = [caption for _, caption in rows]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if self.transform is None:
-            raise RuntimeError("CaptionFile.transform is not set")
-        return self.transform(_read_or_report(load_rgb, self.image_paths[index]))
-
-
-def check_metric_fits(metric: str, num_classes: int, multilabel: bool) -> str:
-    """Return ``metric`` if it scores data of ``num_classes`` classes (multi-label or not), else raise.
-
-    ``map_11_point`` is for multi-label data only and multi-label data only has it; ``roc_auc`` needs exactly two
-    classes; ``top5`` at least five.
-
-    Raises:
-        ValueError: an unknown metric (the message lists them) or one that does not fit the data.
-    """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    if multilabel and metric != MULTILABEL_METRIC:
-        raise ValueError(f"{metric} scores one class per image; multi-label data is scored with {MULTILABEL_METRIC}")
-    if not multilabel and metric == MULTILABEL_METRIC:
-        raise ValueError(
-            f"{metric} is for multi-label data (a labels CSV); this data has one class per image: use top1 or "
-            "mean_per_class_recall"
-        )
-    if metric == "roc_auc" and num_classes != 2:
-        raise ValueError(f"roc_auc scores binary data (2 classes); this data has {num_classes} classes")
-    if metric == "top5" and num_classes < 5:
-        raise ValueError(f"top5 needs at least 5 classes; this data has {num_classes}")
-    return metric
-
-
-def classification_results(scores: torch.Tensor, targets: torch.Tensor, metric: str | None = None) -> dict[str, Any]:
-    """The metrics every classification command reports, from all of a dataset's scores.
-
-    Args:
-        scores: ``[N, C]`` class scores.
-        targets: ``[N]`` class ids, or ``[N, C]`` multi-hot (multi-label data).
-        metric: the dataset's metric (default ``top1``, or ``map_11_point`` for multi-label targets).
-
-    Returns:
-        Single-label: ``{"top1", "top5" (with >= 5 classes), metric (when another), "metric", "images", "classes"}``;
-        multi-label: ``{"map_11_point", "metric", "images", "classes"}``.
-
-    Raises:
-        ValueError: a metric that does not fit the data (`check_metric_fits`).
-    """
-    multilabel = targets.dim() == 2
-    num_images, num_classes = scores.shape
-    if metric is None:
-        metric = MULTILABEL_METRIC if multilabel else DEFAULT_METRIC
-    check_metric_fits(metric, num_classes, multilabel)
-    names = [metric] if multilabel else [f"top{k}" for k in TOP_K if k <= num_classes]
-    names += [] if metric in names else [metric]
-    results: dict[str, Any] = {name: compute_metric(name, scores, targets) for name in names}
-    return {**results, "metric": metric, "images": num_images, "classes": num_classes}
-
-
-@torch.no_grad()
-def zeroshot_scores(
-    model: UniCLModel,
-    dataset: Dataset,
-    classifier: torch.Tensor,
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-shot logits of every image of ``dataset`` against ``classifier`` and the images' targets.
-
-    Args:
-        model: the model (moved to ``device``, put in eval mode).
-        dataset: ``(image tensor, target)`` samples: a class id, or a ``[C]`` multi-hot row.
-        classifier: ``[C, D]`` from `unicl.evaluation.zeroshot.build_zeroshot_classifier`.
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to run.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
-        progress: show a progress bar on standard error.
-
-    Returns:
-        ``([N, C] float32 logits 100·cos, [N] or [N, C] targets)``, on the CPU.
-    """
-    check_positive_int("batch_size", batch_size)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    scores, targets = [], []
-    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, "zero-shot"):
-        with inference_autocast(device, precision):
-            features = model.encode_image(images.to(device))
-        scores.append(zeroshot_logits(features.float(), classifier).cpu())
-        targets.append(torch.as_tensor(batch_targets))
-    if not scores:
-        raise ValueError("dataset has no images")
-    return torch.cat(scores), torch.cat(targets)
-
-
-@torch.no_grad()
-def zeroshot_accuracy(
-    model: UniCLModel,
-    dataset: Dataset,
-    class_names: Sequence[str | Sequence[str]],
-    tokenizer: Tokenizer,
-    *,
-    templates: Templates = DEFAULT_TEMPLATES,
-    metric: str | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Zero-shot classification of ``dataset`` by ``model``: top-1, top-5 and the dataset's metric.
-
-    Every class is the normalised mean of its normalised prompt embeddings; an image's score for a class is
-    ``100 · cos(image, class)``; the metrics are those of `unicl.evaluation.metrics` on all scores at once.
-
-    Args:
-        model: the model (moved to ``device``, put in eval mode).
-        dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
-            `unicl.image_transform`, or ``(image tensor, [C] multi-hot)`` ones (`MultiLabelImages`).
-        class_names: one name (or list of synonyms) per class id.
-        tokenizer: the model's tokenizer.
-        templates: prompt templates (every class is the mean of its prompts), or a per-class mapping of complete
-            prompts (`unicl.text.prompts.read_templates`).
-        metric: the dataset's metric (see `classification_results`; default ``top1``, ``map_11_point`` for
-            multi-label data).
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to run.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
-        progress: show a progress bar on standard error.
-
-    Returns:
-        ``{"top1": ..., "top5": ..., "metric": name, "images": N, "classes": C}`` (``top5`` only with at least 5
-        classes; the metric's own value too when it is another; see `classification_results`).
-
-    Raises:
-        ValueError: a dataset whose ``classes`` are not as many as ``class_names`` (before any image is read).
-    """
-    check_positive_int("batch_size", batch_size)
-    dataset_classes = getattr(dataset, "classes", None)
-    if dataset_classes is not None and len(dataset_classes) != len(class_names):
-        raise ValueError(f"dataset has {len(dataset_classes)} classes but {len(class_names)} class names were given")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    with inference_autocast(device, precision):
-        classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=device)
-    scores, targets = zeroshot_scores(
-        model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
-        progress=progress,
-    )  # fmt: skip
-    return classification_results(scores, targets, metric)
-
-
-@torch.no_grad()
-def retrieval_recall(
-    model: UniCLModel,
-    captions: CaptionFile,
-    tokenizer: Tokenizer,
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
-) -> dict[str, float]:
-    """Image→text and text→image recall@1/5/10 over a caption file.
-
-    An image query is a hit at ``k`` when ANY of its captions ranks in its top ``k`` captions (clip_benchmark's
-    rule for several captions per image); a caption query when its image ranks in its top ``k`` images.
-
-    Returns:
-        ``{"image_to_text_R@1": ..., ..., "text_to_image_R@10": ..., "images": I, "captions": T}``.
-    """
-    check_positive_int("batch_size", batch_size)
-    device = torch.device(device)
-    model = model.to(device).eval()
-    image_features = []
-    for images in inference_batches(captions, batch_size, workers, progress, "images"):
-        with inference_autocast(device, precision):
-            image_features.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1))
-    text_features = []
-    for start in range(0, len(captions.captions), batch_size):
-        batch = tokenizer(captions.captions[start : start + batch_size])
-        with inference_autocast(device, precision):
-            encoded = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        text_features.append(F.normalize(encoded.float(), dim=-1))
-    similarity = (torch.cat(image_features) @ torch.cat(text_features).T).cpu()  # [images, captions]
-    owner = torch.tensor(captions.image_index)
-    matches = owner[None, :] == torch.arange(similarity.shape[0])[:, None]  # caption j describes image i
-    results: dict[str, float] = {}
-    for k in RECALL_AT:
-        top_captions = similarity.topk(min(k, similarity.shape[1]), dim=1).indices
-        results[f"image_to_text_R@{k}"] = float(matches.gather(1, top_captions).any(dim=1).double().mean())
-        top_images = similarity.T.topk(min(k, similarity.shape[0]), dim=1).indices
-        results[f"text_to_image_R@{k}"] = float((top_images == owner[:, None]).any(dim=1).double().mean())
-    return {**results, "images": similarity.shape[0], "captions": similarity.shape[1]}
+class _UsageError(ValueError):
+    """A bad input, raised by `_stop` as one line naming the argument; `main` exits with it through the
+    sub-command parser's ``error`` (argparse's format, exit status 2)."""
 
 
 # --- the command line: checking what the user gave --------------------------------------------------------------------
@@ -370,12 +78,20 @@ def default_workers() -> int:
     return min(4, cpus)
 
 
+def _stop(line: str) -> NoReturn:
+    """Stop on a bad input with its one line (the only place a `_UsageError` is raised)."""
+    raise _UsageError(line)
+
+
 def _usage(argument: str, value: object, error: BaseException | str) -> NoReturn:
-    message = error if isinstance(error, str) else first_line(error, limit=400)
-    raise UsageError(f"{argument} {str(value)!r}: {message}")
+    """Stop on a bad input: ``ARGUMENT 'VALUE': PROBLEM``."""
+    message = error if isinstance(error, str) else first_line(error, limit=MESSAGE_LIMIT)
+    _stop(f"{argument} {str(value)!r}: {message}")
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -389,6 +105,8 @@ def _device(name: str) -> torch.device:
 
 def _template_set(value: str | None) -> Templates:
     """``--templates``: a shipped set's name (`unicl.text.prompts.TEMPLATE_SETS`) or a file (`read_templates`)."""
+    from unicl.text.prompts import get_templates
+
     try:
         return get_templates("default" if value is None else value)
     except (OSError, ValueError, TypeError) as error:
@@ -397,6 +115,9 @@ def _template_set(value: str | None) -> Templates:
 
 def _class_names(value: str | None, classes: list[str], data_argument: str) -> list[str]:
     """``--classnames``: the data's own class names, a shipped list's name, or a file, one name per class."""
+    from unicl.data.datasets import read_class_names
+    from unicl.text.prompts import imagenet_class_names
+
     if value is None:
         return classes
     if value in CLASS_NAME_SETS:
@@ -415,6 +136,8 @@ def _class_names(value: str | None, classes: list[str], data_argument: str) -> l
 
 
 def _image_folder(argument: str, path: Path) -> ImageFolder:
+    from torchvision.datasets import ImageFolder
+
     if not path.is_dir():
         _usage(argument, path, "is not a directory (an ImageFolder root: one sub-folder of images per class)")
     try:
@@ -424,6 +147,8 @@ def _image_folder(argument: str, path: Path) -> ImageFolder:
 
 
 def _metric(value: str | None, classes: int, multilabel: bool) -> str:
+    from unicl.evaluation.metrics import check_metric_fits
+
     metric = value if value is not None else (MULTILABEL_METRIC if multilabel else DEFAULT_METRIC)
     try:
         return check_metric_fits(metric, classes, multilabel)
@@ -433,6 +158,8 @@ def _metric(value: str | None, classes: int, multilabel: bool) -> str:
 
 def _zeroshot_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Check a zeroshot command's data, names, templates and metric before any model is loaded."""
+    from unicl.evaluation.label_files import MultiLabelImages
+
     data: Path = args.data
     dataset: ImageFolder | MultiLabelImages
     if data.is_dir():
@@ -455,6 +182,8 @@ def _zeroshot_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _checked_templates(value: str | None, class_names: list[str]) -> Templates:
+    from unicl.text.prompts import class_prompts
+
     templates = _template_set(value)
     if isinstance(templates, Mapping):
         try:
@@ -465,8 +194,10 @@ def _checked_templates(value: str | None, class_names: list[str]) -> Templates:
 
 
 def _retrieval_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    from unicl.data.datasets import CaptionPairs
+
     try:
-        return {"captions": CaptionFile(args.captions, None)}
+        return {"captions": CaptionPairs(args.captions)}
     except (OSError, ValueError) as error:
         _usage("--captions", args.captions, error)
 
@@ -510,10 +241,12 @@ def _linear_probe_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_shots(shots: int, train: ImageFolder) -> None:
     """Every class of ``--train`` has ``--shots`` images: counted from the folder listing, before anything loads."""
+    from unicl.evaluation.protocols import check_shots
+
     try:
         check_shots(train.targets, shots, classes=len(train.classes), class_names=train.classes)
     except ValueError as error:
-        _usage("--shots", shots, f"{first_line(error, limit=400)} in --train")
+        _usage("--shots", shots, f"{first_line(error, limit=MESSAGE_LIMIT)} in --train")
 
 
 def _check_cache_dir(cache_dir: Path) -> None:
@@ -535,6 +268,9 @@ def _within(filename: object, directory: Path) -> bool:
 
 
 def _load_model(args: argparse.Namespace) -> UniCLModel:
+    from unicl.models.presets import create_model, list_models
+    from unicl.models.serialization import load_model
+
     source = Path(args.model)
     if source.is_dir():
         if args.pretrained is not None:
@@ -559,8 +295,7 @@ def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
     """``--tokenizer``, by default the model's own (`unicl.models.model_tokenizer`: a model directory's, the one saved
     with ``--pretrained`` weights, in their directory or beside their ``.safetensors`` file, else the preset's);
     either way checked against the text tower."""
-    from unicl import get_tokenizer
-    from unicl.models import check_tokenizer_fits, model_tokenizer
+    from unicl.models.tokenizers import check_tokenizer_fits, get_tokenizer, model_tokenizer
 
     try:
         if args.tokenizer is not None:
@@ -576,7 +311,7 @@ def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
     try:
         check_tokenizer_fits(tokenizer, model.config, argument="--tokenizer")
     except ValueError as error:
-        raise UsageError(first_line(error, limit=400)) from None
+        _stop(first_line(error, limit=MESSAGE_LIMIT))  # the message names --tokenizer
     return tokenizer
 
 
@@ -589,10 +324,12 @@ DATA_ARGUMENTS = {"zeroshot": "--data", "retrieval": "--captions", "linear-probe
 
 def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
     """Run a checked command; an error is blamed on an argument only when it comes from what that argument names."""
+    from unicl.evaluation.unreadable import UnreadableImage, unreadable_message
+
     try:
         return _evaluate(args, inputs, model, tokenizer)
     except UnreadableImage as error:  # an unreadable or broken image, found only when it is read
-        raise UsageError(f"{DATA_ARGUMENTS[args.command]}: {_unreadable_message(error)}") from None
+        _stop(f"{DATA_ARGUMENTS[args.command]}: {unreadable_message(error)}")
     except OSError as error:
         cache_dir = getattr(args, "cache_dir", None)
         if cache_dir is not None and (_within(error.filename, cache_dir) or _within(error.filename2, cache_dir)):
@@ -601,6 +338,12 @@ def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
 
 
 def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
+    from unicl.data.transforms import image_transform
+    from unicl.evaluation.probe import run_linear_probe
+    from unicl.evaluation.retrieval import retrieval_recall
+    from unicl.evaluation.unreadable import reporting_unreadable
+    from unicl.evaluation.zeroshot import zeroshot_accuracy
+
     transform = image_transform(model)
     options = {
         "batch_size": args.batch_size,
@@ -612,16 +355,16 @@ def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
     if args.command == "zeroshot":
         inputs["dataset"].transform = transform
         return zeroshot_accuracy(
-            model, _reporting_unreadable(inputs["dataset"]), inputs["class_names"], tokenizer,
+            model, reporting_unreadable(inputs["dataset"]), inputs["class_names"], tokenizer,
             templates=inputs["templates"], metric=inputs["metric"], **options,
         )  # fmt: skip
     if args.command == "retrieval":
         inputs["captions"].transform = transform
-        return retrieval_recall(model, inputs["captions"], tokenizer, **options)
+        return retrieval_recall(model, reporting_unreadable(inputs["captions"]), tokenizer, **options)
     inputs["train"].transform = transform
     inputs["test"].transform = transform
     return run_linear_probe(
-        model, _reporting_unreadable(inputs["train"]), _reporting_unreadable(inputs["test"]),
+        model, reporting_unreadable(inputs["train"]), reporting_unreadable(inputs["test"]),
         features=inputs["features"], shots=args.shots, seeds=tuple(args.seeds) if args.seeds is not None else (0,),
         init=args.init,
         class_names=inputs["class_names"], tokenizer=tokenizer, templates=inputs["templates"],
@@ -657,24 +400,20 @@ def format_results(results: Mapping[str, Any]) -> str:
     return " ".join(shown)
 
 
-class _Parser(argparse.ArgumentParser):
-    """A parser whose errors raise `UsageError` when ``raise_errors`` (the suite parses its entries with one)."""
-
-    raise_errors = False
+class _EntryParser(CommandParser):
+    """The parser of a suite's entries: an error stops with its line (`_stop`), which the suite reports as its
+    config's, instead of printing the entry's usage."""
 
     def error(self, message: str) -> NoReturn:
-        if self.raise_errors:
-            raise UsageError(message)
-        super().error(message)
+        _stop(message)
 
 
-def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
-    """The ``python -m unicl.evaluate`` parser (with ``raise_errors``, its errors raise `UsageError`)."""
+def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandParser:
+    """The ``python -m unicl.evaluate`` parser, its sub-commands' parsers of ``parser_class`` too.
 
-    class Parser(_Parser):
-        pass
-
-    Parser.raise_errors = raise_errors
+    Built from torch-free data (`unicl.evaluation.names`): ``--help`` loads no torch.
+    """
+    Parser = parser_class
     parser = Parser(
         prog=program_name("unicl.evaluate"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -683,7 +422,11 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     common.add_argument(
         "--model", required=True, help="a preset name, or a directory written by save_pretrained or unicl.train"
     )
-    common.add_argument("--pretrained", help="weights for the preset: a microsoft/UniCL .pth or unicl safetensors")
+    common.add_argument(
+        "--pretrained", help="weights for the preset: a release's tag (unicl.list_pretrained, read from "
+        "$UNICL_HOME/checkpoints), a microsoft/UniCL .pth, or unicl safetensors (a file or a save_pretrained "
+        "directory)",
+    )  # fmt: skip
     common.add_argument(
         "--tokenizer",
         help="default: the model's own (its directory's tokenizer.json, else its preset's); or 'clip' (CLIP's BPE), "
@@ -696,7 +439,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     )  # fmt: skip
     common.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda:1', ...")
     common.add_argument(
-        "--precision", choices=("bf16", "fp32"), default="bf16", help="bf16 autocast on CUDA (always fp32 on the CPU)"
+        "--precision", choices=PRECISIONS, default="bf16", help="bf16 autocast on CUDA (always fp32 on the CPU)"
     )
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     results = Parser(add_help=False)
@@ -709,15 +452,15 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     )
     names.add_argument(
         "--templates",
-        help=f"prompt templates: a set ({', '.join(TEMPLATE_SETS)}: 'clip' is CLIP's 80 ImageNet templates, 'unicl' "
-        "UniCL's 81), or a file: one template with {} per line, a JSON list, or a JSON per-class mapping of prompts "
-        "(default: default)",
+        help=f"prompt templates: a set ({', '.join(TEMPLATE_SET_NAMES)}: 'clip' is CLIP's 80 ImageNet templates, "
+        "'unicl' UniCL's 81), or a file: one template with {} per line, a JSON list, or a JSON per-class mapping of "
+        "prompts (default: default)",
     )
     metric = Parser(add_help=False)
-    metric.add_argument("--metric", choices=tuple(METRICS), help="the score to report (default: top1; map_11_point for "
+    metric.add_argument("--metric", choices=METRIC_NAMES, help="the score to report (default: top1; map_11_point for "
                         "a labels CSV)")  # fmt: skip
     probe_metric = Parser(add_help=False)
-    probe_metric.add_argument("--metric", choices=tuple(METRICS), help="the score that chooses the L2 strength and is "
+    probe_metric.add_argument("--metric", choices=METRIC_NAMES, help="the score that chooses the L2 strength and is "
                               "reported (default: top1; map_11_point is for multi-label data)")  # fmt: skip
 
     zeroshot = commands.add_parser(
@@ -746,14 +489,14 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     probe.add_argument("--train", required=True, type=Path, help="the training split: an ImageFolder root")
     probe.add_argument("--test", required=True, type=Path, help="the test split: an ImageFolder with the same classes")
     probe.add_argument(
-        "--features", choices=("backbone", "projected"),
+        "--features", choices=FEATURE_KINDS,
         help="image features before the projection (backbone: the default, as CLIP's probes) or the projected "
         "embedding (the default with --init text)",
     )  # fmt: skip
     probe.add_argument("--shots", type=int, help="few-shot: K training images per class, drawn per seed")
     probe.add_argument("--seeds", type=int, nargs="+", help="few-shot seeds (default: 0); mean and std over them")
     probe.add_argument(
-        "--init", choices=("random", "text"), default="random",
+        "--init", choices=INITS, default="random",
         help="random: the head starts at 0 with plain L2; text: it starts at the class prompts' text embeddings times "
         "the logit scale and its L2 penalty is centred there (L2-SP), not ELEVATER's ordinary weight decay toward 0 "
         "from that start",
@@ -791,13 +534,13 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
         *(["--tokenizer", args.tokenizer] if args.tokenizer is not None else []),
         *(["--no-progress"] if args.no_progress else []),
     ]  # fmt: skip
-    parser = build_parser(raise_errors=True)
+    parser = build_parser(_EntryParser)
     prepared = []
     for number, entry in enumerate(entries, 1):  # every entry is checked before the first one runs
         try:
             entry_args = parser.parse_args([entry.task, *common, *entry.arguments()])
             prepared.append((entry, entry_args, INPUTS[entry.task](entry_args)))
-        except UsageError as error:
+        except _UsageError as error:
             _usage("config", args.config, f"entry {number} ({entry.name!r}): {error}")
     loaded: dict[str, Any] = {}
 
@@ -809,7 +552,7 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
         try:
             return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
         except (OSError, ValueError) as error:  # the entries before it are saved: a rerun resumes at this one
-            message = str(error) if isinstance(error, UsageError) else first_line(error, limit=400)
+            message = str(error) if isinstance(error, _UsageError) else first_line(error, limit=MESSAGE_LIMIT)
             _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {message}")
 
     # The results depend on the files behind these arguments, hashed without loading the model (a finished
@@ -847,10 +590,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inputs = INPUTS[args.command](args)
         model = _load_model(args)
         results = _run_task(args, inputs, model, _tokenizer(args, model))
-    except UsageError as error:
+    except _UsageError as error:
         _subcommand(parser, args.command).error(str(error))
     except (OSError, ValueError) as error:  # bad data found while running (an unreadable image, say)
-        _subcommand(parser, args.command).error(first_line(error, limit=400))
+        _subcommand(parser, args.command).error(first_line(error, limit=MESSAGE_LIMIT))
     print(format_results(results))
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     if args.json is not None:
