@@ -85,9 +85,10 @@ CHIPS = {
     "H100": Chip("H100 SXM5 80GB", 989, 494, 67, 3.35, 132, 1.83, "NVIDIA H100 datasheet (2023), dense figures"),
     "H200": Chip("H200 SXM 141GB", 989, 494, 67, 4.8, 132, 1.83, "NVIDIA H200 datasheet (2024), dense figures"),
 }
-#: Fractions of peak each kind of work is assumed to reach. cuBLAS: 790 of 989 TFLOP/s measured for large bf16
-#: matmuls on an H200 (shared/design/objective.md). Triton: fused tiles with exponentials in the loop, at the low end
-#: of what flash-attention-2-style Triton kernels reach on Hopper (0.6). HBM: a streaming kernel's usual 0.85.
+#: Fractions of peak each kind of work is assumed to reach. cuBLAS: 790 of 989 TFLOP/s for large bf16 matmuls on an
+#: H200, the measurement of the notes this project was designed from (docs/objective.md, "Cost"). Triton: fused
+#: tiles with exponentials in the loop, at the low end of what flash-attention-2-style Triton kernels reach on Hopper
+#: (0.6). HBM: a streaming kernel's usual 0.85.
 EFFICIENCY = {"gemm": 0.80, "triton": 0.60, "hbm": 0.85}
 
 
@@ -356,7 +357,7 @@ def chunked_plan(n: int, d: int, dtype: torch.dtype, labels: str = "mixed", chun
 
 def all_plans(n: int, d: int, dtype: torch.dtype, chip: Chip = CHIPS["H200"]) -> list[Plan]:
     """Every backend's plan at one size; the Triton ones with the first tiles of their Hopper tables."""
-    from unicl.loss.kernels import one_pass, two_pass
+    from unicl.loss.kernels import one_pass, tiles, two_pass
 
     def first(module, name: str) -> dict:
         return dict(module.configs_for(name, (9, 0), dtype)[0].kwargs)
@@ -366,7 +367,7 @@ def all_plans(n: int, d: int, dtype: torch.dtype, chip: Chip = CHIPS["H200"]) ->
     return [
         dense_plan(n, d, dtype),
         chunked_plan(n, d, dtype),
-        rowwise_plan(n, d, dtype, first(two_pass, "lse"), first(two_pass, "grad")),
+        rowwise_plan(n, d, dtype, first(tiles, "lse"), first(two_pass, "grad")),
         one_pass_plan(n, d, dtype, first(one_pass, "partials"), first(one_pass, "weights"), programs, smallest),
         inf_cl_plan(n, d),
     ]

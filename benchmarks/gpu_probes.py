@@ -233,7 +233,7 @@ def backward_gemms(n: int, d: int) -> dict[str, Any]:
         )
     except (RuntimeError, TypeError) as error:
         result["addmm_in_place_float32"] = {"supported": False, "error": f"{type(error).__name__}: {error}"[:300]}
-        # What unicl.loss.chunked.mixed_addmm_ does on a torch without it: a float32 temporary, then add.
+        # What unicl.loss.matmul.mixed_addmm_ does on a torch without it: a float32 temporary, then add.
         try:
             result["mm_then_add_float32"] = with_rate(
                 time_cuda(lambda: acc.add_(torch.mm(weights.T, u, out_dtype=torch.float32))), flops
@@ -258,12 +258,12 @@ def ceilings(args: argparse.Namespace) -> int:
 
 
 def install_recorders() -> list[tuple[str, tuple, Any]]:
-    """Wrap ``_tuned`` of both kernel modules so every autotuner they hand out is recorded with the arguments it was
-    made for (whatever those are: ``(kernel, capability, dtype)`` or with a size bucket after it). The launchers
-    look ``_tuned`` up at call time, so the wrapper sees every launch."""
-    from unicl.loss.kernels import one_pass, two_pass
+    """Wrap ``_tuned`` of the kernel modules (both schedules and the row kernel they share) so every autotuner they
+    hand out is recorded with the arguments it was made for (whatever those are: ``(kernel, capability, dtype)`` or
+    with a size bucket after it). The launchers look ``_tuned`` up at call time, so the wrapper sees every launch."""
+    from unicl.loss.kernels import one_pass, tiles, two_pass
 
-    modules = (one_pass, two_pass)
+    modules = (one_pass, tiles, two_pass)
     # One list for both modules, kept on the wrappers so a second call extends it instead of wrapping twice.
     records: list[tuple[str, tuple, Any]] = next(
         (m._tuned.records for m in modules if getattr(m._tuned, "records", None) is not None), []
@@ -411,9 +411,9 @@ def _matches(variant: dict[str, Any], config: dict[str, Any] | None) -> bool:
 
 def kernels(args: argparse.Namespace) -> int:
     from unicl import unicl_loss
-    from unicl.loss.chunked import mixed_addmm_, mixed_mm
     from unicl.loss.engine import Similarity
-    from unicl.loss.kernels import one_pass, two_pass
+    from unicl.loss.kernels import one_pass, tiles, two_pass
+    from unicl.loss.matmul import mixed_addmm_, mixed_mm
     from unicl.loss.normalize import inverse_norms
 
     report = Report(args.json)
@@ -499,7 +499,7 @@ def kernels(args: argparse.Namespace) -> int:
     )
     report.measure(
         "rowwise row log-sum-exp kernel (one direction)",
-        lambda: with_rate(time_cuda(lambda: two_pass.row_logsumexp(u, v, scale, a, b)), square),
+        lambda: with_rate(time_cuda(lambda: tiles.row_logsumexp(u, v, scale, a, b)), square),
     )
 
     def rowwise_grad() -> dict[str, float]:
@@ -518,7 +518,7 @@ def kernels(args: argparse.Namespace) -> int:
         for name, fn in [
             ("partials", one_pass._lse_partials_kernel),
             ("weights", one_pass._softmax_weights_kernel),
-            ("lse", two_pass._row_lse_kernel),
+            ("lse", tiles._row_lse_kernel),
             ("grad", two_pass._row_softmax_grad_kernel),
         ]:
             variants, where = compiled_kernels(_jit_function(fn))
@@ -528,9 +528,9 @@ def kernels(args: argparse.Namespace) -> int:
             found[name] = {"found_in": where, "variants": variants}
             print(f"{name}: {where}")
             for variant in variants:
-                tiles = {k: v for k, v in variant["constants"].items() if k.startswith("BLOCK")}
+                blocks = {k: v for k, v in variant["constants"].items() if k.startswith("BLOCK")}
                 print(
-                    f"  {'*' if variant['chosen'] else ' '} {tiles} warps {variant['num_warps']} stages "
+                    f"  {'*' if variant['chosen'] else ' '} {blocks} warps {variant['num_warps']} stages "
                     f"{variant['num_stages']}: {variant['n_regs']} registers, {variant['n_spills']} spilled, "
                     f"{variant['shared_bytes']} B shared"
                 )
@@ -545,9 +545,9 @@ def _autotuners_by_scan() -> list[tuple[str, tuple, Any]]:
     launchers did not go through the recorded ``_tuned`` (a refactor that bound it early)."""
     import triton
 
-    from unicl.loss.kernels import one_pass, two_pass
+    from unicl.loss.kernels import one_pass, tiles, two_pass
 
-    ours = {id(fn) for fn in (*one_pass.KERNELS.values(), *two_pass._KERNELS.values())}
+    ours = {id(fn) for module in (one_pass, tiles, two_pass) for fn in module.KERNELS.values()}
     autotuner = getattr(triton.runtime, "Autotuner", None)
     return [
         ("scan", (), obj)

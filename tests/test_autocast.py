@@ -8,7 +8,7 @@ import torch
 from reference import assert_matches_float64, assert_relative_close, float64_loss_and_grads
 
 from unicl import UniCLLoss, unicl_loss
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 
 BACKENDS = ["dense", "chunked", "triton", "triton_rowwise"]
 

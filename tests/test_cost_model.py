@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unicl import unicl_loss
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -76,11 +76,10 @@ def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d"), [(96, 40), (70, 72)])
 def test_rowwise_counts_equal_what_the_interpreter_runs(n, d):
-    from unicl.loss.kernels.two_pass import INTERPRETER_CONFIG
+    from unicl.loss.kernels import tiles, two_pass
 
     torch_flops, counts = _counted("triton_rowwise", n, d)
-    lse_tiles = {k: v for k, v in INTERPRETER_CONFIG.items() if k != "BLOCK_D"}
-    plan = cost_model.rowwise_plan(n, d, torch.float32, lse_tiles, INTERPRETER_CONFIG)
+    plan = cost_model.rowwise_plan(n, d, torch.float32, tiles.INTERPRETER_CONFIG, two_pass.INTERPRETER_CONFIG)
     assert _split(plan) == (torch_flops, counts["dot_flops"], counts["exp2"])
 
 

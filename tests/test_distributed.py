@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from reference import reference_loss
 
 from unicl import UniCLLoss, caption_labels, distributed_unicl_loss, unicl_loss
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 
 D = 6
 SCALE = 7.0

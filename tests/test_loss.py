@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reference import assert_matches_float64, clip_loss, float64_loss_and_grads, reference_loss, reference_terms
 
 from unicl import UniCLLoss, unicl_loss
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 
 CPU_BACKENDS = ["dense", "chunked"]
 
@@ -505,3 +505,88 @@ def test_gradients_of_one_direction_alone(backend, which):
     torch.testing.assert_close(terms[which], exact, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, torch.autograd.grad(exact.sum(), [exact_image, exact_text])):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_each_option_is_checked_once_at_the_public_entry(monkeypatch):
+    """``backend``, ``reduction`` and ``chunk_size`` are checked once per public call (and once when the module is
+    built, never per batch); the layers below trust them."""
+    import unicl.loss.backends as backends
+    import unicl.loss.functional as functional
+    from unicl import distributed_unicl_loss
+    from unicl.loss.backends import row_terms, similarity_terms
+    from unicl.loss.targets import target_keys
+
+    checked: list[str] = []
+
+    def counting(check):
+        def wrapped(name, *args, **kwargs):
+            checked.append(name)
+            return check(name, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(backends, "check_choice", counting(backends.check_choice))
+    monkeypatch.setattr(backends, "check_optional_positive_int", counting(backends.check_optional_positive_int))
+    monkeypatch.setattr(functional, "check_choice", counting(functional.check_choice))
+    image, text = make_batch(6, 4, dtype=torch.float32, requires_grad=False)
+    options = {"backend": "chunked", "reduction": "sum", "chunk_size": 2}
+
+    def checks_of(call) -> list[str]:
+        checked.clear()
+        call()
+        return sorted(checked)
+
+    once = ["backend", "chunk_size", "reduction"]
+    assert checks_of(lambda: unicl_loss(image, text, None, 5.0, **options)) == once
+    assert checks_of(lambda: distributed_unicl_loss(image, text, None, 5.0, **options)) == once
+    module = UniCLLoss(**options)
+    gathering = UniCLLoss(gather_distributed=True, **options)
+    assert checks_of(lambda: [module(image, text), module(image, text), gathering(image, text)]) == []
+    keys = target_keys(None, 6, image.device)
+    scale = torch.tensor(5.0)
+    assert checks_of(lambda: similarity_terms(image, text, scale, keys, keys, backend="chunked")) == [
+        "backend",
+        "chunk_size",
+    ]
+    assert checks_of(lambda: row_terms(image, text, scale, keys, keys, backend="chunked")) == ["backend", "chunk_size"]
+    # The module's losses are the functional ones.
+    torch.testing.assert_close(module(image, text), unicl_loss(image, text, None, **options))
+
+
+@pytest.mark.parametrize("function", ["similarity_terms", "row_terms"])
+def test_block_terms_refuse_an_unknown_backend_or_chunk_size(function):
+    import unicl.loss.backends as backends
+    from unicl.loss.targets import target_keys
+
+    image, text = make_batch(4, 3, requires_grad=False)
+    keys = target_keys(None, 4, image.device)
+    call = getattr(backends, function)
+    with pytest.raises(ValueError, match=_literal("backend must be one of")):
+        call(image, text, torch.tensor(2.0, dtype=torch.float64), keys, keys, backend="fast")
+    with pytest.raises(ValueError, match=_literal("chunk_size must be an int >= 1")):
+        call(image, text, torch.tensor(2.0, dtype=torch.float64), keys, keys, chunk_size=0)
+
+
+def test_second_derivatives_of_the_normalisation():
+    """The dense backend's second derivatives run through `normalize_features`'s differentiable backward, which takes
+    its norms from `inverse_norms` like the first-order one: checked against finite differences."""
+    from unicl.loss.normalize import normalize_features
+
+    features = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    assert torch.autograd.gradgradcheck(normalize_features, (features.requires_grad_(),))
+
+
+def test_choosing_a_backend_imports_no_triton():
+    """Whether Triton can run is asked without importing it: a chunked or dense loss loads no Triton module."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from unicl import unicl_loss\n"
+        "for backend in ('auto', 'dense', 'chunked'):\n"
+        "    unicl_loss(torch.randn(4, 8), torch.randn(4, 8), backend=backend)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'triton'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

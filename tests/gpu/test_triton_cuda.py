@@ -208,7 +208,8 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
     columns, not a whole number of tiles), and the softmax weights; the two-pass row log-sum-exp and softmax
     gradient."""
     from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
-    from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
+    from unicl.loss.kernels.tiles import row_logsumexp
+    from unicl.loss.kernels.two_pass import row_softmax_grad
 
     q, k, q_scale, k_scale, scale, g, h, sim, q_lse, k_lse = _rectangular_block(dtype, normalized)
     statistic_bound, grad_bound = BOUNDS[dtype]
@@ -238,7 +239,8 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
 def test_operators_pass_opcheck_on_cuda(schedule):
     """Schema, fake (meta) implementation and dispatch of the torch.library operators on CUDA tensors."""
     from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
-    from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
+    from unicl.loss.kernels.tiles import row_logsumexp
+    from unicl.loss.kernels.two_pass import row_softmax_grad
 
     q, k, q_scale, k_scale, scale, g, h, _, q_lse, k_lse = _rectangular_block(torch.float32, True)
     q_lse, k_lse = q_lse.float(), k_lse.float()

@@ -11,8 +11,8 @@ What is replaced, and nothing else:
 * cuBLAS's half-precision products with float32 results (``torch.mm(..., out_dtype=)`` and ``torch.addmm`` into a
   float32 accumulator), which torch has only for CUDA: CPU stand-ins compute the same float32 products.
 
-The predicates that choose the CUDA branch (:func:`unicl.loss.kernels.tuning.runs_compiled` and the chunked backend's
-:func:`unicl.loss.chunked.uses_tensor_core_products`) say yes for CPU tensors. Everything else runs as on a
+The predicates that choose the CUDA branch (`unicl.loss.kernels.tuning.runs_compiled` and the chunked backend's
+`unicl.loss.matmul.uses_tensor_core_products`) say yes for CPU tensors. Everything else runs as on a
 GPU: the capability lookup and tile tables, launch plans, autotuner keying and ``early_config_prune``, grids, the
 positional arguments Triton's autotuner needs, super-chunks and column ranges, the mixed-precision GEMM branches.
 """
@@ -30,9 +30,9 @@ import torch
 import triton
 from triton.runtime.autotuner import Autotuner
 
-import unicl.loss.chunked as chunked
 import unicl.loss.kernels.tuning as tuning
-from unicl.loss.kernels import one_pass, two_pass
+import unicl.loss.matmul as matmul
+from unicl.loss.kernels import one_pass, tiles, two_pass
 
 #: Streaming multiprocessors of the chip under test, per compute capability (A100, RTX 3090, RTX 4090, H100, B200).
 MULTIPROCESSORS = {(8, 0): 108, (8, 6): 82, (8, 9): 128, (9, 0): 132, (10, 0): 148}
@@ -67,8 +67,8 @@ def _cpu_mixed_products(library: torch.library.Library) -> None:
 
 
 def _clear_autotuners() -> None:
-    one_pass._tuned.cache_clear()
-    two_pass._tuned.cache_clear()
+    for module in (one_pass, tiles, two_pass):
+        module._tuned.cache_clear()
 
 
 @contextlib.contextmanager
@@ -109,13 +109,13 @@ def fake_cuda(
     # Every module that took the predicates by name sees the replacement.
     replacements = {
         "runs_compiled": (tuning.runs_compiled, lambda device: True),
-        "uses_tensor_core_products": (chunked.uses_tensor_core_products, lambda x: x.dtype in chunked.HALF_DTYPES),
+        "uses_tensor_core_products": (matmul.uses_tensor_core_products, lambda x: x.dtype in matmul.HALF_DTYPES),
     }
     for name, module in list(sys.modules.items()):
         for attribute, (original, replacement) in replacements.items():
             if name.startswith("unicl") and getattr(module, attribute, None) is original:
                 monkeypatch.setattr(module, attribute, replacement)
-    monkeypatch.setattr(chunked, "_MIXED_PRODUCT_DEVICES", ("cuda", "meta", "cpu"))
+    monkeypatch.setattr(matmul, "_MIXED_PRODUCT_DEVICES", ("cuda", "meta", "cpu"))
     library = torch.library.Library("aten", "IMPL")
     _cpu_mixed_products(library)
     _clear_autotuners()

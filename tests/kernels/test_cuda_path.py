@@ -14,10 +14,12 @@ from cuda_harness import fake_cuda
 from reference import RELATIVE_BOUNDS, assert_matches_float64, assert_relative_close, float64_loss_and_grads
 
 import unicl.loss.chunked as chunked
+import unicl.loss.matmul as matmul
 from unicl import unicl_loss
 from unicl.loss.backends import resolve_backend, row_terms
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels import interpreter_active, one_pass, two_pass
+from unicl.loss.kernels import one_pass, tiles, two_pass
+from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.one_pass import OnePassEngine
 from unicl.loss.kernels.plan import cdiv, super_chunks, weights_programs
 from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, prune_for
@@ -27,18 +29,19 @@ pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_I
 
 CAPABILITIES = [divmod(c, 10) for c in sorted(SHARED_MEMORY_LIMIT)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-#: Kernels of each schedule, by the name their tables know them and the function name the autotuner reports.
+#: Kernels of each schedule, by the name their tables know them, with the module that holds the table and the
+#: function name the autotuner reports (the two-pass forward is the row kernel both schedules share).
 SCHEDULES = {
-    "triton": (one_pass, {"partials": "_lse_partials_kernel", "weights": "_softmax_weights_kernel"}),
-    "triton_rowwise": (two_pass, {"lse": "_row_lse_kernel", "grad": "_row_softmax_grad_kernel"}),
+    "triton": {"partials": (one_pass, "_lse_partials_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
+    "triton_rowwise": {"lse": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
 }
 #: Wide enough that no tile is pruned for width (BLOCK_K and BLOCK_D up to 256), ragged in N.
 N, D = 37, 200
 #: Largest number of candidates any (kernel, chip, dtype) has.
 MOST_CANDIDATES = max(
     len(module.configs_for(kernel, capability, dtype))
-    for module, kernels in SCHEDULES.values()
-    for kernel in kernels
+    for kernels in SCHEDULES.values()
+    for kernel, (module, _) in kernels.items()
     for capability in CAPABILITIES
     for dtype in DTYPES
 )
@@ -64,9 +67,9 @@ def _loss_and_grads(image, text, labels, scale, backend, **options):
 def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability, dtype, schedule, index):
     """The autotuner of every kernel is made to pick its ``index``-th candidate (the last one where there are
     fewer); the launch runs with it and the loss and gradients match float64."""
-    module, kernels = SCHEDULES[schedule]
+    kernels = SCHEDULES[schedule]
     wanted = {}
-    for table_name, function_name in kernels.items():
+    for table_name, (module, function_name) in kernels.items():
         candidates = module.configs_for(table_name, capability, dtype)
         wanted[function_name] = candidates[min(index, len(candidates) - 1)].kwargs
 
@@ -78,11 +81,10 @@ def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability,
     with fake_cuda(monkeypatch, capability, timing) as gpu:
         got = _loss_and_grads(image, text, labels, scale, schedule)
     for function_name, config in wanted.items():
+        table_name = _table_name(kernels, function_name)
+        module = kernels[table_name][0]
         survivors = [
-            c.kwargs
-            for c in prune_for(capability, dtype)(
-                module.configs_for(_table_name(kernels, function_name), capability, dtype), {"D": D}
-            )
+            c.kwargs for c in prune_for(capability, dtype)(module.configs_for(table_name, capability, dtype), {"D": D})
         ]
         ran = {tuple(sorted(c.items())) for name, c in gpu.picked if name == function_name}
         assert ran, f"{function_name} never launched"
@@ -91,8 +93,8 @@ def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability,
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
-def _table_name(kernels: dict[str, str], function_name: str) -> str:
-    return next(table for table, name in kernels.items() if name == function_name)
+def _table_name(kernels: dict[str, tuple[object, str]], function_name: str) -> str:
+    return next(table for table, (_, name) in kernels.items() if name == function_name)
 
 
 def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(monkeypatch):
@@ -172,11 +174,11 @@ def test_rows_only_blocks_on_the_cuda_path(monkeypatch, backend, dtype):
 def test_half_precision_gemms_with_float32_results(monkeypatch, backend, dtype, in_place):
     """The backward's products of rounded softmax weights with half features, float32 results: the in-place
     ``addmm`` into a float32 accumulator (torch 2.14) and the temporary that older releases need."""
-    monkeypatch.setattr(chunked, "_MIXED_ADDMM_IN_PLACE", in_place)
+    monkeypatch.setattr(matmul, "_MIXED_ADDMM_IN_PLACE", in_place)
     image, text, labels = _batch(90, 40, dtype, seed=5)
     scale = torch.tensor(30.0, requires_grad=True)
     calls = []
-    original = chunked.mixed_addmm_
+    original = matmul.mixed_addmm_
 
     def counting(acc, a, b):
         calls.append((a.dtype, acc.dtype))
@@ -244,7 +246,7 @@ def test_grids_launch_at_n_2_to_the_24(monkeypatch, capability, dtype):
         assert cdiv(forward_rows, config.kwargs["BLOCK_M"]) < 1 << 31
     for config in one_pass.configs_for("weights", capability, dtype):
         assert weights_programs(backward_rows, n, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) < 1 << 31
-    for config in two_pass.configs_for("lse", capability, dtype):
+    for config in tiles.configs_for("lse", capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31
     for config in two_pass.configs_for("grad", capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31 and cdiv(d, config.kwargs["BLOCK_D"]) < 1 << 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.one_pass import one_pass_logsumexp
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")

@@ -7,9 +7,10 @@ import torch
 from reference import assert_matches_float64, float64_loss_and_grads, reference_loss
 
 from unicl import unicl_loss
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
-from unicl.loss.kernels.two_pass import row_logsumexp, row_softmax_grad
+from unicl.loss.kernels.tiles import row_logsumexp
+from unicl.loss.kernels.two_pass import row_softmax_grad
 
 # tests/conftest.py turns the interpreter on where there is no GPU; on a GPU, tests/gpu covers the compiled kernels.
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")

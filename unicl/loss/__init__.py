@@ -2,8 +2,9 @@
 
 Layers, top down: the functional and module forms (`functional`, `module`) and distributed training
 (`distributed`); the choice of backend (`backends`); the engines (`dense`, `chunked`, the Triton `kernels`) behind
-one autograd function (`autograd`); the pieces every engine shares (`engine`, `targets`, `normalize`, `row_dots`,
-`dtypes`).
+one autograd function (`autograd`); the pieces the engines share (`engine`, `targets`, `normalize`, `row_dots`,
+`matmul`, `dtypes`). Each option of the loss is checked once, at the public entry (`unicl_loss`, `UniCLLoss`,
+`distributed_unicl_loss`, `similarity_terms`, `row_terms`); the layers below trust their callers.
 """
 
 from unicl.loss.backends import BACKENDS, row_terms, similarity_terms

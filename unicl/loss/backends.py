@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from unicl._checks import check_choice
+from unicl._checks import check_choice, check_optional_positive_int
 from unicl.loss.autograd import UniCLTermsFunction
 from unicl.loss.chunked import ChunkedEngine
 from unicl.loss.dense import dense_terms
 from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
 from unicl.loss.engine import SimilarityEngine
-from unicl.loss.kernels import triton_engine, triton_unavailable_reason
+from unicl.loss.kernels.availability import triton_unavailable_reason
 from unicl.loss.normalize import normalize_features
 
 BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
@@ -37,14 +37,34 @@ AUTO_DENSE_MAX_ENTRIES = 1024 * 1024
 AUTO_PREFERS_TRITON_ON_CUDA = False
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_rows: int, num_cols: int) -> str:
-    """Check ``backend`` and turn ``"auto"`` into a concrete backend for this device and block size.
+def check_backend_options(backend: object, chunk_size: object) -> None:
+    """Check the options every entry of the loss takes: ``backend`` one of `BACKENDS`, ``chunk_size`` ``None`` or an
+    int >= 1. The public entries (`unicl.loss.functional.unicl_loss`, `unicl.loss.module.UniCLLoss`,
+    `unicl.loss.distributed.distributed_unicl_loss`, `similarity_terms`, `row_terms`) call it once; the layers
+    below them trust their callers.
 
     Raises:
-        ValueError: unknown backend name.
-        RuntimeError: ``"triton"`` asked for where it cannot run.
+        ValueError: an unknown backend, or a ``chunk_size`` below 1.
+        TypeError: a ``chunk_size`` that is not an int.
     """
     check_choice("backend", backend, BACKENDS)
+    check_optional_positive_int("chunk_size", chunk_size)
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_rows: int, num_cols: int) -> str:
+    """Turn ``"auto"`` into a concrete backend for this device and block size, and refuse a Triton backend where it
+    cannot run.
+
+    Args:
+        backend: one of `BACKENDS`, as checked by `check_backend_options`.
+        device: where the features are.
+        dtype: the features' dtype.
+        num_rows: rows ``M`` of the block ``S``.
+        num_cols: columns ``N`` of the block.
+
+    Raises:
+        RuntimeError: ``"triton"`` asked for where it cannot run.
+    """
     if backend == "auto":
         if device.type == "cuda":
             if AUTO_PREFERS_TRITON_ON_CUDA and triton_unavailable_reason(device, dtype) is None:
@@ -59,11 +79,25 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, num_
 
 
 def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
-    """The engine of a concrete memory-efficient backend (``"chunked"``, ``"triton"`` or ``"triton_rowwise"``)."""
+    """The engine of a concrete memory-efficient backend.
+
+    Args:
+        backend: ``"chunked"``, ``"triton"`` (the one-pass schedule, `unicl.loss.kernels.one_pass`, ``8N²D``
+            flops) or ``"triton_rowwise"`` (the two-pass schedule, `unicl.loss.kernels.two_pass`, ``12N²D`` flops at
+            ``D <= BLOCK_D``).
+        chunk_size: rows per block of the chunked walk, or per super-chunk of the one-pass schedule (``None``:
+            automatic); the two-pass schedule takes none.
+    """
+    # The Triton schedules are imported here, when one is asked for: importing triton costs seconds, and the
+    # package is optional. Importing them compiles nothing until the first launch.
     if backend == "triton":
-        return triton_engine("one_pass", chunk_size)
+        from unicl.loss.kernels.one_pass import OnePassEngine
+
+        return OnePassEngine(chunk_size)
     if backend == "triton_rowwise":
-        return triton_engine("rowwise")
+        from unicl.loss.kernels.two_pass import TritonEngine
+
+        return TritonEngine()
     return ChunkedEngine(chunk_size)
 
 
@@ -95,8 +129,13 @@ def similarity_terms(
     Returns:
         ``l_row [M]`` (``logsumexp_j S_ij`` minus the mean positive logit of row ``i``) and ``l_col [N]`` (the same
         down column ``j``), in float32 (float64 for float64 inputs).
+
+    Raises:
+        ValueError: an unknown ``backend`` or a ``chunk_size`` below 1.
+        RuntimeError: a Triton backend where it cannot run.
     """
-    return _terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=True)
+    check_backend_options(backend, chunk_size)
+    return block_terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=True)
 
 
 def row_terms(
@@ -112,12 +151,13 @@ def row_terms(
 ) -> torch.Tensor:
     """Only the per-row terms ``l_row [M]`` of `similarity_terms`, skipping all column work.
 
-    Distributed local mode uses it: a rank's rows against the global columns, once per direction.
+    Distributed local mode computes this: a rank's rows against the global columns, once per direction.
     """
-    return _terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=False)[0]
+    check_backend_options(backend, chunk_size)
+    return block_terms(u, v, scale, row_keys, col_keys, normalize, backend, chunk_size, columns=False)[0]
 
 
-def _terms(
+def block_terms(
     u: torch.Tensor,
     v: torch.Tensor,
     scale: torch.Tensor,
@@ -128,8 +168,11 @@ def _terms(
     chunk_size: int | None,
     columns: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both term vectors; without ``columns`` the second is empty and no column work is done. Autocast is off
-    throughout (`unicl.loss.dtypes.autocast_disabled`): the numerics follow the features' dtype only."""
+    """`similarity_terms` (``columns``) or `row_terms` (without: the second vector is empty and no column work is
+    done) for options already checked by `check_backend_options`, as the loss's entries call it once per batch.
+
+    Autocast is off throughout (`unicl.loss.dtypes.autocast_disabled`): the numerics follow the features' dtype only.
+    """
     with autocast_disabled(u.device):
         concrete = resolve_backend(backend, u.device, u.dtype, u.shape[0], v.shape[0])
         if u.shape[0] == 0 or v.shape[0] == 0:

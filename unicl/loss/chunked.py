@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import torch
 
-from unicl._checks import check_optional_positive_int
 from unicl.loss.dtypes import accumulation_dtype
 from unicl.loss.engine import Similarity
+from unicl.loss.matmul import HALF_DTYPES, mixed_addmm_, mixed_mm, uses_tensor_core_products
 
 #: Entries of ``S`` per block when ``chunk_size`` is not given: 2^21 float32 entries are 8 MiB a buffer, large
 #: enough for efficient matrix products (at N = 8,192 on a 2-core EPYC the 256-row block's ``V·u_rowsᵀ`` ran at 89
@@ -36,15 +36,6 @@ DEFAULT_BLOCK_ENTRIES = 1 << 21
 #: took 12.5-14.1 s with 32-row blocks and 7.5-7.7 s with 128 rows (or 512).
 MIN_BLOCK_ROWS = 128
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-#: Devices with half-precision products that return float32 (``torch.mm(..., out_dtype=torch.float32)``), in torch
-#: releases that have them.
-_MIXED_PRODUCT_DEVICES = ("cuda", "meta") if "dtype" in torch.ops.aten.mm.overloads() else ()
-#: torch 2.14's CUDA ``addmm`` takes a float32 accumulator with half operands ("self dtype must match either
-#: out_dtype or mat1 dtype"); earlier releases with ``out_dtype`` wanted the accumulator in the operands' dtype, so
-#: there the product goes through a float32 temporary.
-_MIXED_ADDMM_IN_PLACE = torch.__version__ >= "2.14"
-
 
 def block_rows(num_rows: int, num_cols: int, chunk_size: int | None) -> int:
     """Rows per block of the walk over an ``num_rows × num_cols`` matrix: ``chunk_size``, or, when it is ``None``,
@@ -52,40 +43,6 @@ def block_rows(num_rows: int, num_cols: int, chunk_size: int | None) -> int:
     than ``num_rows``."""
     rows = chunk_size or max(MIN_BLOCK_ROWS, DEFAULT_BLOCK_ENTRIES // max(num_cols, 1))
     return max(1, min(rows, num_rows))
-
-
-def uses_tensor_core_products(features: torch.Tensor) -> bool:
-    """Whether the walk multiplies half-precision ``features`` as they are (CUDA) rather than upcast (elsewhere)."""
-    return features.device.type == "cuda" and features.dtype in HALF_DTYPES
-
-
-def mixed_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = a @ b`` with ``out`` in float32 and ``a``, ``b`` possibly half precision.
-
-    On CUDA the half operands go to tensor cores with a float32 result (and on the meta device, where the cost
-    model traces the CUDA plan); elsewhere (torch has no such CPU kernel in 2.14) they are upcast first, which gives
-    the same float32 products.
-    """
-    if a.dtype == out.dtype:
-        return torch.mm(a, b, out=out)
-    if a.device.type in _MIXED_PRODUCT_DEVICES:
-        return torch.mm(a, b, out_dtype=out.dtype, out=out)
-    return torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
-
-
-def mixed_addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``acc += a @ b`` in place, ``acc`` in float32 and ``a``, ``b`` possibly half precision (see `mixed_mm`).
-
-    Written as ``addmm(..., out=acc)`` (one BLAS call with beta = 1, as ``addmm_`` is), which torch's
-    ``FlopCounterMode`` counts; it does not count the in-place ``addmm_``.
-    """
-    if a.dtype == acc.dtype:
-        return torch.addmm(acc, a, b, out=acc)
-    if a.device.type in _MIXED_PRODUCT_DEVICES:
-        if _MIXED_ADDMM_IN_PLACE:
-            return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-        return acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
-    return torch.addmm(acc, a.to(acc.dtype), b.to(acc.dtype), out=acc)
 
 
 class _Blocks:
@@ -138,15 +95,16 @@ class ChunkedEngine:
     """Row-block walk of the similarity matrix (see the module docstring).
 
     Args:
-        chunk_size: rows per block ``B``; ``None`` picks ``B`` so that a block holds about
-            `DEFAULT_BLOCK_ENTRIES` entries, and at least `MIN_BLOCK_ROWS` rows.
+        chunk_size: rows per block ``B`` (an int >= 1, as the public entries of the loss check it); ``None``
+            picks ``B`` so that a block holds about `DEFAULT_BLOCK_ENTRIES` entries, and at least
+            `MIN_BLOCK_ROWS` rows.
         native_half: multiply half-precision features as they are, with float32 results; ``None`` does so on CUDA
-            only (see `uses_tensor_core_products`). ``True`` elsewhere gives the same numbers through upcast
-            products, which is how the CUDA path is tested on the CPU.
+            only (see `unicl.loss.matmul.uses_tensor_core_products`). ``True`` elsewhere gives the same numbers
+            through upcast products, which is how the CUDA path is tested on the CPU.
     """
 
     def __init__(self, chunk_size: int | None = None, native_half: bool | None = None) -> None:
-        self.chunk_size = check_optional_positive_int("chunk_size", chunk_size)
+        self.chunk_size = chunk_size
         self.native_half = native_half
 
     def _blocks(self, sim: Similarity) -> _Blocks:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from unicl.loss.backends import row_terms, similarity_terms
-from unicl.loss.functional import DEFAULT_LOGIT_SCALE, prepare_inputs, reduce_terms, unicl_loss
+from unicl.loss.backends import block_terms
+from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, check_options, prepare_inputs, reduce_terms
 from unicl.loss.targets import target_keys
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -253,17 +253,42 @@ def distributed_unicl_loss(
             every rank's batch is empty, or when another rank's inputs fail their checks (that rank raises its
             own ``TypeError`` or ``ValueError``).
     """
+    return gathered_batch_loss(
+        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size,
+        group=group, local_loss=local_loss, equal_batches=equal_batches, options_checked=False,
+    )  # fmt: skip
+
+
+def gathered_batch_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    labels: torch.Tensor | None,
+    logit_scale: torch.Tensor | float,
+    backend: str,
+    reduction: str,
+    normalize: bool,
+    chunk_size: int | None,
+    *,
+    group: dist.ProcessGroup | None,
+    local_loss: bool,
+    equal_batches: bool,
+    options_checked: bool,
+) -> torch.Tensor:
+    """`distributed_unicl_loss`, whose options are checked here unless ``options_checked`` says that
+    `unicl.loss.functional.check_options` passed them already (`unicl.loss.module.UniCLLoss` checks them once,
+    when it is built). Unchecked options are checked inside the input checks that every rank hears of."""
     world = distributed_world(group)
     if world is None:
-        return unicl_loss(
-            image_features, text_features, labels, logit_scale,
-            backend=backend, reduction=reduction, normalize=normalize, chunk_size=chunk_size,
-        )  # fmt: skip
+        if not options_checked:
+            check_options(backend, reduction, chunk_size)
+        return batch_loss(image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size)
     try:
         # A rank may hold no samples (the last, uneven batch of an epoch); a bad input on one rank still reaches
         # the shape exchange, so that every rank raises instead of the others waiting in a collective.
+        if not options_checked:
+            check_options(backend, reduction, chunk_size)
         image, text, labels, scale = prepare_inputs(
-            image_features, text_features, labels, logit_scale, backend, reduction, chunk_size, allow_no_rows=True
+            image_features, text_features, labels, logit_scale, allow_no_rows=True
         )
     except (TypeError, ValueError) as problem:
         # Raises this rank's problem once every rank has heard of it (and a ValueError on the others); ranks that
@@ -273,18 +298,19 @@ def distributed_unicl_loss(
         raise
     batch = gather_batch(image, text, labels, group, equal_batches)
     if not local_loss:
-        image_terms, text_terms = similarity_terms(
-            batch.image, batch.text, scale, batch.keys, batch.keys,
-            normalize=normalize, backend=backend, chunk_size=chunk_size,
-        )  # fmt: skip
+        image_terms, text_terms = block_terms(
+            batch.image, batch.text, scale, batch.keys, batch.keys, normalize, backend, chunk_size, columns=True
+        )
         if reduction == "none":
             return reduce_terms(image_terms, text_terms, "none")[batch.offset : batch.offset + batch.local_size]
         return reduce_terms(image_terms, text_terms, reduction)
     # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
     # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
-    local_terms = functools.partial(row_terms, normalize=normalize, backend=backend, chunk_size=chunk_size)
-    image_terms = local_terms(image, batch.text, scale, batch.local_keys, batch.keys)
-    text_terms = local_terms(text, batch.image, scale, batch.local_keys, batch.keys)
+    local_terms = functools.partial(
+        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, columns=False
+    )
+    image_terms = local_terms(image, batch.text, scale, batch.local_keys, batch.keys)[0]
+    text_terms = local_terms(text, batch.image, scale, batch.local_keys, batch.keys)[0]
     if reduction == "none":
         return (image_terms + text_terms) / 2
     share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale, check_optional_positive_int
-from unicl.loss.backends import BACKENDS, similarity_terms
+from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale
+from unicl.loss.backends import block_terms, check_backend_options
 from unicl.loss.dtypes import accumulation_dtype
 from unicl.loss.targets import target_keys
 
@@ -78,13 +78,32 @@ def unicl_loss(
         >>> loss.shape
         torch.Size([])
     """
-    image, text, labels, scale = prepare_inputs(
-        image_features, text_features, labels, logit_scale, backend, reduction, chunk_size
-    )
-    keys = target_keys(labels, image.shape[0], image.device)
-    row_terms, col_terms = similarity_terms(
-        image, text, scale, keys, keys, normalize=normalize, backend=backend, chunk_size=chunk_size
-    )
+    check_options(backend, reduction, chunk_size)
+    return batch_loss(image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size)
+
+
+def check_options(backend: object, reduction: object, chunk_size: object) -> None:
+    """Check the options of `unicl_loss` (``backend``, ``reduction``, ``chunk_size``), once per public call or
+    once when `unicl.loss.module.UniCLLoss` is built; raises the ``ValueError`` or ``TypeError`` `unicl_loss`
+    documents."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_backend_options(backend, chunk_size)
+
+
+def batch_loss(
+    image_features: object,
+    text_features: object,
+    labels: object,
+    logit_scale: object,
+    backend: str,
+    reduction: str,
+    normalize: bool,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """`unicl_loss` for options already checked by `check_options`: checks the tensors of this batch only."""
+    image, text, checked_labels, scale = prepare_inputs(image_features, text_features, labels, logit_scale)
+    keys = target_keys(checked_labels, image.shape[0], image.device)
+    row_terms, col_terms = block_terms(image, text, scale, keys, keys, normalize, backend, chunk_size, columns=True)
     return reduce_terms(row_terms, col_terms, reduction)
 
 
@@ -93,23 +112,17 @@ def prepare_inputs(
     text_features: object,
     labels: object,
     logit_scale: object,
-    backend: str,
-    reduction: str,
-    chunk_size: int | None,
     allow_no_rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Check every argument of `unicl_loss` and return ``(image, text, labels, scale)`` ready to use.
+    """Check the tensors of a batch and return ``(image, text, labels, scale)`` ready to use.
 
     The features come back as given (the backends normalise them), the scale as a 0-dim tensor in the
-    accumulation dtype. Raises the errors documented in `unicl_loss`. ``allow_no_rows`` accepts ``N = 0``
-    (one rank's share of a distributed batch).
+    accumulation dtype. Raises the ``TypeError`` and ``ValueError`` `unicl_loss` documents for them.
+    ``allow_no_rows`` accepts ``N = 0`` (one rank's share of a distributed batch).
     """
     image, text = check_feature_pair(image_features, text_features, allow_no_rows)
     checked_labels = check_labels(labels, image.shape[0], image.device)
     scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("backend", backend, BACKENDS)
-    check_optional_positive_int("chunk_size", chunk_size)
     return image, text, checked_labels, scale
 
 

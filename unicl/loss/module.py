@@ -6,10 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unicl._checks import check_choice, check_optional_positive_int
-from unicl.loss.backends import BACKENDS
-from unicl.loss.distributed import distributed_unicl_loss
-from unicl.loss.functional import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
+from unicl.loss.distributed import gathered_batch_loss
+from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, check_options
 
 
 class UniCLLoss(nn.Module):
@@ -59,10 +57,12 @@ class UniCLLoss(nn.Module):
             raise ValueError("local_loss=True needs gather_distributed=True (it splits a gathered global batch)")
         if equal_batches and not gather_distributed:
             raise ValueError("equal_batches=True needs gather_distributed=True (it declares the ranks' batch sizes)")
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        # Checked once here; every batch then goes to the layers below the check (`forward`).
+        check_options(backend, reduction, chunk_size)
+        self.backend = backend
+        self.reduction = reduction
         self.normalize = normalize
-        self.chunk_size = check_optional_positive_int("chunk_size", chunk_size)
+        self.chunk_size = chunk_size
         self.gather_distributed = gather_distributed
         self.local_loss = local_loss
         self.group = group
@@ -76,30 +76,13 @@ class UniCLLoss(nn.Module):
         logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
     ) -> torch.Tensor:
         """Loss of one batch; shapes as in `unicl.unicl_loss`."""
+        options = (self.backend, self.reduction, self.normalize, self.chunk_size)
         if self.gather_distributed:
-            return distributed_unicl_loss(
-                image_features,
-                text_features,
-                labels,
-                logit_scale,
-                group=self.group,
-                local_loss=self.local_loss,
-                equal_batches=self.equal_batches,
-                backend=self.backend,
-                reduction=self.reduction,
-                normalize=self.normalize,
-                chunk_size=self.chunk_size,
-            )
-        return unicl_loss(
-            image_features,
-            text_features,
-            labels,
-            logit_scale,
-            backend=self.backend,
-            reduction=self.reduction,
-            normalize=self.normalize,
-            chunk_size=self.chunk_size,
-        )
+            return gathered_batch_loss(
+                image_features, text_features, labels, logit_scale, *options,
+                group=self.group, local_loss=self.local_loss, equal_batches=self.equal_batches, options_checked=True,
+            )  # fmt: skip
+        return batch_loss(image_features, text_features, labels, logit_scale, *options)
 
     def extra_repr(self) -> str:
         """Every option the module was built with, so a printed model says how its loss is computed."""

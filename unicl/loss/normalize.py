@@ -1,8 +1,8 @@
 """Row L2-normalisation: the inverse norms, the normalisation itself, and the chain rule back through it.
 
-The memory-efficient backends never normalise a copy of the features: they scale the similarity tiles by the
-inverse norms ``a`` (see `unicl.loss.engine.Similarity`) and turn the gradient back with
-`unit_grad_to_input_`, in place. `normalize_features` (used by the dense backend) shares both.
+This is the one place the loss normalises. The memory-efficient backends never normalise a copy of the features:
+they scale the similarity tiles by the inverse norms ``a`` (see `unicl.loss.engine.Similarity`) and turn the
+gradient back with `unit_grad_to_input_`, in place. `normalize_features` (used by the dense backend) shares both.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def inverse_norms(features: torch.Tensor) -> torch.Tensor:
         ``[N]``.
     """
     acc = accumulation_dtype(features.dtype)
-    return torch.linalg.vector_norm(features, dim=-1, dtype=acc).clamp_min_(NORM_EPS).reciprocal_()
+    # Out of place, so that the result can be differentiated (the dense backend's second derivatives); the two
+    # extra [N] vectors are nothing next to the features.
+    return torch.linalg.vector_norm(features, dim=-1, dtype=acc).clamp_min(NORM_EPS).reciprocal()
 
 
 def unit_grad_to_input_(
@@ -64,7 +66,7 @@ class _L2Normalize(torch.autograd.Function):
             # create_graph=True: the same chain rule out of place, with the norm recomputed from the features, so
             # the result can be differentiated again (the dense backend supports second derivatives).
             x = features.to(inverse_norm.dtype)
-            a = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
+            a = inverse_norms(x)[:, None]
             unit, g = x * a, grad.to(inverse_norm.dtype)
             return (a * (g - unit * (unit * g).sum(-1, keepdim=True))).to(grad.dtype)
         scaled = grad.to(inverse_norm.dtype) * inverse_norm[:, None]

@@ -1,57 +1,10 @@
-"""Fused Triton kernels of the UniCL loss (`unicl.loss.kernels.two_pass`), imported only when used."""
+"""Fused Triton kernels of the UniCL loss, imported only when a Triton backend runs.
 
-from __future__ import annotations
-
-import importlib.util
-import os
-import sys
-
-import torch
-
-from unicl.loss.engine import SimilarityEngine
-
-#: Feature dtypes the kernels take.
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def interpreter_active() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter.
-
-    ``TRITON_INTERPRET=1`` must be set before ``triton`` is first imported (by unicl, timm or torch's compile stack),
-    because Triton's own library functions are built at that import; set later, it is not in force.
-    """
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        return False
-    standard = sys.modules.get("triton.language.standard")
-    return standard is None or type(getattr(standard, "sum", None)).__name__ == "InterpretedFunction"
-
-
-def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """``None`` if the Triton backend can run on ``device`` for ``dtype`` features, else a sentence saying why not."""
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    if dtype not in TRITON_DTYPES:
-        return f"the Triton kernels take float16, bfloat16 or float32 features, not {dtype}"
-    if device.type == "cuda" or (device.type == "cpu" and interpreter_active()):
-        return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return "TRITON_INTERPRET=1 was set after triton was imported; set it before importing unicl"
-    return f"it needs a CUDA device (got {device}), or CPU tensors with TRITON_INTERPRET=1 set before unicl is imported"
-
-
-def triton_engine(schedule: str = "one_pass", chunk_size: int | None = None) -> SimilarityEngine:
-    """A Triton engine; importing it compiles nothing until the first launch.
-
-    Args:
-        schedule: ``"one_pass"`` (`unicl.loss.kernels.one_pass`, ``8N²D`` flops, the default of
-            ``backend="triton"``) or ``"rowwise"`` (`unicl.loss.kernels.two_pass`, ``12N²D`` flops at
-            ``D <= BLOCK_D``, ``backend="triton_rowwise"``).
-        chunk_size: rows per super-chunk of the one-pass schedule (``None``: from its workspace budget).
-    """
-    if schedule == "rowwise":
-        from unicl.loss.kernels.two_pass import TritonEngine
-
-        return TritonEngine()
-    from unicl.loss.kernels.one_pass import OnePassEngine
-
-    return OnePassEngine(chunk_size)
+* `unicl.loss.kernels.availability`: whether they can run here (no Triton import).
+* `unicl.loss.kernels.tiles`: what both schedules share (the similarity tile, the factor vectors, the
+  softmax-gradient arguments, the row log-sum-exp kernel).
+* `unicl.loss.kernels.one_pass`: the one-pass schedule (``backend="triton"``).
+* `unicl.loss.kernels.two_pass`: the two-pass schedule (``backend="triton_rowwise"``).
+* `unicl.loss.kernels.plan`, `unicl.loss.kernels.tuning`: launch plans and tile configurations.
+* `unicl.loss.kernels.compile_report`: what the compiler makes of every kernel, for a GPU that need not be present.
+"""

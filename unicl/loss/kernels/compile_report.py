@@ -1,12 +1,12 @@
 """Compile the UniCL kernels as a real launch would, for a GPU that need not be present, and report what came out.
 
 Every autotune configuration of every kernel (the one-pass schedule's ``partials`` and ``weights``, the two-pass
-schedule's ``lse`` and ``grad``) is compiled for a chip and feature dtype with the specialisation Triton's JIT gives
-a typical launch: the arguments of a representative launch (`Launch`; by default N = 65,536 rows and
-columns, D = 512, contiguous features, 16-byte aligned CUDA allocations) go through the JIT's own binder
-(``triton.runtime.jit.create_function_from_signature`` and ``JITFunction._pack_args``, what ``JITFunction.run``
-calls), so pointers and integers divisible by 16 get ``tt.divisibility = 16`` and integers equal to 1 become
-constants, exactly as at launch, and the pipelined kernels that will run are the ones inspected.
+schedule's ``grad``, and the row kernel ``lse`` both schedules share) is compiled for a chip and feature dtype with
+the specialisation Triton's JIT gives a typical launch: the arguments of a representative launch (`Launch`; by
+default N = 65,536 rows and columns, D = 512, contiguous features, 16-byte aligned CUDA allocations) go through the
+JIT's own binder (``triton.runtime.jit.create_function_from_signature`` and ``JITFunction._pack_args``, what
+``JITFunction.run`` calls), so pointers and integers divisible by 16 get ``tt.divisibility = 16`` and integers equal
+to 1 become constants, exactly as at launch, and the pipelined kernels that will run are the ones inspected.
 
 Per kernel, configuration, chip and dtype it reports registers, spill stores and loads (bytes of ``STL``/``LDL`` in
 the SASS), stack and local memory (``cuobjdump -res-usage``), the number of stages, shared memory against the chip's
@@ -44,7 +44,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
-from unicl.loss.kernels import one_pass, plan, two_pass
+from unicl.loss.kernels import one_pass, plan, tiles, two_pass
+from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, estimated_shared_bytes
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -52,7 +53,7 @@ TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 KERNELS = {
     "partials": (one_pass._lse_partials_kernel, one_pass),
     "weights": (one_pass._softmax_weights_kernel, one_pass),
-    "lse": (two_pass._row_lse_kernel, two_pass),
+    "lse": (tiles._row_lse_kernel, tiles),
     "grad": (two_pass._row_softmax_grad_kernel, two_pass),
 }
 #: The forward kernels, whose column loop is counted per ``S`` entry.
@@ -364,7 +365,7 @@ def compile_all(
 ) -> list[dict]:  # fmt: skip
     """Reports (as dictionaries) for every autotune configuration of ``kernels`` at each capability and dtype,
     compiled in ``jobs`` processes."""
-    if two_pass.interpreting():
+    if interpreter_active():
         raise RuntimeError("compile_report needs the compiler: unset TRITON_INTERPRET before importing unicl")
     tasks = [
         (name, capability, dtype, index, launch)

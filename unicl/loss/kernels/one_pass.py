@@ -31,7 +31,6 @@ import triton
 import triton.language as tl
 
 from unicl._checks import check_positive_int
-from unicl.loss.chunked import mixed_addmm_, mixed_mm
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.plan import (
     DEFAULT_WORKSPACE_BYTES,
@@ -43,6 +42,7 @@ from unicl.loss.kernels.plan import (
     super_chunks,
     weights_programs,
 )
+from unicl.loss.kernels.tiles import LN2, LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
 from unicl.loss.kernels.tuning import (
     config_table,
     device_capability,
@@ -50,9 +50,10 @@ from unicl.loss.kernels.tuning import (
     prune_for,
     runs_compiled,
     size_bucket,
+    tile_config,
     tile_options,
 )
-from unicl.loss.kernels.two_pass import LN2, LOG2E, _factors, _similarity_tile, row_logsumexp, softmax_arguments
+from unicl.loss.matmul import mixed_addmm_, mixed_mm
 
 #: Base-2 logits of the padded columns and (before the multiply by ``b_j``) rows of a tile: finite, so that no
 #: ``-inf - (-inf)`` or ``-inf·0`` makes a NaN, and so far below any real logit that their exponentials relative to
@@ -110,7 +111,7 @@ def _lse_partials_kernel(
     for n0 in range(col_begin, col_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_valid = offs_n < col_end
-        tile = _similarity_tile(
+        tile = similarity_tile(
             k_ptr, q_ptr, n0, row_start, N, M, D, stride_k, stride_q, BLOCK_N, BLOCK_M, BLOCK_K, INPUT_PRECISION,
             UPCAST_DOT,
         )  # fmt: skip
@@ -159,7 +160,7 @@ def _softmax_weights_kernel(
     col_mask = offs_n < N
     row_factor = tl.load(q_scale_ptr + offs_m, mask=row_mask, other=0.0) * (tl.load(scale_ptr) * LOG2E)
     col_scale = tl.load(k_scale_ptr + offs_n, mask=col_mask, other=0.0)
-    tile = _similarity_tile(
+    tile = similarity_tile(
         q_ptr, k_ptr, row_start, col_start, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
         UPCAST_DOT,
     )  # fmt: skip
@@ -178,10 +179,6 @@ def _softmax_weights_kernel(
     tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
-def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
-
-
 #: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision, each
 #: compiled without register spills for every chip of that family at a launch's specialisation (divisibility 16,
 #: pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile that fits sm_80
@@ -191,23 +188,23 @@ def _tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
 #: of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
 #: (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed.
 PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
-    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(128, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm90", "half"): [_tile(128, 128, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm100", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm80", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
-    ("sm86", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
-    ("sm90", "fp32"): [_tile(64, 64, 16, 4, 2), _tile(64, 128, 16, 8, 2)],
+    ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
+    ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(128, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
+    ("sm90", "half"): [tile_config(128, 128, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
+    ("sm100", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
+    ("sm80", "fp32"): [tile_config(64, 64, 16, 4, 2), tile_config(64, 128, 16, 8, 2)],
+    ("sm86", "fp32"): [tile_config(64, 64, 16, 4, 2), tile_config(64, 128, 16, 8, 2)],
+    ("sm90", "fp32"): [tile_config(64, 64, 16, 4, 2), tile_config(64, 128, 16, 8, 2)],
 }
 #: The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
 #: so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
 WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
-    ("sm80", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3), _tile(64, 64, 64, 4, 3)],
-    ("sm86", "half"): [_tile(128, 64, 32, 8, 3), _tile(64, 128, 32, 8, 3), _tile(64, 64, 32, 4, 3)],
-    ("sm90", "half"): [_tile(128, 64, 64, 8, 3), _tile(64, 128, 64, 8, 3)],
-    ("sm80", "fp32"): [_tile(32, 64, 32, 4, 2), _tile(64, 32, 32, 4, 2), _tile(64, 64, 16, 4, 2)],
-    ("sm86", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(32, 64, 32, 4, 2)],
-    ("sm90", "fp32"): [_tile(64, 64, 32, 4, 2), _tile(64, 64, 32, 8, 2)],
+    ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 64, 8, 3), tile_config(64, 64, 64, 4, 3)],
+    ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
+    ("sm90", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 64, 8, 3)],
+    ("sm80", "fp32"): [tile_config(32, 64, 32, 4, 2), tile_config(64, 32, 32, 4, 2), tile_config(64, 64, 16, 4, 2)],
+    ("sm86", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 64, 32, 4, 2)],
+    ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(64, 64, 32, 8, 2)],
 }
 KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
 TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
@@ -394,7 +391,7 @@ class OnePassEngine:
 
     def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_scale, col_scale = _factors(sim)
+        row_scale, col_scale = factors(sim)
         if not columns:
             # Rows only (distributed local mode): the row kernel alone is one pass with no column statistics.
             return row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale), None
@@ -416,7 +413,7 @@ class OnePassEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
-        row_scale, col_scale = _factors(sim)
+        row_scale, col_scale = factors(sim)
         u, v = sim.u, sim.v
         grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)

@@ -9,11 +9,22 @@ from collections.abc import Callable
 import torch
 import triton
 
-from unicl.loss.kernels import interpreter_active
+from unicl.loss.kernels.availability import interpreter_active
 
 #: Largest shared memory one block may use, in bytes, per compute capability (CUDA programming guide, "Technical
 #: Specifications per Compute Capability": A100 163 KiB, RTX 30xx/40xx/L40 99 KiB, H100/H200 and B200 227 KiB).
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+
+
+def tile_config(
+    block_m: int, block_n: int, block_k: int, warps: int, stages: int, block_d: int | None = None
+) -> triton.Config:
+    """One autotune candidate: ``BLOCK_M × BLOCK_N`` tiles summed over ``D`` in ``BLOCK_K`` steps (and, for the
+    two-pass gradient kernel, ``BLOCK_D`` output features per program), with its warps and pipeline stages."""
+    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    if block_d is not None:
+        meta["BLOCK_D"] = block_d
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
 
 
 def precision_class(dtype: torch.dtype) -> str:

@@ -1,4 +1,5 @@
-"""Fused Triton kernels for the UniCL loss: ``S = s·U Vᵀ`` tiles in SRAM, never an ``N × N`` tensor in memory.
+"""The two-pass Triton schedule of the UniCL loss (``backend="triton_rowwise"``): ``S = s·U Vᵀ`` tiles in SRAM,
+never an ``N × N`` tensor in memory.
 
 The tiles are ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` with per-row and per-column factors (the inverse feature norms when
 the loss normalises, see `unicl.loss.engine.Similarity`), so the features are normalised on the fly and
@@ -12,9 +13,10 @@ only the softmax part of ``G = ∂L/∂S`` multiplied with the features. Everyth
 
 Both directions use one pair of kernels, because the column problem of ``S`` is the row problem of ``Sᵀ = s·V Uᵀ``:
 
-* ``_row_lse_kernel(Q, K)``: a program owns ``BLOCK_M`` rows of ``Q``, walks every ``BLOCK_N`` tile of ``K``
-  (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K`` steps, fp32), and keeps an online (running-max) log-sum-exp in
-  registers, in base 2 with ``log2(e)`` folded into the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
+* ``_row_lse_kernel(Q, K)`` (in `unicl.loss.kernels.tiles`, which the one-pass schedule shares): a program owns
+  ``BLOCK_M`` rows of ``Q``, walks every ``BLOCK_N`` tile of ``K`` (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K``
+  steps, fp32), and keeps an online (running-max) log-sum-exp in registers, in base 2 with ``log2(e)`` folded into
+  the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
 * ``_row_softmax_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
   each ``S`` tile and accumulates ``(P·b) K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``; the
   launcher scales the rows by ``a``. Backward launches it on ``(U, V)`` and on ``(V, U)`` (``P`` is symmetric in
@@ -47,63 +49,8 @@ import triton
 import triton.language as tl
 
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels import interpreter_active
-from unicl.loss.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_options
-
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@triton.jit
-def _similarity_tile(
-    q_ptr, k_ptr, row_start, col_start, M, N, D, stride_q, stride_k,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
-):  # fmt: skip
-    """``Q[row_start:+BLOCK_M] · K[col_start:+BLOCK_N]ᵀ`` as a ``[BLOCK_M, BLOCK_N]`` fp32 tile, summed over ``D``."""
-    # Block pointers keep one base address per tile instead of one 64-bit pointer per element: the element-pointer
-    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump, 2026-11).
-    q_block = tl.make_block_ptr(q_ptr, (M, D), (stride_q, 1), (row_start, 0), (BLOCK_M, BLOCK_K), (1, 0))
-    k_block = tl.make_block_ptr(k_ptr, (D, N), (1, stride_k), (0, col_start), (BLOCK_K, BLOCK_N), (0, 1))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, D, BLOCK_K):
-        q = tl.load(q_block, boundary_check=(0, 1), padding_option="zero")
-        k = tl.load(k_block, boundary_check=(0, 1), padding_option="zero")
-        if UPCAST_DOT:
-            q, k = q.to(tl.float32), k.to(tl.float32)
-        acc = tl.dot(q, k, acc, input_precision=INPUT_PRECISION)
-        q_block = tl.advance(q_block, (0, BLOCK_K))
-        k_block = tl.advance(k_block, (BLOCK_K, 0))
-    return acc
-
-
-@triton.jit
-def _row_lse_kernel(
-    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
-):  # fmt: skip
-    """``lse[i] = logsumexp_j s·a_i·b_j·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
-    row_start = tl.program_id(0) * BLOCK_M
-    offs_m = row_start + tl.arange(0, BLOCK_M)
-    # s·a_i·log2(e) once per row; padded rows get 0 and are never stored.
-    row_factor = tl.load(q_scale_ptr + offs_m, mask=offs_m < M, other=0.0) * (tl.load(scale_ptr) * LOG2E)
-    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        tile = _similarity_tile(
-            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
-            UPCAST_DOT,
-        )  # fmt: skip
-        col_factor = tl.load(k_scale_ptr + offs_n, mask=offs_n < N, other=0.0)
-        tile = tl.where(offs_n[None, :] < N, tile * row_factor[:, None] * col_factor[None, :], float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(tile, 1))
-        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
-        running_max = new_max
-    tl.store(lse_ptr + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=offs_m < M)
+from unicl.loss.kernels.tiles import LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
+from unicl.loss.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_config
 
 
 @triton.jit
@@ -129,7 +76,7 @@ def _row_softmax_grad_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_mask = offs_n < N
-        tile = _similarity_tile(
+        tile = similarity_tile(
             q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
             UPCAST_DOT,
         )  # fmt: skip
@@ -160,55 +107,37 @@ def _row_softmax_grad_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
-_KERNELS = {"lse": _row_lse_kernel, "grad": _row_softmax_grad_kernel}
-
-
-def _config(m: int, n: int, k: int, warps: int, stages: int, d: int | None = None) -> triton.Config:
-    meta = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}
-    if d is not None:
-        meta["BLOCK_D"] = d
-    return triton.Config(meta, num_warps=warps, num_stages=stages)
-
-
-#: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision ("half" for
-#: bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half tiles because two of
-#: sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without register spills (SASS read
-#: with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by thousands of registers, and
-#: with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps instead of 4 and Hopper's
-#: narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them (divisibility 16, pipelined
-#: loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
+#: Autotune candidates of the gradient kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
+#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
+#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+#: thousands of registers, and with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps
+#: instead of 4 and Hopper's narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them
+#: (divisibility 16, pipelined loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
 #: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
-LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
-    ("sm80", "half"): [_config(128, 128, 64, 8, 3), _config(128, 64, 32, 4, 3), _config(64, 64, 64, 4, 3)],
-    ("sm86", "half"): [_config(128, 64, 32, 8, 3), _config(128, 128, 32, 8, 3), _config(64, 64, 64, 4, 3)],
-    ("sm90", "half"): [_config(128, 128, 32, 8, 3), _config(64, 64, 32, 4, 2)],
-    ("sm80", "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
-    ("sm90", "fp32"): [_config(64, 64, 32, 4, 2), _config(32, 32, 32, 4, 2)],
-}
 GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
-    ("sm80", "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 32, 32, 8, 2, 256)],
-    ("sm86", "half"): [_config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 8, 2, 128), _config(64, 32, 32, 4, 2, 128)],
-    ("sm90", "half"): [_config(128, 64, 32, 8, 2, 128), _config(64, 64, 32, 8, 2, 256), _config(64, 64, 32, 4, 2, 128)],
-    ("sm80", "fp32"): [_config(32, 32, 32, 4, 2, 128), _config(32, 32, 32, 4, 2, 64)],
-    ("sm90", "fp32"): [_config(32, 32, 16, 8, 2, 128), _config(32, 32, 16, 4, 2, 64)],
-}
-
-
-TABLES = {"lse": LSE_CONFIGS, "grad": GRAD_CONFIGS}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"grad"``) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
+    ("sm80", "half"): [
+        tile_config(128, 64, 32, 8, 2, 128), tile_config(64, 64, 32, 8, 2, 256), tile_config(64, 32, 32, 8, 2, 256)
+    ],
+    ("sm86", "half"): [
+        tile_config(64, 64, 32, 8, 2, 256), tile_config(64, 64, 32, 8, 2, 128), tile_config(64, 32, 32, 4, 2, 128)
+    ],
+    ("sm90", "half"): [
+        tile_config(128, 64, 32, 8, 2, 128), tile_config(64, 64, 32, 8, 2, 256), tile_config(64, 64, 32, 4, 2, 128)
+    ],
+    ("sm80", "fp32"): [tile_config(32, 32, 32, 4, 2, 128), tile_config(32, 32, 32, 4, 2, 64)],
+    ("sm90", "fp32"): [tile_config(32, 32, 16, 8, 2, 128), tile_config(32, 32, 16, 4, 2, 64)],
+}  # fmt: skip
+KERNELS = {"grad": _row_softmax_grad_kernel}
+TABLES = {"grad": GRAD_CONFIGS}
 #: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 
 
-def interpreting() -> bool:
-    """Whether these kernels run through Triton's CPU interpreter (see `unicl.loss.kernels.interpreter_active`)."""
-    return interpreter_active()
+def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"grad"``; the forward's ``"lse"`` is in
+    `unicl.loss.kernels.tiles`) for a chip and feature dtype."""
+    return config_table(TABLES[kernel_name], capability, dtype)
 
 
 @functools.cache
@@ -220,48 +149,15 @@ def _tuned(
         configs=configs_for(kernel_name, capability, dtype),
         key=["D"],
         prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
-    )(_KERNELS[kernel_name])
+    )(KERNELS[kernel_name])
 
 
-def _launch(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
+def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
     buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    launch(
-        _KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
-    )
+    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
 
 
-# --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
-
-
-@torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
-def row_logsumexp(
-    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor
-) -> torch.Tensor:
-    """``r_i = logsumexp_j S_ij`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
-
-    Args:
-        q: ``[M, D]`` row features (float16, bfloat16 or float32).
-        k: ``[N, D]`` column features, same dtype.
-        scale: one-element tensor ``s``.
-        q_scale: ``[M]`` row factors ``a`` (the inverse norms, or ones).
-        k_scale: ``[N]`` column factors ``b``.
-
-    Returns:
-        ``[M]`` float32.
-    """
-    q, k = q.contiguous(), k.contiguous()
-    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    _launch(
-        "lse",
-        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
-        q.device,
-        q.dtype,
-        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
-        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=out,
-        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
-        **tile_options(q.dtype),
-    )  # fmt: skip
-    return out
+# --- the launcher, registered as a torch.library operator so torch.compile keeps the loss in its graph -------------
 
 
 @torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
@@ -294,7 +190,7 @@ def row_softmax_grad(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    _launch(
+    _run(
         "grad",
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
         q.device,
@@ -307,63 +203,17 @@ def row_softmax_grad(
     return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
-def softmax_arguments(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-) -> dict[str, object]:
-    """The kernel arguments of a softmax-gradient launch (both schedules' backward kernels take them): contiguous
-    features, float32 statistics, and the flags for absent weights, whose pointers then go unread."""
-    placeholder = q_lse  # never read when its HAS_* flag is off
-    return dict(
-        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
-        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
-        q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
-        q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
-        k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
-        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
-        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
-        **tile_options(q.dtype),
-    )  # fmt: skip
-
-
-# --- torch.library operators, so torch.compile keeps the loss in its graph ------------------------------------------
-
-
-@row_logsumexp.register_fake
-def _row_logsumexp_fake(q, k, scale, q_scale, k_scale) -> torch.Tensor:
-    return q.new_empty(q.shape[0], dtype=torch.float32)
-
-
 @row_softmax_grad.register_fake
 def _row_softmax_grad_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
-def _factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a`` and ``b`` of ``sim``, with ones (``M + N`` floats) where it has none."""
-
-    def ones(features: torch.Tensor) -> torch.Tensor:
-        return torch.ones(features.shape[0], dtype=torch.float32, device=features.device)
-
-    return (
-        ones(sim.u) if sim.row_scale is None else sim.row_scale,
-        ones(sim.v) if sim.col_scale is None else sim.col_scale,
-    )
-
-
 class TritonEngine:
-    """The fused-kernel engine behind ``backend="triton"`` (see the module docstring for the design)."""
+    """The fused-kernel engine behind ``backend="triton_rowwise"`` (see the module docstring for the design)."""
 
     def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_scale, col_scale = _factors(sim)
+        row_scale, col_scale = factors(sim)
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
 
@@ -379,7 +229,7 @@ class TritonEngine:
         # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
         # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
-        row_scale, col_scale = _factors(sim)
+        row_scale, col_scale = factors(sim)
         u, v, scale = sim.u, sim.v, sim.scale
         return (
             row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight),

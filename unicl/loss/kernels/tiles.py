@@ -1,0 +1,202 @@
+"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the arguments of
+a softmax-gradient launch, and the row log-sum-exp kernel.
+
+The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction) and the
+one-pass schedule's rows-only forward (`unicl.loss.kernels.one_pass`, distributed local mode, where no column
+statistic is wanted), so it lives here and either schedule's module can go alone.
+
+* ``similarity_tile``: ``Q[rows] · K[cols]ᵀ`` as a float32 tile, summed over ``D`` in ``BLOCK_K`` steps; every kernel
+  of both schedules builds its ``S`` tiles with it.
+* ``_row_lse_kernel`` (launched by `row_logsumexp`): a program owns ``BLOCK_M`` rows of ``Q``, walks every
+  ``BLOCK_N`` tile of ``K`` and keeps an online (running-max) log-sum-exp in registers, in base 2 with ``log2(e)``
+  folded into the scale.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from unicl.loss.engine import Similarity
+from unicl.loss.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_config, tile_options
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def similarity_tile(
+    q_ptr, k_ptr, row_start, col_start, M, N, D, stride_q, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """``Q[row_start:+BLOCK_M] · K[col_start:+BLOCK_N]ᵀ`` as a ``[BLOCK_M, BLOCK_N]`` fp32 tile, summed over ``D``."""
+    # Block pointers keep one base address per tile instead of one 64-bit pointer per element: the element-pointer
+    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump, 2026-11).
+    q_block = tl.make_block_ptr(q_ptr, (M, D), (stride_q, 1), (row_start, 0), (BLOCK_M, BLOCK_K), (1, 0))
+    k_block = tl.make_block_ptr(k_ptr, (D, N), (1, stride_k), (0, col_start), (BLOCK_K, BLOCK_N), (0, 1))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, D, BLOCK_K):
+        q = tl.load(q_block, boundary_check=(0, 1), padding_option="zero")
+        k = tl.load(k_block, boundary_check=(0, 1), padding_option="zero")
+        if UPCAST_DOT:
+            q, k = q.to(tl.float32), k.to(tl.float32)
+        acc = tl.dot(q, k, acc, input_precision=INPUT_PRECISION)
+        q_block = tl.advance(q_block, (0, BLOCK_K))
+        k_block = tl.advance(k_block, (BLOCK_K, 0))
+    return acc
+
+
+@triton.jit
+def _row_lse_kernel(
+    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """``lse[i] = logsumexp_j s·a_i·b_j·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
+    row_start = tl.program_id(0) * BLOCK_M
+    offs_m = row_start + tl.arange(0, BLOCK_M)
+    # s·a_i·log2(e) once per row; padded rows get 0 and are never stored.
+    row_factor = tl.load(q_scale_ptr + offs_m, mask=offs_m < M, other=0.0) * (tl.load(scale_ptr) * LOG2E)
+    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        tile = similarity_tile(
+            q_ptr, k_ptr, row_start, n0, M, N, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, INPUT_PRECISION,
+            UPCAST_DOT,
+        )  # fmt: skip
+        col_factor = tl.load(k_scale_ptr + offs_n, mask=offs_n < N, other=0.0)
+        tile = tl.where(offs_n[None, :] < N, tile * row_factor[:, None] * col_factor[None, :], float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(tile, 1))
+        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
+        running_max = new_max
+    tl.store(lse_ptr + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=offs_m < M)
+
+
+# --- launch configurations ------------------------------------------------------------------------------------------
+
+
+#: Autotune candidates of the row kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
+#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
+#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+#: thousands of registers. Hopper's half-precision tiles are issued as wgmma.
+LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    ("sm80", "half"): [
+        tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 32, 4, 3), tile_config(64, 64, 64, 4, 3)
+    ],
+    ("sm86", "half"): [
+        tile_config(128, 64, 32, 8, 3), tile_config(128, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)
+    ],
+    ("sm90", "half"): [tile_config(128, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 2)],
+    ("sm80", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
+    ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
+}  # fmt: skip
+KERNELS = {"lse": _row_lse_kernel}
+TABLES = {"lse": LSE_CONFIGS}
+#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
+
+
+def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+    """Autotune candidates of ``kernel_name`` (``"lse"``) for a chip and feature dtype."""
+    return config_table(TABLES[kernel_name], capability, dtype)
+
+
+@functools.cache
+def _tuned(
+    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
+) -> triton.runtime.Autotuner:
+    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
+    return triton.autotune(
+        configs=configs_for(kernel_name, capability, dtype),
+        key=["D"],
+        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
+    )(KERNELS[kernel_name])
+
+
+def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
+    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
+    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
+
+
+# --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
+
+
+@torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
+def row_logsumexp(
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor
+) -> torch.Tensor:
+    """``r_i = logsumexp_j S_ij`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
+
+    Args:
+        q: ``[M, D]`` row features (float16, bfloat16 or float32).
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a`` (the inverse norms, or ones).
+        k_scale: ``[N]`` column factors ``b``.
+
+    Returns:
+        ``[M]`` float32.
+    """
+    q, k = q.contiguous(), k.contiguous()
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    _run(
+        "lse",
+        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=out,
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
+        **tile_options(q.dtype),
+    )  # fmt: skip
+    return out
+
+
+@row_logsumexp.register_fake
+def _row_logsumexp_fake(q, k, scale, q_scale, k_scale) -> torch.Tensor:
+    return q.new_empty(q.shape[0], dtype=torch.float32)
+
+
+def softmax_arguments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    q_lse: torch.Tensor,
+    k_lse: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+) -> dict[str, object]:
+    """The kernel arguments of a softmax-gradient launch (both schedules' backward kernels take them): contiguous
+    features, float32 statistics, and the flags for absent weights, whose pointers then go unread."""
+    placeholder = q_lse  # never read when its HAS_* flag is off
+    return dict(
+        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
+        q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
+        q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
+        k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
+        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
+        **tile_options(q.dtype),
+    )  # fmt: skip
+
+
+def factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` of ``sim``, with ones (``M + N`` floats) where it has none."""
+
+    def ones(features: torch.Tensor) -> torch.Tensor:
+        return torch.ones(features.shape[0], dtype=torch.float32, device=features.device)
+
+    return (
+        ones(sim.u) if sim.row_scale is None else sim.row_scale,
+        ones(sim.v) if sim.col_scale is None else sim.col_scale,
+    )
