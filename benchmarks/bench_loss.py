@@ -51,8 +51,9 @@ import unicl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 PASSES = ("forward", "forward+backward")
-#: Dense bf16 peaks (TFLOP/s) used for the "fraction of peak" column: the H200 figure is the one measured for large
-#: bf16 matmuls in shared/design/objective.md; others are vendor dense figures.
+#: Dense bf16 peaks (TFLOP/s) used for the "fraction of peak" column: the H200 figure is the rate of large bf16
+#: matmuls measured in the notes this project was designed from (docs/objective.md, "Cost"; no H200 run of this
+#: repository has measured it yet); the H100's is NVIDIA's dense datasheet figure.
 PEAK_TFLOPS = {"H200": {"bfloat16": 790.0, "float16": 790.0}, "H100": {"bfloat16": 989.0, "float16": 989.0}}
 GATE_N = 64
 

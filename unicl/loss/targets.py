@@ -3,7 +3,8 @@
 Every sample gets a *target key*: its class label when the label is >= 0, or a key unique to its global index when
 the label is negative (an image-text pair, positive only with its own text). Then ``T_ij = [key_i == key_j]`` holds
 for rectangular blocks too, which is what distributed training needs, and all positive terms of the loss and its
-gradient reduce to per-key sums of feature rows (``O(N·D)`` work, see ``shared/design/objective.md``).
+gradient reduce to per-key sums of feature rows (``O(N·D)`` work; the algebra is in docs/objective.md, "What the
+backends compute").
 
 A key that only one grouped row has (every image-text pair, and a class seen once) needs no sum: its "sum" is that
 row. So sums are stored only for groups of two or more rows, and a lookup reads either the stored sum or the lone
