@@ -2,7 +2,8 @@
 
 A preset is a name for a model configuration and the tokenizer its text tower reads (`Preset`). The four presets
 below are registered when this module is imported; `register_model` adds one of your own, which every function here,
-`unicl.create_model_and_transforms`, `unicl.image_transform` and the commands' ``--model`` then know by name.
+`unicl.create_model_and_transforms`, `unicl.image_transform`, `unicl.get_tokenizer` and the commands' ``main(argv)``
+called in the same process then know by name.
 """
 
 from __future__ import annotations
