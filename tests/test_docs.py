@@ -207,3 +207,43 @@ def test_the_design_pages_layers_of_the_loss_are_its_import_graph():
         if line_of[owner(target)] <= line_of[owner(source)]
     ]
     assert upward == []
+
+
+#: A dotted name of the package on a page (not inside a URL or a path such as ``unicl/unicl.git``).
+PACKAGE_NAME = re.compile(r"(?<![\w/.-])unicl(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolves(name: str) -> bool:
+    """Whether ``name`` is a module of the package or an attribute reached from one."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:end])
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            continue
+        value = importlib.import_module(module_name)
+        try:
+            for attribute in parts[end:]:
+                value = getattr(value, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", [*PAGES, README], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_package_name_on_a_page_exists(page):
+    """After a move, a page that still names the old place fails here rather than misleading a reader."""
+    names = sorted(set(PACKAGE_NAME.findall(page.read_text())))
+    assert [name for name in names if not _resolves(name)] == []
+
+
+def test_the_name_check_tells_real_names_from_moved_ones():
+    assert _resolves("unicl.loss.module.UniCLLoss") and _resolves("unicl.UniCLLoss") and _resolves("unicl.loss")
+    assert not _resolves("unicl.zeroshot") and not _resolves("unicl.loss.module.NoSuchLoss")
+    assert PACKAGE_NAME.findall("git clone https://github.com/unicl/unicl.git; see `unicl.text.tokenizer`.") == [
+        "unicl.text.tokenizer"
+    ]
