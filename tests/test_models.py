@@ -199,7 +199,7 @@ def registry(monkeypatch):
 
 
 def test_a_registered_config_is_a_preset_everywhere_and_never_shared(registry):
-    config = get_config("unicl_tiny", embed_dim=24)
+    config = get_config("unicl_tiny", embed_dim=24, image={"image_size": 48})
     preset = unicl.register_model("my_tiny", config, tokenizer="trained")
     assert preset.tokenizer == "trained"
     assert "my_tiny" in unicl.list_models() and unicl.list_models("my_*") == ["my_tiny"]
@@ -212,7 +212,8 @@ def test_a_registered_config_is_a_preset_everywhere_and_never_shared(registry):
     assert again.embed_dim == 24 and again.image.timm_kwargs["depth"] == 2
     assert again.text.layers == 2
     assert unicl.models.preset_tokenizer("my_tiny") == "trained"
-    assert unicl.image_transform("my_tiny")(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
+    # Above 32 pixels the evaluation transform resizes and crops to the preset's image size.
+    assert unicl.image_transform("my_tiny")(Image.new("RGB", (100, 80))).shape == (3, 48, 48)
     with pytest.raises(ValueError, match="my_tiny's tokenizer is trained on each run's own text"):
         unicl.get_tokenizer("my_tiny")
 
