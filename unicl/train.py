@@ -1,8 +1,8 @@
 """The training command: ``python -m unicl.train`` (or ``unicl-train``); ``--help`` lists every option.
 
 The command parses and checks the options, then hands them to the library's `unicl.training.trainer.train`. Until
-the options are parsed it imports nothing but the standard library and `unicl._checks` (torch and timm take seconds
-to load), so ``--help`` and a mistyped option answer at once. Every user error, found by argparse, by the checks of
+the options are parsed and checked it imports nothing but the standard library, `unicl._checks` and
+`unicl.training.options` (torch and timm take seconds to load), so ``--help`` and a mistyped option answer at once. Every user error, found by argparse, by the checks of
 `unicl.training.options` or once the run is being built (a missing folder, a tokenizer that does not fit, a
 checkpoint that cannot be resumed), is reported the same way: argparse's usage line and ``PROG: error: MESSAGE`` on
 standard error, exit status 2, no traceback.
