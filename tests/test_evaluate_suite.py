@@ -257,3 +257,21 @@ def test_bad_suites_are_one_line_naming_the_entry(workspace, tmp_path, capsys, c
     assert lines[-1].startswith(f"python -m unicl.evaluate suite: error: config '{config}'"), lines[-1]
     assert expected.format(w=workspace) in lines[-1], lines[-1]
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_a_release_tag_is_fingerprinted_by_its_file_in_the_checkpoint_directory(tmp_path, monkeypatch):
+    import hashlib
+
+    from unicl.evaluation.suite import model_fingerprint
+    from unicl.models.pretrained import get_pretrained
+
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path))
+    entry = get_pretrained("unicl_swin_tiny", "in1k")
+    assert model_fingerprint("unicl_swin_tiny", "in1k")["pretrained_digest"] is None  # not fetched yet
+    entry.local_path().parent.mkdir(parents=True)
+    entry.local_path().write_bytes(b"weights one")
+    first = model_fingerprint("unicl_swin_tiny", "in1k")
+    assert first["pretrained"] == "in1k"
+    assert first["pretrained_digest"] == hashlib.sha256(b"weights one").hexdigest()
+    entry.local_path().write_bytes(b"weights two")
+    assert model_fingerprint("unicl_swin_tiny", "in1k")["pretrained_digest"] != first["pretrained_digest"]

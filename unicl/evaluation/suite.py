@@ -125,6 +125,19 @@ def source_digest(source: str | os.PathLike[str] | None) -> str | None:
     return _file_digest(path) if path.is_file() else None
 
 
+def _pretrained_file(model: str, pretrained: str | None) -> str | os.PathLike[str] | None:
+    """The file ``--pretrained`` reads: a release tag's file in the checkpoint directory, else the argument."""
+    # Imported here: the models package loads torch, and this module is read before a command's options parse.
+    from unicl.models.pretrained import get_pretrained, is_pretrained_tag
+
+    if not is_pretrained_tag(pretrained):
+        return pretrained
+    try:
+        return get_pretrained(model, str(pretrained)).local_path()
+    except ValueError:  # a tag of another preset, which loading the model reports
+        return pretrained
+
+
 def model_fingerprint(
     model: str, pretrained: str | None = None, tokenizer: str | None = None, precision: str = "fp32"
 ) -> dict[str, Any]:
@@ -138,14 +151,15 @@ def model_fingerprint(
 
     Returns:
         ``{"model", "model_digest", "pretrained", "pretrained_digest", "tokenizer", "tokenizer_digest",
-        "precision"}``; the digests are `source_digest`'s (``None`` for names).
+        "precision"}``; the digests are `source_digest`'s (``None`` for names), a release tag's that of its file in
+        `unicl.models.pretrained.checkpoint_dir`.
 
     Raises:
         OSError: a file that cannot be read.
     """
     return {
         "model": model, "model_digest": source_digest(model), "pretrained": pretrained,
-        "pretrained_digest": source_digest(pretrained), "tokenizer": tokenizer,
+        "pretrained_digest": source_digest(_pretrained_file(model, pretrained)), "tokenizer": tokenizer,
         "tokenizer_digest": source_digest(tokenizer), "precision": precision,
     }  # fmt: skip
 
