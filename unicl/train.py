@@ -2,10 +2,10 @@
 
 The command parses and checks the options, then hands them to the library's `unicl.training.trainer.train`. Until
 the options are parsed and checked it imports nothing but the standard library, `unicl._checks` and
-`unicl.training.options` (torch and timm take seconds to load), so ``--help`` and a mistyped option answer at once. Every user error, found by argparse, by the checks of
-`unicl.training.options` or once the run is being built (a missing folder, a tokenizer that does not fit, a
-checkpoint that cannot be resumed), is reported the same way: argparse's usage line and ``PROG: error: MESSAGE`` on
-standard error, exit status 2, no traceback.
+`unicl.training.options` (torch and timm take seconds to load), so ``--help`` and a mistyped option answer at once.
+Every user error, found by argparse, by the checks of `unicl.training.options` or once the run is being built (a
+missing folder, a tokenizer that does not fit, a checkpoint that cannot be resumed), is reported the same way:
+argparse's usage line and ``PROG: error: MESSAGE`` on standard error, exit status 2, no traceback.
 """
 
 from __future__ import annotations
