@@ -270,3 +270,24 @@ def test_bad_registrations_say_what_was_expected(registry, arguments, error, mes
         unicl.register_model(*arguments)
     assert str(caught.value) == message
     assert "x" not in unicl.list_models()
+
+
+def test_the_logit_scale_bound_keeps_the_gradient_at_the_bound_and_projects_the_parameter():
+    model = unicl.create_model("unicl_tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(model.config.max_logit_scale) + 0.5)
+    assert float(model.clamped_logit_scale()) == pytest.approx(model.config.max_logit_scale)
+    model.clamped_logit_scale().backward()
+    assert model.logit_scale.grad is not None and float(model.logit_scale.grad) == 0.0  # frozen above the bound
+    model.bound_logit_scale_()
+    assert float(model.logit_scale) == pytest.approx(math.log(model.config.max_logit_scale), abs=1e-6)
+    assert float(model.logit_scale.exp()) <= model.config.max_logit_scale
+    model.logit_scale.grad = None
+    model.clamped_logit_scale().backward()
+    assert float(model.logit_scale.grad) == pytest.approx(model.config.max_logit_scale)  # d exp(x)/dx at the bound
+    model.bound_logit_scale_()  # idempotent
+    assert float(model.logit_scale.exp()) <= model.config.max_logit_scale
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)
+    model.bound_logit_scale_()
+    assert float(model.logit_scale) == 0.0

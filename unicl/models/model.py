@@ -91,10 +91,24 @@ class UniCLModel(nn.Module):
     def clamped_logit_scale(self) -> torch.Tensor:
         """The 0-dim logit scale ``exp(logit_scale)``, clamped at ``max_logit_scale`` (CLIP's bound of 100).
 
-        The one place the bound is applied: training, the zero-shot heads and the probes all take the scale from here.
-        Above the bound the clamp passes no gradient, so the stored parameter stays where it crossed it.
+        Training, the zero-shot heads and the probes all take the scale from here. Above the bound the clamp passes
+        no gradient, so a training loop also calls `bound_logit_scale_` after each optimiser step.
         """
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    @torch.no_grad()
+    def bound_logit_scale_(self) -> None:
+        """Keep the stored parameter in ``[0, log max_logit_scale]`` (the scale in ``[1, max_logit_scale]``), in place.
+
+        CLIP's clamp after each optimiser step. With `clamped_logit_scale` alone, a parameter that crossed the bound
+        would get no gradient and stay there; projected here, to the largest value whose ``exp`` does not exceed the
+        bound in the parameter's dtype (``exp(float32(log 100))`` is one ulp above 100), the scale keeps its gradient
+        at the bound and can come back down.
+        """
+        upper = torch.tensor(math.log(self.config.max_logit_scale), dtype=self.logit_scale.dtype)
+        if upper.exp() > self.config.max_logit_scale:
+            upper = torch.nextafter(upper, torch.zeros_like(upper))
+        self.logit_scale.clamp_(0, float(upper))
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
         """Write this model (and its tokenizer, if given) to ``directory`` as safetensors weights and a JSON config

@@ -504,6 +504,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.model.bound_logit_scale_()
         return loss.detach()
 
     def _note_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
