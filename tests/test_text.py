@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from unicl import unicl_loss
-from unicl.data.batches import PAIR_LABEL, MixedDataset, UnifiedCollate
+from unicl.data.batches import PAIR_LABEL, UnifiedCollate
 from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_logits, zeroshot_predict
 from unicl.text.prompts import DEFAULT_TEMPLATES, PLAIN_TEMPLATES, LabelToPrompt, check_templates, class_synonyms
 from unicl.text.tokenizer import Tokenizer
@@ -256,23 +256,6 @@ def test_prompt_draw_from_a_given_generator_ignores_the_stream():
     prompts.set_epoch(4)
     assert [prompts.draw(1, random.Random(f"key-{i}")) for i in range(20)] == first
     assert len(set(first)) > 1
-
-
-@given(fraction=st.floats(0.0, 1.0), length=st.integers(1, 200))
-def test_mixed_dataset_keeps_the_ratio_in_every_prefix(fraction, length):
-    labelled = [(i, 0) for i in range(7)]
-    captioned = [(i, "text") for i in range(5)]
-    mixed = MixedDataset(labelled, captioned, label_fraction=fraction, length=length)
-    kinds = [isinstance(mixed[i][1], int) for i in range(length)]
-    for prefix in range(1, length + 1):
-        assert abs(sum(kinds[:prefix]) - fraction * prefix) <= 1
-
-
-def test_mixed_dataset_bad_input():
-    with pytest.raises(ValueError, match=_literal("label_fraction must be a number in [0, 1]")):
-        MixedDataset([], [], label_fraction=1.5)
-    with pytest.raises(IndexError):
-        MixedDataset([(0, 0)], [(0, "a")], length=4)[4]
 
 
 # --- zero-shot -------------------------------------------------------------------------------------------------

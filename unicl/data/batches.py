@@ -1,13 +1,11 @@
-"""Unified batches: image-label and image-text samples in one batch, and datasets mixed at a chosen ratio."""
+"""Unified batches: image-label and image-text samples in one batch (mixing sources is `unicl.training.mixing`)."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import Dataset
 
 from unicl.text.captions import caption_labels
 from unicl.text.prompts import LabelToPrompt
@@ -89,51 +87,3 @@ class SizedDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any: ...
-
-
-class MixedDataset(Dataset):
-    """Interleave an image-label and an image-text dataset at a fixed ratio.
-
-    Index ``i`` comes from the labelled dataset when ``⌊(i+1)·f⌋ > ⌊i·f⌋`` for ``f = label_fraction``, so every
-    prefix of the dataset holds the labelled fraction ``f`` up to one sample; each source is walked in order and
-    wraps around. Shuffle with the DataLoader's sampler as usual.
-
-    Args:
-        labelled: a dataset of ``(image, class_id)``.
-        captioned: a dataset of ``(image, caption)``.
-        label_fraction: share of labelled samples, in ``[0, 1]``.
-        length: number of samples (default: enough to visit the larger source's share once).
-    """
-
-    def __init__(
-        self,
-        labelled: SizedDataset,
-        captioned: SizedDataset,
-        label_fraction: float = 0.5,
-        length: int | None = None,
-    ) -> None:
-        if not isinstance(label_fraction, (int, float)) or not 0.0 <= label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be a number in [0, 1]; got {label_fraction!r}")
-        self.labelled, self.captioned, self.fraction = labelled, captioned, float(label_fraction)
-        if length is None:
-            needs = []
-            if self.fraction > 0:
-                needs.append(len(labelled) / self.fraction)
-            if self.fraction < 1:
-                needs.append(len(captioned) / (1 - self.fraction))
-            length = int(max(needs))
-        self.length = operator.index(length)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _labelled_before(self, index: int) -> int:
-        return int(index * self.fraction)
-
-    def __getitem__(self, index: int) -> tuple[Any, int | str]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a MixedDataset of length {self.length}")
-        before = self._labelled_before(index)
-        if self._labelled_before(index + 1) > before:
-            return self.labelled[before % len(self.labelled)]
-        return self.captioned[(index - before) % len(self.captioned)]
