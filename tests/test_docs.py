@@ -247,3 +247,15 @@ def test_the_name_check_tells_real_names_from_moved_ones():
     assert PACKAGE_NAME.findall("git clone https://github.com/unicl/unicl.git; see `unicl.text.tokenizer`.") == [
         "unicl.text.tokenizer"
     ]
+
+
+def test_docstring_examples_are_under_the_section_title_that_renders_their_prompts():
+    # griffe's Google parser renders only "Examples:" as a console session; under "Example:" the ">>>" lines become
+    # Markdown block quotes (see test_training_parts' rendering check, which parses the sections of one package).
+    titled_singular = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "unicl").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.fullmatch(r"\s*Example:\s*", line)
+    ]
+    assert titled_singular == []

@@ -46,7 +46,7 @@ def create_model_and_transforms(
             that do not fit (see `unicl.create_model`).
         FileNotFoundError: missing weights or model files.
 
-    Example:
+    Examples:
         >>> from PIL import Image
         >>> import unicl
         >>> model, train_transform, eval_transform = unicl.create_model_and_transforms("unicl_tiny")

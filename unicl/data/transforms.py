@@ -54,7 +54,7 @@ def image_transform(name_or_model: str | UniCLModel | UniCLConfig | ImageConfig,
         ValueError: an unknown preset, or an image tower that does not take 3-channel images.
         TypeError: anything else as ``name_or_model``.
 
-    Example:
+    Examples:
         >>> from PIL import Image
         >>> transform = image_transform("unicl_swin_tiny")
         >>> transform(Image.new("RGB", (320, 240))).shape

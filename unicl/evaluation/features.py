@@ -46,7 +46,7 @@ CACHE_VERSION = 2
 def model_digest(model: torch.nn.Module) -> str:
     """SHA-256 hex digest of ``model``'s ``state_dict``: every tensor's name, dtype, shape and bytes, in order.
 
-    Example:
+    Examples:
         >>> len(model_digest(torch.nn.Linear(2, 3)))
         64
     """
@@ -63,7 +63,7 @@ def run_precision(device: torch.device, precision: str) -> str:
     """The precision the image tower actually runs in for a requested one: ``"bf16"`` only on CUDA, where
     `unicl.evaluation.inference.inference_autocast` enables it; ``"fp32"`` otherwise.
 
-    Example:
+    Examples:
         >>> run_precision(torch.device("cpu"), "bf16")
         'fp32'
     """

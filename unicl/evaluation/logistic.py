@@ -209,7 +209,7 @@ def fit_logistic_regression(
     Raises:
         ValueError: bad shapes, non-finite features, class ids out of range, or a bad ``l2``/``max_iter``.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
         >>> head = fit_logistic_regression(x, torch.tensor([0, 0, 1, 1]), 1e-3, classes=2)
         >>> head(x).argmax(1).tolist()
@@ -320,7 +320,7 @@ def stratified_split(
     Raises:
         ValueError: a bad ``fraction``, or no class with two samples (nothing can be held out).
 
-    Example:
+    Examples:
         >>> stratified_split(torch.tensor([0, 0, 1, 1, 1]), fraction=0.5, seed=0)[1].shape
         torch.Size([3])
     """
@@ -387,7 +387,7 @@ def choose_l2(
     Returns:
         ``(λ, {λ: held-out score})`` for every λ tried.
 
-    Example:
+    Examples:
         >>> x = torch.arange(20.0)[:, None]
         >>> l2, scores = choose_l2(x, (x[:, 0] >= 10).long(), classes=2, refine=())
         >>> len(scores), scores[l2]

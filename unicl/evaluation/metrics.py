@@ -104,7 +104,7 @@ def top_k_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int = 1) -> f
     Raises:
         ValueError: bad shapes, non-finite scores, targets out of range, or ``k`` outside ``[1, C]``.
 
-    Example:
+    Examples:
         >>> top_k_accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
         0.5
     """
@@ -130,7 +130,7 @@ def mean_per_class_recall(scores: torch.Tensor, targets: torch.Tensor) -> float:
     Returns:
         The mean recall in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> mean_per_class_recall(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 0, 1]))
         0.5
     """
@@ -204,7 +204,7 @@ def mean_average_precision_11_point(scores: torch.Tensor, targets: torch.Tensor)
     Raises:
         ValueError: bad shapes, entries other than 0/1, or no class with a positive.
 
-    Example:
+    Examples:
         >>> mean_average_precision_11_point(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[1, 0], [0, 1]]))
         1.0
     """
@@ -234,7 +234,7 @@ def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
     Raises:
         ValueError: bad shapes, targets other than 0/1, or targets of only one class (AUC undefined).
 
-    Example:
+    Examples:
         >>> roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.75
     """
@@ -282,7 +282,7 @@ def compute_metric(name: str, scores: torch.Tensor, targets: torch.Tensor) -> fl
     Raises:
         ValueError: an unknown name (the message lists the known ones), or the metric's own input errors.
 
-    Example:
+    Examples:
         >>> compute_metric("top1", torch.tensor([[0.2, 0.8]]), torch.tensor([1]))
         1.0
     """

@@ -45,7 +45,7 @@ def known_targets(dataset: Dataset) -> torch.Tensor | None:
     Known for a dataset with a ``targets`` list or tensor of one id per sample and no ``target_transform`` (a
     torchvision ``ImageFolder``, whose ``targets`` come from its folder names), and for a ``Subset`` of one.
 
-    Example:
+    Examples:
         >>> known_targets(torch.utils.data.TensorDataset(torch.zeros(2, 3))) is None
         True
     """

@@ -119,7 +119,7 @@ def linear_probe(
         ValueError: mismatched shapes, class ids outside ``[0, classes)``, an unknown metric, or a training split
             with no class of two samples to hold out (pass ``l2``).
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
         >>> y = torch.tensor([0, 0, 0, 1, 1, 1])
         >>> linear_probe(x, y, x, y, grid=(1e-2, 1.0), refine=())["top1"]
@@ -193,7 +193,7 @@ def check_shots(
         ValueError: a bad ``shots``, or the first class with fewer than ``shots`` samples, in one line naming it
             (by ``class_names`` when given) and ``shots``.
 
-    Example:
+    Examples:
         >>> check_shots([0, 0, 1], 2, class_names=["cat", "dog"])
         Traceback (most recent call last):
         ...
@@ -223,7 +223,7 @@ def sample_shots(
     Raises:
         ValueError: a class with fewer than ``shots`` samples (named, by ``class_names`` when given).
 
-    Example:
+    Examples:
         >>> sample_shots(torch.tensor([0, 0, 1, 1, 1]), 1, 0, classes=2).shape
         torch.Size([2])
     """
@@ -309,7 +309,7 @@ def few_shot(
     Raises:
         ValueError: as `linear_probe`, no seeds, or a class with fewer than ``shots`` training samples.
 
-    Example:
+    Examples:
         >>> x = torch.arange(12.0)[:, None]
         >>> y = (x[:, 0] >= 6).long()
         >>> result = few_shot(x, y, x, y, shots=3, seeds=[0, 1], grid=(1e-2,), refine=())

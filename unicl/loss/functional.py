@@ -69,7 +69,7 @@ def unicl_loss(
         RuntimeError: a Triton backend where it cannot run.
         NotImplementedError: a second derivative through the chunked or Triton backends (use ``backend="dense"``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from unicl import unicl_loss
         >>> images, texts = torch.randn(8, 32), torch.randn(8, 32)

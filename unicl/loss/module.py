@@ -31,7 +31,7 @@ class UniCLLoss(nn.Module):
             size exchange (a collective and a host synchronisation per call); see
             `unicl.loss.distributed.distributed_unicl_loss`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from unicl import UniCLLoss
         >>> loss_fn = UniCLLoss(backend="chunked")

@@ -48,7 +48,7 @@ class UniCLModel(nn.Module):
     Args:
         config: the `UniCLConfig`.
 
-    Example:
+    Examples:
         >>> import torch, unicl
         >>> model = unicl.create_model("unicl_tiny")
         >>> out = model(torch.randn(2, 3, 32, 32), torch.randint(0, 1000, (2, 16)))
@@ -123,7 +123,7 @@ class UniCLModel(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.
 
-        Example:
+        Examples:
             >>> import torch, unicl
             >>> model = unicl.create_model("unicl_tiny")
             >>> optimizer = torch.optim.AdamW(model.param_groups(weight_decay=0.1), lr=1e-3)

@@ -76,7 +76,7 @@ def register_model(
         ValueError: a name that is taken (without ``overwrite``) or empty, or an unknown tokenizer.
         TypeError: ``config_or_factory`` is neither a `UniCLConfig` nor a function returning one.
 
-    Example:
+    Examples:
         >>> import unicl
         >>> from unicl.models import get_config
         >>> _ = unicl.register_model("my_tiny", get_config("unicl_tiny", embed_dim=32), tokenizer="trained")
@@ -180,7 +180,7 @@ def preset_tokenizer(name: str) -> str:
     Raises:
         ValueError: an unknown preset (the known ones are listed).
 
-    Example:
+    Examples:
         >>> preset_tokenizer("unicl_swin_tiny"), preset_tokenizer("unicl_tiny")
         ('clip', 'trained')
     """
@@ -217,7 +217,7 @@ def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **
             release's, or weights that do not fit the model (missing, unexpected and mis-shaped tensors are named).
         FileNotFoundError: nothing at ``pretrained`` (for a tag: the path looked at and the URL to fetch it from).
 
-    Example:
+    Examples:
         >>> import unicl
         >>> unicl.list_models()
         ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny']

@@ -111,7 +111,7 @@ def list_pretrained(model: str | None = None) -> list[PretrainedCheckpoint]:
     Args:
         model: a preset name, or ``None`` for all.
 
-    Example:
+    Examples:
         >>> import unicl
         >>> len(unicl.list_pretrained()), [c.tag for c in unicl.list_pretrained("unicl_swin_base")][:2]
         (13, ['yfcc14m', 'in21k'])

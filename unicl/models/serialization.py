@@ -116,7 +116,7 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
         FileNotFoundError: the directory or one of its files is missing.
         ValueError: a corrupt, truncated or foreign file, or tensors that do not fit the saved configuration.
 
-    Example:
+    Examples:
         >>> import tempfile, torch, unicl
         >>> model = unicl.create_model("unicl_tiny")
         >>> with tempfile.TemporaryDirectory() as folder:

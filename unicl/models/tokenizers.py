@@ -41,7 +41,7 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
         ValueError: a preset whose tokenizer is trained per run (``unicl_tiny``), a model directory with no
             tokenizer that CLIP's BPE cannot be, or unreadable files.
 
-    Example:
+    Examples:
         >>> import tempfile, unicl
         >>> from unicl.text.tokenizer import Tokenizer
         >>> model = unicl.create_model("unicl_tiny")

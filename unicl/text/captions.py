@@ -45,7 +45,7 @@ def caption_labels(
         TypeError: a caption that is not a ``str``.
         ValueError: a negative ``first_label``, a range that leaves int64, or ``num_labels < 1``.
 
-    Example:
+    Examples:
         >>> labels = caption_labels(["a dog.", "A  dog. ", "a cat."], first_label=1000)
         >>> bool(labels[0] == labels[1]), bool(labels[0] == labels[2])
         (True, False)

@@ -183,7 +183,7 @@ class LabelToPrompt:
             epoch set with `set_epoch`, so no two workers or epochs repeat each other.
         split_commas: treat commas in names as synonym separators.
 
-    Example:
+    Examples:
         >>> prompts = LabelToPrompt(["cat", ["dog", "puppy"]], templates=["a photo of a {}.", "art of a {}."], seed=0)
         >>> prompts.all_prompts(1)
         ['a photo of a dog.', 'a photo of a puppy.', 'art of a dog.', 'art of a puppy.']
@@ -319,7 +319,7 @@ def imagenet_class_names(source: str = "clip") -> list[str]:
     Raises:
         ValueError: an unknown ``source``.
 
-    Example:
+    Examples:
         >>> from unicl.text.prompts import imagenet_class_names
         >>> names = imagenet_class_names()
         >>> len(names), names[0], imagenet_class_names("unicl")[744]
@@ -338,7 +338,7 @@ def clip_templates() -> tuple[str, ...]:
 def unicl_templates() -> tuple[str, ...]:
     """UniCL's 81 ImageNet evaluation templates: ``"{}."`` followed by CLIP's 80 (`clip_templates`).
 
-    Example:
+    Examples:
         >>> from unicl.text.prompts import unicl_templates
         >>> len(unicl_templates()), unicl_templates()[:2]
         (81, ('{}.', 'a bad photo of a {}.'))
@@ -412,7 +412,7 @@ def class_prompts(
     Raises:
         ValueError: no class names, a bad mapping, or a class the mapping has no key for (named, with its id).
 
-    Example:
+    Examples:
         >>> class_prompts(["cat", "dog, puppy"], {"cat": ["A cat sleeps."], "dog": ["A dog barks.", "A dog runs."]})
         [['A cat sleeps.'], ['A dog barks.', 'A dog runs.']]
     """
@@ -487,7 +487,7 @@ def get_templates(source: str | os.PathLike[str]) -> tuple[str, ...] | dict[str,
         FileNotFoundError: neither a set's name nor a file.
         ValueError: a bad file (see `read_templates`).
 
-    Example:
+    Examples:
         >>> from unicl.text.prompts import get_templates
         >>> len(get_templates("unicl")), get_templates("plain")
         (81, ('a photo of a {}.',))

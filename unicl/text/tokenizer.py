@@ -101,7 +101,7 @@ class Tokenizer:
     Raises:
         ValueError: ``context_length < 2`` or a start/end token missing from the vocabulary.
 
-    Example:
+    Examples:
         >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=8)
         >>> batch = tokenizer(["a photo of a cat"])
         >>> batch["input_ids"].shape, int(batch["attention_mask"].sum())
@@ -279,7 +279,7 @@ class Tokenizer:
         Raises:
             ValueError: a ``clean`` function other than `clip_clean` (a function cannot be stored in JSON).
 
-        Example:
+        Examples:
             >>> import tempfile
             >>> tokenizer = Tokenizer.train(["a photo of a cat", "a photo of a dog"], vocab_size=300, context_length=8)
             >>> with tempfile.TemporaryDirectory() as folder:
