@@ -79,3 +79,27 @@ def test_installed_command_help_names_itself_and_imports_nothing_heavy(script):
     done = subprocess.run([path, "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     assert done.stdout.startswith(f"usage: {script}")
+
+
+@pytest.mark.parametrize(
+    "module", ["unicl", "unicl.loss.names", "unicl.text.names", "unicl.evaluation.names", "unicl.training.options"]
+)
+def test_the_torch_free_modules_import_without_torch(module):
+    code = f"import sys, {module}; print(*sorted({{n.split('.')[0] for n in sys.modules}}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert sorted(set(done.stdout.split()) & set(HEAVY)) == []
+
+
+def test_lazy_package_names_resolve_once_to_their_modules_object():
+    import unicl.loss
+    import unicl.loss.functional
+    import unicl.text
+    import unicl.text.tokenizer
+
+    assert unicl.loss.unicl_loss is unicl.loss.functional.unicl_loss is unicl.unicl_loss
+    assert unicl.text.Tokenizer is unicl.text.tokenizer.Tokenizer
+    assert "unicl_loss" in vars(unicl.loss)  # stored on first use: later lookups skip __getattr__
+    assert {"UniCLLoss", "BACKENDS"} <= set(dir(unicl.loss))
+    assert unicl.models.__name__ == "unicl.models"
+    with pytest.raises(AttributeError, match=r"module 'unicl\.loss' has no attribute 'unicl_losss'"):
+        unicl.loss.unicl_losss  # noqa: B018

@@ -6,8 +6,9 @@ without loading torch or timm. Each lives in one package (see the Design page); 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unicl._exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -46,20 +47,7 @@ if TYPE_CHECKING:
     from unicl.text.captions import caption_labels
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC_NAMES:
-        value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
-    elif name in _PACKAGES:
-        value = importlib.import_module(f"unicl.{name}")
-    else:
-        raise AttributeError(f"module 'unicl' has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC_NAMES, *_PACKAGES])
-
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES, _PACKAGES)
 
 __all__ = [
     "UniCLLoss",

@@ -14,11 +14,8 @@ import argparse
 from pathlib import Path
 
 from unicl._checks import CommandParser, program_name
+from unicl.loss.names import BACKENDS as LOSS_BACKENDS
 from unicl.training.options import check_options
-
-#: The names ``--loss-backend`` takes, for its help (kept equal to `unicl.loss.backends.BACKENDS` by a test; the
-#: value is checked against that tuple when the run is built, so a name missing here is still accepted there).
-LOSS_BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
 
 DESCRIPTION = """\
 Train a UniCL model on image-label data (ImageFolder roots), image-text data (a caption CSV/TSV, or WebDataset tar
@@ -157,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss-backend",
         default="auto",
         metavar="NAME",
-        help="the UniCLLoss backend: " + ", ".join(LOSS_BACKENDS) + " (unicl.loss.backends.BACKENDS; default: auto)",
+        help="the UniCLLoss backend: " + ", ".join(LOSS_BACKENDS) + " (default: auto)",
     )
     optimization.add_argument(
         "--local-loss",

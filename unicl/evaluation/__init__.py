@@ -8,8 +8,9 @@ The names below load on first use (PEP 562), so the torch-free modules (`unicl.e
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unicl._exports import lazy_exports
 
 #: The module each public name is defined in.
 _PUBLIC_NAMES = {
@@ -73,17 +74,7 @@ if TYPE_CHECKING:
     from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_accuracy, zeroshot_scores
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC_NAMES:
-        raise AttributeError(f"module 'unicl.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC_NAMES])
-
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
 
 __all__ = [
     "DEFAULT_L2_GRID",

@@ -1,11 +1,13 @@
-"""The names evaluation offers: metrics, feature kinds, probe head starts, shipped class-name lists and template
-sets.
+"""The names evaluation offers: metrics, feature kinds, probe head starts, shipped class-name lists and template sets.
 
-This module imports nothing, so the evaluation command builds its parser (choices and help) from it without loading
-torch, and the suite reader checks its entries with it. The modules that implement the names use these tuples.
+This module imports only the torch-free `unicl.text.names`, so the evaluation command builds its parser (choices and
+help) from it without loading torch, and the suite reader checks its entries with it. The modules that implement the
+names use these tuples.
 """
 
 from __future__ import annotations
+
+from unicl.text.names import TEMPLATE_SETS
 
 #: The metrics, in the order `unicl.evaluation.metrics.METRICS` holds their functions.
 METRIC_NAMES: tuple[str, ...] = ("top1", "top5", "mean_per_class_recall", "map_11_point", "roc_auc")
@@ -29,6 +31,5 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: ``--classnames`` names of the shipped class-name lists: ImageNet-1k's as CLIP curated them, and UniCL's copy;
 #: each maps to its `unicl.text.prompts.imagenet_class_names` source.
 CLASS_NAME_SETS: dict[str, str] = {"imagenet": "clip", "imagenet-unicl": "unicl"}
-#: The template sets `unicl.text.prompts.get_templates` takes by name (`unicl.text.prompts.TEMPLATE_SETS`, which
-#: imports torch; a test holds the two equal).
-TEMPLATE_SET_NAMES: tuple[str, ...] = ("default", "plain", "clip", "unicl")
+#: The template sets `unicl.text.prompts.get_templates` takes by name.
+TEMPLATE_SET_NAMES: tuple[str, ...] = TEMPLATE_SETS

@@ -7,12 +7,36 @@ one autograd function (`autograd`); the pieces the engines share (`engine`, `tar
 `distributed_unicl_loss`, `similarity_terms`, `row_terms`); the layers below trust their callers.
 """
 
-from unicl.loss.backends import BACKENDS, row_terms, similarity_terms
-from unicl.loss.distributed import distributed_unicl_loss
-from unicl.loss.functional import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
-from unicl.loss.module import UniCLLoss
-from unicl.loss.normalize import normalize_features
-from unicl.loss.targets import target_keys
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicl._exports import lazy_exports
+
+#: The module each public name is defined in (imported on first use, so `unicl.loss.names` reads without torch).
+_PUBLIC_NAMES = {
+    "BACKENDS": "unicl.loss.names",
+    "DEFAULT_LOGIT_SCALE": "unicl.loss.functional",
+    "REDUCTIONS": "unicl.loss.functional",
+    "UniCLLoss": "unicl.loss.module",
+    "distributed_unicl_loss": "unicl.loss.distributed",
+    "normalize_features": "unicl.loss.normalize",
+    "row_terms": "unicl.loss.backends",
+    "similarity_terms": "unicl.loss.backends",
+    "target_keys": "unicl.loss.targets",
+    "unicl_loss": "unicl.loss.functional",
+}
+
+if TYPE_CHECKING:
+    from unicl.loss.backends import row_terms, similarity_terms
+    from unicl.loss.distributed import distributed_unicl_loss
+    from unicl.loss.functional import DEFAULT_LOGIT_SCALE, REDUCTIONS, unicl_loss
+    from unicl.loss.module import UniCLLoss
+    from unicl.loss.names import BACKENDS
+    from unicl.loss.normalize import normalize_features
+    from unicl.loss.targets import target_keys
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
 
 __all__ = [
     "BACKENDS",

@@ -21,11 +21,8 @@ from unicl.loss.dense import dense_terms
 from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
 from unicl.loss.engine import SimilarityEngine
 from unicl.loss.kernels.availability import triton_unavailable_reason
+from unicl.loss.names import BACKENDS, TRITON_BACKENDS
 from unicl.loss.normalize import normalize_features
-
-BACKENDS = ("auto", "dense", "chunked", "triton", "triton_rowwise")
-#: The backends that run Triton kernels.
-TRITON_BACKENDS = ("triton", "triton_rowwise")
 
 #: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves little memory and
 #: costs Python overhead (2-core EPYC, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense

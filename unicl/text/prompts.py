@@ -28,6 +28,7 @@ from typing import Any, SupportsIndex, TypeAlias
 import torch.utils.data
 
 from unicl._checks import check_positive_int
+from unicl.text.names import CLASS_NAME_SETS, TEMPLATE_SETS
 
 #: The default set: photo, art, quality, size and style families, written for this project.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -273,11 +274,6 @@ class LabelToPrompt:
 #: from class names to that class's complete prompts (no ``{}``), as CuPL ships them.
 Templates: TypeAlias = Sequence[str] | Mapping[str, Sequence[str]]
 
-#: The names `get_templates` accepts: this project's `DEFAULT_TEMPLATES`, `PLAIN_TEMPLATES`, CLIP's 80 ImageNet
-#: templates and UniCL's 81.
-TEMPLATE_SETS: tuple[str, ...] = ("default", "plain", "clip", "unicl")
-#: The ImageNet-1k class-name lists `imagenet_class_names` accepts.
-CLASS_NAME_SETS: tuple[str, ...] = ("clip", "unicl")
 
 _DATA_FOLDER = "prompt_sets"
 _TEMPLATE_FILES = {"clip": "imagenet_templates_clip.txt", "unicl": "imagenet_templates_unicl.txt"}

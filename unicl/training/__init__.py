@@ -7,8 +7,9 @@ the training command before it parses its arguments without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unicl._exports import lazy_exports
 
 #: The module each public name is defined in.
 _PUBLIC_NAMES = {
@@ -33,17 +34,7 @@ if TYPE_CHECKING:
     from unicl.training.trainer import Trainer, TrainingError, train
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC_NAMES:
-        raise AttributeError(f"module 'unicl.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC_NAMES])
-
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
 
 __all__ = [
     "CheckpointDirectory",
