@@ -95,7 +95,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, data, label_aware: boo
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=args.epochs * len(loader), pct_start=0.1
     )
-    loss_fn = unicl.UniCLLoss()
+    # The model's forward already returns unit features (and the clamped scale): the loss need not normalise again.
+    loss_fn = unicl.UniCLLoss(normalize=False)
     history: dict[str, list] = {"loss": [], "accuracy": []}
     progress = tqdm(range(args.epochs), desc=name, unit="epoch")
     for epoch in progress:
@@ -108,6 +109,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, data, label_aware: boo
             loss.backward()
             optimizer.step()
             scheduler.step()
+            model.bound_logit_scale_()  # CLIP's bound on the stored scale, after every step
             losses.append(loss.item())
         history["loss"].append(sum(losses) / len(losses))
         history["accuracy"].append(evaluate(model, tokenizer, test_images, test_labels))

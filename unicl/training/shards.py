@@ -35,7 +35,7 @@ def _webdataset() -> Any:
     try:
         import webdataset
     except ImportError:
-        raise ImportError("WebDataset shards need the webdataset package: pip install 'unicl[webdataset]'") from None
+        raise ImportError("WebDataset shards need the webdataset package: pip install webdataset") from None
     return webdataset
 
 
