@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", required=True, help="the preset to train (see unicl.list_models())")
     model.add_argument(
         "--pretrained",
-        help="initial weights for the preset: a microsoft/UniCL .pth, a save_pretrained directory or .safetensors",
+        help="initial weights for the preset: a release tag of unicl.list_pretrained() (read from "
+        "$UNICL_HOME/checkpoints), a microsoft/UniCL .pth, a save_pretrained directory or .safetensors",
     )
     model.add_argument(
         "--tokenizer",
