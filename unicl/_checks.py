@@ -172,3 +172,10 @@ class CommandParser(argparse.ArgumentParser):
         line = f"{self.prog}: error: {message}"
         self._print_message(line + "\n", sys.stderr)
         raise CommandError(line)
+
+
+def default_workers() -> int:
+    """The commands' ``--workers`` by default: 4, or this machine's CPUs if fewer (more data-loading processes than
+    CPUs only slow loading, and torch warns of them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)

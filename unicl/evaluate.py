@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only torch-free modules before parsing: --help answers without loading torch, torchvision or PIL. The functions that
 # run after parsing import the library.
-from unicl._checks import CommandParser, first_line, program_name
+from unicl._checks import CommandParser, default_workers, first_line, program_name
 from unicl.evaluation.names import (
-    CLASS_NAME_SETS,
+    CLASSNAMES_OPTIONS,
     DEFAULT_METRIC,
     FEATURE_KINDS,
     INITS,
     METRIC_NAMES,
     MULTILABEL_METRIC,
     PRECISIONS,
-    TEMPLATE_SET_NAMES,
 )
+from unicl.text.names import TEMPLATE_SETS
 
 if TYPE_CHECKING:
     import torch
@@ -70,12 +70,6 @@ class _UsageError(ValueError):
 
 
 # --- the command line: checking what the user gave --------------------------------------------------------------------
-
-
-def default_workers() -> int:
-    """``--workers`` by default: 4, or this machine's CPUs if fewer (more workers than CPUs only slow loading)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(4, cpus)
 
 
 def _stop(line: str) -> NoReturn:
@@ -120,8 +114,8 @@ def _class_names(value: str | None, classes: list[str], data_argument: str) -> l
 
     if value is None:
         return classes
-    if value in CLASS_NAME_SETS:
-        names = imagenet_class_names(CLASS_NAME_SETS[value])
+    if value in CLASSNAMES_OPTIONS:
+        names = imagenet_class_names(CLASSNAMES_OPTIONS[value])
     else:
         try:
             names = read_class_names(value)
@@ -324,7 +318,7 @@ DATA_ARGUMENTS = {"zeroshot": "--data", "retrieval": "--captions", "linear-probe
 
 def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
     """Run a checked command; an error is blamed on an argument only when it comes from what that argument names."""
-    from unicl.evaluation.unreadable import UnreadableImage, unreadable_message
+    from unicl.data.unreadable import UnreadableImage, unreadable_message
 
     try:
         return _evaluate(args, inputs, model, tokenizer)
@@ -339,9 +333,9 @@ def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
 
 def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
     from unicl.data.transforms import image_transform
+    from unicl.data.unreadable import reporting_unreadable
     from unicl.evaluation.probe import run_linear_probe
     from unicl.evaluation.retrieval import retrieval_recall
-    from unicl.evaluation.unreadable import reporting_unreadable
     from unicl.evaluation.zeroshot import zeroshot_accuracy
 
     transform = image_transform(model)
@@ -452,7 +446,7 @@ def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandPa
     )
     names.add_argument(
         "--templates",
-        help=f"prompt templates: a set ({', '.join(TEMPLATE_SET_NAMES)}: 'clip' is CLIP's 80 ImageNet templates, "
+        help=f"prompt templates: a set ({', '.join(TEMPLATE_SETS)}: 'clip' is CLIP's 80 ImageNet templates, "
         "'unicl' UniCL's 81), or a file: one template with {} per line, a JSON list, or a JSON per-class mapping of "
         "prompts (default: default)",
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unicl._checks import CommandParser, program_name
+from unicl._checks import CommandParser, default_workers, program_name
 from unicl.loss.names import BACKENDS as LOSS_BACKENDS
 from unicl.training.options import check_options
 
@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         "RandAugment, random resized crops and random erasing; for images of 32 px or less a random shift of up to "
         "1/16 of the side)",
     )
-    data.add_argument("--workers", type=int, default=4, help="data-loading processes per rank (default: 4)")
+    data.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help="data-loading processes per rank (default: 4, or this machine's CPUs if fewer)",
+    )  # fmt: skip
 
     optimization = parser.add_argument_group("optimisation")
     optimization.add_argument(
@@ -154,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimization.add_argument(
         "--loss-backend",
         default="auto",
+        choices=LOSS_BACKENDS,
         metavar="NAME",
         help="the UniCLLoss backend: " + ", ".join(LOSS_BACKENDS) + " (default: auto)",
     )

@@ -233,13 +233,15 @@ class LabelledFolders(Dataset):
             self.class_ids.append(ids)
             self.samples += [(path, ids[target]) for path, target in folder.samples]
         self.transform = transform
+        #: Reads one image file (replaceable, as an ImageFolder's: `unicl.data.unreadable` wraps it).
+        self.loader: Callable[[str], Image.Image] = load_rgb
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, class_id = self.samples[index]
-        return self.transform(load_rgb(path)), class_id
+        return self.transform(self.loader(path)), class_id
 
 
 def _class_key(name: str) -> tuple[str, ...]:

@@ -53,6 +53,15 @@ def check_options(args: argparse.Namespace) -> argparse.Namespace:
     labelled, captioned = bool(args.image_folder), bool(args.captions or args.webdataset)
     if not (labelled or captioned):
         raise ValueError("no training data: give --image-folder, --captions or --webdataset")
+    # Checked here, before torch loads, so a mistyped path is refused at once and named by its option.
+    for folder in args.image_folder:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--image-folder {str(folder)!r} is not a directory")
+    for captions in args.captions or ():
+        if not Path(captions).is_file():
+            raise ValueError(f"--captions {str(captions)!r} is not a file")
+    if args.eval_folder is not None and not Path(args.eval_folder).is_dir():
+        raise ValueError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
     if args.classnames and len(args.classnames) != len(args.image_folder):
         raise ValueError(
             f"--classnames must be given once per --image-folder ({len(args.image_folder)}); got {len(args.classnames)}"

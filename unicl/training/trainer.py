@@ -30,6 +30,7 @@ from torchvision.datasets import ImageFolder
 from unicl.data.batches import UnifiedCollate
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
 from unicl.data.transforms import image_transform
+from unicl.data.unreadable import UnreadableImage, reporting_unreadable, unreadable_message
 from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.module import UniCLLoss
 from unicl.models import (
@@ -282,7 +283,7 @@ class Trainer:
         if "labelled" in self.shares:
             folders = self._labelled()
             prompts = LabelToPrompt(folders.class_names, seed=args.seed)
-            keyed = KeyedSamples(folders, args.seed, prompts)
+            keyed = KeyedSamples(reporting_unreadable(folders), args.seed, prompts)
             loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts)
         if "captioned" in self.shares:
             if args.webdataset:
@@ -291,7 +292,7 @@ class Trainer:
                     runtime.rank, runtime.world_size, args.workers, start_step=self.step,
                 )  # fmt: skip
             else:
-                captioned = KeyedSamples(CaptionPairs(args.captions, transform), args.seed)
+                captioned = KeyedSamples(reporting_unreadable(CaptionPairs(args.captions, transform)), args.seed)
             loaders["captioned"] = self._loader(captioned, self.shares["captioned"], prompts)
         return loaders
 
@@ -351,9 +352,7 @@ class Trainer:
         args = self.args
         if args.eval_folder is None:
             return None
-        if not args.eval_folder.is_dir():
-            raise TrainingError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
-        folder = ImageFolder(str(args.eval_folder), transform=image_transform(self.model))
+        folder = reporting_unreadable(ImageFolder(str(args.eval_folder), transform=image_transform(self.model)))
         self.eval_class_names = folder.classes
         if args.eval_classnames is not None:
             self.eval_class_names = read_class_names(args.eval_classnames, len(folder.classes))
@@ -653,5 +652,19 @@ def train(args: argparse.Namespace) -> Path | None:
     runtime = start_runtime(args.device)
     try:
         return Trainer(args, runtime).run()
+    except UnreadableImage as error:  # found only when a batch reads it, in a worker or here
+        message = unreadable_message(error)
+        raise TrainingError(f"{_argument_holding(args, message)}: {message}") from None
     finally:
         stop_runtime()
+
+
+def _argument_holding(args: argparse.Namespace, message: str) -> str:
+    """The option whose files the unreadable image named in ``message`` is among."""
+    sources = [
+        *(("--image-folder", folder) for folder in args.image_folder or ()),
+        *(("--captions", Path(captions).parent) for captions in args.captions or ()),
+        *([("--eval-folder", args.eval_folder)] if args.eval_folder is not None else []),
+    ]
+    held = [(len(str(root)), option) for option, root in sources if str(root) in message]
+    return max(held)[1] if held else "the training data"

@@ -1,8 +1,9 @@
-"""Images that cannot be read, found only when an evaluation reads them: one error type, raised in data-loading
-workers too, and its one-line message, so a command can blame the argument that named the images."""
+"""Images that cannot be read, found only when training or an evaluation reads them: one error type, raised in
+data-loading workers too, and its one-line message, so a command can blame the argument that named the images."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -10,16 +11,18 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from unicl._checks import first_line
-from unicl.data.datasets import CaptionPairs
+from unicl.data.datasets import CaptionPairs, LabelledFolders
 
 #: The longest message kept of an image's read error.
 MESSAGE_LIMIT = 400
+#: How PIL names a file it opened itself in its errors (``<_io.BufferedReader name='x.png'>``): the name is kept.
+_FILE_OBJECT = re.compile(r"<_io\.\w+ name=('[^']*'|\"[^\"]*\")>")
 
-_Keeps = TypeVar("_Keeps", ImageFolder, CaptionPairs)
+_Keeps = TypeVar("_Keeps", ImageFolder, CaptionPairs, LabelledFolders)
 
 
 class UnreadableImage(OSError):
-    """An image of an evaluation's data that cannot be read or decoded, found only when it is read."""
+    """An image of the training or evaluation data that cannot be read or decoded, found only when it is read."""
 
 
 def read_or_report(read: Callable[[Any], Any], argument: Any) -> Any:
@@ -32,7 +35,8 @@ def read_or_report(read: Callable[[Any], Any], argument: Any) -> Any:
     except UnreadableImage:
         raise
     except (OSError, ValueError) as error:
-        raise UnreadableImage(first_line(error, limit=MESSAGE_LIMIT)) from error
+        line = _FILE_OBJECT.sub(r"\1", first_line(error, limit=MESSAGE_LIMIT))
+        raise UnreadableImage(line) from error
 
 
 class ReportingLoader:
@@ -79,11 +83,11 @@ def reporting_unreadable(dataset: Dataset) -> Dataset: ...
 def reporting_unreadable(dataset: Dataset) -> Dataset:
     """``dataset`` with its image-read errors raised as `UnreadableImage`.
 
-    An ``ImageFolder`` or a `unicl.data.datasets.CaptionPairs` keeps its type and gets its ``loader`` wrapped in
-    place (the feature cache identifies an ImageFolder by its files; retrieval reads a CaptionPairs' captions);
-    another dataset is wrapped in a `ReportingDataset`.
+    An ``ImageFolder``, a `unicl.data.datasets.CaptionPairs` or a `unicl.data.datasets.LabelledFolders` keeps its
+    type and gets its ``loader`` wrapped in place (the feature cache identifies an ImageFolder by its files;
+    retrieval reads a CaptionPairs' captions); another dataset is wrapped in a `ReportingDataset`.
     """
-    if isinstance(dataset, (ImageFolder, CaptionPairs)):
+    if isinstance(dataset, (ImageFolder, CaptionPairs, LabelledFolders)):
         if not isinstance(dataset.loader, ReportingLoader):
             dataset.loader = ReportingLoader(dataset.loader)
         return dataset
