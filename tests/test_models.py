@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -218,12 +219,18 @@ def test_a_registered_config_is_a_preset_everywhere_and_never_shared(registry):
         unicl.get_tokenizer("my_tiny")
 
 
+def _clip_sized(config):
+    """``config`` with a text tower that embeds CLIP's 49,408 ids, as a preset with the default tokenizer needs."""
+    config.text = dataclasses.replace(config.text, vocab_size=49408)
+    return config
+
+
 def test_a_registered_factory_is_called_for_each_model(registry):
     calls = []
 
     def factory():
         calls.append(1)
-        return get_config("unicl_tiny", embed_dim=16)
+        return _clip_sized(get_config("unicl_tiny", embed_dim=16))
 
     unicl.register_model("counted", factory)
     assert len(calls) == 1  # checked once when registered
@@ -243,7 +250,7 @@ def test_a_duplicate_name_is_refused_unless_overwrite(registry):
 
 
 def test_unknown_names_list_the_known_ones_and_unregister_removes(registry):
-    unicl.register_model("extra", get_config("unicl_tiny"))
+    unicl.register_model("extra", _clip_sized(get_config("unicl_tiny")))
     for call in (get_config, unicl.create_model, unicl.models.preset_tokenizer, unicl.models.unregister_model):
         with pytest.raises(ValueError) as caught:
             call("unicl_huge")
@@ -263,6 +270,9 @@ def test_unknown_names_list_the_known_ones_and_unregister_removes(registry):
         (("x", {"embed_dim": 8}), TypeError, "config_or_factory must be a UniCLConfig or a function returning one; "
                                              "got dict"),
         (("x", lambda: 3), TypeError, "config_or_factory of 'x' must return a UniCLConfig; it returned int"),
+        (("x", get_config("unicl_tiny")), ValueError, "model 'x': its text tower embeds 1000 ids but CLIP's tokenizer "
+                                                      "has 49,408; register it with tokenizer='trained' or a text "
+                                                      "vocab_size of at least 49408"),
     ],
 )  # fmt: skip
 def test_bad_registrations_say_what_was_expected(registry, arguments, error, message):

@@ -20,6 +20,7 @@ from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.pretrained import resolve_pretrained
 from unicl.models.serialization import load_pretrained_into
 from unicl.models.text import TextConfig
+from unicl.text.tokenizer import CLIP_VOCAB_SIZE
 
 #: The paper's text tower: 12 layers, 512 wide, 8 heads, 77 tokens, CLIP's 49,408-token vocabulary.
 PAPER_TEXT = TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8)
@@ -73,7 +74,8 @@ def register_model(
         The registered `Preset`.
 
     Raises:
-        ValueError: a name that is taken (without ``overwrite``) or empty, or an unknown tokenizer.
+        ValueError: a name that is taken (without ``overwrite``) or empty, an unknown tokenizer, or CLIP's tokenizer
+            for a text tower that embeds fewer than its 49,408 ids.
         TypeError: ``config_or_factory`` is neither a `UniCLConfig` nor a function returning one.
 
     Examples:
@@ -109,6 +111,13 @@ def register_model(
     made = factory()
     if not isinstance(made, UniCLConfig):
         raise TypeError(f"config_or_factory of {name!r} must return a UniCLConfig; it returned {type(made).__name__}")
+    if tokenizer == CLIP_TOKENIZER and made.text.vocab_size < CLIP_VOCAB_SIZE:
+        # Refused here rather than as an index error inside the embedding at the first forward.
+        raise ValueError(
+            f"model {name!r}: its text tower embeds {made.text.vocab_size} ids but CLIP's tokenizer has "
+            f"{CLIP_VOCAB_SIZE:,}; register it with tokenizer={TRAINED_TOKENIZER!r} or a text vocab_size of at least "
+            f"{CLIP_VOCAB_SIZE}"
+        )
     preset = Preset(factory, tokenizer)
     _PRESETS[name] = preset
     return preset

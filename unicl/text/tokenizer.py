@@ -30,6 +30,8 @@ CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 #: CLIP's merges file holds 48,894 merges after its header line: 49,152 − 256 byte tokens − 2 specials.
 CLIP_NUM_MERGES = 49152 - 256 - 2
+#: Ids of CLIP's tokenizer: 256 byte tokens, their 256 word-final forms, the merges and the two specials.
+CLIP_VOCAB_SIZE = 2 * 256 + CLIP_NUM_MERGES + 2
 
 
 def _checked_settings(settings: dict[str, Any], where: str, context_length: int | None) -> dict[str, Any]:
