@@ -240,7 +240,6 @@ def test_the_evaluation_command_s_torch_free_set_names_are_the_shipped_ones():
     """`unicl.evaluation.names` offers the sets to the command's parser and the suite reader without torch."""
     from unicl.evaluation import names
 
-    assert names.TEMPLATE_SET_NAMES == TEMPLATE_SETS
-    assert set(names.CLASS_NAME_SETS.values()) == set(CLASS_NAME_SETS)
-    for source in names.CLASS_NAME_SETS.values():
+    assert set(names.CLASSNAMES_OPTIONS.values()) == set(CLASS_NAME_SETS)
+    for source in names.CLASSNAMES_OPTIONS.values():
         assert len(imagenet_class_names(source)) == 1000

@@ -1,13 +1,11 @@
-"""The names evaluation offers: metrics, feature kinds, probe head starts, shipped class-name lists and template sets.
+"""The names evaluation offers: metrics, feature kinds, probe head starts and the ``--classnames`` sets (the
+template sets are `unicl.text.names.TEMPLATE_SETS`).
 
-This module imports only the torch-free `unicl.text.names`, so the evaluation command builds its parser (choices and
-help) from it without loading torch, and the suite reader checks its entries with it. The modules that implement the
-names use these tuples.
+This module imports nothing, so the evaluation command builds its parser (choices and help) from it without loading
+torch, and the suite reader checks its entries with it. The modules that implement the names use these tuples.
 """
 
 from __future__ import annotations
-
-from unicl.text.names import TEMPLATE_SETS
 
 #: The metrics, in the order `unicl.evaluation.metrics.METRICS` holds their functions.
 METRIC_NAMES: tuple[str, ...] = ("top1", "top5", "mean_per_class_recall", "map_11_point", "roc_auc")
@@ -30,6 +28,4 @@ INITS: tuple[str, ...] = ("random", "text")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: ``--classnames`` names of the shipped class-name lists: ImageNet-1k's as CLIP curated them, and UniCL's copy;
 #: each maps to its `unicl.text.prompts.imagenet_class_names` source.
-CLASS_NAME_SETS: dict[str, str] = {"imagenet": "clip", "imagenet-unicl": "unicl"}
-#: The template sets `unicl.text.prompts.get_templates` takes by name.
-TEMPLATE_SET_NAMES: tuple[str, ...] = TEMPLATE_SETS
+CLASSNAMES_OPTIONS: dict[str, str] = {"imagenet": "clip", "imagenet-unicl": "unicl"}

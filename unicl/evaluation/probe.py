@@ -35,7 +35,7 @@ def text_head(
     (clamped at ``max_logit_scale``, as in training), so ``normalize(x) @ headᵀ`` are the zero-shot logits."""
     model = model.to(device).eval()
     classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=torch.device(device))
-    scale = model.logit_scale.exp().clamp(max=model.config.max_logit_scale)
+    scale = model.clamped_logit_scale()
     return (classifier * scale).float()
 
 

@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from unicl.evaluation.names import CLASS_NAME_SETS, RECALL_AT, TEMPLATE_SET_NAMES
+from unicl.evaluation.names import CLASSNAMES_OPTIONS, RECALL_AT
+from unicl.text.names import TEMPLATE_SETS
 
 TASKS = ("zeroshot", "retrieval", "linear-probe")
 #: Each task's data fields (all required).
 DATA_FIELDS = {"zeroshot": ("data",), "retrieval": ("captions",), "linear-probe": ("train", "test")}
 #: Fields that are paths unless they name a shipped set.
-NAMED_SETS = {"classnames": tuple(CLASS_NAME_SETS), "templates": TEMPLATE_SET_NAMES}
+NAMED_SETS = {"classnames": tuple(CLASSNAMES_OPTIONS), "templates": TEMPLATE_SETS}
 #: Options the suite command sets once for every entry.
 SUITE_OPTIONS = ("model", "pretrained", "tokenizer", "device", "json", "precision", "workers", "no_progress")
 #: The score column of a retrieval entry unless its ``metric`` names another.

@@ -44,10 +44,10 @@ from unicl.loss.kernels.plan import (
 )
 from unicl.loss.kernels.tiles import LN2, LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
 from unicl.loss.kernels.tuning import (
+    autotuner,
     config_table,
     device_capability,
     launch,
-    prune_for,
     runs_compiled,
     size_bucket,
     tile_config,
@@ -223,11 +223,7 @@ def _tuned(
 ) -> triton.runtime.Autotuner:
     """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``:
     one per bucket, so each size class gets its own tiles; within it the key is ``D``."""
-    return triton.autotune(
-        configs=configs_for(kernel_name, capability, dtype),
-        key=["D"],
-        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
-    )(KERNELS[kernel_name])
+    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
 
 
 def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> dict:

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels.tuning import config_table, launch, prune_for, size_bucket, tile_config, tile_options
+from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config, tile_options
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -113,11 +113,7 @@ def _tuned(
     kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
 ) -> triton.runtime.Autotuner:
     """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
-    return triton.autotune(
-        configs=configs_for(kernel_name, capability, dtype),
-        key=["D"],
-        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
-    )(KERNELS[kernel_name])
+    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
 
 
 def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:

@@ -58,6 +58,22 @@ def config_table(
     return table[(family, precision)]
 
 
+def autotuner(
+    kernel: Callable,
+    table: dict[tuple[str, str], list[triton.Config]],
+    capability: tuple[int, int],
+    dtype: torch.dtype,
+) -> triton.runtime.Autotuner:
+    """The autotuner of ``kernel`` over its configuration ``table`` (`config_table`) for a chip and feature dtype:
+    keyed on ``D``, its candidates pruned by `prune_for`. Each kernel module caches one per chip, dtype and size
+    bucket (its ``_tuned``)."""
+    return triton.autotune(
+        configs=config_table(table, capability, dtype),
+        key=["D"],
+        prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
+    )(kernel)
+
+
 def shared_memory_limit(capability: tuple[int, int]) -> int:
     """Shared memory per block on a chip of ``capability`` (the nearest listed one at or below it)."""
     number = capability[0] * 10 + capability[1]
