@@ -142,3 +142,56 @@ def test_the_layers_only_point_down():
 def test_each_kernel_schedule_is_one_file_only_the_backend_choice_names(schedule):
     importers = {name for name, targets in import_graph().items() if schedule in targets}
     assert importers <= {"unicl.loss.backends", "unicl.loss.kernels.compile_report"}
+
+
+def lazy_packages() -> dict[str, Path]:
+    """The packages whose ``__init__`` declares a `unicl._exports` name table."""
+    return {
+        module_name(path, PACKAGE): path
+        for path in sorted(PACKAGE.rglob("__init__.py"))
+        if "_PUBLIC_NAMES" in path.read_text()
+    }
+
+
+def declared_exports(path: Path) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """A lazy ``__init__``'s name table, its ``TYPE_CHECKING`` imports (name -> module) and its ``__all__``."""
+    table: dict[str, str] = {}
+    typed: dict[str, str] = {}
+    exported: list[str] = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            if target == "_PUBLIC_NAMES":
+                table = ast.literal_eval(node.value)
+            elif target == "__all__":
+                exported = ast.literal_eval(node.value)
+        elif isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom) and statement.module is not None
+                typed.update({alias.name: statement.module for alias in statement.names})
+    return table, typed, exported
+
+
+@pytest.mark.parametrize("package", sorted(lazy_packages()))
+def test_a_lazy_package_declares_each_name_once_and_every_name_resolves(package):
+    """The name table, the type checker's imports (what the import graph above sees) and ``__all__`` agree, and
+    each name resolves, through the package, to its module's own object."""
+    import importlib
+
+    table, typed, exported = declared_exports(lazy_packages()[package])
+    assert table == typed
+    assert set(exported) - {"__version__"} == set(table)
+    namespace = importlib.import_module(package)
+    for name, module in table.items():
+        assert getattr(namespace, name) is getattr(importlib.import_module(module), name), name
+
+
+def test_the_lazy_packages_are_the_ones_the_commands_read():
+    assert sorted(lazy_packages()) == [
+        "unicl",
+        "unicl.data",
+        "unicl.evaluation",
+        "unicl.loss",
+        "unicl.text",
+        "unicl.training",
+    ]

@@ -1,10 +1,10 @@
 """Package namespaces that import their public names on first use (PEP 562).
 
 A package's ``__init__`` runs whenever any of its modules is imported, so an ``__init__`` that imported its modules
-would load torch for the commands' torch-free modules (their parsers and names) before ``--help`` could answer.
-The packages whose torch-free modules the commands read (`unicl`, `unicl.loss`, `unicl.text`, `unicl.evaluation`,
-`unicl.training`) declare instead where each public name lives, and this module resolves it when it is first used.
-It imports nothing of unicl, so every layer may use it.
+would load torch for the commands' torch-free modules (their parsers and names) before ``--help`` could answer. The
+packages whose torch-free modules the commands read (`unicl`, `unicl.loss`, `unicl.text`, `unicl.evaluation`,
+`unicl.training`), and `unicl.data`, whose datasets need no timm, declare instead where each public name lives, and this
+module resolves it when it is first used. It imports nothing of unicl, so every layer may use it.
 """
 
 from __future__ import annotations
