@@ -491,6 +491,7 @@ def test_a_resume_checks_the_data_position_the_checkpoint_stored(data, tmp_path)
     assert torch.load(checkpoint, weights_only=True)["data"] == {
         "step": 2,
         "labelled_samples": 16,
+        "labelled_length": 48,
         "labelled_epoch": 1 / 3,
     }
     removed = min((folder / "three").iterdir())
@@ -501,6 +502,7 @@ def test_a_resume_checks_the_data_position_the_checkpoint_stored(data, tmp_path)
     assert stopped.value.code == 2 and "\n" not in message
     assert message.startswith(f"python -m unicl.train: error: --resume auto: {checkpoint} left the data at step 2 at ")
     assert f"labelled_epoch {1 / 3:.6g}" in message and f"labelled_epoch {16 / 47:.6g}" in message
+    assert "labelled_length 48" in message and "labelled_length 47" in message
     assert "a source holds another number of samples than when the checkpoint was written" in message
     shutil.copy(data / "train" / "three" / removed.name, removed)
     assert main([*arguments, "--resume", "auto"]) == tmp_path / "run" / "final"  # the data restored: it goes on

@@ -313,13 +313,15 @@ class Trainer:
         return DataLoader(dataset, batch_sampler=sampler, **options)
 
     def data_position(self) -> dict[str, Any]:
-        """Where each source is after the current step: samples read by this rank, and epochs where a source has
-        a length (a WebDataset stream has none). Stored in every checkpoint and checked on resume
-        (`_check_data_position`)."""
+        """Where each source is after the current step: samples read by this rank, and, where a source has a
+        length (a WebDataset stream has none), that length and the epoch. Stored in every checkpoint and checked on
+        resume (`_check_data_position`): the length catches a source that changed size where the epoch alone would
+        not (a rank's share, rounded up, can stay the same)."""
         position: dict[str, Any] = {"step": self.step}
         for name, loader in self.loaders.items():
             position[f"{name}_samples"] = self.step * self.shares[name]
             if isinstance(loader.batch_sampler, StepBatchSampler):
+                position[f"{name}_length"] = len(loader.dataset)  # type: ignore[arg-type]
                 position[f"{name}_epoch"] = loader.batch_sampler.epoch_at(self.step)
         return position
 
@@ -333,7 +335,8 @@ class Trainer:
         """
         if self._changed_options:
             return
-        current = self.data_position()
+        # A checkpoint written before the lengths were stored is checked on what it holds.
+        current = {name: value for name, value in self.data_position().items() if name in stored}
         if stored == current:
             return
 
