@@ -18,7 +18,7 @@ import unicl.loss.matmul as matmul
 from unicl import unicl_loss
 from unicl.loss.backends import resolve_backend, row_terms
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels import one_pass, tiles, two_pass
+from unicl.loss.kernels import one_pass, tiles, tuning, two_pass
 from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.one_pass import OnePassEngine
 from unicl.loss.kernels.plan import cdiv, super_chunks, weights_programs
@@ -112,7 +112,7 @@ def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(mon
 
         return wrapped
 
-    monkeypatch.setattr(one_pass, "prune_for", recording_prune_for)
+    monkeypatch.setattr(tuning, "prune_for", recording_prune_for)  # where every kernel module's autotuner reads it
     image, text, labels = _batch(N, D, torch.bfloat16)
     with fake_cuda(monkeypatch, (9, 0)):
         unicl_loss(image, text, labels, 10.0, backend="triton").backward()
