@@ -491,9 +491,9 @@ def test_a_resume_checks_the_data_position_the_checkpoint_stored(data, tmp_path)
     assert torch.load(checkpoint, weights_only=True)["data"] == {
         "step": 2,
         "labelled_samples": 16,
-        "labelled_length": 48,
         "labelled_epoch": 1 / 3,
     }
+    assert torch.load(checkpoint, weights_only=True)["data_sizes"] == {"labelled": 48}
     removed = min((folder / "three").iterdir())
     removed.unlink()
     with pytest.raises(SystemExit) as stopped:

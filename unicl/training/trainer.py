@@ -313,17 +313,27 @@ class Trainer:
         return DataLoader(dataset, batch_sampler=sampler, **options)
 
     def data_position(self) -> dict[str, Any]:
-        """Where each source is after the current step: samples read by this rank, and, where a source has a
-        length (a WebDataset stream has none), that length and the epoch. Stored in every checkpoint and checked on
-        resume (`_check_data_position`): the length catches a source that changed size where the epoch alone would
-        not (a rank's share, rounded up, can stay the same)."""
+        """Where each source is after the current step: samples read by this rank, and epochs where a source has
+        a length (a WebDataset stream has none). Stored in every checkpoint and checked on resume
+        (`_check_data_position`)."""
         position: dict[str, Any] = {"step": self.step}
         for name, loader in self.loaders.items():
             position[f"{name}_samples"] = self.step * self.shares[name]
             if isinstance(loader.batch_sampler, StepBatchSampler):
-                position[f"{name}_length"] = len(loader.dataset)  # type: ignore[arg-type]
                 position[f"{name}_epoch"] = loader.batch_sampler.epoch_at(self.step)
         return position
+
+    def data_sizes(self) -> dict[str, int]:
+        """Samples in each source that has a length. Stored beside `data_position` and checked with it on resume:
+        a source that changed size can leave the epoch as it was (a rank's share is rounded up)."""
+        return {
+            name: len(loader.dataset)  # type: ignore[arg-type]
+            for name, loader in self.loaders.items()
+            if isinstance(loader.batch_sampler, StepBatchSampler)
+        }
+
+    def _position_and_sizes(self) -> dict[str, Any]:
+        return {**self.data_position(), **{f"{name}_length": size for name, size in self.data_sizes().items()}}
 
     def _check_data_position(self, checkpoint: Path, stored: dict[str, Any]) -> None:
         """Stop when the data are not where the checkpoint left them, though the options are the same.
@@ -335,8 +345,8 @@ class Trainer:
         """
         if self._changed_options:
             return
-        # A checkpoint written before the lengths were stored is checked on what it holds.
-        current = {name: value for name, value in self.data_position().items() if name in stored}
+        # A checkpoint written before the sizes were stored is checked on what it holds.
+        current = {name: value for name, value in self._position_and_sizes().items() if name in stored}
         if stored == current:
             return
 
@@ -446,7 +456,8 @@ class Trainer:
         ranks = state["random"]
         self._resumed_random = ranks[self.runtime.rank % len(ranks)]
         self._resumed_tokenizer = state.get("tokenizer")  # checkpoints before the tokenizer was stored have none
-        self._resumed_position = state["data"]
+        sizes = state.get("data_sizes", {})  # checkpoints before the sizes were stored have none
+        self._resumed_position = {**state["data"], **{f"{name}_length": size for name, size in sizes.items()}}
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint of the current step (a collective: every rank calls it)."""
@@ -466,6 +477,7 @@ class Trainer:
                 "random": states,
                 "world_size": self.runtime.world_size,
                 "data": self.data_position(),
+                "data_sizes": self.data_sizes(),
                 "config": run_configuration(self.args),
                 "tokenizer": self.tokenizer.to_state(),
             },
