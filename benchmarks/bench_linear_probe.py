@@ -164,7 +164,7 @@ def write(rows: list[Row], out: Path, load_before: tuple[float, ...], load_after
                      f"| {cap} |")  # fmt: skip
     text = f"""# Linear probe: unicl against scikit-learn
 
-Written by `python {" ".join(sys.argv)}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.
+Written by `python {" ".join(sys.argv)}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.
 
 Machine: {machine()}; {rows[0].threads} thread(s) for torch and for scikit-learn's BLAS (set by
 `OMP_NUM_THREADS`); load average (1, 5, 15 min) {", ".join(f"{v:.2f}" for v in load_before)} before and

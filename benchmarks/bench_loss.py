@@ -378,7 +378,7 @@ def main(argv=None) -> list[Row]:
     except ImportError:
         triton_version = ""
     common = {
-        "date": args.date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": args.date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": name,
         "torch": torch.__version__,
         "triton": triton_version,

@@ -362,7 +362,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             repeats=job.repeats,
             load_1min=os.getloadavg()[0],
             torch=torch.__version__,
-            date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         label = f"B={job.batch:>6} {job.mode:<6}" + (f" M={job.micro_batch}" if job.micro_batch else "")
         available = _meminfo_bytes("MemAvailable:") / 2**20

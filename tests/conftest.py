@@ -7,8 +7,13 @@ any test module is collected; spawned test processes inherit it. With a GPU the 
 
 import os
 
+import numpy
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from stack import interpreter_stack_problem
+
+from unicl._versions import installed_version
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -17,3 +22,11 @@ settings.register_profile(
     "unicl", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.load_profile("unicl")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, in one line and before collection, a stack whose Triton interpreter cannot run the kernel tests."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        problem = interpreter_stack_problem(installed_version("triton"), numpy.__version__)
+        if problem is not None:
+            raise pytest.UsageError(problem)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,6 @@ def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
         if (path.suffix == ".py" and path.name != "__init__.py") or (path / "__init__.py").is_file()
     }
     assert top_level - named == set(), "add them to the Design page's table of packages"
-    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layers = next(c for c in contract if c["type"] == "layers")["layers"]
     assert _drawn_layers("## Layers") == [[name.strip() for name in layer.split("|")] for layer in layers]

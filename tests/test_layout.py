@@ -8,6 +8,7 @@ import cannot hide a cycle.
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -101,7 +102,6 @@ def test_no_module_imports_the_top_level_package():
 
 
 def contract_layers() -> list[set[str]]:
-    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     (top,) = [contract for contract in config["contracts"] if contract["id"] == "layers"]
     return [{name.strip() for name in layer.split("|")} for layer in top["layers"]]

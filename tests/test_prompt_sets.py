@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -210,7 +211,6 @@ def test_a_mapping_of_filled_templates_equals_the_templates(templates):
 
 
 def test_package_data_globs_cover_every_shipped_file():
-    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["unicl"]
     shipped = sorted(path.relative_to(ROOT / "unicl").as_posix() for path in DATA.iterdir())
     assert shipped and all(any(fnmatch.fnmatch(name, glob) for glob in globs) for name in shipped), shipped

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unicl._exports import lazy_exports
+from unicl._versions import check_supported_versions
 
 __version__ = "0.1.0"
+
+check_supported_versions()
 
 #: The module each public name is defined in.
 _PUBLIC_NAMES = {

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,8 +179,6 @@ def _load(path: Path) -> Any:
         raise FileNotFoundError("does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
-        if sys.version_info < (3, 11):
-            raise ValueError("TOML suites need Python 3.11 or later (tomllib); write the suite as JSON")
         import tomllib
 
         try:
