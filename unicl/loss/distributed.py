@@ -1,7 +1,8 @@
 """UniCL over a global batch gathered from every rank of a ``torch.distributed`` process group.
 
-Features are all-gathered with ``torch.distributed.nn.functional.all_gather``, whose backward sums each rank's
-gradient contributions back to the rank that owns the features (reduce-scatter, or all-to-all on gloo). Labels
+Features are all-gathered with a gather whose backward sums each rank's gradient contributions back to the rank
+that owns the features (a reduce-scatter on NCCL, an all-reduce on gloo), written with torch's functional
+collectives so that ``torch.compile`` traces it correctly. Labels
 travel without gradients. A class label ``>= 0`` means the same class on every rank; a negative label (an
 image-text pair) stays unique by its *global* index, so a pair on rank 0 is never a positive of a pair on rank 3.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed import _functional_collectives as funcol
 
 from unicl.loss.backends import block_terms
 from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, check_options, prepare_inputs, reduce_terms
@@ -80,10 +82,13 @@ def _exchange_device(group: dist.ProcessGroup | None, features: torch.Tensor | N
     return torch.device("cuda", torch.cuda.current_device())
 
 
-#: One-tensor collectives under their current names (torch 2.14 deprecates ``all_gather_into_tensor`` and
-#: ``reduce_scatter_tensor`` for ``*_single``), falling back to the older names on releases without them.
-_ALL_GATHER_SINGLE = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_REDUCE_SCATTER_SINGLE = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+#: Functional collectives: each returns a new tensor instead of writing into one. ``torch.compile`` traces them as
+#: they are; the in-place ``torch.distributed`` ones are functionalised when traced, and torch 2.11 loses the result
+#: of the in-place all-reduce in a compiled backward (every gradient came back zero). Taken under their current
+#: names, falling back to the names torch 2.14 deprecates.
+_ALL_GATHER_SINGLE = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+_REDUCE_SCATTER_SINGLE = getattr(funcol, "reduce_scatter_single", None) or funcol.reduce_scatter_tensor
+_ALL_REDUCE = funcol.all_reduce
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -92,21 +97,18 @@ class _GatherWithGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, block: torch.Tensor, group: dist.ProcessGroup | None, world_size: int, rank: int):
-        ctx.group, ctx.rank, ctx.world_size = group, rank, world_size
-        gathered = block.new_empty((world_size * block.shape[0], *block.shape[1:]))
-        _ALL_GATHER_SINGLE(gathered, block.contiguous(), group=group)
-        return gathered
+        ctx.group = dist.group.WORLD if group is None else group
+        ctx.rank, ctx.world_size = rank, world_size
+        return funcol.wait_tensor(_ALL_GATHER_SINGLE(block.contiguous(), 0, ctx.group))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         if dist.get_backend(ctx.group) == "nccl":
-            mine = grad.new_empty((grad.shape[0] // ctx.world_size, *grad.shape[1:]))
-            _REDUCE_SCATTER_SINGLE(mine, grad, group=ctx.group)
-            return mine, None, None, None
-        # gloo has no reduce-scatter of one tensor: sum everything, keep this rank's block.
-        dist.all_reduce(grad, group=ctx.group)
-        return grad.chunk(ctx.world_size)[ctx.rank].clone(), None, None, None
+            return funcol.wait_tensor(_REDUCE_SCATTER_SINGLE(grad, "sum", 0, ctx.group)), None, None, None
+        # On gloo the sum of every block, then this rank's: one all-reduce, as the rest of the gloo path expects.
+        total = funcol.wait_tensor(_ALL_REDUCE(grad, "sum", ctx.group))
+        return total.chunk(ctx.world_size)[ctx.rank].clone(), None, None, None
 
 
 def _exchange_shapes(
