@@ -168,13 +168,13 @@ def test_rows_only_blocks_on_the_cuda_path(monkeypatch, backend, dtype):
         assert_relative_close(got, want, grad_bound, "gradient")
 
 
-@pytest.mark.parametrize("in_place", [True, False], ids=["addmm-float32-accumulator", "older-torch-temporary"])
+@pytest.mark.parametrize("in_place", [True, False], ids=["addmm-float32-accumulator", "float32-temporary"])
 @pytest.mark.parametrize("backend", ["triton", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_precision_gemms_with_float32_results(monkeypatch, backend, dtype, in_place):
     """The backward's products of rounded softmax weights with half features, float32 results: the in-place
-    ``addmm`` into a float32 accumulator (torch 2.14) and the temporary that older releases need."""
-    monkeypatch.setattr(matmul, "_MIXED_ADDMM_IN_PLACE", in_place)
+    ``addmm`` into a float32 accumulator (CUDA) and the temporary where a device's ``addmm`` refuses it."""
+    monkeypatch.setattr(matmul, "_MIXED_ADDMM_IN_PLACE_DEVICES", ("cuda", "meta", "cpu") if in_place else ())
     image, text, labels = _batch(90, 40, dtype, seed=5)
     scale = torch.tensor(30.0, requires_grad=True)
     calls = []

@@ -4,15 +4,27 @@
 from __future__ import annotations
 
 import torch
+from torch.torch_version import TorchVersion
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: Devices with half-precision products that return float32 (``torch.mm(..., out_dtype=torch.float32)``), in torch
 #: releases that have them.
 _MIXED_PRODUCT_DEVICES = ("cuda", "meta") if "dtype" in torch.ops.aten.mm.overloads() else ()
-#: torch 2.14's CUDA ``addmm`` takes a float32 accumulator with half operands ("self dtype must match either
-#: out_dtype or mat1 dtype"); earlier releases with ``out_dtype`` wanted the accumulator in the operands' dtype, so
-#: there the product goes through a float32 temporary.
-_MIXED_ADDMM_IN_PLACE = torch.__version__ >= "2.14"
+
+
+def in_place_mixed_addmm_devices(torch_version: str) -> tuple[str, ...]:
+    """The device types whose ``addmm(acc, a, b, out_dtype=float32, out=acc)`` takes a float32 ``acc`` with half
+    ``a``, ``b`` in ``torch_version`` (a parsed version, never a string comparison).
+
+    CUDA's kernel does in every supported release (torch 2.11 and later carry its "self dtype must match either
+    out_dtype or mat1 dtype" check); the meta device's function does from torch 2.14 (torch 2.11's reads
+    ``out_dtype`` as the scalar ``beta`` and raises ``TypeError``). Elsewhere the product goes through a float32
+    temporary.
+    """
+    return ("cuda", "meta") if TorchVersion(torch_version) >= (2, 14) else ("cuda",)
+
+
+_MIXED_ADDMM_IN_PLACE_DEVICES = in_place_mixed_addmm_devices(torch.__version__)
 
 
 def uses_tensor_core_products(features: torch.Tensor) -> bool:
@@ -59,7 +71,7 @@ def mixed_addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     if a.dtype == acc.dtype:
         return torch.addmm(acc, a, b, out=acc)
     if a.device.type in _MIXED_PRODUCT_DEVICES:
-        if _MIXED_ADDMM_IN_PLACE:
+        if a.device.type in _MIXED_ADDMM_IN_PLACE_DEVICES:
             return torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
         return acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
     return torch.addmm(acc, a.to(acc.dtype), b.to(acc.dtype), out=acc)
