@@ -14,7 +14,7 @@ from unicl.loss.matmul import in_place_mixed_addmm_devices, mixed_addmm_, mixed_
     [
         ("2.9.0", ("cuda",)),  # "2.9.0" >= "2.14" as strings
         ("2.11.0+cu130", ("cuda",)),
-        ("2.14.0a0+git1234", ("cuda",)),  # a pre-release of 2.14 sorts before 2.14.0
+        ("2.14.0a0+git1234", ("cuda", "meta")),  # a 2.14 development build
         ("2.14.1", ("cuda", "meta")),
         ("2.20.0", ("cuda", "meta")),  # "2.20.0" < "2.3" as strings
         ("3.0.0.dev20270101", ("cuda", "meta")),

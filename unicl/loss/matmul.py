@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import torch
-from torch.torch_version import TorchVersion
+
+from unicl._versions import release
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: Devices with half-precision products that return float32 (``torch.mm(..., out_dtype=torch.float32)``), in torch
@@ -14,14 +15,14 @@ _MIXED_PRODUCT_DEVICES = ("cuda", "meta") if "dtype" in torch.ops.aten.mm.overlo
 
 def in_place_mixed_addmm_devices(torch_version: str) -> tuple[str, ...]:
     """The device types whose ``addmm(acc, a, b, out_dtype=float32, out=acc)`` takes a float32 ``acc`` with half
-    ``a``, ``b`` in ``torch_version`` (a parsed version, never a string comparison).
+    ``a``, ``b`` in ``torch_version`` (compared as a parsed release, never as a string).
 
     CUDA's kernel does in every supported release (torch 2.11 and later carry its "self dtype must match either
     out_dtype or mat1 dtype" check); the meta device's function does from torch 2.14 (torch 2.11's reads
     ``out_dtype`` as the scalar ``beta`` and raises ``TypeError``). Elsewhere the product goes through a float32
     temporary.
     """
-    return ("cuda", "meta") if TorchVersion(torch_version) >= (2, 14) else ("cuda",)
+    return ("cuda", "meta") if release(torch_version) >= (2, 14) else ("cuda",)
 
 
 _MIXED_ADDMM_IN_PLACE_DEVICES = in_place_mixed_addmm_devices(torch.__version__)
