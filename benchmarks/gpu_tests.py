@@ -12,6 +12,7 @@ deadline is stopped and counts as failed.
 
 Examples:
     python benchmarks/gpu_tests.py --budget 140
+    python benchmarks/gpu_tests.py --budget 190 --large-at-once 1
     python benchmarks/gpu_tests.py --list
 """
 
@@ -149,8 +150,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(budget: float, jobs: int, names: list[str], pytest_args: list[str]) -> bool:
-    """Run the groups ``names``, at most ``jobs`` at a time, in that order; returns whether all passed."""
+def is_large(name: str) -> bool:
+    """Whether a group runs the N = 131,072 tests, whose float64 references and float32 one-pass weights take about
+    25 GB of GPU memory each."""
+    return name.startswith("large-")
+
+
+def startable(waiting: list[Group], running: list[Group], jobs: int, large_at_once: int) -> Group | None:
+    """The first waiting group that may start now: fewer than ``jobs`` groups run, and a large group starts only
+    while fewer than ``large_at_once`` large groups run (a small group may pass a large one that must wait)."""
+    if len(running) >= jobs:
+        return None
+    large_running = sum(is_large(group.name) for group in running)
+    return next((g for g in waiting if not is_large(g.name) or large_running < large_at_once), None)
+
+
+def run(budget: float, jobs: int, names: list[str], pytest_args: list[str], large_at_once: int | None = None) -> bool:
+    """Run the groups ``names``, at most ``jobs`` at a time (and at most ``large_at_once`` large ones), in that
+    order as far as those limits allow; returns whether all passed."""
+    large_at_once = jobs if large_at_once is None else large_at_once
     deadline = time.monotonic() + budget - STOP_MARGIN_S
     environment = dict(os.environ)
     # Each group is one of 20 processes on the machine: one BLAS thread each is plenty for the float64 checks, and
@@ -165,8 +183,8 @@ def run(budget: float, jobs: int, names: list[str], pytest_args: list[str]) -> b
         previous_handler = signal.signal(signal.SIGTERM, _interrupt)
         try:
             while waiting or running:
-                while waiting and len(running) < jobs:
-                    group = waiting.pop(0)
+                while (group := startable(waiting, running, jobs, large_at_once)) is not None:
+                    waiting.remove(group)
                     start(group, pytest_args, environment)
                     running.append(group)
                 for group in [g for g in running if g.process is not None and g.process.poll() is not None]:
@@ -196,11 +214,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--jobs", type=int, default=len(GROUPS), help=f"processes at a time (default: every group, {len(GROUPS)})"
     )
     parser.add_argument(
+        "--large-at-once",
+        type=int,
+        default=None,
+        help="large groups (N = 131,072, about 25 GB of GPU memory each) running at a time (default: no limit "
+        "beyond --jobs; gpu_check.sh takes 1 on an 80 GB H100)",
+    )
+    parser.add_argument(
         "--groups", default=",".join(GROUPS), help="comma-separated groups to run (default: all, heaviest first)"
     )
     parser.add_argument("--list", action="store_true", help="print the groups and the pytest command, run nothing")
     args, rest = parser.parse_known_args(argv)
     unknown = sorted(set(args.groups.split(",")) - set(GROUPS))
+    if args.large_at_once is not None and args.large_at_once < 1:
+        parser.error(f"--large-at-once must be at least 1; got {args.large_at_once}")
     if unknown:
         parser.error(f"unknown groups {', '.join(unknown)}; the groups are {', '.join(GROUPS)}")
     return args, rest or ["tests/gpu"]
@@ -214,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(pytest_command(pytest_args)))
         print("\n".join(names))
         return 0
-    return 0 if run(args.budget, max(1, args.jobs), names, pytest_args) else 1
+    return 0 if run(args.budget, max(1, args.jobs), names, pytest_args, args.large_at_once) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import csv
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import namedtuple
@@ -30,7 +31,8 @@ from _groups import GROUPS, group_of  # noqa: E402
 
 from unicl import unicl_loss  # noqa: E402
 
-STEP_ORDER = ["a1", "a2", "b", "c", "d1", "d2", "d3", "e"]
+STEP_ORDER = ["b", "a1", "a2", "c", "d1", "d2", "d3", "e"]
+KILL_AFTER = 3
 
 
 def _bash(script: str, **env: str) -> subprocess.CompletedProcess:
@@ -39,32 +41,45 @@ def _bash(script: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def _dry_run(outdir: Path, *options: str) -> tuple[list[dict], int, list[str], str]:
-    """``(steps, total budget, output files, printed plan)`` of ``gpu_check.sh --dry-run``."""
+def _dry_run_plans(outdir: Path, *options: str) -> dict[str, tuple[list[dict], int, list[str], str]]:
+    """Each printed plan of ``gpu_check.sh --dry-run``, by card: ``(steps, total budget, output files, text)``."""
     result = subprocess.run(
         ["bash", str(SCRIPT), "--dry-run", *options, str(outdir)], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
-    steps: list[dict] = []
-    for line in result.stdout.splitlines():
-        if match := re.match(r"step (\S+)\s+budget\s+(\d+) s  (.*)", line):
-            steps.append({"id": match[1], "budget": int(match[2]), "description": match[3]})
-        elif match := re.match(r"\s+writes: (.*)", line):
-            steps[-1]["writes"] = [] if match[1] == "-" else match[1].split(", ")
-        elif match := re.match(r"\s+\$ (.*)", line):
-            steps[-1]["command"] = shlex.split(match[1])
-    total = int(re.search(r"^total budget: (\d+) s \(limit 480 s\)$", result.stdout, re.M)[1])
-    files_line = re.search(r"^output files \((\d+), limit 8\): (.*)$", result.stdout, re.M)
-    files = files_line[2].split()
-    assert int(files_line[1]) == len(files)
-    return steps, total, files, result.stdout
+    plans = {}
+    for text in re.split(r"(?m)^(?=gpu_check plan for )", result.stdout)[1:]:
+        card = re.match(r"gpu_check plan for (\S+) \(dry run\)", text)[1].lower()
+        steps: list[dict] = []
+        for line in text.splitlines():
+            if match := re.match(r"step (\S+)\s+budget\s+(\d+) s  (.*)", line):
+                steps.append({"id": match[1], "budget": int(match[2]), "description": match[3]})
+            elif match := re.match(r"\s+writes: (.*)", line):
+                steps[-1]["writes"] = [] if match[1] == "-" else match[1].split(", ")
+            elif match := re.match(r"\s+\$ (.*)", line):
+                steps[-1]["command"] = shlex.split(match[1])
+        pattern = rf"^total budget: (\d+) s with {KILL_AFTER} s to stop each step \(limit 480 s\)$"
+        total = int(re.search(pattern, text, re.M)[1])
+        files_line = re.search(r"^output files \((\d+), limit 8\): (.*)$", text, re.M)
+        files = files_line[2].split()
+        assert int(files_line[1]) == len(files)
+        plans[card] = (steps, total, files, text)
+    return plans
 
 
-def test_dry_run_prints_every_step_with_its_budget_and_files(tmp_path):
+def _dry_run(outdir: Path, *options: str, gpu: str = "h200") -> tuple[list[dict], int, list[str], str]:
+    """``(steps, total budget, output files, printed plan)`` of ``gpu_check.sh --dry-run --gpu GPU``."""
+    plans = _dry_run_plans(outdir, "--gpu", gpu, *options)
+    assert list(plans) == [gpu]
+    return plans[gpu]
+
+
+@pytest.mark.parametrize("gpu", ["h100", "h200"])
+def test_dry_run_prints_every_step_with_its_budget_and_files(tmp_path, gpu):
     outdir = tmp_path / "out"
-    steps, total, files, text = _dry_run(outdir)
+    steps, total, files, text = _dry_run(outdir, gpu=gpu)
     assert [step["id"] for step in steps] == STEP_ORDER, text
-    assert sum(step["budget"] for step in steps) == total <= 480
+    assert sum(step["budget"] + KILL_AFTER for step in steps) == total <= 480
     assert all(step["budget"] > 0 and step["command"] for step in steps)
     assert len(files) <= 8 and {"gpu_check.log", "summary.txt", "bench_loss.csv"} <= set(files)
     for step in steps:
@@ -78,6 +93,50 @@ def test_dry_run_prints_every_step_with_its_budget_and_files(tmp_path):
     tests_step = next(step for step in steps if step["id"] == "b")
     assert tests_step["command"][-2:] == ["--budget", str(tests_step["budget"])]
     assert not outdir.exists(), "a dry run writes nothing"
+
+
+def test_without_a_gpu_the_dry_run_prints_the_h100_and_the_h200_plans(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("a GPU is named here: the dry run prints its own plan")
+    plans = _dry_run_plans(tmp_path / "out")
+    assert list(plans) == ["h100", "h200"]
+    assert all(total <= 480 and len(files) <= 8 for _, total, files, _ in plans.values())
+
+
+def test_each_card_gets_a_plan_that_fits_its_memory(tmp_path):
+    """An 80 GB H100 runs the large float64-checked groups one at a time and the large benchmark at N = 131,072
+    only; a 141 GB H200 runs three large groups at once and N up to 262,144. Correctness comes first on both."""
+    for gpu, large_at_once, large_sizes in (("h100", "1", ["131072"]), ("h200", "3", ["131072", "262144"])):
+        steps, _, _, _ = _dry_run(tmp_path / "out", gpu=gpu)
+        by_id = {step["id"]: step for step in steps}
+        tests = by_id["b"]["command"]
+        assert steps[0]["id"] == "b" and tests[tests.index("--large-at-once") + 1] == large_at_once
+        large = by_id["d3"]["command"]
+        sizes = large[large.index("--n") + 1 : large.index("--labels")]
+        assert sizes == large_sizes, gpu
+
+
+def test_an_unknown_card_is_refused_with_one_line(tmp_path):
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--gpu", "a100", str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert result.stderr == "gpu_check: --gpu must be one of h100 h200; got a100\n"
+
+
+def test_the_summary_is_rewritten_after_every_step(tmp_path):
+    """A run cut short (the device call's own limit) still brings back the verdicts of the steps it finished."""
+    script = f"""
+        source {shlex.quote(str(SCRIPT))}
+        RUN_DATE=now
+        init_run {shlex.quote(str(tmp_path))}
+        run_step b 5 "the correctness step" true
+        cp {shlex.quote(str(tmp_path))}/summary.txt {shlex.quote(str(tmp_path))}/after_b.txt
+    """
+    result = _bash(script)
+    assert result.returncode == 0, result.stderr
+    after_b = (tmp_path / "after_b.txt").read_text()
+    assert re.search(r"^b .* PASS$", after_b, re.M) and "gpu_check: PASS" in after_b
 
 
 def test_dry_run_steps_option_marks_the_others_skipped(tmp_path):
@@ -147,7 +206,7 @@ def test_whole_run_with_a_stand_in_python_writes_only_the_planned_files(tmp_path
     stand_in.chmod(0o755)
     outdir = tmp_path / "out"
     result = subprocess.run(
-        ["bash", str(SCRIPT), str(outdir)],
+        ["bash", str(SCRIPT), "--gpu", "h100", str(outdir)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -157,8 +216,8 @@ def test_whole_run_with_a_stand_in_python_writes_only_the_planned_files(tmp_path
     summary = (outdir / "summary.txt").read_text()
     _, _, planned, _ = _dry_run(outdir)
     written = {path.name for path in outdir.iterdir()}
-    for step in STEP_ORDER[1:]:
-        assert re.search(rf"^{step} .* PASS$", summary, re.M), summary
+    for step in STEP_ORDER:
+        assert re.search(rf"^{step} .* {'SKIP' if step == 'a1' else 'PASS'}", summary, re.M), summary
     if extra:
         assert result.returncode == 1 and f"FAIL (not in the plan: {extra})" in summary
         assert written - set(planned) == {extra}
@@ -259,6 +318,21 @@ def test_every_gpu_test_belongs_to_one_launched_group():
     )
     kept_ids = [line for line in kept.stdout.splitlines() if "::" in line]
     assert kept_ids == [nodeid for nodeid in ids if group_of(nodeid) == group] and kept_ids
+
+
+def test_parallel_test_runner_holds_large_groups_to_their_limit():
+    """On an H100 one large group runs at a time; the small groups go past a large one that waits."""
+    import gpu_tests
+
+    def groups(*names):
+        return [gpu_tests.Group(name, Path(name)) for name in names]
+
+    running = groups("large-fp32", "onepass-bf16-main")
+    waiting = groups("large-bf16", "large-fp16", "chunked")
+    assert gpu_tests.startable(waiting, running, jobs=20, large_at_once=1).name == "chunked"
+    assert gpu_tests.startable(waiting, running, jobs=20, large_at_once=3).name == "large-bf16"
+    assert gpu_tests.startable(waiting, running, jobs=2, large_at_once=3) is None
+    assert gpu_tests.startable(groups("large-bf16"), running, jobs=20, large_at_once=1) is None
 
 
 def test_parallel_test_runner_prints_each_group_and_fails_if_one_fails(tmp_path):
