@@ -15,7 +15,7 @@ import pytest
 import torch
 from stack import interpreter_stack_problem
 
-from unicl import _versions
+from unicl import _versions, unicl_loss
 from unicl._versions import MINIMUM_PYTHON, MINIMUM_TORCH, MINIMUM_TRITON, release, too_old
 from unicl.loss.kernels import availability
 
@@ -69,12 +69,15 @@ def test_import_unicl_refuses_an_older_torch_in_a_fresh_process(tmp_path):
 
 
 def test_an_older_triton_is_refused_by_the_triton_backends(monkeypatch):
-    monkeypatch.setattr(availability, "_install_problem", [])
-    monkeypatch.setattr(availability, "installed_version", lambda name: "3.5.1")
     if availability.importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed here")
-    reason = availability.triton_unavailable_reason(torch.device("cuda"), torch.float32)
-    assert reason == "unicl needs triton >= 3.6, found 3.5.1: pip install 'triton>=3.6'"
+    monkeypatch.setattr(availability, "installed_version", lambda name: "3.5.1")
+    problem = availability.triton_install_problem()
+    assert problem == "unicl needs triton >= 3.6, found 3.5.1: pip install 'triton>=3.6'"
+    monkeypatch.setattr(availability, "TRITON_INSTALL_PROBLEM", problem)
+    assert availability.triton_unavailable_reason(torch.device("cuda"), torch.float32) == problem
+    with pytest.raises(RuntimeError, match=r'backend="triton" cannot run here: unicl needs triton >= 3\.6'):
+        unicl_loss(torch.randn(4, 8), torch.randn(4, 8), backend="triton")
 
 
 def test_the_installed_stack_meets_the_floor():

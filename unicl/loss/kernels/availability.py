@@ -17,25 +17,18 @@ from unicl._versions import MINIMUM_TRITON, installed_version, too_old
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-#: `triton_install_problem`'s answer, once asked.
-_install_problem: list[str | None] = []
-
-
-@torch.compiler.assume_constant_result
 def triton_install_problem() -> str | None:
     """``None`` when a supported Triton is installed, else a sentence saying what is missing; found without
-    importing Triton, and looked up once per process.
+    importing Triton."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return too_old("triton", installed_version("triton"), MINIMUM_TRITON)
 
-    Decided outside the traced code under ``torch.compile``: dynamo refuses to trace ``importlib.util.find_spec``
-    (torch 2.11 raises ``Unsupported`` under ``fullgraph=True``), so it calls this function eagerly and keeps the
-    answer as a constant of the graph. (``functools.cache`` would hide the marker from dynamo.)
-    """
-    if not _install_problem:
-        if importlib.util.find_spec("triton") is None:
-            _install_problem.append("triton is not installed")
-        else:
-            _install_problem.append(too_old("triton", installed_version("triton"), MINIMUM_TRITON))
-    return _install_problem[0]
+
+#: `triton_install_problem`'s answer, looked up once when this module is imported, so that ``torch.compile`` never
+#: traces the lookup: dynamo refuses ``importlib.util.find_spec`` (torch 2.11 raises ``Unsupported`` under
+#: ``fullgraph=True``), and marking the function for dynamo would import ``torch._dynamo``, and with it Triton.
+TRITON_INSTALL_PROBLEM = triton_install_problem()
 
 
 def interpreter_active() -> bool:
@@ -52,9 +45,8 @@ def interpreter_active() -> bool:
 
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     """``None`` if the Triton backend can run on ``device`` for ``dtype`` features, else a sentence saying why not."""
-    problem = triton_install_problem()
-    if problem is not None:
-        return problem
+    if TRITON_INSTALL_PROBLEM is not None:
+        return TRITON_INSTALL_PROBLEM
     if dtype not in TRITON_DTYPES:
         return f"the Triton kernels take float16, bfloat16 or float32 features, not {dtype}"
     if device.type == "cuda" or (device.type == "cpu" and interpreter_active()):
