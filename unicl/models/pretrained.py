@@ -200,7 +200,8 @@ def resolve_pretrained(model: str, pretrained: str | os.PathLike[str]) -> Path:
 def _is_bare_name(pretrained: str | os.PathLike[str]) -> bool:
     """Whether ``pretrained`` is a file name without a folder (``in21k.pth``), which may live in `checkpoint_dir`."""
     text = os.fspath(pretrained)
-    return bool(text) and os.sep not in text and (os.altsep is None or os.altsep not in text) and text not in (".", "..")
+    folders = os.sep + (os.altsep or "")
+    return text not in ("", ".", "..") and not any(separator in text for separator in folders)
 
 
 def check_file(entry: PretrainedCheckpoint, path: str | os.PathLike[str]) -> None:
