@@ -251,6 +251,62 @@ def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(dat
     assert (output / "final" / "model.safetensors").is_file()
 
 
+def _start_in_a_group(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` as the leader of its own process group (as SLURM's job step or a terminal's foreground job)."""
+    with log.open("w") as stream:
+        return subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+
+
+def _wait_for_training(process: subprocess.Popen, output: Path, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not ((output / "log.jsonl").exists() and _records(output, "train")):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_process_group_with_workers_checkpoints_and_resume_goes_on(data, tmp_path, number):
+    """SLURM signals every process of the job step and Ctrl-C the foreground group: the data-loading workers too."""
+    output, log = tmp_path / "run", tmp_path / "run.log"
+    options = _options(data, output, "--steps", "3000", "--workers", "2", "--save-every", "0")
+    process = _start_in_a_group([sys.executable, "-m", "unicl.train", *options], log)
+    _wait_for_training(process, output, log)
+    os.killpg(process.pid, number)
+    process.wait(timeout=300)
+    report = log.read_text()
+    assert process.returncode == 128 + number, report[-3000:]
+    assert "Traceback" not in report and "DataLoader worker" not in report, report[-3000:]
+    step = _records(output, "signal")[0]["step"]
+    lines = [line for line in report.splitlines() if "received" in line]
+    assert lines == [f"{number.name} received: checkpoint of step {step} written; resume with --resume auto"]
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    main(_options(data, output, "--steps", str(step + 2), "--workers", "2", "--resume", "auto"))
+    assert _records(output, "resume")[0]["step"] == step
+    assert (output / "final" / "model.safetensors").is_file()
+
+
+def test_a_sigterm_to_a_torchrun_jobs_group_with_workers_checkpoints_every_rank_and_resume_goes_on(data, tmp_path):
+    output, log = tmp_path / "run", tmp_path / "torchrun.log"
+    options = _options(data, output, "--steps", "3000", "--workers", "2", "--save-every", "0")
+    process = _start_in_a_group([*TORCHRUN, *options], log)
+    _wait_for_training(process, output, log)
+    os.killpg(process.pid, signal.SIGTERM)  # torchrun, both ranks and their workers
+    process.wait(timeout=300)
+    report = log.read_text()
+    # torchrun itself reports the signal with its own traceback; the ranks and their workers print none.
+    assert "DataLoader worker" not in report and "unicl/training" not in report, report[-3000:]
+    step = _records(output, "signal")[0]["step"]
+    assert f"SIGTERM received: checkpoint of step {step} written; resume with --resume auto" in report
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    resumed = _torchrun(*_options(data, output, "--steps", str(step + 1), "--workers", "2", "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _records(output, "resume")[0]["step"] == step
+    assert (output / "final" / "model.safetensors").is_file()
+
+
 def _worker_ranks(output) -> dict[int, int]:
     """``{rank: pid}`` of the training workers (not torchrun itself) writing to ``output``, found through /proc."""
     ranks = {}

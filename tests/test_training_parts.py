@@ -7,8 +7,10 @@ import io
 import itertools
 import json
 import math
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -30,6 +32,7 @@ from unicl.training.mixing import batch_shares, join_batches
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
+from unicl.training.signals import StopSignals, worker_ignores_stop_signals
 
 # --- mixing sources --------------------------------------------------------------------------------------------------
 
@@ -334,3 +337,60 @@ def test_docstring_examples_render_with_their_prompts(module_name):
         assert any(">>>" in body for body in rendered), f"{module_name}: {getattr(value, '__qualname__', value)}"
         examples += 1
     assert examples >= 1
+
+
+def test_ctrl_c_asks_for_a_checkpoint_and_a_second_one_stops_at_once():
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            # The handler runs at the next bytecode boundary; this loop gives it some.
+            for _ in range(1000):
+                pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == 0
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+class _Pid(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1_000_000
+
+    def __getitem__(self, index: int) -> int:
+        return os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="the workers tell senders apart by sigwaitinfo")
+def test_workers_outlive_the_groups_stop_signals_and_leave_when_their_loader_stops():
+    loader = DataLoader(_Pid(), batch_size=2, num_workers=2, worker_init_fn=worker_ignores_stop_signals)
+    batches = iter(loader)
+    workers = {int(pid) for _ in range(4) for pid in next(batches)}
+    assert len(workers) == 2
+    # Sent by another process, as SLURM's and a terminal's are (a SIGTERM from the loader's own process ends a worker).
+    sender = (
+        "import os, sys\n"
+        "for number in sys.argv[1].split(','):\n"
+        "    for pid in sys.argv[2:]:\n"
+        "        os.kill(int(pid), int(number))"
+    )
+    numbers = ",".join(str(int(number)) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1))
+    with StopSignals() as stop:
+        subprocess.run([sys.executable, "-c", sender, numbers, *map(str, workers)], check=True)
+        # Served after the signals: the workers are alive (a dead one fails this with the DataLoader's error).
+        assert {int(pid) for _ in range(8) for pid in next(batches)} == workers
+    assert stop.received == 0  # sent to the workers only
+    processes = list(batches._workers)  # type: ignore[attr-defined]
+    del batches
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0

@@ -11,6 +11,7 @@ argparse's usage line and ``PROG: error: MESSAGE`` on standard error, exit statu
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from unicl._checks import CommandParser, default_workers, program_name
@@ -208,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-on-signal",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="on SIGTERM or SIGUSR1 (a scheduler's preemption notice) finish the step, write a checkpoint and exit "
-        "with status 128 + the signal's number; costs one tiny all-reduce per step (default: on)",
+        help="on SIGTERM or SIGUSR1 (a scheduler's preemption notice) or SIGINT (Ctrl-C; a second one stops at "
+        "once), sent to the main process or to its whole process group, finish the step, write a checkpoint and exit "
+        "with status 128 + the signal's number (143, 138, 130); costs one tiny all-reduce per step (default: on)",
     )
 
     evaluation = parser.add_argument_group("evaluation")
@@ -284,6 +286,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
         # Bad data or settings found while building the run: one line naming the problem, no traceback.
         parser.error(" ".join(str(error).split()))
+    except KeyboardInterrupt:
+        # A Ctrl-C before the loop, or a second one during it (the first asks for a checkpoint): stop at once.
+        parser.exit(
+            128 + signal.SIGINT,
+            f"{parser.prog}: interrupted: the step in progress is lost; resume from the newest checkpoint in "
+            f"{args.output / 'checkpoints'} with --resume auto\n",
+        )
 
 
 if __name__ == "__main__":

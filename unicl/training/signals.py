@@ -1,27 +1,33 @@
-"""Stop requests from the job scheduler: a signal noted now, acted on at the next step boundary.
+"""Stop requests from the job scheduler or the terminal: a signal noted now, acted on at the next step boundary.
 
 Clusters warn a job before they end it: SLURM sends ``SIGTERM`` (and, with ``--signal=USR1@120``, ``SIGUSR1`` two
 minutes ahead), Kubernetes sends ``SIGTERM`` and waits a grace period, and torchrun passes ``SIGTERM`` on to its
-workers. Handled here, such a signal lets the run write a checkpoint at the end of the step it is in, instead of losing
-every step since the last one.
+workers; Ctrl-C sends ``SIGINT``. SLURM and the terminal signal every process of the job step or of the foreground
+process group, the data-loading workers too, not only the main process. Handled here, such a signal lets the run write
+a checkpoint at the end of the step it is in, instead of losing every step since the last one: the main process notes
+it (`StopSignals`), and the workers leave it to the main process (`worker_ignores_stop_signals`), which shuts them down
+when it stops.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-#: The signals a run answers with a checkpoint and a clean exit.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: The signals a run answers with a checkpoint and a clean exit (status 128 + the signal's number).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopSignals:
     """Within a ``with`` block, note the first of ``signals`` received instead of dying of it.
 
-    Outside the main thread (where Python cannot install handlers) nothing is installed and nothing is noted. The
-    previous handlers come back when the block ends.
+    Outside the main thread (where Python cannot install handlers) nothing is installed and nothing is noted, and a
+    signal the process ignores (a background job's ``SIGINT``) stays ignored. Once a signal has been noted, ``SIGINT``
+    gets its previous handler back, so a second Ctrl-C stops at once (``KeyboardInterrupt``). The previous handlers
+    come back when the block ends.
 
     Args:
         signals: the signals to note.
@@ -38,13 +44,17 @@ class StopSignals:
         self._previous: dict[signal.Signals, Any] = {}
 
     def _note(self, number: int, frame: FrameType | None) -> None:
-        if not self.received:
-            self.received = number
+        if self.received:
+            return
+        self.received = number
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def __enter__(self) -> StopSignals:
         if self.enabled and threading.current_thread() is threading.main_thread():
             for number in self.signals:
-                self._previous[number] = signal.signal(number, self._note)
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._note)
         return self
 
     def __exit__(
@@ -53,3 +63,33 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores the stop signals sent to its whole process group.
+
+    A worker that died of the group's ``SIGTERM`` (or left on the group's ``SIGINT``) would fail the main process's
+    next batch; ignoring them, it goes on serving batches until the main process, which noted the signal, has
+    finished its step and shuts the workers down. A ``SIGTERM`` from the main process itself (what the DataLoader
+    sends a worker that does not leave when asked) still ends the worker: where ``signal.sigwaitinfo`` exists, a
+    thread takes every ``SIGTERM`` and tells the two apart by the sender's process id; elsewhere ``SIGTERM`` keeps
+    the DataLoader's handler. A worker whose main process has died leaves on its own (the DataLoader's watchdog).
+
+    Args:
+        worker_id: the worker's number (unused: every worker does the same).
+    """
+    for number in STOP_SIGNALS:
+        if number != signal.SIGTERM:
+            signal.signal(number, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    # Blocked (not ignored: an ignored signal is discarded), the signal waits for the thread, which every later
+    # thread's inherited mask leaves alone.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_leave_on_main_process_sigterm, args=(os.getppid(),), daemon=True).start()
+
+
+def _leave_on_main_process_sigterm(main_process: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_process:
+            os._exit(0)

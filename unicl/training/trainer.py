@@ -53,7 +53,7 @@ from unicl.training.runtime import Runtime, start_runtime, stop_runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions, read_captions
-from unicl.training.signals import StopSignals
+from unicl.training.signals import StopSignals, worker_ignores_stop_signals
 
 #: Bumped when the checkpoint's layout changes.
 CHECKPOINT_FORMAT = 1
@@ -304,6 +304,8 @@ class Trainer:
             "pin_memory": self.device.type == "cuda",
             # The loader's own generator: creating it does not advance the global one the checkpoint restores.
             "generator": torch.Generator().manual_seed(derive_seed("loader", args.seed, runtime.rank)),
+            # A stop signal sent to the process group reaches the workers too: the main process answers it.
+            "worker_init_fn": worker_ignores_stop_signals if args.checkpoint_on_signal else None,
         }
         if isinstance(dataset, ShardedCaptions):
             return DataLoader(dataset, batch_size=batch_size, **options)
@@ -579,6 +581,8 @@ class Trainer:
                 return None
             return self._write_final()
         finally:
+            # The loaders' workers leave now, asked, before the interpreter's exit would wait for them.
+            self.batches.close()
             self.log.close()
 
     def _train_until(self, end: int, stop: StopSignals) -> None:
