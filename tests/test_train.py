@@ -721,6 +721,34 @@ def test_an_unreadable_training_image_is_one_line_naming_its_option_and_file(dat
     assert f"cannot identify image file {str(broken)!r}" in error[-1] and "BufferedReader" not in error[-1]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("source", ["folder", "captions"])
+def test_a_truncated_training_image_is_named_with_its_source(data, tmp_path, capsys, workers, source):
+    """PIL's error for a half-written file names no file: the message adds it, and the folder or caption row."""
+    folders = tmp_path / "train"
+    shutil.copytree(data / "train", folders)
+    broken = sorted((folders / sorted(os.listdir(folders))[0]).iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:-40])
+    arguments = _options(data, tmp_path / "run", "--steps", "3", "--workers", workers)
+    where = arguments.index("--image-folder")
+    if source == "folder":
+        arguments[where + 1] = str(folders)
+        option, origin = "--image-folder", f"(image folder {folders})"
+    else:
+        rows = (data / "captions.csv").read_text().splitlines()
+        (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+        row = next(n for n, line in enumerate(rows[1:], start=1) if line.startswith(str(broken.relative_to(tmp_path))))
+        arguments[where : where + 2] = ["--captions", str(tmp_path / "captions.csv")]
+        option, origin = "--captions", f"(row {row} of {tmp_path / 'captions.csv'})"
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(error)
+    assert error[-1].startswith(f"python -m unicl.train: error: {option}: {broken}: image file is truncated")
+    assert error[-1].endswith(origin)
+
+
 def test_a_missing_data_path_is_refused_by_its_option_before_torch_loads(tmp_path, capsys):
     (tmp_path / "c.csv").write_text("image,caption\n")
     missing = str(tmp_path / "missing")
