@@ -294,12 +294,15 @@ def test_the_log_writes_jsonl_and_tensorboard_scalars(tmp_path, monkeypatch):
     assert scalars == [("train/loss", 1.5, 5), ("train/lr", 0.1, 5), "closed"]
 
 
-def test_without_tensorboard_the_log_warns_and_goes_on(tmp_path, monkeypatch):
+def test_without_tensorboard_the_log_is_silent_unless_it_was_asked_for(tmp_path, monkeypatch, recwarn):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    with pytest.warns(UserWarning, match="tensorboard is not installed"):
-        log = RunLog(tmp_path, total_steps=2, progress=False)
+    log = RunLog(tmp_path, total_steps=2, progress=False)
     log.record(1, "eval", {"top1": 0.5})
     log.close()
+    assert [str(warning.message) for warning in recwarn] == []
+    assert not (tmp_path / "tensorboard").exists()
+    with pytest.raises(ImportError, match=r"^--tensorboard needs the tensorboard package: pip install tensorboard"):
+        RunLog(tmp_path / "asked", total_steps=2, progress=False, tensorboard=True)
     silent = RunLog(tmp_path / "other", total_steps=2, enabled=False)
     silent.record(1, "train", {"loss": 1.0})
     assert not (tmp_path / "other").exists()

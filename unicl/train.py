@@ -246,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also log to OUTPUT/tensorboard when the tensorboard package is installed (default: on)",
+        default=None,
+        help="also log to OUTPUT/tensorboard (default: when the tensorboard package is installed; --tensorboard "
+        "without it is an error)",
     )
     logging.add_argument(
         "--no-progress", action="store_true", help="no progress bar on standard error (for logs of batch jobs)"
