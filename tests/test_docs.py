@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -240,6 +241,31 @@ def test_every_package_name_on_a_page_exists(page):
     Design page's table of moved names names the old places on purpose, in its first column only)."""
     names = sorted(set(PACKAGE_NAME.findall(_without_moved_names(page.read_text()))))
     assert [name for name in names if not _resolves(name)] == []
+
+
+def test_every_dotted_name_on_the_pages_resolves_after_a_plain_import_unicl():
+    """What a reader types: ``import unicl``, then ``unicl.a.b.c`` as the page shows it, in a fresh interpreter (where
+    no other import has put a submodule on its package already)."""
+    names = sorted(
+        {name for page in [*PAGES, README] for name in PACKAGE_NAME.findall(_without_moved_names(page.read_text()))}
+    )
+    walk = (
+        "import json, sys\n"
+        "import unicl\n"
+        "failed = []\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    value = unicl\n"
+        "    try:\n"
+        "        for attribute in name.split('.')[1:]:\n"
+        "            value = getattr(value, attribute)\n"
+        "    except AttributeError:\n"
+        "        failed.append(name)\n"
+        "print(json.dumps(failed))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", walk, json.dumps(names)], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert len(names) > 100 and json.loads(done.stdout) == []
 
 
 def _without_moved_names(text: str) -> str:
