@@ -8,6 +8,7 @@ import doctest
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -305,3 +306,37 @@ def test_docstring_examples_are_under_the_section_title_that_renders_their_promp
         if re.fullmatch(r"\s*Example:\s*", line)
     ]
     assert titled_singular == []
+
+
+def _public_objects(module):
+    """``module``'s objects with public names, depth first (aliases, which are documented where they are defined,
+    left out)."""
+    for member in module.members.values():
+        if member.is_alias or member.name.startswith("_"):
+            continue
+        yield member
+        if member.is_module or member.is_class:
+            yield from _public_objects(member)
+
+
+def test_every_returns_section_renders_as_one_value_with_the_docs_options():
+    """griffe reads a Google-style Returns section as a list of items by default, so each wrapped line of one value's
+    description rendered as another returned value (with the signature's type): the docs' options keep it whole."""
+    griffe = pytest.importorskip("griffe")
+    yaml = pytest.importorskip("yaml")
+    logging.getLogger("griffe").setLevel(logging.ERROR)
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    (handlers,) = [plugin["mkdocstrings"]["handlers"] for plugin in config["plugins"] if "mkdocstrings" in plugin]
+    options = handlers["python"]["options"]
+    parser_options = options.get("docstring_options", {})
+    package = griffe.load("unicl", search_paths=[str(ROOT)], docstring_parser=options["docstring_style"],
+                          docstring_options=parser_options, allow_inspection=False)  # fmt: skip
+    sections = {
+        item.path: section
+        for item in _public_objects(package)
+        if item.docstring is not None
+        for section in item.docstring.parse(options["docstring_style"], **parser_options)
+        if section.kind.value == "returns"
+    }
+    assert len(sections) > 50
+    assert {path: len(section.value) for path, section in sections.items() if len(section.value) != 1} == {}
