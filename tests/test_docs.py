@@ -160,6 +160,14 @@ def test_no_raw_roles_on_the_rendered_api_pages(tmp_path):
         html = page.read_text(encoding="utf-8")
         assert 'class="doc doc-' in html, f"{page}: mkdocstrings rendered nothing"
         assert raw_roles(html) == [], page
+        # The page's table of contents: public names only.
+        contents = html[html.index("md-nav--secondary") :]
+        entries = [re.sub(r"<[^>]+>|\s", "", entry) for entry in TOC_ENTRY.findall(contents)]
+        assert entries and [entry for entry in entries if entry.startswith("_")] == [], page
+
+
+#: An entry of a page's table of contents in the material theme's HTML.
+TOC_ENTRY = re.compile(r'<span class="md-ellipsis">(.*?)</span>', flags=re.S)
 
 
 def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
