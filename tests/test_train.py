@@ -749,6 +749,44 @@ def test_a_truncated_training_image_is_named_with_its_source(data, tmp_path, cap
     assert error[-1].endswith(origin)
 
 
+def _with_a_truncated_image(data, tmp_path) -> tuple[Path, Path]:
+    """A copy of the training folders with one PNG cut short: ``(folders, the broken file)``."""
+    folders = tmp_path / "train"
+    shutil.copytree(data / "train", folders)
+    broken = sorted((folders / sorted(os.listdir(folders))[0]).iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:-40])
+    return folders, broken
+
+
+def test_skip_unreadable_replaces_a_truncated_image_and_counts_it(data, tmp_path, capfd):
+    folders, broken = _with_a_truncated_image(data, tmp_path)
+    # 48 images, 8 a step: 7 steps read every one of them once, the broken one too.
+    arguments = _options(data, tmp_path / "run", "--steps", "7", "--workers", "2", "--skip-unreadable")
+    arguments[arguments.index("--image-folder") + 1] = str(folders)
+    assert main(arguments) is not None
+    errors = capfd.readouterr().err  # the workers' lines too
+    assert f"skipping an unreadable image: {broken}: image file is truncated" in errors
+    skipped = _records(tmp_path / "run", "unreadable")[0]["skipped"]
+    assert skipped >= 1 and f"--skip-unreadable: {skipped} reads of unreadable images skipped" in errors
+    assert _records(tmp_path / "run", "train")[-1]["unreadable_skipped"] == skipped
+
+
+def test_check_data_names_every_bad_file_before_the_first_step(data, tmp_path, capsys):
+    folders, broken = _with_a_truncated_image(data, tmp_path)
+    (folders / "zero" / "notes.png").write_text("not an image")
+    arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--check-data")
+    arguments[arguments.index("--image-folder") + 1] = str(folders)
+    with pytest.raises(SystemExit):
+        main(arguments)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m unicl.train: error: --check-data: 2 of 49 image files fail their header check")
+    assert f"{broken}: PNG file is truncated (no IEND chunk at its end) (image folder {folders})" in error
+    assert f"{folders / 'zero' / 'notes.png'}: cannot identify image file (image folder {folders})" in error
+    assert not _records(tmp_path / "run", "train")
+    main(_options(data, tmp_path / "clean", "--steps", "2", "--workers", "0", "--check-data"))
+    assert "--check-data: the headers of 48 image files read in" in capsys.readouterr().err
+
+
 def test_a_missing_data_path_is_refused_by_its_option_before_torch_loads(tmp_path, capsys):
     (tmp_path / "c.csv").write_text("image,caption\n")
     missing = str(tmp_path / "missing")

@@ -3,7 +3,9 @@ data-loading workers too, and its one-line message, so a command can blame the a
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -90,6 +92,40 @@ class ReportingDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return read_or_report(self.dataset.__getitem__, index)
+
+
+class SkippingUnreadable(Dataset):
+    """``dataset`` whose unreadable samples are replaced by the next readable one (index ``i + 1``, ``i + 2``, ...,
+    wrapping around), each skip named on standard error and counted.
+
+    The replacement depends on the index alone, so a run that skips stays reproducible step by step, and every batch
+    keeps its size. The count is shared with the DataLoader's worker processes.
+
+    Args:
+        dataset: a map-style dataset whose read errors are `UnreadableImage` (`reporting_unreadable`).
+
+    Attributes:
+        skipped: a shared counter (``skipped.value``): reads of unreadable samples so far.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.classes = getattr(dataset, "classes", None)
+        self.skipped = multiprocessing.Value("q", 0)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        size = len(self)
+        for offset in range(size):
+            try:
+                return self.dataset[(index + offset) % size]
+            except UnreadableImage as error:
+                with self.skipped.get_lock():
+                    self.skipped.value += 1
+                print(f"skipping an unreadable image: {unreadable_message(error)}", file=sys.stderr, flush=True)
+        raise UnreadableImage(f"every one of the {size} images is unreadable")
 
 
 @overload
