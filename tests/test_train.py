@@ -307,6 +307,22 @@ def test_a_sigterm_to_a_torchrun_jobs_group_with_workers_checkpoints_every_rank_
     assert (output / "final" / "model.safetensors").is_file()
 
 
+def test_a_ctrl_c_outside_the_loop_stops_at_once_in_one_line(data, tmp_path, capsys, monkeypatch):
+    """Before the first step (or a second Ctrl-C during the loop) there is no step to finish: status 130, one line."""
+
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, tmp_path / "run", "--steps", "3", "--workers", "0"))
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m unicl.train: interrupted: the step in progress is lost; the checkpoints already in "
+        f"{tmp_path / 'run' / 'checkpoints'} resume with --resume auto"
+    ]
+
+
 def _worker_ranks(output) -> dict[int, int]:
     """``{rank: pid}`` of the training workers (not torchrun itself) writing to ``output``, found through /proc."""
     ranks = {}

@@ -293,20 +293,21 @@ def main(argv: list[str] | None = None) -> Path | None:
         check_options(args)
     except ValueError as error:
         parser.error(str(error))
-    # torch, timm and the data libraries load only now that the options are known to be sound.
-    from unicl.training.trainer import TrainingError, train
-
     try:
-        return train(args)
-    except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
-        # Bad data or settings found while building the run: one line naming the problem, no traceback.
-        parser.error(" ".join(str(error).split()))
+        # torch, timm and the data libraries load only now that the options are known to be sound.
+        from unicl.training.trainer import TrainingError, train
+
+        try:
+            return train(args)
+        except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
+            # Bad data or settings found while building the run: one line naming the problem, no traceback.
+            parser.error(" ".join(str(error).split()))
     except KeyboardInterrupt:
         # A Ctrl-C before the loop, or a second one during it (the first asks for a checkpoint): stop at once.
         parser.exit(
             128 + signal.SIGINT,
-            f"{parser.prog}: interrupted: the step in progress is lost; resume from the newest checkpoint in "
-            f"{args.output / 'checkpoints'} with --resume auto\n",
+            f"{parser.prog}: interrupted: the step in progress is lost; the checkpoints already in "
+            f"{args.output / 'checkpoints'} resume with --resume auto\n",
         )
 
 
