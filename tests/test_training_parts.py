@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
+from unicl.data.workers import worker_ignores_stop_signals
 from unicl.text.prompts import LabelToPrompt
 from unicl.training.logs import RunLog
 from unicl.training.mixing import batch_shares, join_batches
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
-from unicl.training.signals import StopSignals, worker_ignores_stop_signals
+from unicl.training.signals import StopSignals
 
 # --- mixing sources --------------------------------------------------------------------------------------------------
 

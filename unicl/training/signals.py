@@ -5,20 +5,18 @@ minutes ahead), Kubernetes sends ``SIGTERM`` and waits a grace period, and torch
 workers; Ctrl-C sends ``SIGINT``. SLURM and the terminal signal every process of the job step or of the foreground
 process group, the data-loading workers too, not only the main process. Handled here, such a signal lets the run write
 a checkpoint at the end of the step it is in, instead of losing every step since the last one: the main process notes
-it (`StopSignals`), and the workers leave it to the main process (`worker_ignores_stop_signals`), which shuts them down
-when it stops.
+it (`StopSignals`), and the workers leave it to the main process
+(`unicl.data.workers.worker_ignores_stop_signals`), which shuts them down when it stops.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-#: The signals a run answers with a checkpoint and a clean exit (status 128 + the signal's number).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+from unicl.data.workers import STOP_SIGNALS
 
 
 class StopSignals:
@@ -63,33 +61,3 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
-
-
-def worker_ignores_stop_signals(worker_id: int) -> None:
-    """A DataLoader ``worker_init_fn``: the worker ignores the stop signals sent to its whole process group.
-
-    A worker that died of the group's ``SIGTERM`` (or left on the group's ``SIGINT``) would fail the main process's
-    next batch; ignoring them, it goes on serving batches until the main process, which noted the signal, has
-    finished its step and shuts the workers down. A ``SIGTERM`` from the main process itself (what the DataLoader
-    sends a worker that does not leave when asked) still ends the worker: where ``signal.sigwaitinfo`` exists, a
-    thread takes every ``SIGTERM`` and tells the two apart by the sender's process id; elsewhere ``SIGTERM`` keeps
-    the DataLoader's handler. A worker whose main process has died leaves on its own (the DataLoader's watchdog).
-
-    Args:
-        worker_id: the worker's number (unused: every worker does the same).
-    """
-    for number in STOP_SIGNALS:
-        if number != signal.SIGTERM:
-            signal.signal(number, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):
-        return
-    # Blocked (not ignored: an ignored signal is discarded), the signal waits for the thread, which every later
-    # thread's inherited mask leaves alone.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_leave_on_main_process_sigterm, args=(os.getppid(),), daemon=True).start()
-
-
-def _leave_on_main_process_sigterm(main_process: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_process:
-            os._exit(0)

@@ -32,6 +32,7 @@ from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
 from unicl.data.headers import check_image_headers
 from unicl.data.transforms import image_transform
 from unicl.data.unreadable import SkippingUnreadable, UnreadableImage, reporting_unreadable, unreadable_message
+from unicl.data.workers import worker_ignores_stop_signals
 from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.module import UniCLLoss
 from unicl.models import (
@@ -54,7 +55,7 @@ from unicl.training.runtime import Runtime, start_runtime, stop_runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions, read_captions
-from unicl.training.signals import StopSignals, worker_ignores_stop_signals
+from unicl.training.signals import StopSignals
 
 #: Bumped when the checkpoint's layout changes.
 CHECKPOINT_FORMAT = 1
