@@ -389,3 +389,11 @@ def test_a_missing_release_file_name_says_where_it_looked(monkeypatch, tmp_path)
     assert "\n" not in message
     assert str(tmp_path / "in21k_yfcc14m_swin_base.pth") in message
     assert str(tmp_path / "home" / "checkpoints" / "in21k_yfcc14m_swin_base.pth") in message
+
+
+def test_a_release_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    from unicl.models.official import read_official_checkpoint
+
+    (tmp_path / "junk.pth").write_bytes(b"junk\n")
+    with pytest.raises(ValueError, match=r"junk\.pth is not a readable PyTorch checkpoint of tensors"):
+        read_official_checkpoint(tmp_path / "junk.pth")
