@@ -114,7 +114,6 @@ class CaptionPairs(Dataset):
         if not files:
             raise ValueError("paths must be a caption file or a non-empty sequence of them")
         self.rows: list[tuple[Path, str]] = []
-        #: Each distinct image's first listing: ``(caption file, row)``, rows counted from 1 after the header.
         self.listed: dict[Path, tuple[Path, int]] = {}
         for path in files:
             rows = read_caption_file(path)
