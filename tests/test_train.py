@@ -267,7 +267,7 @@ def _wait_for_training(process: subprocess.Popen, output: Path, log: Path) -> No
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_a_signal_to_the_process_group_with_workers_checkpoints_and_resume_goes_on(data, tmp_path, number):
     """SLURM signals every process of the job step and Ctrl-C the foreground group: the data-loading workers too."""
     output, log = tmp_path / "run", tmp_path / "run.log"
