@@ -138,3 +138,24 @@ def test_a_checkpoint_that_cannot_be_opened_is_not_taken_for_damage(tmp_path, mo
     monkeypatch.setattr(Path, "open", refusing_open)
     with pytest.raises(UnusableCheckpoint, match=r"step-000000002\.pt cannot be opened: Permission denied"):
         checkpoints.load_latest()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_users_umask(tmp_path, umask):
+    """Checkpoints, saved models and feature caches are written atomically, with the mode any file of the user gets."""
+    import unicl
+    from unicl.evaluation.features import _write_cache
+
+    previous = os.umask(umask)
+    try:
+        checkpoint = CheckpointDirectory(tmp_path / "checkpoints").save(1, _state(1))
+        model = unicl.create_model("unicl_tiny", embed_dim=8, text={"layers": 1, "width": 8, "heads": 1})
+        saved = model.save_pretrained(tmp_path / "model")
+        _write_cache(tmp_path / "cache" / "features.safetensors", "0", torch.zeros(2, 3), torch.zeros(2))
+    finally:
+        os.umask(previous)
+    cache = tmp_path / "cache" / "features.safetensors"
+    files = [checkpoint, saved / "model.safetensors", saved / "config.json", cache]
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {path.name: 0o666 & ~umask for path in files}
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-000000001.pt"]

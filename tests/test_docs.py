@@ -7,6 +7,8 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import json
+import logging
 import os
 import re
 import shutil
@@ -159,6 +161,14 @@ def test_no_raw_roles_on_the_rendered_api_pages(tmp_path):
         html = page.read_text(encoding="utf-8")
         assert 'class="doc doc-' in html, f"{page}: mkdocstrings rendered nothing"
         assert raw_roles(html) == [], page
+        # The page's table of contents: public names only.
+        contents = html[html.index("md-nav--secondary") :]
+        entries = [re.sub(r"<[^>]+>|\s", "", entry) for entry in TOC_ENTRY.findall(contents)]
+        assert entries and [entry for entry in entries if entry.startswith("_")] == [], page
+
+
+#: An entry of a page's table of contents in the material theme's HTML.
+TOC_ENTRY = re.compile(r'<span class="md-ellipsis">(.*?)</span>', flags=re.S)
 
 
 def test_the_design_page_names_every_package_and_the_contract_layers_in_order():
@@ -242,6 +252,31 @@ def test_every_package_name_on_a_page_exists(page):
     assert [name for name in names if not _resolves(name)] == []
 
 
+def test_every_dotted_name_on_the_pages_resolves_after_a_plain_import_unicl():
+    """What a reader types: ``import unicl``, then ``unicl.a.b.c`` as the page shows it, in a fresh interpreter (where
+    no other import has put a submodule on its package already)."""
+    names = sorted(
+        {name for page in [*PAGES, README] for name in PACKAGE_NAME.findall(_without_moved_names(page.read_text()))}
+    )
+    walk = (
+        "import json, sys\n"
+        "import unicl\n"
+        "failed = []\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    value = unicl\n"
+        "    try:\n"
+        "        for attribute in name.split('.')[1:]:\n"
+        "            value = getattr(value, attribute)\n"
+        "    except AttributeError:\n"
+        "        failed.append(name)\n"
+        "print(json.dumps(failed))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", walk, json.dumps(names)], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert len(names) > 100 and json.loads(done.stdout) == []
+
+
 def _without_moved_names(text: str) -> str:
     """``text`` with the "before" column of a "Names that moved" table dropped."""
     kept, in_table = [], False
@@ -279,3 +314,37 @@ def test_docstring_examples_are_under_the_section_title_that_renders_their_promp
         if re.fullmatch(r"\s*Example:\s*", line)
     ]
     assert titled_singular == []
+
+
+def _public_objects(module):
+    """``module``'s objects with public names, depth first (aliases, which are documented where they are defined,
+    left out)."""
+    for member in module.members.values():
+        if member.is_alias or member.name.startswith("_"):
+            continue
+        yield member
+        if member.is_module or member.is_class:
+            yield from _public_objects(member)
+
+
+def test_every_returns_section_renders_as_one_value_with_the_docs_options():
+    """griffe reads a Google-style Returns section as a list of items by default, so each wrapped line of one value's
+    description rendered as another returned value (with the signature's type): the docs' options keep it whole."""
+    griffe = pytest.importorskip("griffe")
+    yaml = pytest.importorskip("yaml")
+    logging.getLogger("griffe").setLevel(logging.ERROR)
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    (handlers,) = [plugin["mkdocstrings"]["handlers"] for plugin in config["plugins"] if "mkdocstrings" in plugin]
+    options = handlers["python"]["options"]
+    parser_options = options.get("docstring_options", {})
+    package = griffe.load("unicl", search_paths=[str(ROOT)], docstring_parser=options["docstring_style"],
+                          docstring_options=parser_options, allow_inspection=False)  # fmt: skip
+    sections = {
+        item.path: section
+        for item in _public_objects(package)
+        if item.docstring is not None
+        for section in item.docstring.parse(options["docstring_style"], **parser_options)
+        if section.kind.value == "returns"
+    }
+    assert len(sections) > 50
+    assert {path: len(section.value) for path, section in sections.items() if len(section.value) != 1} == {}

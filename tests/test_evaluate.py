@@ -407,6 +407,22 @@ def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tm
     assert text == expected and text["feature_kind"] == "projected"
 
 
+def test_a_linear_probe_and_few_shot_run_on_a_model_saved_without_its_tokenizer(workspace, tmp_path, capsys):
+    """A probe whose head starts at 0 reads no text; the model's vocabulary is not CLIP's, so no tokenizer would do."""
+    model = unicl.load_model(workspace / "model")
+    model.save_pretrained(tmp_path / "bare")
+    assert not (tmp_path / "bare" / "tokenizer.json").exists()
+    folders = ["--train", workspace / "digits", "--test", workspace / "held-out"]
+    assert _main("linear-probe", "--model", tmp_path / "bare", *folders) == _main(
+        "linear-probe", "--model", workspace / "model", *folders
+    )
+    few_shot = _main("linear-probe", "--model", tmp_path / "bare", *folders, "--shots", "2", "--seeds", "0", "1")
+    assert few_shot["shots"] == 2
+    # A head started from the class prompts' text does need the tokenizer, and says so.
+    error = _error(capsys, "linear-probe", "--model", tmp_path / "bare", *folders, "--init", "text")
+    assert "saved without its tokenizer" in error
+
+
 def _error(capsys, *arguments) -> str:
     with pytest.raises(SystemExit) as stopped:
         _main(*arguments)

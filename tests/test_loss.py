@@ -220,6 +220,8 @@ GOOD = make_batch(4, 3, dtype=torch.float32, requires_grad=False)
         ({"labels": torch.tensor([0, 1, 2])}, ValueError, "labels must have shape [4]"),
         ({"labels": torch.zeros(4)}, TypeError, "labels must have an integer dtype"),
         ({"labels": torch.zeros(4, dtype=torch.bool)}, TypeError, "labels must have an integer dtype"),
+        ({"labels": torch.tensor(14.3)}, TypeError, "a single float looks like the logit scale, which comes after"),
+        ({"labels": 14.3}, TypeError, "got float; a single float looks like the logit scale"),
         ({"labels": [0, 1, 2, 3]}, TypeError, "labels must be None or an integer torch.Tensor"),
         ({"labels": torch.zeros(4, dtype=torch.long, device="meta")}, ValueError, "labels must be on"),
         ({"logit_scale": 0.0}, ValueError, "logit_scale must be finite and > 0"),

@@ -361,3 +361,39 @@ def test_the_pretrained_page_table_is_list_pretrained():
     expected = [_table_row(entry) for entry in unicl.list_pretrained()]
     rows = page[start : start + len(expected) + 1]
     assert rows == [*expected, ""], "docs/pretrained.md's table should be:\n" + "\n".join(expected)
+
+
+def test_a_release_file_name_is_found_in_unicl_home(monkeypatch, tmp_path):
+    # The README's example: --pretrained in21k_yfcc14m_swin_base.pth, the file in $UNICL_HOME/checkpoints.
+    from unicl.models.pretrained import resolve_pretrained
+
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    stored = tmp_path / "home" / "checkpoints" / "in21k_yfcc14m_swin_base.pth"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"weights")
+    assert resolve_pretrained("unicl_swin_base", "in21k_yfcc14m_swin_base.pth") == stored
+    # A file of that name in the working directory is the one meant.
+    (tmp_path / "in21k_yfcc14m_swin_base.pth").write_bytes(b"local")
+    assert resolve_pretrained("unicl_swin_base", "in21k_yfcc14m_swin_base.pth").resolve() == (
+        tmp_path / "in21k_yfcc14m_swin_base.pth"
+    )
+
+
+def test_a_missing_release_file_name_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNICL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as caught:
+        unicl.create_model("unicl_swin_base", pretrained="in21k_yfcc14m_swin_base.pth")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(tmp_path / "in21k_yfcc14m_swin_base.pth") in message
+    assert str(tmp_path / "home" / "checkpoints" / "in21k_yfcc14m_swin_base.pth") in message
+
+
+def test_a_release_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    from unicl.models.official import read_official_checkpoint
+
+    (tmp_path / "junk.pth").write_bytes(b"junk\n")
+    with pytest.raises(ValueError, match=r"junk\.pth is not a readable PyTorch checkpoint of tensors"):
+        read_official_checkpoint(tmp_path / "junk.pth")

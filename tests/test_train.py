@@ -251,6 +251,78 @@ def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(dat
     assert (output / "final" / "model.safetensors").is_file()
 
 
+def _start_in_a_group(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` as the leader of its own process group (as SLURM's job step or a terminal's foreground job)."""
+    with log.open("w") as stream:
+        return subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+
+
+def _wait_for_training(process: subprocess.Popen, output: Path, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not ((output / "log.jsonl").exists() and _records(output, "train")):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_signal_to_the_process_group_with_workers_checkpoints_and_resume_goes_on(data, tmp_path, number):
+    """SLURM signals every process of the job step and Ctrl-C the foreground group: the data-loading workers too."""
+    output, log = tmp_path / "run", tmp_path / "run.log"
+    options = _options(data, output, "--steps", "3000", "--workers", "2", "--save-every", "0")
+    process = _start_in_a_group([sys.executable, "-m", "unicl.train", *options], log)
+    _wait_for_training(process, output, log)
+    os.killpg(process.pid, number)
+    process.wait(timeout=300)
+    report = log.read_text()
+    assert process.returncode == 128 + number, report[-3000:]
+    assert "Traceback" not in report and "DataLoader worker" not in report, report[-3000:]
+    step = _records(output, "signal")[0]["step"]
+    lines = [line for line in report.splitlines() if "received" in line]
+    assert lines == [f"{number.name} received: checkpoint of step {step} written; resume with --resume auto"]
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    main(_options(data, output, "--steps", str(step + 2), "--workers", "2", "--resume", "auto"))
+    assert _records(output, "resume")[0]["step"] == step
+    assert (output / "final" / "model.safetensors").is_file()
+
+
+def test_a_sigterm_to_a_torchrun_jobs_group_with_workers_checkpoints_every_rank_and_resume_goes_on(data, tmp_path):
+    output, log = tmp_path / "run", tmp_path / "torchrun.log"
+    options = _options(data, output, "--steps", "3000", "--workers", "2", "--save-every", "0")
+    process = _start_in_a_group([*TORCHRUN, *options], log)
+    _wait_for_training(process, output, log)
+    os.killpg(process.pid, signal.SIGTERM)  # torchrun, both ranks and their workers
+    process.wait(timeout=300)
+    report = log.read_text()
+    # torchrun itself reports the signal with its own traceback; the ranks and their workers print none.
+    assert "DataLoader worker" not in report and "unicl/training" not in report, report[-3000:]
+    step = _records(output, "signal")[0]["step"]
+    assert f"SIGTERM received: checkpoint of step {step} written; resume with --resume auto" in report
+    assert [path.name for path in (output / "checkpoints").iterdir()] == [f"step-{step:09d}.pt"]
+    resumed = _torchrun(*_options(data, output, "--steps", str(step + 1), "--workers", "2", "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _records(output, "resume")[0]["step"] == step
+    assert (output / "final" / "model.safetensors").is_file()
+
+
+def test_a_ctrl_c_outside_the_loop_stops_at_once_in_one_line(data, tmp_path, capsys, monkeypatch):
+    """Before the first step (or a second Ctrl-C during the loop) there is no step to finish: status 130, one line."""
+
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        main(_options(data, tmp_path / "run", "--steps", "3", "--workers", "0"))
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m unicl.train: interrupted: the step in progress is lost; the checkpoints already in "
+        f"{tmp_path / 'run' / 'checkpoints'} resume with --resume auto"
+    ]
+
+
 def _worker_ranks(output) -> dict[int, int]:
     """``{rank: pid}`` of the training workers (not torchrun itself) writing to ``output``, found through /proc."""
     ranks = {}
@@ -663,6 +735,72 @@ def test_an_unreadable_training_image_is_one_line_naming_its_option_and_file(dat
     assert error[0].startswith("usage: ") and "Traceback" not in "\n".join(error)
     assert error[-1].startswith("python -m unicl.train: error: --image-folder: ")
     assert f"cannot identify image file {str(broken)!r}" in error[-1] and "BufferedReader" not in error[-1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("source", ["folder", "captions"])
+def test_a_truncated_training_image_is_named_with_its_source(data, tmp_path, capsys, workers, source):
+    """PIL's error for a half-written file names no file: the message adds it, and the folder or caption row."""
+    folders = tmp_path / "train"
+    shutil.copytree(data / "train", folders)
+    broken = sorted((folders / sorted(os.listdir(folders))[0]).iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:-40])
+    arguments = _options(data, tmp_path / "run", "--steps", "3", "--workers", workers)
+    where = arguments.index("--image-folder")
+    if source == "folder":
+        arguments[where + 1] = str(folders)
+        option, origin = "--image-folder", f"(image folder {folders})"
+    else:
+        rows = (data / "captions.csv").read_text().splitlines()
+        (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+        row = next(n for n, line in enumerate(rows[1:], start=1) if line.startswith(str(broken.relative_to(tmp_path))))
+        arguments[where : where + 2] = ["--captions", str(tmp_path / "captions.csv")]
+        option, origin = "--captions", f"(row {row} of {tmp_path / 'captions.csv'})"
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(error)
+    assert error[-1].startswith(f"python -m unicl.train: error: {option}: {broken}: image file is truncated")
+    assert error[-1].endswith(origin)
+
+
+def _with_a_truncated_image(data, tmp_path) -> tuple[Path, Path]:
+    """A copy of the training folders with one PNG cut short: ``(folders, the broken file)``."""
+    folders = tmp_path / "train"
+    shutil.copytree(data / "train", folders)
+    broken = sorted((folders / sorted(os.listdir(folders))[0]).iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:-40])
+    return folders, broken
+
+
+def test_skip_unreadable_replaces_a_truncated_image_and_counts_it(data, tmp_path, capfd):
+    folders, broken = _with_a_truncated_image(data, tmp_path)
+    # 48 images, 8 a step: 7 steps read every one of them once, the broken one too.
+    arguments = _options(data, tmp_path / "run", "--steps", "7", "--workers", "2", "--skip-unreadable")
+    arguments[arguments.index("--image-folder") + 1] = str(folders)
+    assert main(arguments) is not None
+    errors = capfd.readouterr().err  # the workers' lines too
+    assert f"skipping an unreadable image: {broken}: image file is truncated" in errors
+    skipped = _records(tmp_path / "run", "unreadable")[0]["skipped"]
+    assert skipped >= 1 and f"--skip-unreadable: {skipped} reads of unreadable images skipped" in errors
+    assert _records(tmp_path / "run", "train")[-1]["unreadable_skipped"] == skipped
+
+
+def test_check_data_names_every_bad_file_before_the_first_step(data, tmp_path, capsys):
+    folders, broken = _with_a_truncated_image(data, tmp_path)
+    (folders / "zero" / "notes.png").write_text("not an image")
+    arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--check-data")
+    arguments[arguments.index("--image-folder") + 1] = str(folders)
+    with pytest.raises(SystemExit):
+        main(arguments)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m unicl.train: error: --check-data: 2 of 49 image files fail their header check")
+    assert f"{broken}: PNG file is truncated (no IEND chunk at its end) (image folder {folders})" in error
+    assert f"{folders / 'zero' / 'notes.png'}: cannot identify image file (image folder {folders})" in error
+    assert not _records(tmp_path / "run", "train")
+    main(_options(data, tmp_path / "clean", "--steps", "2", "--workers", "0", "--check-data"))
+    assert "--check-data: the headers of 48 image files read in" in capsys.readouterr().err
 
 
 def test_a_missing_data_path_is_refused_by_its_option_before_torch_loads(tmp_path, capsys):

@@ -7,8 +7,10 @@ import io
 import itertools
 import json
 import math
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -24,12 +26,14 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
+from unicl.data.workers import worker_ignores_stop_signals
 from unicl.text.prompts import LabelToPrompt
 from unicl.training.logs import RunLog
 from unicl.training.mixing import batch_shares, join_batches
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
+from unicl.training.signals import StopSignals
 
 # --- mixing sources --------------------------------------------------------------------------------------------------
 
@@ -291,12 +295,15 @@ def test_the_log_writes_jsonl_and_tensorboard_scalars(tmp_path, monkeypatch):
     assert scalars == [("train/loss", 1.5, 5), ("train/lr", 0.1, 5), "closed"]
 
 
-def test_without_tensorboard_the_log_warns_and_goes_on(tmp_path, monkeypatch):
+def test_without_tensorboard_the_log_is_silent_unless_it_was_asked_for(tmp_path, monkeypatch, recwarn):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    with pytest.warns(UserWarning, match="tensorboard is not installed"):
-        log = RunLog(tmp_path, total_steps=2, progress=False)
+    log = RunLog(tmp_path, total_steps=2, progress=False)
     log.record(1, "eval", {"top1": 0.5})
     log.close()
+    assert [str(warning.message) for warning in recwarn] == []
+    assert not (tmp_path / "tensorboard").exists()
+    with pytest.raises(ImportError, match=r"^--tensorboard needs the tensorboard package: pip install tensorboard"):
+        RunLog(tmp_path / "asked", total_steps=2, progress=False, tensorboard=True)
     silent = RunLog(tmp_path / "other", total_steps=2, enabled=False)
     silent.record(1, "train", {"loss": 1.0})
     assert not (tmp_path / "other").exists()
@@ -334,3 +341,60 @@ def test_docstring_examples_render_with_their_prompts(module_name):
         assert any(">>>" in body for body in rendered), f"{module_name}: {getattr(value, '__qualname__', value)}"
         examples += 1
     assert examples >= 1
+
+
+def test_ctrl_c_asks_for_a_checkpoint_and_a_second_one_stops_at_once():
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            # The handler runs at the next bytecode boundary; this loop gives it some.
+            for _ in range(1000):
+                pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == 0
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+class _Pid(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1_000_000
+
+    def __getitem__(self, index: int) -> int:
+        return os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="the workers tell senders apart by sigwaitinfo")
+def test_workers_outlive_the_groups_stop_signals_and_leave_when_their_loader_stops():
+    loader = DataLoader(_Pid(), batch_size=2, num_workers=2, worker_init_fn=worker_ignores_stop_signals)
+    batches = iter(loader)
+    workers = {int(pid) for _ in range(4) for pid in next(batches)}
+    assert len(workers) == 2
+    # Sent by another process, as SLURM's and a terminal's are (a SIGTERM from the loader's own process ends a worker).
+    sender = (
+        "import os, sys\n"
+        "for number in sys.argv[1].split(','):\n"
+        "    for pid in sys.argv[2:]:\n"
+        "        os.kill(int(pid), int(number))"
+    )
+    numbers = ",".join(str(int(number)) for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1))
+    with StopSignals() as stop:
+        subprocess.run([sys.executable, "-c", sender, numbers, *map(str, workers)], check=True)
+        # Served after the signals: the workers are alive (a dead one fails this with the DataLoader's error).
+        assert {int(pid) for _ in range(8) for pid in next(batches)} == workers
+    assert stop.received == 0  # sent to the workers only
+    processes = list(batches._workers)  # type: ignore[attr-defined]
+    del batches
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0

@@ -87,10 +87,19 @@ def check_labels(labels: object, num_samples: int, device: torch.device) -> torc
         return None
     import torch
 
+    # The third positional argument is labels, the fourth the scale: a lone float there is most likely the scale.
+    scale_hint = (
+        "; a single float looks like the logit scale, which comes after labels: pass labels=None (or the labels) "
+        "and logit_scale=..."
+    )
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}")
+        hint = scale_hint if isinstance(labels, float) else ""
+        raise TypeError(
+            f"labels must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}{hint}"
+        )
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must have an integer dtype (e.g. torch.long); got {labels.dtype}")
+        hint = scale_hint if labels.is_floating_point() and labels.numel() == 1 else ""
+        raise TypeError(f"labels must have an integer dtype (e.g. torch.long); got {labels.dtype}{hint}")
     if labels.dim() != 1 or labels.shape[0] != num_samples:
         raise ValueError(f"labels must have shape [{num_samples}] (one per sample); got {tuple(labels.shape)}")
     if labels.device != device:

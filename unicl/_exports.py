@@ -10,6 +10,7 @@ module resolves it when it is first used. It imports nothing of unicl, so every 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -26,8 +27,9 @@ def lazy_exports(
         subpackages: submodules reachable as attributes after a plain ``import package``.
 
     Returns:
-        ``(__getattr__, __dir__)``: the first looks a name up in its module, imports it, and stores it in the
-        package's namespace, so later lookups do not come back; the second lists the names with those already there.
+        ``(__getattr__, __dir__)``: the first looks a name up in its module (or, for a name that is one of the
+        package's modules, imports that module, as ``import package.name`` would), and stores it in the package's
+        namespace, so later lookups do not come back; the second lists the names with those already there.
 
     Examples:
         >>> from unicl._exports import lazy_exports
@@ -41,7 +43,7 @@ def lazy_exports(
     def __getattr__(name: str) -> Any:
         if name in known:
             value = getattr(importlib.import_module(known[name]), name)
-        elif name in attributes:
+        elif name in attributes or (not name.startswith("__") and _has_submodule(package, name)):
             value = importlib.import_module(f"{package}.{name}")
         else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
@@ -52,3 +54,8 @@ def lazy_exports(
         return sorted({*vars(sys.modules[package]), *known, *attributes})
 
     return __getattr__, __dir__
+
+
+def _has_submodule(package: str, name: str) -> bool:
+    """Whether ``package.name`` is a module (found on the package's path; nothing is imported)."""
+    return importlib.util.find_spec(f"{package}.{name}") is not None

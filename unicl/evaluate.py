@@ -316,7 +316,13 @@ def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
 DATA_ARGUMENTS = {"zeroshot": "--data", "retrieval": "--captions", "linear-probe": "--train/--test"}
 
 
-def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
+def _needs_text(args: argparse.Namespace) -> bool:
+    """Whether the command encodes text: a linear probe with a head that starts at 0 reads images only (so it runs on a
+    model saved without a tokenizer)."""
+    return args.command != "linear-probe" or args.init == "text"
+
+
+def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer | None) -> dict:
     """Run a checked command; an error is blamed on an argument only when it comes from what that argument names."""
     from unicl.data.unreadable import UnreadableImage, unreadable_message
 
@@ -331,7 +337,7 @@ def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
         raise
 
 
-def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer) -> dict:
+def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer | None) -> dict:
     from unicl.data.transforms import image_transform
     from unicl.data.unreadable import reporting_unreadable
     from unicl.evaluation.probe import run_linear_probe
@@ -346,13 +352,16 @@ def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
         "precision": args.precision,
         "progress": not args.no_progress,
     }
+    # The tokenizer is loaded for every command that encodes text (_needs_text).
     if args.command == "zeroshot":
+        assert tokenizer is not None
         inputs["dataset"].transform = transform
         return zeroshot_accuracy(
             model, reporting_unreadable(inputs["dataset"]), inputs["class_names"], tokenizer,
             templates=inputs["templates"], metric=inputs["metric"], **options,
         )  # fmt: skip
     if args.command == "retrieval":
+        assert tokenizer is not None
         inputs["captions"].transform = transform
         return retrieval_recall(model, reporting_unreadable(inputs["captions"]), tokenizer, **options)
     inputs["train"].transform = transform
@@ -539,12 +548,15 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
     loaded: dict[str, Any] = {}
 
     def run_entry(index: int) -> dict[str, Any]:
-        if not loaded:  # the model loads when the first entry needs it: a rerun with every entry done loads nothing
+        # The model loads when the first entry needs it (a rerun with every entry done loads nothing), the tokenizer
+        # when the first entry that encodes text does.
+        if "model" not in loaded:
             loaded["model"] = _load_model(args)
-            loaded["tokenizer"] = _tokenizer(args, loaded["model"])
         entry, entry_args, inputs = prepared[index]
+        if "tokenizer" not in loaded and _needs_text(entry_args):
+            loaded["tokenizer"] = _tokenizer(args, loaded["model"])
         try:
-            return _run_task(entry_args, inputs, loaded["model"], loaded["tokenizer"])
+            return _run_task(entry_args, inputs, loaded["model"], loaded.get("tokenizer"))
         except (OSError, ValueError) as error:  # the entries before it are saved: a rerun resumes at this one
             message = str(error) if isinstance(error, _UsageError) else first_line(error, limit=MESSAGE_LIMIT)
             _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {message}")
@@ -583,7 +595,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return summary
         inputs = INPUTS[args.command](args)
         model = _load_model(args)
-        results = _run_task(args, inputs, model, _tokenizer(args, model))
+        results = _run_task(args, inputs, model, _tokenizer(args, model) if _needs_text(args) else None)
     except _UsageError as error:
         _subcommand(parser, args.command).error(str(error))
     except (OSError, ValueError) as error:  # bad data found while running (an unreadable image, say)

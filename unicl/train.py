@@ -11,6 +11,7 @@ argparse's usage line and ``PROG: error: MESSAGE`` on standard error, exit statu
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from unicl._checks import CommandParser, default_workers, program_name
@@ -120,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         "1/16 of the side)",
     )
     data.add_argument(
+        "--check-data",
+        action="store_true",
+        help="before the first step, read every image file's header (and its end marker, which a half-written PNG "
+        "or JPEG lacks) and stop naming each bad file; recommended for data a run has not read before (thousands of "
+        "files a second; WebDataset shards are not checked)",
+    )
+    data.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="an --image-folder or --captions image that cannot be read is replaced by the next readable one of its "
+        "source (the batch keeps its size, the run stays reproducible), named on standard error and counted in the "
+        "log and the final line (default: the run stops naming the file)",
+    )
+    data.add_argument(
         "--workers", type=int, default=default_workers(),
         help="data-loading processes per rank (default: 4, or this machine's CPUs if fewer)",
     )  # fmt: skip
@@ -208,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-on-signal",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="on SIGTERM or SIGUSR1 (a scheduler's preemption notice) finish the step, write a checkpoint and exit "
-        "with status 128 + the signal's number; costs one tiny all-reduce per step (default: on)",
+        help="on SIGTERM or SIGUSR1 (a scheduler's preemption notice) or SIGINT (Ctrl-C; a second one stops at "
+        "once), sent to the main process or to its whole process group, finish the step, write a checkpoint and exit "
+        "with status 128 + the signal's number (143, 138, 130); costs one tiny all-reduce per step (default: on)",
     )
 
     evaluation = parser.add_argument_group("evaluation")
@@ -244,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also log to OUTPUT/tensorboard when the tensorboard package is installed (default: on)",
+        default=None,
+        help="also log to OUTPUT/tensorboard (default: when the tensorboard package is installed; --tensorboard "
+        "without it is an error)",
     )
     logging.add_argument(
         "--no-progress", action="store_true", help="no progress bar on standard error (for logs of batch jobs)"
@@ -276,14 +293,22 @@ def main(argv: list[str] | None = None) -> Path | None:
         check_options(args)
     except ValueError as error:
         parser.error(str(error))
-    # torch, timm and the data libraries load only now that the options are known to be sound.
-    from unicl.training.trainer import TrainingError, train
-
     try:
-        return train(args)
-    except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
-        # Bad data or settings found while building the run: one line naming the problem, no traceback.
-        parser.error(" ".join(str(error).split()))
+        # torch, timm and the data libraries load only now that the options are known to be sound.
+        from unicl.training.trainer import TrainingError, train
+
+        try:
+            return train(args)
+        except (TrainingError, FileNotFoundError, ValueError, ImportError) as error:
+            # Bad data or settings found while building the run: one line naming the problem, no traceback.
+            parser.error(" ".join(str(error).split()))
+    except KeyboardInterrupt:
+        # A Ctrl-C before the loop, or a second one during it (the first asks for a checkpoint): stop at once.
+        parser.exit(
+            128 + signal.SIGINT,
+            f"{parser.prog}: interrupted: the step in progress is lost; the checkpoints already in "
+            f"{args.output / 'checkpoints'} resume with --resume auto\n",
+        )
 
 
 if __name__ == "__main__":

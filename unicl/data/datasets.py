@@ -95,6 +95,7 @@ class CaptionPairs(Dataset):
 
     Attributes:
         rows: every row's ``(resolved image path, caption)``, file by file.
+        listed: each distinct image's first ``(caption file, row)`` (rows counted from 1 after the header).
         captions: every row's caption.
         image_paths: the distinct images, in first-seen order.
         image_index: ``[rows]`` which distinct image each row's caption describes.
@@ -112,7 +113,13 @@ class CaptionPairs(Dataset):
         files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not files:
             raise ValueError("paths must be a caption file or a non-empty sequence of them")
-        self.rows = [row for path in files for row in read_caption_file(path)]
+        self.rows: list[tuple[Path, str]] = []
+        self.listed: dict[Path, tuple[Path, int]] = {}
+        for path in files:
+            rows = read_caption_file(path)
+            for number, (image_path, _) in enumerate(rows, start=1):
+                self.listed.setdefault(image_path, (Path(path), number))
+            self.rows += rows
         index_of: dict[Path, int] = {}
         self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in self.rows]
         self.image_paths = list(index_of)
@@ -132,6 +139,11 @@ class CaptionPairs(Dataset):
         if self.transform is None:
             raise RuntimeError("CaptionPairs.transform is not set")
         return self.transform(self.loader(path))
+
+    def origin(self, path: str | os.PathLike[str]) -> str:
+        """Where ``path`` is listed, for messages: ``"row 12 of FILE"`` (its first row)."""
+        listed = self.listed.get(Path(path))
+        return "not in the caption files" if listed is None else f"row {listed[1]} of {listed[0]}"
 
     @property
     def images(self) -> CaptionImages:
@@ -195,6 +207,7 @@ class LabelledFolders(Dataset):
     Attributes:
         class_names: the merged classes' names (the first spelling seen).
         class_ids: per root, the merged class id of each of its folder classes.
+        roots: the roots, in order.
 
     Raises:
         FileNotFoundError: a root that is not a directory.
@@ -216,6 +229,7 @@ class LabelledFolders(Dataset):
         merged: dict[tuple[str, ...], int] = {}
         self.class_ids: list[list[int]] = []
         self.samples: list[tuple[str, int]] = []
+        self.roots = [Path(root) for root in roots]
         for root, names in zip(roots, names_per_root):
             if not Path(root).is_dir():
                 raise FileNotFoundError(f"image folder {str(root)!r} is not a directory")
@@ -242,6 +256,11 @@ class LabelledFolders(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, class_id = self.samples[index]
         return self.transform(self.loader(path)), class_id
+
+    def origin(self, path: str | os.PathLike[str]) -> str:
+        """Where ``path`` is found, for messages: ``"image folder ROOT"``."""
+        root = next((root for root in self.roots if Path(path).is_relative_to(root)), None)
+        return "not in the image folders" if root is None else f"image folder {root}"
 
 
 def _class_key(name: str) -> tuple[str, ...]:

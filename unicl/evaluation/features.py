@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from unicl._checks import check_choice, check_positive_int
 from unicl.evaluation.inference import inference_autocast, inference_batches
 from unicl.evaluation.names import FEATURE_KINDS, PRECISIONS
 from unicl.models import UniCLModel
+from unicl.models.atomic import replacing
 
 __all__ = ["FEATURE_KINDS", "cache_path", "dataset_identity", "image_features", "model_digest", "run_precision"]
 
@@ -140,20 +140,14 @@ def _read_cache(path: Path, digest: str) -> tuple[torch.Tensor, torch.Tensor] | 
 def _write_cache(path: Path, digest: str, features: torch.Tensor, targets: torch.Tensor) -> None:
     """Write the cache file, or warn: the features are computed by then, and a cache that cannot be written (no
     permission, a full disk, a safetensors error, which is neither an OSError nor a ValueError) must not lose them."""
-    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed, so a crash or a concurrent reader never sees half a file.
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        save_file({"features": features.contiguous(), "targets": targets.contiguous()}, temporary,
-                  metadata={"key_sha256": digest})  # fmt: skip
-        os.replace(temporary, path)
+        with replacing(path) as temporary:
+            save_file({"features": features.contiguous(), "targets": targets.contiguous()}, str(temporary),
+                      metadata={"key_sha256": digest})  # fmt: skip
     except Exception as error:
         warnings.warn(f"feature cache {path} could not be written ({error}); continuing without it", stacklevel=3)
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
 
 
 @torch.no_grad()

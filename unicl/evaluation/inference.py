@@ -11,13 +11,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from unicl.data.workers import worker_ignores_stop_signals
+
 
 def inference_batches(
     dataset: Dataset, batch_size: int, workers: int, progress: bool, description: str
 ) -> Iterator[Any]:
     """The dataset's samples in order, collated into batches of ``batch_size`` by ``workers`` processes, with a
     progress bar on standard error named ``description`` when ``progress``."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    # A stop signal sent to the process group is the main process's to answer (a training run checkpoints first).
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, worker_init_fn=worker_ignores_stop_signals
+    )
     return iter(tqdm(loader, desc=description, disable=not progress, file=sys.stderr))
 
 

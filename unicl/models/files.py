@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unicl.models.atomic import replacing
 from unicl.text.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -58,32 +58,13 @@ def write_model_directory(
         tokenizer.save(target)
     tensors = {name: tensor.detach().contiguous() for name, tensor in state_dict.items()}
     saved = {"format_version": FORMAT_VERSION, "model": config}
-    with _replacing(target / WEIGHTS_NAME) as temporary:
+    with replacing(target / WEIGHTS_NAME) as temporary:
         # One metadata entry: safetensors writes metadata from a hash map in a random order, and a single entry
         # keeps the file's bytes a function of the weights (two runs that agree compare equal with cmp).
         save_file(tensors, str(temporary), metadata={"format": "pt"})
-    with _replacing(target / CONFIG_NAME) as temporary:
+    with replacing(target / CONFIG_NAME) as temporary:
         temporary.write_text(json.dumps(saved, indent=1, sort_keys=True) + "\n")
     return target
-
-
-class _replacing:
-    """A temporary path beside ``path`` that replaces ``path`` when the block succeeds (and vanishes if it fails)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(handle)
-        self.temporary = Path(name)
-        return self.temporary
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        if error is None:
-            os.replace(self.temporary, self.path)
-        else:
-            self.temporary.unlink(missing_ok=True)
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -73,7 +73,8 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
         raise FileNotFoundError(f"{path} does not exist")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    # A file that is not a pickle at all fails inside the legacy unpickler with a KeyError (an unknown opcode).
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as error:
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint of tensors: it is truncated, corrupt, in another format, "
             f"or pickles other objects, which unicl does not unpickle ({first_line(error)}). "

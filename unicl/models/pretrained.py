@@ -156,12 +156,14 @@ def resolve_pretrained(model: str, pretrained: str | os.PathLike[str]) -> Path:
 
     A string that is a tag of `list_pretrained` resolves to the file in `checkpoint_dir`, checked against its size and
     SHA-256 where they are known; anything else is a path (a ``save_pretrained`` directory, a ``.safetensors`` file, a
-    release ``.pth``), returned as it is. Tags win over paths: write ``./in21k`` for a path of that name.
+    release ``.pth``). A bare file name (``in21k_yfcc14m_swin_base.pth``) that is not in the working directory is
+    looked up in `checkpoint_dir` too (and checked like its tag when it is a release's file name). Tags win over
+    paths: write ``./in21k`` for a path of that name.
 
     Raises:
         ValueError: a tag of another preset, or a file whose size or SHA-256 is not the release's.
         FileNotFoundError: a tag whose file is not in `checkpoint_dir` (the message names the path and the URL), or a
-            string that is neither a tag nor an existing path.
+            name that is neither a tag nor an existing path (the message names where it looked).
     """
     if isinstance(pretrained, str) and is_pretrained_tag(pretrained):
         entry = get_pretrained(model, pretrained)
@@ -175,13 +177,31 @@ def resolve_pretrained(model: str, pretrained: str | os.PathLike[str]) -> Path:
         check_file(entry, path)
         return path
     path = Path(pretrained)
-    if isinstance(pretrained, str) and os.sep not in pretrained and not path.suffix and not path.exists():
+    if path.exists() or not _is_bare_name(pretrained):
+        return path
+    stored = checkpoint_dir() / path.name
+    if stored.exists():
+        release = next((e for e in _CHECKPOINTS if e.model == model and e.file_name == path.name), None)
+        if release is not None:
+            check_file(release, stored)
+        return stored
+    if not path.suffix:
         # A bare name that names nothing was most likely meant as a tag: say which ones there are.
         raise FileNotFoundError(
             f"pretrained={pretrained!r} does not exist, and is not a released checkpoint of {model}: "
-            f"{_tags_of(model, pretrained)}"
+            f"{_tags_of(model, pretrained)} (looked for {path.absolute()} and {stored})"
         )
-    return path
+    raise FileNotFoundError(
+        f"pretrained={pretrained!r} does not exist: looked for {path.absolute()} and {stored} (a release's file "
+        f"belongs in {stored.parent}; set {HOME_VARIABLE} to the directory above the checkpoints/ that holds it)"
+    )
+
+
+def _is_bare_name(pretrained: str | os.PathLike[str]) -> bool:
+    """Whether ``pretrained`` is a file name without a folder (``in21k.pth``), which may live in `checkpoint_dir`."""
+    text = os.fspath(pretrained)
+    folders = os.sep + (os.altsep or "")
+    return text not in ("", ".", "..") and not any(separator in text for separator in folders)
 
 
 def check_file(entry: PretrainedCheckpoint, path: str | os.PathLike[str]) -> None:

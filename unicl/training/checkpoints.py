@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from unicl._checks import check_positive_int, first_line
+from unicl.models.atomic import new_file_beside
 
 _NAME = re.compile(r"step-(\d{9})\.pt")
 #: How ``torch.load(weights_only=True)`` names an object it refuses.
@@ -122,7 +122,7 @@ class CheckpointDirectory:
             The checkpoint's path.
         """
         target = self.path_for(step)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = new_file_beside(target)
         try:
             with os.fdopen(handle, "wb") as stream:
                 torch.save(state, stream)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ class RunLog:
         total_steps: the run's planned steps (the progress bar's end).
         start_step: the step the process starts at.
         enabled: write anything at all.
-        tensorboard: also write TensorBoard event files (warns and goes on when tensorboard is missing).
+        tensorboard: also write TensorBoard event files: ``None`` when the tensorboard package is installed (silent
+            when it is not), ``True`` always (an ``ImportError`` without the package), ``False`` never.
         progress: show a progress bar on standard error.
     """
 
@@ -36,7 +36,7 @@ class RunLog:
         total_steps: int,
         start_step: int = 0,
         enabled: bool = True,
-        tensorboard: bool = True,
+        tensorboard: bool | None = None,
         progress: bool = True,
     ) -> None:
         self.enabled = enabled
@@ -48,11 +48,15 @@ class RunLog:
         directory.mkdir(parents=True, exist_ok=True)
         self._drop_records_after(start_step)
         self.stream = self.path.open("a", encoding="utf-8")
-        if tensorboard:
+        if tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                warnings.warn("tensorboard is not installed; logging to log.jsonl only", stacklevel=2)
+                if tensorboard:
+                    raise ImportError(
+                        "--tensorboard needs the tensorboard package: pip install tensorboard (or unicl's "
+                        "'tensorboard' extra), or leave --tensorboard out to log to log.jsonl only"
+                    ) from None
             else:
                 # purge_step drops events at steps >= it; the log keeps the resumed step's own records.
                 purge = start_step + 1 if start_step > 0 else None

@@ -19,7 +19,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 import torch
 
@@ -45,7 +45,9 @@ def batch_shares(batch_size: int, ratio: float) -> dict[str, int]:
     return {name: share for name, share in shares.items() if share > 0}
 
 
-def join_batches(sources: Iterable[Iterator[dict[str, torch.Tensor]]]) -> Iterator[dict[str, torch.Tensor]]:
+def join_batches(
+    sources: Iterable[Iterator[dict[str, torch.Tensor]]],
+) -> Generator[dict[str, torch.Tensor], None, None]:
     """One batch of every source in turn, joined key by key (``torch.cat`` along the first dimension).
 
     Args:

@@ -29,8 +29,10 @@ from torchvision.datasets import ImageFolder
 
 from unicl.data.batches import UnifiedCollate
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file, read_class_names
+from unicl.data.headers import check_image_headers
 from unicl.data.transforms import image_transform
-from unicl.data.unreadable import UnreadableImage, reporting_unreadable, unreadable_message
+from unicl.data.unreadable import SkippingUnreadable, UnreadableImage, reporting_unreadable, unreadable_message
+from unicl.data.workers import worker_ignores_stop_signals
 from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.module import UniCLLoss
 from unicl.models import (
@@ -65,7 +67,7 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
-    "micro_batch",
+    "micro_batch", "skip_unreadable",
 )  # fmt: skip
 
 
@@ -173,6 +175,7 @@ class Trainer:
         self._resumed_tokenizer: dict[str, Any] | None = None
         self._resumed_position: dict[str, Any] | None = None
         self._changed_options: list[str] = []
+        self._skipping: list[SkippingUnreadable] = []
         resumed = self._resume()
         self.tokenizer = self._tokenizer()
         self.log = RunLog(
@@ -182,6 +185,8 @@ class Trainer:
         if resumed is not None:
             self.log.message(f"resumed from {resumed} at step {self.step}")
             self.log.record(self.step, "resume", {"checkpoint": str(resumed)})
+        if args.check_data:
+            self._check_data()
         self.loaders = self._loaders()
         if resumed is not None and self._resumed_position is not None:
             self._check_data_position(resumed, self._resumed_position)
@@ -272,6 +277,46 @@ class Trainer:
             self._folders = LabelledFolders(args.image_folder, self.train_transform, names)
         return self._folders
 
+    def _check_data(self) -> None:
+        """``--check-data``: every image file's header, read by rank 0 before the first step (the others wait for the
+        verdict, so all of them stop on a bad file)."""
+        args = self.args
+        problem: str | None = None
+        if self.runtime.is_main:
+            files: list[tuple[str | Path, str]] = []
+            if args.image_folder:
+                folders = self._labelled()
+                files += [(path, folders.origin(path)) for path, _ in folders.samples]
+            if args.captions:
+                pairs = CaptionPairs(args.captions)
+                files += [(path, pairs.origin(path)) for path in pairs.image_paths]
+            if args.eval_folder is not None:
+                files += [
+                    (path, f"image folder {args.eval_folder}") for path, _ in ImageFolder(args.eval_folder).samples
+                ]
+            started = time.perf_counter()
+            bad = check_image_headers(files)
+            seconds = time.perf_counter() - started
+            shown = "; ".join(map(str, bad[:5])) + ("; ..." if len(bad) > 5 else "")
+            if bad and not args.skip_unreadable:
+                problem = (
+                    f"--check-data: {len(bad)} of {len(files)} image files fail their header check: {shown}; "
+                    "remove or replace them, or train with --skip-unreadable"
+                )
+            elif bad:
+                self.log.message(
+                    f"--check-data: {len(bad)} of {len(files)} image files fail their header check, skipped when "
+                    f"read (--skip-unreadable): {shown}"
+                )
+            else:
+                self.log.message(
+                    f"--check-data: the headers of {len(files)} image files read in {seconds:.1f} s, none bad"
+                )
+            self.log.record(self.step, "check_data", {"files": len(files), "bad": len(bad), "seconds": seconds})
+        problem = self.runtime.broadcast(problem)
+        if problem is not None:
+            raise TrainingError(problem)
+
     def _loaders(self) -> dict[str, DataLoader]:
         """One loader per source, from the step the run is at, each giving its share of every batch
         (`unicl.training.mixing`)."""
@@ -283,7 +328,7 @@ class Trainer:
         if "labelled" in self.shares:
             folders = self._labelled()
             prompts = LabelToPrompt(folders.class_names, seed=args.seed)
-            keyed = KeyedSamples(reporting_unreadable(folders), args.seed, prompts)
+            keyed = KeyedSamples(self._readable(folders), args.seed, prompts)
             loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts)
         if "captioned" in self.shares:
             if args.webdataset:
@@ -292,9 +337,22 @@ class Trainer:
                     runtime.rank, runtime.world_size, args.workers, start_step=self.step,
                 )  # fmt: skip
             else:
-                captioned = KeyedSamples(reporting_unreadable(CaptionPairs(args.captions, transform)), args.seed)
+                captioned = KeyedSamples(self._readable(CaptionPairs(args.captions, transform)), args.seed)
             loaders["captioned"] = self._loader(captioned, self.shares["captioned"], prompts)
         return loaders
+
+    def _readable(self, dataset: CaptionPairs | LabelledFolders) -> Any:
+        """``dataset`` reporting its unreadable images, or with ``--skip-unreadable`` skipping and counting them."""
+        reporting = reporting_unreadable(dataset)
+        if not self.args.skip_unreadable:
+            return reporting
+        skipping = SkippingUnreadable(reporting)
+        self._skipping.append(skipping)
+        return skipping
+
+    def unreadable_skipped(self) -> int:
+        """Reads of unreadable images this rank skipped so far (``--skip-unreadable``)."""
+        return sum(int(source.skipped.value) for source in self._skipping)
 
     def _loader(self, dataset: Any, batch_size: int, prompts: LabelToPrompt | None) -> DataLoader:
         args, runtime = self.args, self.runtime
@@ -304,6 +362,8 @@ class Trainer:
             "pin_memory": self.device.type == "cuda",
             # The loader's own generator: creating it does not advance the global one the checkpoint restores.
             "generator": torch.Generator().manual_seed(derive_seed("loader", args.seed, runtime.rank)),
+            # A stop signal sent to the process group reaches the workers too: the main process answers it.
+            "worker_init_fn": worker_ignores_stop_signals if args.checkpoint_on_signal else None,
         }
         if isinstance(dataset, ShardedCaptions):
             return DataLoader(dataset, batch_size=batch_size, **options)
@@ -574,11 +634,17 @@ class Trainer:
         try:
             with StopSignals(enabled=args.checkpoint_on_signal) as stop:
                 self._train_until(end, stop)
+            skipped = self._all_skipped()
+            if skipped is not None:
+                self.log.message(f"--skip-unreadable: {skipped} reads of unreadable images skipped")
+                self.log.record(self.step, "unreadable", {"skipped": skipped})
             if self.step < args.steps:
                 self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
                 return None
             return self._write_final()
         finally:
+            # The loaders' workers leave now, asked, before the interpreter's exit would wait for them.
+            self.batches.close()
             self.log.close()
 
     def _train_until(self, end: int, stop: StopSignals) -> None:
@@ -633,8 +699,16 @@ class Trainer:
                 "logit_scale": float(self.model.clamped_logit_scale().detach()),
                 "samples_per_second": steps * self.args.batch_size * self.runtime.world_size / max(seconds, 1e-9),
                 **{name: value for name, value in self.data_position().items() if name.endswith("_epoch")},
+                **({"unreadable_skipped": skipped} if (skipped := self._all_skipped()) is not None else {}),
             },
         )
+
+    def _all_skipped(self) -> int | None:
+        """Reads of unreadable images every rank skipped so far, or ``None`` without ``--skip-unreadable`` (a
+        collective)."""
+        if not self.args.skip_unreadable:
+            return None
+        return int(self.runtime.sum([float(self.unreadable_skipped())])[0])
 
     def _write_final(self) -> Path:
         """The final weights (``save_pretrained``), the tokenizer file and the run's options, by rank 0."""

@@ -8,3 +8,8 @@
 * `unicl.loss.kernels.plan`, `unicl.loss.kernels.tuning`: launch plans and tile configurations.
 * `unicl.loss.kernels.compile_report`: what the compiler makes of every kernel, for a GPU that need not be present.
 """
+
+from unicl._exports import lazy_exports
+
+# No public names of its own: the modules above are reachable as attributes once ``unicl`` is imported.
+__getattr__, __dir__ = lazy_exports(__name__, {})
