@@ -52,6 +52,7 @@ def raw_roles_in_files(paths: list[Path]) -> dict[str, list[str]]:
     return {path: lines for path, lines in found.items() if lines}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("page", "index", "code"), SNIPPETS, ids=[f"{p.relative_to(ROOT)}#{i}" for p, i, _ in SNIPPETS]
 )

@@ -85,6 +85,7 @@ def _sklearn_tuned(train_x, train_y, test_x, test_y, l2_values, seed=0):
         return float((fit(train_x, train_y, best)(test_x) == test_y.numpy()).mean())
 
 
+@pytest.mark.slow
 def test_linear_probe_is_at_least_scikit_learns_tuned_logistic_regression(pixels):
     result = linear_probe(*pixels, metric="mean_per_class_recall")
     tried = [value for value, _ in result["sweep"]]
@@ -96,6 +97,7 @@ def test_linear_probe_is_at_least_scikit_learns_tuned_logistic_regression(pixels
     assert (result["train"], result["test"], result["classes"], result["feature_dim"]) == (1074, 723, 10, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("l2", "dtype", "bound"), [(1e-6, torch.float32, 1e-3), (1e-4, torch.float32, 1e-5),
                                                     (1e-2, torch.float32, 1e-6), (1.0, torch.float32, 1e-6),
                                                     (1e-4, torch.float64, 1e-7)])  # fmt: skip
@@ -255,6 +257,7 @@ def _model():
     return unicl.create_model("unicl_tiny")
 
 
+@pytest.mark.slow
 def test_probe_of_model_features_on_image_folders(folders):
     model = _model()
     train, test = _datasets(folders)
@@ -390,6 +393,7 @@ def _count_images(model) -> list[int]:
     return images
 
 
+@pytest.mark.slow
 def test_few_shot_encodes_only_the_drawn_images(folders, tmp_path):
     model = _model()
     images = _count_images(model)
@@ -518,6 +522,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak resident size reset")
 def test_a_fit_holds_one_feature_sized_matrix_beyond_its_input():
     """Peak memory of a 40,000 x 256, 50-class fit above its inputs, in a fresh process whose large allocations

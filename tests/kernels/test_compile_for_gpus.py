@@ -50,6 +50,7 @@ def _name(report: dict) -> str:
     return f"{report['kernel']} sm_{report['capability']} {report['dtype']} {report['config']} w{report['num_warps']}"
 
 
+@pytest.mark.slow
 def test_every_configuration_was_compiled(reports):
     import torch
 
