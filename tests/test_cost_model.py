@@ -123,6 +123,7 @@ def test_command_line_prints_every_backend_and_the_sources(tmp_path):
     assert bad.returncode != 0 and "--n and --d must be positive" in bad.stderr
 
 
+@pytest.mark.slow  # plans_at_65536 takes seconds to build
 def test_the_docs_show_the_models_current_table(plans_at_65536):
     table = cost_model.format_table(cost_model.rows_for(plans_at_65536, 65536, 512), 65536, 512, "bfloat16", True)
     assert table in (ROOT / "docs" / "kernels.md").read_text()

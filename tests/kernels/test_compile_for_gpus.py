@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+#: Every test reads the compile report, minutes of compiling on a CPU: the whole module is the slow tier's.
+pytestmark = pytest.mark.slow
+
 CAPABILITIES = (80, 86, 89, 90, 100)
 KERNELS = ("partials", "weights", "lse", "grad")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -50,7 +53,6 @@ def _name(report: dict) -> str:
     return f"{report['kernel']} sm_{report['capability']} {report['dtype']} {report['config']} w{report['num_warps']}"
 
 
-@pytest.mark.slow
 def test_every_configuration_was_compiled(reports):
     import torch
 
