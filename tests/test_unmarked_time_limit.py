@@ -18,12 +18,12 @@ def test_quick():
 
 
 def test_sleepy():
-    time.sleep(0.6)
+    time.sleep(0.3)
 
 
 @pytest.mark.slow
 def test_marked():
-    time.sleep(0.6)
+    time.sleep(0.3)
 
 
 class TestGroup:
@@ -33,7 +33,7 @@ class TestGroup:
 
 @pytest.fixture
 def sleepy_fixture():
-    time.sleep(0.6)
+    time.sleep(0.3)
 """
 
 
@@ -45,10 +45,10 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_an_unmarked_test_over_the_limit_fails_the_run_and_is_named(suite):
-    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.3")
+    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.15")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=4)
-    offenders = [line for line in result.outlines if "over the 0.3 s limit" in line]
+    offenders = [line for line in result.outlines if "over the 0.15 s limit" in line]
     assert sorted(line.split(" took ")[0] for line in offenders) == [
         "test_timed.py::TestGroup::test_sleepy_setup",  # a slow fixture counts: setup + call
         "test_timed.py::test_sleepy",
@@ -57,10 +57,10 @@ def test_an_unmarked_test_over_the_limit_fails_the_run_and_is_named(suite):
 
 
 def test_marked_and_quick_tests_pass_the_limit(suite):
-    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.3", "-k", "quick or marked")
+    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.15", "-k", "quick or marked")
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=2)
-    assert "over the 0.3 s limit" not in result.stdout.str()
+    assert "over the 0.15 s limit" not in result.stdout.str()
 
 
 def test_without_the_option_nothing_is_timed(suite):
@@ -71,7 +71,7 @@ def test_without_the_option_nothing_is_timed(suite):
 
 def test_a_failing_run_keeps_its_own_exit_status(suite):
     suite.makepyfile(test_failing="def test_fails():\n    assert False\n")
-    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.3")
+    result = suite.runpytest("-p", "unmarked_time_limit", "--max-unmarked-seconds", "0.15")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=4, failed=1)
     assert "test_timed.py::test_sleepy took" in result.stdout.str()
