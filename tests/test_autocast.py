@@ -35,6 +35,7 @@ def _skip_without_interpreter(backend):
         pytest.skip("the Triton backends need TRITON_INTERPRET=1 on the CPU")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_features_give_the_float32_loss_inside_autocast(backend, autocast_dtype):
@@ -66,6 +67,7 @@ def test_half_features_give_the_same_results_inside_and_outside_autocast(backend
     assert_matches_float64(inside, float64_loss_and_grads(image, text, labels, scale), torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_the_module_inside_autocast_with_backward_outside():
     """The training loop's pattern: forward under autocast, backward after the region ends."""
     image, text, labels = _batch(300, 32, torch.float32, seed=2)

@@ -13,6 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_small_cpu_sweep_writes_table_csv_and_plots(tmp_path):
     command = [
         sys.executable, str(ROOT / "benchmarks" / "bench_loss.py"), "--n", "32", "64", "--d", "16", "--repeats", "2",

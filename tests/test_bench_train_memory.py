@@ -29,6 +29,7 @@ def bench():
     return bench_train_memory
 
 
+@pytest.mark.slow
 def test_quick_run_writes_csv_plot_readme_and_caching_saves_memory(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300

@@ -31,6 +31,7 @@ def folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_finished_training_and_evaluation_exit_with_status_0(folders, tmp_path):
     """The console scripts wrap ``main``, whose returned results would otherwise become exit status 1."""
     output = tmp_path / "run"

@@ -122,6 +122,7 @@ def test_ids_without_an_end_token_are_refused():
         attention_mask_from_ids(torch.tensor([1, 5, 2, 0]), end_id=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("templates", [unicl_templates(), PER_CLASS], ids=["unicl-81", "per-class"])
 def test_clip_benchmarks_zero_shot_code_gives_unicls_numbers(workspace, templates):
     model, transform, tokenizer = load_unicl(str(workspace / "model"), "none")
@@ -226,6 +227,7 @@ def _launch(workspace, *arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=workspace, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_command_runs_clip_benchmark_on_a_unicl_model(workspace):
     result = _launch(
         workspace, "--model", "model", "--pretrained", "none", "--dataset", "imagenet1k-unverified",

@@ -50,6 +50,7 @@ def _split(plan: cost_model.Plan) -> tuple[float, float, float]:
     return torch_flops, sum(launch.flops for launch in kernels), sum(launch.exps for launch in kernels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "d", "chunk_size"), [(300, 40, None), (300, 40, 64), (257, 24, 100)])
 def test_chunked_flops_equal_the_flop_counter(n, d, chunk_size):
     counted, _ = _counted("chunked", n, d, chunk_size)
@@ -62,6 +63,7 @@ def test_dense_flops_equal_the_flop_counter():
     assert cost_model.dense_plan(200, 24, torch.float32).flops == counted
 
 
+@pytest.mark.slow
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d", "chunk_size"), [(96, 40, None), (130, 72, None), (130, 40, 48)])
 def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
@@ -73,6 +75,7 @@ def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
     assert _split(plan) == (torch_flops, counts["dot_flops"], counts["exp2"])
 
 
+@pytest.mark.slow
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d"), [(96, 40), (70, 72)])
 def test_rowwise_counts_equal_what_the_interpreter_runs(n, d):
@@ -83,6 +86,7 @@ def test_rowwise_counts_equal_what_the_interpreter_runs(n, d):
     assert _split(plan) == (torch_flops, counts["dot_flops"], counts["exp2"])
 
 
+@pytest.mark.slow
 @needs_interpreter
 def test_one_pass_issues_the_minimum_work_at_n_512():
     """Every tl.dot at its padded tile shape plus every torch product, forward and backward, N = D = 512."""
@@ -95,6 +99,7 @@ def plans_at_65536() -> list[cost_model.Plan]:
     return cost_model.all_plans(65536, 512, torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_predicted_h200_time_of_the_one_pass_schedule_meets_the_goal(plans_at_65536):
     """N = 65,536, D = 512, bf16 on an H200: at most 44 ms (50% of peak at 8·N²·D) under the stated efficiencies,
     and the two-pass schedule it replaces issues 3x the minimum there."""
@@ -106,6 +111,7 @@ def test_predicted_h200_time_of_the_one_pass_schedule_meets_the_goal(plans_at_65
     assert plans["Inf-CL 1.2.1 (both directions)"].flops == 2.5 * cost_model.minimum_flops(65536, 512)
 
 
+@pytest.mark.slow
 def test_command_line_prints_every_backend_and_the_sources(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "cost_model.py"), "--n", "4096", "--d", "256"]
     result = subprocess.run([*command, "--json", str(tmp_path / "cost.json")], capture_output=True, text=True)
@@ -117,6 +123,7 @@ def test_command_line_prints_every_backend_and_the_sources(tmp_path):
     assert bad.returncode != 0 and "--n and --d must be positive" in bad.stderr
 
 
+@pytest.mark.slow  # plans_at_65536 takes seconds to build
 def test_the_docs_show_the_models_current_table(plans_at_65536):
     table = cost_model.format_table(cost_model.rows_for(plans_at_65536, 65536, 512), 65536, 512, "bfloat16", True)
     assert table in (ROOT / "docs" / "kernels.md").read_text()

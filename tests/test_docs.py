@@ -55,6 +55,7 @@ def raw_roles_in_files(paths: list[Path]) -> dict[str, list[str]]:
     return {path: lines for path, lines in found.items() if lines}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("page", "index", "code"), SNIPPETS, ids=[f"{p.relative_to(ROOT)}#{i}" for p, i, _ in SNIPPETS]
 )
@@ -252,6 +253,7 @@ def test_every_package_name_on_a_page_exists(page):
     assert [name for name in names if not _resolves(name)] == []
 
 
+@pytest.mark.slow
 def test_every_dotted_name_on_the_pages_resolves_after_a_plain_import_unicl():
     """What a reader types: ``import unicl``, then ``unicl.a.b.c`` as the page shows it, in a fresh interpreter (where
     no other import has put a submodule on its package already)."""

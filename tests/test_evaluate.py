@@ -154,6 +154,7 @@ def test_class_names_are_counted_against_the_dataset_before_any_image_is_read(wo
     assert reads == []
 
 
+@pytest.mark.slow
 def test_zeroshot_metrics_equal_scikit_learn_and_a_numpy_reference(workspace):
     folder = ImageFolder(str(workspace / "digits"))
     scores, targets = _api_scores(workspace, folder, folder.classes)
@@ -354,6 +355,7 @@ def test_the_model_a_training_run_saved_evaluates_with_its_own_tokenizer(workspa
     assert reported["images"] == 24
 
 
+@pytest.mark.slow
 def test_zeroshot_from_the_shell_on_a_run_that_trained_its_own_tokenizer(workspace, tmp_path):
     """Issue #21's check: ``python -m unicl.evaluate zeroshot --model RUN/final --data DIR`` with no tokenizer option
     on a run whose tokenizer the training command trained itself; the numbers are those of the run's tokenizer file."""
@@ -376,6 +378,7 @@ def test_zeroshot_from_the_shell_on_a_run_that_trained_its_own_tokenizer(workspa
     assert f"top1={reported['top1']:.4f}" in result.stdout
 
 
+@pytest.mark.slow
 def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tmp_path, capsys):
     model = unicl.load_model(workspace / "model")
     transform = unicl.image_transform(model)
@@ -407,6 +410,7 @@ def test_linear_probe_command_reports_what_the_python_api_computes(workspace, tm
     assert text == expected and text["feature_kind"] == "projected"
 
 
+@pytest.mark.slow
 def test_a_linear_probe_and_few_shot_run_on_a_model_saved_without_its_tokenizer(workspace, tmp_path, capsys):
     """A probe whose head starts at 0 reads no text; the model's vocabulary is not CLIP's, so no tokenizer would do."""
     model = unicl.load_model(workspace / "model")
@@ -601,6 +605,7 @@ def test_run_time_errors_name_the_argument_they_come_from(workspace, tmp_path, c
     assert _error(capsys, *probe) == "an internal inconsistency"  # not blamed on --train/--test
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_read_by_a_worker_is_one_line_naming_the_data(workspace, tmp_path, capsys):
     """A DataLoader worker re-raises the error with its traceback in the message: the line is the error's own."""
     with pytest.raises(SystemExit):
@@ -617,6 +622,7 @@ def test_an_unreadable_image_read_by_a_worker_is_one_line_naming_the_data(worksp
     assert last.startswith("python -m unicl.evaluate zeroshot: error: --data: cannot identify image file "), last
 
 
+@pytest.mark.slow
 def test_a_bad_input_prints_one_line_from_the_shell(workspace, tmp_path):
     command = [sys.executable, "-m", "unicl.evaluate", "zeroshot", "--model", str(workspace / "model"), "--data",
                str(tmp_path / "missing"), "--device", "cpu"]  # fmt: skip
@@ -634,6 +640,7 @@ def test_help_explains_every_option():
                 assert action.help and len(action.help) > 15, (name, action.dest)
 
 
+@pytest.mark.slow
 def test_the_evaluation_page_documents_every_option():
     page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

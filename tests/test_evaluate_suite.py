@@ -41,6 +41,7 @@ ENTRIES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_suite_runs_every_entry_then_skips_them(workspace, tmp_path, capsys, monkeypatch):
     config = _suite(workspace, ENTRIES)
     output = tmp_path / "results"
@@ -121,6 +122,7 @@ def _suite_error(capsys, arguments: list[str]) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_results_of_another_model_or_entry_are_refused_not_reused(workspace, tmp_path, capsys):
     """The review's fault: a rerun with another --model (or --pretrained, changed weights, an edited entry) into the
     same --output skipped every entry and reported the old model's results as the new one's."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_distributed.py"
 
@@ -16,6 +18,7 @@ def test_the_docs_show_the_example_as_it_is():
     assert EXAMPLE.read_text() in re.findall(r"```python\n(.*?)```", page, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_example_trains_on_two_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(EXAMPLE)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)

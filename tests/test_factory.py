@@ -38,6 +38,7 @@ def test_a_preset_comes_with_image_transforms_train_and_eval_transforms():
     assert features.shape == (1, 32)
 
 
+@pytest.mark.slow
 def test_a_224_pixel_preset_gets_the_released_evaluation_transform():
     model, train, evaluate = unicl.create_model_and_transforms("unicl_resnet50")
     image = _image(320, 240, seed=1)
@@ -46,6 +47,7 @@ def test_a_224_pixel_preset_gets_the_released_evaluation_transform():
     assert model.config.image.model_name == "resnet50"
 
 
+@pytest.mark.slow
 def test_pretrained_weights_and_saved_directories(tmp_path):
     source = unicl.create_model("unicl_tiny")
     source.save_pretrained(tmp_path / "saved")

@@ -145,6 +145,7 @@ def test_dry_run_steps_option_marks_the_others_skipped(tmp_path):
     assert skipped == {"a1", "a2", "c", "e"}
 
 
+@pytest.mark.slow
 def test_step_runner_records_pass_failure_and_timeout_and_exits_non_zero(tmp_path):
     script = f"""
         source {shlex.quote(str(SCRIPT))}
@@ -227,6 +228,7 @@ def test_whole_run_with_a_stand_in_python_writes_only_the_planned_files(tmp_path
         assert "PASS (only the planned files)" in summary
 
 
+@pytest.mark.slow
 def test_gpu_probes_help_names_its_subcommands(capsys):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_probes.py"), "--help"], capture_output=True, text=True
@@ -293,6 +295,7 @@ def test_recorders_see_every_autotuner_the_launchers_ask_for(monkeypatch):
     assert [tuner for *_, tuner in records] == list(tuners.values())
 
 
+@pytest.mark.slow
 def test_every_gpu_test_belongs_to_one_launched_group():
     collected = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/gpu"],
@@ -335,6 +338,7 @@ def test_parallel_test_runner_holds_large_groups_to_their_limit():
     assert gpu_tests.startable(groups("large-bf16"), running, jobs=20, large_at_once=1) is None
 
 
+@pytest.mark.slow
 def test_parallel_test_runner_prints_each_group_and_fails_if_one_fails(tmp_path):
     (tmp_path / "test_dummy.py").write_text(
         "import os\n\n\ndef test_group_is_named():\n    assert os.environ['UNICL_GPU_TEST_GROUP'] != 'chunked'\n"
@@ -370,6 +374,7 @@ def test_clip_loss_formula_equals_open_clip_and_unicl_dense():
     torch.testing.assert_close(formula, by_hand, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_bench_loss_shares_one_date_and_skips_plots_when_asked(tmp_path):
     command = [
         sys.executable, str(ROOT / "benchmarks" / "bench_loss.py"), "--n", "32", "--d", "16", "--repeats", "1",

@@ -90,6 +90,7 @@ def test_unicl_tiny_matches_the_plain_full_batch_step():
     assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
 
 
+@pytest.mark.slow
 def test_the_trainers_loss_without_renormalising_matches_the_plain_step_and_the_normalising_loss():
     """The trainer's loss takes the model's unit features as they are (normalize=False): gradient caching agrees with
     the plain step, and both with a loss that normalises again (normalising a unit row changes it only by rounding,
@@ -109,6 +110,7 @@ def test_the_trainers_loss_without_renormalising_matches_the_plain_step_and_the_
     _assert_same_grads(renormalised, plain)
 
 
+@pytest.mark.slow
 def test_drop_path_masks_are_replayed_and_checkpointing_works():
     """Drop-path on, train mode: pass 2 must draw pass 1's masks, or the cached gradients belong to other masks."""
     model = _tiny(drop_path=0.5, checkpointing=True)
@@ -127,6 +129,7 @@ def test_drop_path_masks_are_replayed_and_checkpointing_works():
     assert float(cached_backward(model, images, texts, LABELS, loss_fn=loss_fn, micro_batch=5)) != float(loss)
 
 
+@pytest.mark.slow
 def test_open_clip_tiny_clip_matches_the_plain_step():
     open_clip = pytest.importorskip("open_clip")
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -214,6 +217,7 @@ def test_gradient_scaler_scales_the_gradients():
         assert _relative_error(got.grad, 256.0 * want.grad) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_under_bf16_autocast():
     """Under autocast both passes and the loss run in bf16 as in the plain step. The reference disables autocast's
     weight cache: with it, the plain step's micro-batches share one bf16 copy of each weight and sum their weight
@@ -303,6 +307,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_on_two_gloo_ranks_with_the_global_loss(tmp_path):
     world = 2
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)

@@ -85,6 +85,7 @@ def _sklearn_tuned(train_x, train_y, test_x, test_y, l2_values, seed=0):
         return float((fit(train_x, train_y, best)(test_x) == test_y.numpy()).mean())
 
 
+@pytest.mark.slow
 def test_linear_probe_is_at_least_scikit_learns_tuned_logistic_regression(pixels):
     result = linear_probe(*pixels, metric="mean_per_class_recall")
     tried = [value for value, _ in result["sweep"]]
@@ -96,8 +97,12 @@ def test_linear_probe_is_at_least_scikit_learns_tuned_logistic_regression(pixels
     assert (result["train"], result["test"], result["classes"], result["feature_dim"]) == (1074, 723, 10, 64)
 
 
+@pytest.mark.slow
+# The float32 bounds are at least the float32 objective's own rounding over the 1,074 training rows (about
+# √N·ε₃₂ = 4e-6 relative): below it, where the float32 solver stops depends on the BLAS's summation order (1e-6 failed
+# with one torch thread on one machine and passed with two).
 @pytest.mark.parametrize(("l2", "dtype", "bound"), [(1e-6, torch.float32, 1e-3), (1e-4, torch.float32, 1e-5),
-                                                    (1e-2, torch.float32, 1e-6), (1.0, torch.float32, 1e-6),
+                                                    (1e-2, torch.float32, 4e-6), (1.0, torch.float32, 4e-6),
                                                     (1e-4, torch.float64, 1e-7)])  # fmt: skip
 def test_the_fit_reaches_the_float64_optimum(pixels, l2, dtype, bound):
     """Our objective at our weights against scikit-learn's lbfgs at tol 1e-12 on the same standardised features and
@@ -255,6 +260,7 @@ def _model():
     return unicl.create_model("unicl_tiny")
 
 
+@pytest.mark.slow
 def test_probe_of_model_features_on_image_folders(folders):
     model = _model()
     train, test = _datasets(folders)
@@ -390,6 +396,7 @@ def _count_images(model) -> list[int]:
     return images
 
 
+@pytest.mark.slow
 def test_few_shot_encodes_only_the_drawn_images(folders, tmp_path):
     model = _model()
     images = _count_images(model)
@@ -518,6 +525,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak resident size reset")
 def test_a_fit_holds_one_feature_sized_matrix_beyond_its_input():
     """Peak memory of a 40,000 x 256, 50-class fit above its inputs, in a fresh process whose large allocations

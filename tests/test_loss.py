@@ -481,6 +481,7 @@ def test_logit_scale_may_live_on_the_cpu_or_the_features_device(monkeypatch, com
         check_logit_scale(torch.tensor(10.0, device="meta"), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_compiled_loss_accepts_a_cpu_scale_tensor():
     image, text = make_batch(12, 8, dtype=torch.float32)
     scale = torch.tensor(14.0, requires_grad=True)
@@ -578,6 +579,7 @@ def test_second_derivatives_of_the_normalisation():
     assert torch.autograd.gradgradcheck(normalize_features, (features.requires_grad_(),))
 
 
+@pytest.mark.slow
 def test_choosing_a_backend_imports_no_triton():
     """Whether Triton can run is asked without importing it: a chunked or dense loss loads no Triton module."""
     import subprocess

@@ -61,6 +61,7 @@ def _tie_broken_by(scores: torch.Tensor, order: tuple[int, ...]) -> np.ndarray:
     return scores.numpy() + preference
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 12), c=st.integers(3, 5), k=st.integers(1, 4))
 def test_ties_get_the_expected_credit_of_random_tie_breaking(seed, n, c, k):
     """Averaging scikit-learn's answer over every order of tie-breaking between the classes is the expectation under
@@ -219,6 +220,7 @@ def test_tied_scores_are_grouped_where_the_devkit_orders_them():
     assert _devkit_11_point_ap(np.array([1.0, 1.0]), np.array([1, 0])) == 1.0  # the positive sorted first
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 30), c=st.integers(5, 8))
 def test_the_registry_computes_each_metric(seed, n, c):
     scores, targets = _random(seed, n, c)

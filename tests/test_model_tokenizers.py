@@ -22,6 +22,7 @@ def trained():
     return Tokenizer.train(CORPUS, vocab_size=300, context_length=12)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(text=st.text(max_size=40))
 def test_a_saved_trained_tokenizer_gives_the_same_ids_for_any_text(tmp_path_factory, trained, text):
@@ -68,6 +69,7 @@ def test_get_tokenizer_reads_a_model_directory_saved_with_its_tokenizer(tmp_path
     assert unicl.get_tokenizer(tmp_path, context_length=8).context_length == 8
 
 
+@pytest.mark.slow
 def test_get_tokenizer_of_presets_clip_and_directories_without_one(tmp_path):
     assert preset_tokenizer("unicl_swin_tiny") == "clip" and preset_tokenizer("unicl_tiny") == "trained"
     swin = unicl.get_tokenizer("unicl_swin_tiny")

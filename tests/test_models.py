@@ -22,6 +22,7 @@ def _ids(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", unicl.list_models())
 def test_every_preset_gives_normalised_embeddings_of_the_right_shape(name):
     torch.manual_seed(0)
@@ -176,6 +177,7 @@ def test_bad_inputs(tiny_model, images, ids, mask, words):
         tiny_model(images, ids, mask)
 
 
+@pytest.mark.slow
 def test_short_training_on_digits_beats_chance_by_a_wide_margin(tmp_path):
     sys.path.insert(0, str(EXAMPLES))
     try:

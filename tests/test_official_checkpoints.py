@@ -146,6 +146,7 @@ def tokens():
     return tokenizer(["a photo of a dog.", "an image of a small red car parked by the road", "x"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("image", "text", "projection", "ddp", "wrapped"),
     [
@@ -169,6 +170,7 @@ def test_official_layouts_load_and_reproduce_the_official_encoders(
     torch.testing.assert_close(output["logit_scale"], torch.tensor(50.0))
 
 
+@pytest.mark.slow
 def test_swin_base_loads_and_reproduces_the_official_encoders(tmp_path, tokens):
     state, encode_image, encode_text = _official("unicl_swin_base", seed=3)
     path = tmp_path / "yfcc14m_swin_base.pth"
@@ -178,6 +180,7 @@ def test_swin_base_loads_and_reproduces_the_official_encoders(tmp_path, tokens):
     _assert_encoders_match(model, encode_image, encode_text, images, tokens)
 
 
+@pytest.mark.slow
 def test_loading_is_strict_and_names_the_problem(tmp_path, tiny_official):
     state = dict(tiny_official[0])
     del state["text_encoder.ln_final.bias"]
@@ -192,6 +195,7 @@ def test_loading_is_strict_and_names_the_problem(tmp_path, tiny_official):
         unicl.create_model("unicl_swin_tiny", pretrained=whole, embed_dim=256)
 
 
+@pytest.mark.slow
 def test_foreign_truncated_and_pickled_files_are_refused(tmp_path, tiny_official):
     path = tmp_path / "checkpoint.pth"
     torch.save({"model": {"w": torch.zeros(2)}, "config": {"lr": 0.1}}, path)
@@ -303,6 +307,7 @@ def _with_checks(monkeypatch, tag: str, model: str, path: Path, **changes) -> No
     monkeypatch.setattr(pretrained, "_CHECKPOINTS", table)
 
 
+@pytest.mark.slow
 def test_a_tag_loads_its_file_from_unicl_home_checked_by_size_and_sha256(monkeypatch, tmp_path, tiny_official, tokens):
     state, encode_image, encode_text = tiny_official
     monkeypatch.setenv("UNICL_HOME", str(tmp_path / "home"))

@@ -35,6 +35,25 @@ def test_ci_stops_when_the_readme_test_command_fails():
     assert re.search(r"\|\| \{ .*exit 1; \}$", line), line
 
 
+#: The pages that tell contributors which tests to run: the README's "Develop" part and the docs' contributing page.
+DEVELOP_PAGES = [README, README.parent / "docs" / "contributing.md"]
+QUICK_TIER = 'python -m pytest -m "not slow" -q'
+
+
+@pytest.mark.parametrize("page", DEVELOP_PAGES, ids=lambda p: p.name)
+def test_the_develop_pages_name_the_quick_tier_and_cis_test_run(page):
+    """Both tiers, as commands to copy: the quick one while working, CI's (the README's test command) before a push."""
+    readme_commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
+    ci_test_run = next(c for c in readme_commands if "pytest" in c).split(" && ")[-1]
+    assert ci_test_run.startswith("python -m pytest") and "--max-unmarked-seconds" in ci_test_run
+    text = page.read_text()
+    if page == README:
+        text = text.split("## Develop\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
+    assert QUICK_TIER in commands
+    assert any(command.endswith(ci_test_run) for command in commands)
+
+
 #: The pages that tell users how to install (the other pages point at them).
 INSTALL_PAGES = [README, README.parent / "docs" / "index.md", README.parent / "docs" / "quickstart.md"]
 CPU_TORCH = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"

@@ -25,6 +25,7 @@ def _assert_same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(first[name], second[name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_round_trip_is_bit_exact_and_keeps_the_dtype(tmp_path, dtype):
     model = _model(embed_dim=32, text={"layers": 1}).to(dtype)

@@ -160,6 +160,7 @@ def _without_tokenizer(arguments: list[str]) -> list[str]:
     return arguments[:position] + arguments[position + 2 :]
 
 
+@pytest.mark.slow
 def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrupted_run(data, tmp_path):
     """Also: the tokenizer unicl_tiny trains (rank 0 trains it, the other rank receives it) is the same in both."""
     captions = ["--captions", data / "captions.csv", "--steps", "6", "--eval-folder", data / "eval"]
@@ -199,6 +200,7 @@ def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrup
     assert evaluations[-1]["images"] == len(folder) == 18
 
 
+@pytest.mark.slow
 def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
     output = tmp_path / "run"
     final = main(_options(data, output, "--captions", data / "captions.csv", "--steps", "80", "--warmup", "5",
@@ -221,6 +223,7 @@ def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
                         "captioned_samples": 640, "captioned_epoch": 80 / 6}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_webdataset_shards_resume_bit_for_bit_with_workers(data, tmp_path):
     shards = ["--webdataset", str(data / "shard-{0..3}.tar"), "--steps", "7", "--workers", "2", "--ratio", "0.5"]
     main(_options(data, tmp_path / "whole", *shards))
@@ -230,6 +233,7 @@ def test_webdataset_shards_resume_bit_for_bit_with_workers(data, tmp_path):
     _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")
 
 
+@pytest.mark.slow
 def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(data, tmp_path):
     output = tmp_path / "run"
     command = [sys.executable, "-m", "unicl.train",
@@ -267,6 +271,7 @@ def _wait_for_training(process: subprocess.Popen, output: Path, log: Path) -> No
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_a_signal_to_the_process_group_with_workers_checkpoints_and_resume_goes_on(data, tmp_path, number):
     """SLURM signals every process of the job step and Ctrl-C the foreground group: the data-loading workers too."""
@@ -288,6 +293,7 @@ def test_a_signal_to_the_process_group_with_workers_checkpoints_and_resume_goes_
     assert (output / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_sigterm_to_a_torchrun_jobs_group_with_workers_checkpoints_every_rank_and_resume_goes_on(data, tmp_path):
     output, log = tmp_path / "run", tmp_path / "torchrun.log"
     options = _options(data, output, "--steps", "3000", "--workers", "2", "--save-every", "0")
@@ -338,6 +344,7 @@ def _worker_ranks(output) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_its_checkpoint(data, tmp_path):
     output = tmp_path / "run"
@@ -365,6 +372,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_its_checkpo
     assert torch.load(output / "checkpoints" / f"step-{step:09d}.pt", weights_only=True)["step"] == step
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_changes_memory_not_results(data, tmp_path):
     for name, extra in (("plain", []), ("recomputed", ["--grad-checkpointing"])):
         main(_options(data, tmp_path / name, "--steps", "3", "--workers", "0", *extra))
@@ -374,6 +382,7 @@ def test_gradient_checkpointing_changes_memory_not_results(data, tmp_path):
     assert unicl.load_model(tmp_path / "recomputed" / "final").config.text.grad_checkpointing
 
 
+@pytest.mark.slow
 def test_resume_from_a_named_checkpoint_and_of_a_finished_run(data, tmp_path):
     output = tmp_path / "run"
     main(_options(data, output, "--steps", "4", "--save-every", "2", "--workers", "0"))
@@ -395,6 +404,7 @@ def test_resume_auto_without_checkpoints_starts_afresh_and_a_used_output_needs_r
         main(_options(data, output, "--steps", "2", "--workers", "0"))
 
 
+@pytest.mark.slow
 def test_changed_options_on_resume_are_named(data, tmp_path):
     output = tmp_path / "run"
     main(_options(data, output, "--steps", "2", "--workers", "0", "--stop-after", "1", "--save-every", "1"))
@@ -467,6 +477,7 @@ def test_a_tokenizer_larger_than_the_text_tower_is_refused(data, tmp_path):
         main(arguments)
 
 
+@pytest.mark.slow
 def test_micro_batches_train_the_same_weights_to_float32_rounding(data, tmp_path):
     """--micro-batch 2 (gradient caching) against the whole batch at once, same seed, unicl_tiny (no BatchNorm):
     every step's loss agrees to float32 rounding, and so do the weights, up to what AdamW makes of rounding-level
@@ -486,6 +497,7 @@ def test_micro_batches_train_the_same_weights_to_float32_rounding(data, tmp_path
     assert largest <= 0.1 * 1e-3 * 3
 
 
+@pytest.mark.slow
 def test_unicl_tiny_trains_its_own_tokenizer_and_a_resumed_run_reads_it_from_the_checkpoint(data, tmp_path):
     """No --tokenizer: unicl_tiny's tokenizer is a BPE trained on this run's prompts and captions, saved as
     OUTPUT/tokenizer.json and in every checkpoint; a resumed run takes the checkpoint's (no file needed, none
@@ -512,6 +524,7 @@ def test_unicl_tiny_trains_its_own_tokenizer_and_a_resumed_run_reads_it_from_the
               "--tokenizer", str(tmp_path / "other-tokenizer")])  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["directory", "safetensors file", "directory without a tokenizer"])
 def test_pretrained_weights_bring_their_tokenizer_and_never_get_a_new_one(data, tmp_path, form):
     source = tmp_path / "source"
@@ -540,6 +553,7 @@ def test_webdataset_captions_are_in_the_trained_tokenizer(data, tmp_path):
 # --- promises a run keeps (each of these failed before the fix it tests) ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_workers_count_is_named_on_resume_of_a_webdataset_run(data, tmp_path):
     """WebDataset streams are dealt to the loader's workers: --workers orders the data, so a resume checks it."""
     shards = ["--webdataset", str(data / "shard-{0..3}.tar"), "--steps", "4", "--ratio", "0.5"]
@@ -599,6 +613,7 @@ def test_the_library_entry_trains_and_every_batch_holds_the_shares_of_the_ratio(
     trainer.log.close()
 
 
+@pytest.mark.slow
 def test_each_step_appears_once_in_the_log_of_a_resumed_run(data, tmp_path):
     output = tmp_path / "run"
     main(_options(data, output, "--steps", "6", "--workers", "0", "--save-every", "2", "--stop-after", "5"))
@@ -708,6 +723,7 @@ def argparse_like_namespace():
     return argparse.Namespace(lr=1.0)
 
 
+@pytest.mark.slow
 def test_a_gradient_cached_run_stopped_and_resumed_equals_the_uninterrupted_one_bit_for_bit(data, tmp_path):
     """--micro-batch replays each micro-batch's random state from the generator the checkpoint restores."""
     cached = ["--steps", "4", "--workers", "0", "--micro-batch", "4", "--captions", data / "captions.csv"]
@@ -718,6 +734,7 @@ def test_a_gradient_cached_run_stopped_and_resumed_equals_the_uninterrupted_one_
     _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_unreadable_training_image_is_one_line_naming_its_option_and_file(data, tmp_path, capsys, workers):
     """Found only when a batch reads it (in a loader worker or in the main process): argparse's format, exit 2, the
@@ -774,6 +791,7 @@ def _with_a_truncated_image(data, tmp_path) -> tuple[Path, Path]:
     return folders, broken
 
 
+@pytest.mark.slow
 def test_skip_unreadable_replaces_a_truncated_image_and_counts_it(data, tmp_path, capfd):
     folders, broken = _with_a_truncated_image(data, tmp_path)
     # 48 images, 8 a step: 7 steps read every one of them once, the broken one too.

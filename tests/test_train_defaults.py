@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 BATCH, STEPS = 64, 400
@@ -22,6 +24,7 @@ BATCH, STEPS = 64, 400
 SECONDS = 240
 
 
+@pytest.mark.slow
 def test_the_default_command_trains_unicl_tiny_on_digits_to_90_percent_zero_shot(tmp_path):
     # The README's demo writes its data with this script.
     sys.path.insert(0, str(EXAMPLES))

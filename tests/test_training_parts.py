@@ -38,6 +38,7 @@ from unicl.training.signals import StopSignals
 # --- mixing sources --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @given(fraction=st.floats(0.0, 1.0), batch_size=st.integers(1, 200), steps=st.integers(1, 5))
 def test_every_batch_keeps_the_ratio_to_half_a_sample(fraction, batch_size, steps):
     """The trainer's way of mixing (it replaced data.MixedDataset, whose every prefix kept the ratio to one sample):
@@ -109,6 +110,7 @@ def test_sampler_arguments_are_checked():
         StepBatchSampler(10, 0, rank=0, world_size=1, seed=0)
 
 
+@pytest.mark.slow
 def test_seeds_agree_across_processes():
     code = "from unicl.training.sampling import derive_seed; print(derive_seed('order', 3, 7))"
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -192,6 +194,7 @@ def _captions(dataset, batches, workers):
     return [[caption for _, caption in next(stream)] for _ in range(batches)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_shard_streams_resume_at_any_step(shards, workers):
     def dataset(start):

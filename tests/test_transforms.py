@@ -119,6 +119,7 @@ def _digits_32px() -> tuple[list[Image.Image], np.ndarray]:
     return images, digits.target
 
 
+@pytest.mark.slow
 def test_small_image_augmentation_keeps_digits_recognisable_where_the_imagenet_one_does_not():
     images, labels = _digits_32px()
     train, held_out = train_test_split(np.arange(len(labels)), test_size=0.25, random_state=0, stratify=labels)

@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+#: Every test reads the compile report, minutes of compiling on a CPU: the whole module is the slow tier's.
+pytestmark = pytest.mark.slow
+
 CAPABILITIES = (80, 86, 89, 90, 100)
 KERNELS = ("partials", "weights", "lse", "grad")
 DTYPES = ("bfloat16", "float16", "float32")

@@ -60,6 +60,7 @@ def _loss_and_grads(image, text, labels, scale, backend, **options):
     return (loss, *torch.autograd.grad(loss, [image, text, scale]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(MOST_CANDIDATES))
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -120,6 +121,7 @@ def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(mon
     assert {args["D"] for args in seen} == {D}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("capability", "dtype"), [((8, 0), torch.float32), ((9, 0), torch.float16)], ids=str)
 def test_super_chunks_and_column_ranges_on_the_cuda_plan(monkeypatch, capability, dtype):
     """N = 300 with ``chunk_size=128``: three forward and backward super-chunks (the last one short), and with 108
@@ -168,6 +170,7 @@ def test_rows_only_blocks_on_the_cuda_path(monkeypatch, backend, dtype):
         assert_relative_close(got, want, grad_bound, "gradient")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_place", [True, False], ids=["addmm-float32-accumulator", "float32-temporary"])
 @pytest.mark.parametrize("backend", ["triton", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -192,6 +195,7 @@ def test_half_precision_gemms_with_float32_results(monkeypatch, backend, dtype, 
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["triton", "chunked"])
 def test_float16_gradients_hold_at_n_2048(monkeypatch, backend):
     """The mean loss at N = 2,048 in float16 on Hopper's tiles: the softmax weights ``P/(2N)`` are below float16's
@@ -205,6 +209,7 @@ def test_float16_gradients_hold_at_n_2048(monkeypatch, backend):
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), torch.float16)
 
 
+@pytest.mark.slow
 def test_autotuners_are_kept_per_size_bucket(monkeypatch):
     """A tile picked at a small first batch does not serve a large one: each power-of-two bucket of N times the
     candidates anew, and a bucket seen before reuses its pick."""

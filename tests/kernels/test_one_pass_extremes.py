@@ -53,6 +53,7 @@ def test_a_row_of_logits_near_minus_the_scale():
     _check(q, k, rows_per_chunk=64, cols_per_range=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [SCALE, 0.5])
 def test_ragged_tiles_and_ranges(scale):
     """77 x 101 with 32-wide tiles, super-chunks of 40 rows and column ranges of 40: padded rows and columns in

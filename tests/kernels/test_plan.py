@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from unicl.loss.kernels.plan import (
 sizes = st.integers(1, 1 << 21)
 
 
+@pytest.mark.slow
 @given(num_rows=sizes, rows_per_chunk=st.integers(1, 1 << 16))
 def test_super_chunks_cover_the_rows_once_in_order(num_rows, rows_per_chunk):
     chunks = super_chunks(num_rows, rows_per_chunk)

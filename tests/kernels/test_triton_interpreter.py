@@ -21,8 +21,15 @@ LABELS = {
     "all-pairs": lambda n, g: torch.full((n,), -1),
     "mixed": lambda n, g: torch.randint(-1, 3, (n,), generator=g),
 }
-#: Feature dimension per batch size: one not a multiple of 16, several that need more than one D tile.
-SIZES = [(1, 8), (2, 40), (17, 5), (64, 40), (130, 72)]
+#: Feature dimension per batch size: one not a multiple of 16, several that need more than one D tile (the two
+#: largest sizes are the slow tier's: the interpreter takes seconds each).
+SIZES = [
+    (1, 8),
+    (2, 40),
+    (17, 5),
+    pytest.param(64, 40, marks=pytest.mark.slow),
+    pytest.param(130, 72, marks=pytest.mark.slow),
+]
 #: Both Triton schedules: the one-pass default and the earlier two-pass one.
 TRITON_BACKENDS = ["triton", "triton_rowwise"]
 
@@ -140,6 +147,7 @@ def test_rectangular_blocks_match_dense_formula(normalized):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [*TRITON_BACKENDS, "chunked"])
 def test_torch_compile_traces_the_loss_without_graph_breaks(backend):
     """``fullgraph=True`` fails on any graph break; aot_eager runs the traced forward and backward graphs."""
