@@ -2,9 +2,9 @@
 
 Features are all-gathered with a gather whose backward sums each rank's gradient contributions back to the rank
 that owns the features (a reduce-scatter on NCCL, an all-reduce on gloo), written with torch's functional
-collectives so that ``torch.compile`` traces it correctly. Labels
-travel without gradients. A class label ``>= 0`` means the same class on every rank; a negative label (an
-image-text pair) stays unique by its *global* index, so a pair on rank 0 is never a positive of a pair on rank 3.
+collectives so that ``torch.compile`` traces it correctly. Labels travel without gradients. A class label ``>= 0``
+means the same class on every rank; a negative label (an image-text pair) stays unique by its *global* index, so a
+pair on rank 0 is never a positive of a pair on rank 3.
 
 The gradient convention, the same for both modes: the mean over ranks of the returned loss equals the loss of the
 concatenated global batch, and each rank's feature gradient is ``W × ∂L_global/∂(its features)``. DDP averages
@@ -106,7 +106,7 @@ class _GatherWithGradient(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend(ctx.group) == "nccl":
             return funcol.wait_tensor(_REDUCE_SCATTER_SINGLE(grad, "sum", 0, ctx.group)), None, None, None
-        # On gloo the sum of every block, then this rank's: one all-reduce, as the rest of the gloo path expects.
+        # gloo: one all-reduce of the whole gradient, then this rank's block of the sum.
         total = funcol.wait_tensor(_ALL_REDUCE(grad, "sum", ctx.group))
         return total.chunk(ctx.world_size)[ctx.rank].clone(), None, None, None
 
