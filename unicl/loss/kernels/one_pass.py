@@ -42,7 +42,15 @@ from unicl.loss.kernels.plan import (
     super_chunks,
     weights_programs,
 )
-from unicl.loss.kernels.tiles import LN2, LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
+from unicl.loss.kernels.tiles import (
+    LN2,
+    LOG2E,
+    factors,
+    rows_only_statistics,
+    sigmoid_base2,
+    similarity_tile,
+    softmax_arguments,
+)
 from unicl.loss.kernels.tuning import (
     autotuner,
     config_table,
@@ -54,7 +62,7 @@ from unicl.loss.kernels.tuning import (
     tile_options,
 )
 from unicl.loss.matmul import mixed_addmm_, mixed_mm
-from unicl.loss.objectives import SOFTMAX, Objective, Statistics
+from unicl.loss.objectives import Objective, Statistics
 
 #: Base-2 logits of the padded columns and (before the multiply by ``b_j``) rows of a tile: finite, so that no
 #: ``-inf - (-inf)`` or ``-inf·0`` makes a NaN, and so far below any real logit that their exponentials relative to
@@ -140,13 +148,17 @@ def _lse_partials_kernel(
 
 @triton.jit
 def _softmax_weights_kernel(
-    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, w_ptr,
-    M, N, D, stride_q, stride_k, stride_w,
-    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr,
+    q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
+    w_ptr, M, N, D, stride_q, stride_k, stride_w,
+    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """One ``[BLOCK_M, BLOCK_N]`` tile of ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j``.
+    """One ``[BLOCK_M, BLOCK_N]`` tile of the entry weights times the column factors, ``W_ij = P_ij·b_j``.
+
+    ``OBJECTIVE`` is the objective's kernel code: 0 (softmax) gives ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij −
+    c_j)`` from the statistics ``r``, ``c`` (``bias_ptr`` unread); 1 (sigmoid) gives ``P_ij = (g_i + h_j)·σ(Z_ij)``
+    with ``Z_ij = S_ij + β`` (the statistics unread; its autograd passes no ``h``). An absent weight counts as zero.
 
     The grid is one-dimensional, column blocks fastest: a second grid dimension holds at most 65,535 programs,
     which the column blocks of N > 4.19 M at BLOCK_N = 64 would pass, while the total count stays far below 2^31
@@ -167,14 +179,21 @@ def _softmax_weights_kernel(
     )  # fmt: skip
     tile = tile * row_factor[:, None] * col_scale[None, :]
     weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if HAS_Q_WEIGHT:
-        q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
-        q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
-        weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
-    if HAS_K_WEIGHT:
-        k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
-        k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
-        weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+    if OBJECTIVE == 0:
+        if HAS_Q_WEIGHT:
+            q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
+            q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
+            weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
+        if HAS_K_WEIGHT:
+            k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
+            k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
+            weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+    else:
+        sigmoid = sigmoid_base2(tile + tl.load(bias_ptr) * LOG2E)
+        if HAS_Q_WEIGHT:
+            weights += tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)[:, None] * sigmoid
+        if HAS_K_WEIGHT:
+            weights += tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)[None, :] * sigmoid
     weights = weights * col_scale[None, :]
     w_block = tl.make_block_ptr(w_ptr, (M, N), (stride_w, 1), (row_start, col_start), (BLOCK_M, BLOCK_N), (1, 0))
     tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))
@@ -332,8 +351,12 @@ def softmax_weights(
     k_lse: torch.Tensor,
     q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    objective: int = 0,
 ) -> torch.Tensor:
-    """``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
+    """The entry weights times the column factors, ``W_ij = P_ij·b_j``, with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``:
+    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``(g_i + h_j)·σ(S_ij + β)``
+    for the sigmoid one.
 
     Args:
         q: ``[M, D]`` row features (one super-chunk of them).
@@ -341,10 +364,12 @@ def softmax_weights(
         scale: one-element tensor ``s``.
         q_scale: ``[M]`` row factors ``a``.
         k_scale: ``[N]`` column factors ``b``.
-        q_lse: ``[M]`` row log-sum-exp ``r``.
-        k_lse: ``[N]`` column log-sum-exp ``c``.
+        q_lse: ``[M]`` row log-sum-exp ``r`` (read by the softmax objective only).
+        k_lse: ``[N]`` column log-sum-exp ``c`` (likewise).
         q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
         k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
+        bias: one-element tensor ``β`` of an objective with a bias, else ``None``.
+        objective: the objective's `unicl.loss.objectives.base.Objective.kernel_code` (0: softmax).
 
     Returns:
         ``[M, N]`` in the features' dtype.
@@ -358,13 +383,13 @@ def softmax_weights(
         q.dtype,
         w_ptr=out,
         stride_w=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight),
+        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
     )
     return out
 
 
 @softmax_weights.register_fake
-def _softmax_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight):
+def _softmax_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
     return q.new_empty(q.shape[0], k.shape[0])
 
 
@@ -390,11 +415,11 @@ class OnePassEngine:
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
         """The objective's forward statistics; see `unicl.loss.engine.SimilarityEngine`."""
-        _check_objective(objective)
+        if not columns or not objective.two_sided:
+            # Rows only (distributed local mode, or an objective without column terms): the row kernel alone is
+            # one pass with no column statistics.
+            return rows_only_statistics(sim, objective)
         row_scale, col_scale = factors(sim)
-        if not columns:
-            # Rows only (distributed local mode): the row kernel alone is one pass with no column statistics.
-            return row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale), None
         rows, cols_per_range = self.forward_plan(sim)
         return one_pass_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale, rows, cols_per_range)
 
@@ -412,9 +437,11 @@ class OnePassEngine:
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        _check_objective(objective)
         row_lse, col_lse = statistics
-        col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
+        # The kernel reads the statistics as the softmax objective's r and c; without column weights (and for the
+        # sigmoid objective, which reads none) an uninitialised placeholder stands in for c.
+        if col_lse is None or not objective.two_sided:
+            col_lse = row_lse.new_empty(sim.v.shape[0])
         row_scale, col_scale = factors(sim)
         u, v = sim.u, sim.v
         grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
@@ -423,7 +450,7 @@ class OnePassEngine:
             rows = slice(chunk.start, chunk.start + chunk.rows)
             weights = softmax_weights(
                 u[rows], v, sim.scale, row_scale[rows], col_scale, row_lse[rows], col_lse,
-                None if row_weight is None else row_weight[rows], col_weight,
+                None if row_weight is None else row_weight[rows], col_weight, sim.bias, objective.kernel_code,
             )  # fmt: skip
             # (H V)_i = a_i·Σ_j W_ij v_j and (Hᵀ U)_j = Σ_i W_ij·a_i u_i, float32 results of tensor-core products.
             mixed_mm(weights, v, out=grad_u[rows]).mul_(row_scale[rows, None])
@@ -431,8 +458,3 @@ class OnePassEngine:
             mixed_addmm_(grad_v, weights.T, scaled_rows)
             del weights
         return grad_u, grad_v
-
-
-def _check_objective(objective: Objective) -> None:
-    if objective is not SOFTMAX:
-        raise NotImplementedError(f"the Triton kernels do not compute the {objective.name} objective yet")

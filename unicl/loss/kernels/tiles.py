@@ -23,6 +23,7 @@ import triton.language as tl
 
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config, tile_options
+from unicl.loss.objectives import SOFTMAX, Objective, Statistics
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -52,18 +53,54 @@ def similarity_tile(
 
 
 @triton.jit
+def sigmoid_base2(z2):
+    """``σ(z)`` of base-2 logits ``z2 = z·log2(e)`` with one exponential that cannot overflow:
+    ``(1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``."""
+    e = tl.exp2(-tl.abs(z2))
+    return tl.where(z2 >= 0.0, 1.0, e) / (1.0 + e)
+
+
+@triton.jit
+def softplus_and_sigmoid(z2):
+    """``softplus(z)`` and ``σ(z)`` of base-2 logits ``z2 = z·log2(e)``, from one exponential and one logarithm.
+
+    ``softplus(z) = max(z, 0) + log1p(e)`` and ``σ(z) = (1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``.
+    Triton has no portable ``log1p``, and ``log(1 + e)`` loses about 1e-3 relative at ``e ≈ 4.5e-5`` (a logit near
+    −10, SigLIP's initial bias), so ``log1p(e) = log(u)·e/(u − 1)`` with ``u = 1 + e`` (Goldberg, 1991): exact to a
+    few units in the last place, because ``u − 1`` is exactly the part of ``e`` that ``u`` kept. Where ``u`` rounds
+    to 1, ``log1p(e) = e`` to float32 precision.
+    """
+    e = tl.exp2(-tl.abs(z2))
+    u = 1.0 + e
+    kept = u - 1.0
+    log1p = tl.where(kept == 0.0, e, tl.log(u) * (e / tl.where(kept == 0.0, 1.0, kept)))
+    return tl.maximum(z2, 0.0) * LN2 + log1p, tl.where(z2 >= 0.0, 1.0, e) / u
+
+
+@triton.jit
 def _row_lse_kernel(
-    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, M, N, D, stride_q, stride_k,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
+    q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, second_ptr, M, N, D, stride_q, stride_k,
+    OBJECTIVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """``lse[i] = logsumexp_j s·a_i·b_j·⟨q_i, k_j⟩`` for ``BLOCK_M`` rows per program."""
+    """The row statistics of ``Z_ij = s·a_i·b_j·⟨q_i, k_j⟩ (+ β)`` for ``BLOCK_M`` rows per program.
+
+    ``OBJECTIVE`` is the objective's `unicl.loss.objectives.base.Objective.kernel_code`: 0 (softmax) writes
+    ``lse[i] = logsumexp_j S_ij`` (no bias; ``bias_ptr`` and ``second_ptr`` are not read); 1 (sigmoid) writes
+    ``lse[i] = Σ_j softplus(Z_ij)`` and ``second[i] = Σ_j σ(Z_ij)`` with the bias ``β`` read from ``bias_ptr``.
+    """
     row_start = tl.program_id(0) * BLOCK_M
     offs_m = row_start + tl.arange(0, BLOCK_M)
     # s·a_i·log2(e) once per row; padded rows get 0 and are never stored.
     row_factor = tl.load(q_scale_ptr + offs_m, mask=offs_m < M, other=0.0) * (tl.load(scale_ptr) * LOG2E)
-    running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if OBJECTIVE == 0:
+        running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    else:
+        # The bias is in natural units: it takes log2(e) like the scale, and is added after the factors.
+        bias2 = tl.load(bias_ptr) * LOG2E
+        softplus_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        sigmoid_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         tile = similarity_tile(
@@ -71,11 +108,21 @@ def _row_lse_kernel(
             UPCAST_DOT,
         )  # fmt: skip
         col_factor = tl.load(k_scale_ptr + offs_n, mask=offs_n < N, other=0.0)
-        tile = tl.where(offs_n[None, :] < N, tile * row_factor[:, None] * col_factor[None, :], float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(tile, 1))
-        running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
-        running_max = new_max
-    tl.store(lse_ptr + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=offs_m < M)
+        if OBJECTIVE == 0:
+            tile = tl.where(offs_n[None, :] < N, tile * row_factor[:, None] * col_factor[None, :], float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(tile, 1))
+            running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(tile - new_max[:, None]), 1)
+            running_max = new_max
+        else:
+            softplus, sigmoid = softplus_and_sigmoid(tile * row_factor[:, None] * col_factor[None, :] + bias2)
+            # Padded columns would add softplus(β) and σ(β): they add nothing.
+            softplus_sum += tl.sum(tl.where(offs_n[None, :] < N, softplus, 0.0), 1)
+            sigmoid_sum += tl.sum(tl.where(offs_n[None, :] < N, sigmoid, 0.0), 1)
+    if OBJECTIVE == 0:
+        tl.store(lse_ptr + offs_m, (running_max + tl.log2(running_sum)) * LN2, mask=offs_m < M)
+    else:
+        tl.store(lse_ptr + offs_m, softplus_sum, mask=offs_m < M)
+        tl.store(second_ptr + offs_m, sigmoid_sum, mask=offs_m < M)
 
 
 # --- launch configurations ------------------------------------------------------------------------------------------
@@ -124,6 +171,39 @@ def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
 
 
+def _row_statistics(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    objective: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the row kernel for ``objective`` (a kernel code); see `row_statistics`."""
+    q, k = q.contiguous(), k.contiguous()
+    first = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
+    scale = scale.float().reshape(1)
+    _run(
+        "lse",
+        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale, bias_ptr=scale if bias is None else bias.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=first,
+        second_ptr=first if second.numel() == 0 else second,
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0), OBJECTIVE=objective,
+        **tile_options(q.dtype),
+    )  # fmt: skip
+    return first, second
+
+
+def _second_length(rows: int, objective: int) -> int:
+    """Length of the row kernel's second statistic: the softmax objective has one row statistic, the others two."""
+    return 0 if objective == SOFTMAX.kernel_code else rows
+
+
 @torch.library.custom_op("unicl::row_logsumexp", mutates_args=())
 def row_logsumexp(
     q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor
@@ -140,24 +220,54 @@ def row_logsumexp(
     Returns:
         ``[M]`` float32.
     """
-    q, k = q.contiguous(), k.contiguous()
-    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    _run(
-        "lse",
-        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
-        q.device,
-        q.dtype,
-        q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
-        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=out,
-        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
-        **tile_options(q.dtype),
-    )  # fmt: skip
-    return out
+    return _row_statistics(q, k, scale, q_scale, k_scale, None, SOFTMAX.kernel_code)[0]
 
 
 @row_logsumexp.register_fake
 def _row_logsumexp_fake(q, k, scale, q_scale, k_scale) -> torch.Tensor:
     return q.new_empty(q.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("unicl::row_statistics", mutates_args=())
+def row_statistics(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    objective: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An objective's row statistics of ``Z_ij = s·a_i·b_j·⟨q_i, k_j⟩ (+ β)`` in one pass over ``Z``.
+
+    Args:
+        q: ``[M, D]`` row features (float16, bfloat16 or float32).
+        k: ``[N, D]`` column features, same dtype.
+        scale: one-element tensor ``s``.
+        q_scale: ``[M]`` row factors ``a`` (the inverse norms, or ones).
+        k_scale: ``[N]`` column factors ``b``.
+        bias: one-element tensor ``β``, or ``None`` for an objective without one.
+        objective: the objective's `unicl.loss.objectives.base.Objective.kernel_code`.
+
+    Returns:
+        Two float32 vectors: for the softmax objective ``r [M]`` (``r_i = logsumexp_j S_ij``) and an empty one; for
+        the sigmoid objective ``Σ_j softplus(Z_ij)`` and ``Σ_j σ(Z_ij)``, ``[M]`` each.
+    """
+    return _row_statistics(q, k, scale, q_scale, k_scale, bias, objective)
+
+
+@row_statistics.register_fake
+def _row_statistics_fake(q, k, scale, q_scale, k_scale, bias, objective) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = q.shape[0]
+    return q.new_empty(rows, dtype=torch.float32), q.new_empty(_second_length(rows, objective), dtype=torch.float32)
+
+
+def rows_only_statistics(sim: Similarity, objective: Objective) -> Statistics:
+    """The row statistics of a one-sided objective (or the rows of a two-sided one) from the row kernel, one pass
+    over ``Z``: what both schedules run where no column statistic is wanted."""
+    row_scale, col_scale = factors(sim)
+    first, second = row_statistics(sim.u, sim.v, sim.scale, row_scale, col_scale, sim.bias, objective.kernel_code)
+    return first, (second if objective.kernel_code != SOFTMAX.kernel_code else None)
 
 
 def softmax_arguments(
@@ -170,18 +280,22 @@ def softmax_arguments(
     k_lse: torch.Tensor,
     q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    objective: int = 0,
 ) -> dict[str, object]:
-    """The kernel arguments of a softmax-gradient launch (both schedules' backward kernels take them): contiguous
-    features, float32 statistics, and the flags for absent weights, whose pointers then go unread."""
+    """The kernel arguments of an entry-weight launch (both schedules' backward kernels take them): contiguous
+    features, float32 statistics and bias, the objective's kernel code, and the flags for absent weights, whose
+    pointers then go unread (as are the statistics for the sigmoid objective and the bias for the softmax one)."""
     placeholder = q_lse  # never read when its HAS_* flag is off
     return dict(
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
+        bias_ptr=placeholder if bias is None else bias.float().reshape(1),
         q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(),
         q_lse_ptr=q_lse.float().contiguous(), k_lse_ptr=k_lse.float().contiguous(),
         q_weight_ptr=placeholder if q_weight is None else q_weight.float().contiguous(),
         k_weight_ptr=placeholder if k_weight is None else k_weight.float().contiguous(),
         M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0),
-        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None,
+        HAS_Q_WEIGHT=q_weight is not None, HAS_K_WEIGHT=k_weight is not None, OBJECTIVE=objective,
         **tile_options(q.dtype),
     )  # fmt: skip
 

@@ -65,11 +65,13 @@ def autotuner(
     dtype: torch.dtype,
 ) -> triton.runtime.Autotuner:
     """The autotuner of ``kernel`` over its configuration ``table`` (`config_table`) for a chip and feature dtype:
-    keyed on ``D``, its candidates pruned by `prune_for`. Each kernel module caches one per chip, dtype and size
-    bucket (its ``_tuned``)."""
+    keyed on ``D`` and, for a kernel that computes several objectives, its ``OBJECTIVE`` constant (each objective's
+    entry functions cost their own time per tile), its candidates pruned by `prune_for`. Each kernel module caches
+    one per chip, dtype and size bucket (its ``_tuned``)."""
     return triton.autotune(
         configs=config_table(table, capability, dtype),
-        key=["D"],
+        # Triton's autotuner skips key names the kernel does not take (the one-pass forward has no OBJECTIVE).
+        key=["D", "OBJECTIVE"],
         prune_configs_by={"early_config_prune": prune_for(capability, dtype)},
     )(kernel)
 

@@ -49,30 +49,44 @@ import triton
 import triton.language as tl
 
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels.tiles import LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
+from unicl.loss.kernels.tiles import (
+    LOG2E,
+    factors,
+    row_logsumexp,
+    rows_only_statistics,
+    sigmoid_base2,
+    similarity_tile,
+    softmax_arguments,
+)
 from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config
-from unicl.loss.objectives import SOFTMAX, Objective, Statistics
+from unicl.loss.objectives import Objective, Statistics
 
 
 @triton.jit
 def _row_softmax_grad_kernel(
-    q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr, out_ptr,
-    M, N, D, stride_q, stride_k, stride_out,
-    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr,
+    q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
+    out_ptr, M, N, D, stride_q, stride_k, stride_out,
+    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):  # fmt: skip
-    """``out[i, d] = Σ_j P_ij·b_j·k_j[d]`` for one ``[BLOCK_M, BLOCK_D]`` block, with
-    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` and ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` (the launcher
-    multiplies the rows by ``a_i``)."""
+    """``out[i, d] = Σ_j P_ij·b_j·k_j[d]`` for one ``[BLOCK_M, BLOCK_D]`` block, with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``
+    (the launcher multiplies the rows by ``a_i``) and the entry weights of the objective ``OBJECTIVE`` (its kernel
+    code): 0 (softmax) ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` (``bias_ptr`` unread); 1 (sigmoid)
+    ``P_ij = (g_i + h_j)·σ(S_ij + β)`` (the statistics unread), where the launch for ``Hᵀ U`` passes the rows'
+    ``g`` as the column weights ``h``. An absent weight counts as zero."""
     row_start = tl.program_id(0) * BLOCK_M
     d_start = tl.program_id(1) * BLOCK_D
     offs_m = row_start + tl.arange(0, BLOCK_M)
     row_mask = offs_m < M
     row_factor = tl.load(q_scale_ptr + offs_m, mask=row_mask, other=0.0) * (tl.load(scale_ptr) * LOG2E)
     if HAS_Q_WEIGHT:
-        q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
+        if OBJECTIVE == 0:
+            q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
         q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
+    if OBJECTIVE != 0:
+        # The bias is in natural units: it takes log2(e) like the scale, and is added after the factors.
+        bias2 = tl.load(bias_ptr) * LOG2E
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -84,12 +98,19 @@ def _row_softmax_grad_kernel(
         col_scale = tl.load(k_scale_ptr + offs_n, mask=col_mask, other=0.0)
         tile = tile * row_factor[:, None] * col_scale[None, :]
         weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if HAS_Q_WEIGHT:
-            weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
-        if HAS_K_WEIGHT:
-            k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
-            k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
-            weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+        if OBJECTIVE == 0:
+            if HAS_Q_WEIGHT:
+                weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
+            if HAS_K_WEIGHT:
+                k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
+                k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
+                weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+        else:
+            sigmoid = sigmoid_base2(tile + bias2)
+            if HAS_Q_WEIGHT:
+                weights += q_weight[:, None] * sigmoid
+            if HAS_K_WEIGHT:
+                weights += tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)[None, :] * sigmoid
         # b_j goes with P rather than with the loaded K tile, which the pipelined loads hand to the dot unchanged.
         weights = tl.where(col_mask[None, :], weights * col_scale[None, :], 0.0)
         k_block = tl.load(
@@ -169,8 +190,12 @@ def row_softmax_grad(
     k_lse: torch.Tensor,
     q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    objective: int = 0,
 ) -> torch.Tensor:
-    """``out_i = a_i·Σ_j (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j·k_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
+    """``out_i = a_i·Σ_j P_ij·b_j·k_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` and the objective's entry weights:
+    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``(g_i + h_j)·σ(S_ij + β)`` for
+    the sigmoid one.
 
     Args:
         q: ``[M, D]`` row features.
@@ -178,10 +203,12 @@ def row_softmax_grad(
         scale: one-element tensor ``s``.
         q_scale: ``[M]`` row factors ``a``.
         k_scale: ``[N]`` column factors ``b``.
-        q_lse: ``[M]`` row log-sum-exp ``r``.
-        k_lse: ``[N]`` column log-sum-exp ``c``.
+        q_lse: ``[M]`` row log-sum-exp ``r`` (read by the softmax objective only).
+        k_lse: ``[N]`` column log-sum-exp ``c`` (likewise).
         q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
         k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
+        bias: one-element tensor ``β`` of an objective with a bias, else ``None``.
+        objective: the objective's `unicl.loss.objectives.base.Objective.kernel_code` (0: softmax).
 
     Returns:
         ``[M, D]`` float32.
@@ -194,7 +221,7 @@ def row_softmax_grad(
         q.device,
         q.dtype,
         out_ptr=out, stride_out=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight),
+        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
     # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
@@ -202,7 +229,9 @@ def row_softmax_grad(
 
 
 @row_softmax_grad.register_fake
-def _row_softmax_grad_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight) -> torch.Tensor:
+def _row_softmax_grad_fake(
+    q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0
+) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
@@ -211,7 +240,8 @@ class TritonEngine:
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
         """The objective's forward statistics; see `unicl.loss.engine.SimilarityEngine`."""
-        _check_objective(objective)
+        if not objective.two_sided:
+            return rows_only_statistics(sim, objective)
         row_scale, col_scale = factors(sim)
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
@@ -225,19 +255,15 @@ class TritonEngine:
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        _check_objective(objective)
         row_lse, col_lse = statistics
         # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
-        # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
-        col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
+        # weights (and for a one-sided objective, whose kernels read no statistics) an uninitialised placeholder
+        # stands in for the column statistics.
+        if col_lse is None or not objective.two_sided:
+            col_lse = row_lse.new_empty(sim.v.shape[0])
         row_scale, col_scale = factors(sim)
-        u, v, scale = sim.u, sim.v, sim.scale
+        u, v, scale, bias, code = sim.u, sim.v, sim.scale, sim.bias, objective.kernel_code
         return (
-            row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight),
-            row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight),
+            row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
+            row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
         )
-
-
-def _check_objective(objective: Objective) -> None:
-    if objective is not SOFTMAX:
-        raise NotImplementedError(f"the Triton kernels do not compute the {objective.name} objective yet")
