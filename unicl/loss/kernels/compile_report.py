@@ -1,7 +1,9 @@
 """Compile the UniCL kernels as a real launch would, for a GPU that need not be present, and report what came out.
 
 Every autotune configuration of every kernel (the one-pass schedule's ``partials`` and ``weights``, the two-pass
-schedule's ``grad``, and the row kernel ``lse`` both schedules share) is compiled for a chip and feature dtype with
+schedule's ``grad``, and the row kernel ``lse`` both schedules share), for every objective it computes (its
+``OBJECTIVE`` constant: the softmax objective in all four, the sigmoid one in ``lse``, ``weights`` and ``grad``), is
+compiled for a chip and feature dtype with
 the specialisation Triton's JIT gives a typical launch: the arguments of a representative launch (`Launch`; by
 default N = 65,536 rows and columns, D = 512, contiguous features, 16-byte aligned CUDA allocations) go through the
 JIT's own binder (``triton.runtime.jit.create_function_from_signature`` and ``JITFunction._pack_args``, what
@@ -17,6 +19,7 @@ column loop per ``S`` entry (`loop_counts`).
 Run it without ``TRITON_INTERPRET`` (the interpreter replaces the kernels by Python functions)::
 
     python -m unicl.loss.kernels.compile_report --capability 90 --dtype bfloat16 --table
+    python -m unicl.loss.kernels.compile_report --objective sigmoid --capability 80 86 90 --table
     python -m unicl.loss.kernels.compile_report --jobs 2 > report.json   # every chip and dtype, JSON
 """
 
@@ -47,6 +50,7 @@ from triton.runtime.jit import MockTensor, create_function_from_signature
 from unicl.loss.kernels import one_pass, plan, tiles, two_pass
 from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, estimated_shared_bytes
+from unicl.loss.objectives import OBJECTIVES
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 #: Every kernel by name, with the module whose configuration table it uses.
@@ -67,6 +71,14 @@ TENSOR_CORE_PTX = {8: r"\bmma\.sync\.", 9: r"\bwgmma\.", 10: r"\btcgen05\.mma"}
 SM_COUNT = {80: 108, 86: 82, 89: 142, 90: 132, 100: 148}
 #: The bytes one ``STL``/``LDL`` moves, by width suffix (none: 32 bits).
 LOCAL_ACCESS_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+
+
+def objectives_of(kernel_name: str) -> list[str]:
+    """The objectives ``kernel_name`` computes: all of them where it takes an ``OBJECTIVE`` constant, else the
+    softmax objective alone (the one-pass forward)."""
+    if "OBJECTIVE" in KERNELS[kernel_name][0].arg_names:
+        return list(OBJECTIVES)
+    return ["softmax"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,7 @@ class KernelReport:
     """What the compiler made of one kernel configuration at one launch's specialisation."""
 
     kernel: str
+    objective: str
     capability: int
     dtype: str
     config: dict
@@ -153,10 +166,11 @@ def _configs(kernel_name: str, capability: int, dtype: str) -> list[triton.Confi
 
 
 def launch_arguments(
-    kernel_name: str, capability: int, dtype: str, config: triton.Config, launch: Launch
+    kernel_name: str, capability: int, dtype: str, config: triton.Config, launch: Launch, objective: str = "softmax"
 ) -> dict[str, object]:
     """Every argument of one autotuned launch, by name: stand-in tensors (``MockTensor``, 16-byte aligned as CUDA
-    allocations are) for the pointers, the launcher's integers and flags, and the configuration's meta-parameters.
+    allocations are) for the pointers, the launcher's integers and flags (both weights present: the backward
+    kernels' largest variant), the objective's kernel code, and the configuration's meta-parameters.
 
     Raises:
         KeyError: a kernel parameter this module does not know a launch value for (a new argument needs one here).
@@ -169,6 +183,7 @@ def launch_arguments(
         "UPCAST_DOT": False,
         "HAS_Q_WEIGHT": True,
         "HAS_K_WEIGHT": True,
+        "OBJECTIVE": OBJECTIVES[objective].kernel_code,
     }
     arguments: dict[str, object] = {}
     meta = config.all_kwargs()
@@ -301,12 +316,18 @@ def _local_bytes(instructions: list[tuple[int, str, str]], opcode: str) -> int:
 
 
 def compile_kernel(
-    kernel_name: str, capability: int, dtype: str, config: triton.Config, launch: Launch = Launch()
+    kernel_name: str,
+    capability: int,
+    dtype: str,
+    config: triton.Config,
+    launch: Launch = Launch(),
+    objective: str = "softmax",
 ) -> KernelReport:
-    """Compile one kernel configuration for ``sm_<capability>`` at ``launch``'s specialisation and inspect it."""
+    """Compile one kernel configuration for ``sm_<capability>`` and ``objective`` at ``launch``'s specialisation and
+    inspect it."""
     kernel = KERNELS[kernel_name][0]
     target = GPUTarget("cuda", capability, 32)
-    arguments = launch_arguments(kernel_name, capability, dtype, config, launch)
+    arguments = launch_arguments(kernel_name, capability, dtype, config, launch, objective)
     signature, constexprs, attrs, options = specialise(kernel, target, arguments)
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
@@ -327,6 +348,7 @@ def compile_kernel(
         loop = loop_counts(dump, meta["BLOCK_M"] * meta["BLOCK_N"] / (32 * config.num_warps))
     return KernelReport(
         kernel=kernel_name,
+        objective=objective,
         capability=capability,
         dtype=dtype,
         config=dict(meta),
@@ -353,25 +375,28 @@ def compile_kernel(
     )
 
 
-def _compile_task(task: tuple[str, int, str, int, Launch]) -> dict:
-    kernel_name, capability, dtype, index, launch = task
+def _compile_task(task: tuple[str, int, str, int, Launch, str]) -> dict:
+    kernel_name, capability, dtype, index, launch, objective = task
     config = _configs(kernel_name, capability, dtype)[index]
-    return asdict(compile_kernel(kernel_name, capability, dtype, config, launch))
+    return asdict(compile_kernel(kernel_name, capability, dtype, config, launch, objective))
 
 
 def compile_all(
     capabilities: list[int], dtypes: list[str], kernels: list[str] | None = None, launch: Launch = Launch(),
-    jobs: int = 1,
+    jobs: int = 1, objectives: list[str] | None = None,
 ) -> list[dict]:  # fmt: skip
-    """Reports (as dictionaries) for every autotune configuration of ``kernels`` at each capability and dtype,
-    compiled in ``jobs`` processes."""
+    """Reports (as dictionaries) for every autotune configuration of ``kernels`` at each capability and dtype, for
+    each of ``objectives`` (default: all) that the kernel computes, compiled in ``jobs`` processes."""
     if interpreter_active():
         raise RuntimeError("compile_report needs the compiler: unset TRITON_INTERPRET before importing unicl")
+    wanted = objectives or list(OBJECTIVES)
     tasks = [
-        (name, capability, dtype, index, launch)
+        (name, capability, dtype, index, launch, objective)
         for capability in capabilities
         for dtype in dtypes
         for name in kernels or KERNELS
+        for objective in objectives_of(name)
+        if objective in wanted
         for index in range(len(_configs(name, capability, dtype)))
     ]
     # The slowest compiles first, so the pool does not end on one long partials kernel.
@@ -386,13 +411,14 @@ def compile_all(
 
 
 def forward_ratios(reports: list[dict]) -> dict[str, dict]:
-    """Per chip and dtype, the one-pass forward's SASS per entry against the row-only kernel's: the worst
-    ``partials`` configuration over the best ``lse`` one, for instructions, shuffles and ``MUFU.EX2``."""
+    """Per chip and dtype, the one-pass forward's SASS per entry against the row-only kernel's, both for the softmax
+    objective: the worst ``partials`` configuration over the best ``lse`` one, for instructions, shuffles and
+    ``MUFU.EX2``."""
     groups: dict[tuple[int, str], dict[str, list[dict]]] = collections.defaultdict(
         lambda: collections.defaultdict(list)
     )
     for report in reports:
-        if report["loop"] is not None:
+        if report["loop"] is not None and report["objective"] == "softmax":
             groups[(report["capability"], report["dtype"])][report["kernel"]].append(report["loop"])
     ratios = {}
     for (capability, dtype), kernels in sorted(groups.items()):
@@ -408,8 +434,9 @@ def forward_ratios(reports: list[dict]) -> dict[str, dict]:
 
 def _table(reports: list[dict]) -> str:
     header = (
-        f"{'kernel':9}{'sm':>4} {'dtype':9}{'tile MxNxK[xD]':>17}{'w':>3}{'st':>3}{'regs':>5}{'spill':>7}"
-        f"{'smem KiB':>9}{'est KiB':>8}  {'units':14}{'instr/e':>8}{'shfl/e':>7}{'ex2/e':>6}"
+        f"{'kernel':9}{'objective':10}{'sm':>4} {'dtype':9}{'tile MxNxK[xD]':>17}{'w':>3}{'st':>3}{'regs':>5}"
+        f"{'spill':>7}"
+        f"{'smem KiB':>9}{'est KiB':>8}  {'units':14}{'instr/e':>8}{'shfl/e':>7}{'ex2/e':>6}{'mufu/e':>7}"
     )
     lines = [header, "-" * len(header)]
     for r in reports:
@@ -423,9 +450,11 @@ def _table(reports: list[dict]) -> str:
         loop = r["loop"] or {}
         widths = (("instructions", 8), ("shuffles", 7), ("ex2", 6))
         counts = "".join(f"{loop[k]:>{w}.2f}" for k, w in widths) if loop else ""
+        counts += f"{loop['by_opcode'].get('MUFU', 0.0):>7.2f}" if loop else ""
         lines.append(
-            f"{r['kernel']:9}{r['capability']:>4} {r['dtype']:9}{tile:>17}{r['num_warps']:>3}{r['num_stages']:>3}"
-            f"{r['registers']:>5}{spill:>7}{r['shared_bytes'] / 1024:>9.1f}{r['shared_estimate'] / 1024:>8.1f}  "
+            f"{r['kernel']:9}{r['objective']:10}{r['capability']:>4} {r['dtype']:9}{tile:>17}{r['num_warps']:>3}"
+            f"{r['num_stages']:>3}{r['registers']:>5}{spill:>7}"
+            f"{r['shared_bytes'] / 1024:>9.1f}{r['shared_estimate'] / 1024:>8.1f}  "
             f"{units:14}{counts}"
         )
     return "\n".join(lines)
@@ -436,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capability", type=int, nargs="+", default=sorted(SHARED_MEMORY_LIMIT), choices=SM_COUNT)
     parser.add_argument("--dtype", nargs="+", default=list(TRITON_DTYPE), choices=TRITON_DTYPE)
     parser.add_argument("--kernel", nargs="+", default=list(KERNELS), choices=KERNELS)
+    parser.add_argument("--objective", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--n", type=int, default=Launch.n, help="rows and columns of the launch (default %(default)s)")
     parser.add_argument("--d", type=int, default=Launch.d, help="feature dimension of the launch (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=1, help="compiler processes (default %(default)s)")
@@ -443,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="unicl-triton-cache-"))
     launch = Launch(args.n, args.d)
-    reports = compile_all(args.capability, args.dtype, args.kernel, launch, args.jobs)
+    reports = compile_all(args.capability, args.dtype, args.kernel, launch, args.jobs, args.objective)
     if args.table:
         print(f"launch: N = {launch.n}, D = {launch.d}; per-entry counts: SASS of the column loop (loop_counts)")
         print(_table(reports))

@@ -60,20 +60,26 @@ def sigmoid_base2(z2):
     return tl.where(z2 >= 0.0, 1.0, e) / (1.0 + e)
 
 
+#: Below this ``e = exp(−|z|)``, ``log1p(e)`` comes from its series (see `softplus_and_sigmoid`).
+LOG1P_SERIES_BELOW: tl.constexpr = tl.constexpr(0.03125)
+
+
 @triton.jit
 def softplus_and_sigmoid(z2):
-    """``softplus(z)`` and ``σ(z)`` of base-2 logits ``z2 = z·log2(e)``, from one exponential and one logarithm.
+    """``softplus(z)`` and ``σ(z)`` of base-2 logits ``z2 = z·log2(e)``, from one exponential, one logarithm and one
+    reciprocal.
 
     ``softplus(z) = max(z, 0) + log1p(e)`` and ``σ(z) = (1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``.
-    Triton has no portable ``log1p``, and ``log(1 + e)`` loses about 1e-3 relative at ``e ≈ 4.5e-5`` (a logit near
-    −10, SigLIP's initial bias), so ``log1p(e) = log(u)·e/(u − 1)`` with ``u = 1 + e`` (Goldberg, 1991): exact to a
-    few units in the last place, because ``u − 1`` is exactly the part of ``e`` that ``u`` kept. Where ``u`` rounds
-    to 1, ``log1p(e) = e`` to float32 precision.
+    Triton has no portable ``log1p``, and ``log(1 + e)`` loses the relative precision of small ``e`` twice: ``1 + e``
+    rounds away all but 24 bits of ``1 + e``, and on GPUs ``tl.log`` is ``lg2.approx``, whose error near 1 is
+    absolute (2^-22), about 1e-3 of ``log1p(e)`` at ``e ≈ 4.5e-5`` (a logit near −10, SigLIP's initial bias). So
+    below ``e = 2^-5`` the series ``e − e²/2 + e³/3 − e⁴/4`` (relative error under ``e⁴/5 ≤ 2e-7``), above it
+    ``log(1 + e)``, whose value there is at least 0.03, so the absolute error is a relative 1e-5 at most.
     """
     e = tl.exp2(-tl.abs(z2))
     u = 1.0 + e
-    kept = u - 1.0
-    log1p = tl.where(kept == 0.0, e, tl.log(u) * (e / tl.where(kept == 0.0, 1.0, kept)))
+    series = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * 0.25)))
+    log1p = tl.where(e < LOG1P_SERIES_BELOW, series, tl.log(u))
     return tl.maximum(z2, 0.0) * LN2 + log1p, tl.where(z2 >= 0.0, 1.0, e) / u
 
 
