@@ -1,6 +1,7 @@
 """Every autotune configuration of both schedules compiles for sm_80, sm_86, sm_89, sm_90 and sm_100 without a GPU, at
 the specialisation a real launch gets (``python -m unicl.loss.kernels.compile_report``: D = 512, contiguous features,
-16-byte aligned pointers): half precision issues tensor-core instructions (wgmma on Hopper) fed by ``cp.async``
+16-byte aligned pointers), for every objective each kernel computes (the sigmoid objective in the row, weights and
+gradient kernels): half precision issues tensor-core instructions (wgmma on Hopper) fed by ``cp.async``
 pipelines, nothing spills, shared memory fits the chip, the launcher's shared-memory estimate (which prunes
 configurations per chip) bounds it, and the one-pass forward issues at most twice the row-only kernel's SASS per
 ``S`` entry, with two exponentials per entry."""
@@ -50,7 +51,8 @@ def reports(summary) -> list[dict]:
 
 
 def _name(report: dict) -> str:
-    return f"{report['kernel']} sm_{report['capability']} {report['dtype']} {report['config']} w{report['num_warps']}"
+    where = f"sm_{report['capability']} {report['dtype']} {report['config']} w{report['num_warps']}"
+    return f"{report['kernel']} {report['objective']} {where}"
 
 
 def test_every_configuration_was_compiled(reports):
@@ -59,14 +61,17 @@ def test_every_configuration_was_compiled(reports):
     from unicl.loss.kernels import one_pass, tiles, two_pass
 
     module = {"partials": one_pass, "weights": one_pass, "lse": tiles, "grad": two_pass}
+    objectives = {"partials": 1, "weights": 2, "lse": 2, "grad": 2}  # the one-pass forward is softmax-only
     expected = sum(
-        len(module[kernel].configs_for(kernel, divmod(capability, 10), getattr(torch, dtype)))
+        objectives[kernel] * len(module[kernel].configs_for(kernel, divmod(capability, 10), getattr(torch, dtype)))
         for kernel in KERNELS
         for capability in CAPABILITIES
         for dtype in DTYPES
     )
     assert len(reports) == expected
-    assert {r["kernel"] for r in reports} == set(KERNELS)
+    assert {(r["kernel"], r["objective"]) for r in reports} == {
+        (kernel, objective) for kernel in KERNELS for objective in ("softmax", "sigmoid")
+    } - {("partials", "sigmoid")}
 
 
 def test_compiled_with_the_launch_specialisation(summary, reports):
@@ -124,7 +129,7 @@ def test_one_pass_forward_takes_two_exponentials_per_entry(reports):
     row kernel one), plus a few per row and tile."""
     ex2 = {r["kernel"]: [] for r in reports}
     for r in reports:
-        if r["loop"] is not None:
+        if r["loop"] is not None and r["objective"] == "softmax":
             ex2[r["kernel"]].append((_name(r), r["loop"]["ex2"]))
     assert [(name, count) for name, count in ex2["partials"] if not 2.0 <= count < 2.2] == []
     assert [(name, count) for name, count in ex2["lse"] if not 1.0 <= count < 1.6] == []
@@ -136,3 +141,13 @@ def test_one_pass_forward_issues_at_most_twice_the_row_kernels_instructions(summ
     ratios = summary["forward_ratios"]
     assert set(ratios) == {f"sm_{c} {d}" for c in CAPABILITIES for d in DTYPES}
     assert {group: entry["instructions"] for group, entry in ratios.items() if entry["instructions"]["ratio"] > 2} == {}
+
+
+def test_sigmoid_row_kernel_takes_three_special_functions_per_entry(reports):
+    """The sigmoid objective's forward: one ``MUFU.EX2`` (``exp(−|z|)``), one ``MUFU.LG2`` (``log(1 + e)``) and one
+    ``MUFU.RCP`` (``σ``) per entry of ``Z``, plus a few per row and tile; nothing calls out to a slow path."""
+    sigmoid = [r for r in reports if r["kernel"] == "lse" and r["objective"] == "sigmoid"]
+    assert sigmoid and [_name(r) for r in sigmoid if r["loop"] is None] == []
+    assert [(_name(r), r["loop"]["ex2"]) for r in sigmoid if not 1.0 <= r["loop"]["ex2"] < 1.6] == []
+    special = [(_name(r), r["loop"]["by_opcode"].get("MUFU", 0.0)) for r in sigmoid]
+    assert [(name, count) for name, count in special if not 3.0 <= count < 3.6] == []

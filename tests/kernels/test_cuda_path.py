@@ -11,18 +11,26 @@ from __future__ import annotations
 import pytest
 import torch
 from cuda_harness import fake_cuda
-from reference import RELATIVE_BOUNDS, assert_matches_float64, assert_relative_close, float64_loss_and_grads
+from reference import (
+    RELATIVE_BOUNDS,
+    assert_matches_float64,
+    assert_relative_close,
+    float64_loss_and_grads,
+    reference_sigmoid_loss,
+    reference_sigmoid_terms,
+)
 
 import unicl.loss.chunked as chunked
 import unicl.loss.matmul as matmul
-from unicl import unicl_loss
-from unicl.loss.backends import resolve_backend, row_terms
+from unicl import unicl_loss, unicl_sigmoid_loss
+from unicl.loss.backends import block_terms, resolve_backend, row_terms
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels import one_pass, tiles, tuning, two_pass
 from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.kernels.one_pass import OnePassEngine
 from unicl.loss.kernels.plan import cdiv, super_chunks, weights_programs
 from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, prune_for
+from unicl.loss.objectives import SIGMOID
 from unicl.loss.targets import target_keys
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
@@ -265,3 +273,145 @@ def test_auto_uses_the_chunked_backend_on_cuda_until_a_gpu_run_is_recorded():
     for dtype in DTYPES:
         assert resolve_backend("auto", torch.device("cuda"), dtype, 4096, 4096) == "chunked"
     assert resolve_backend("triton", torch.device("cuda"), torch.bfloat16, 4096, 4096) == "triton"
+
+
+# --- the sigmoid objective on the CUDA path --------------------------------------------------------------------------
+
+#: Kernels of each schedule for the sigmoid objective: the row kernel is both schedules' forward (rows only).
+SIGMOID_SCHEDULES = {
+    "triton": {"lse": (tiles, "_row_lse_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
+    "triton_rowwise": {"lse": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
+}
+SIGMOID_NAMES = ("loss", "grad image", "grad text", "grad scale", "grad bias")
+
+
+def _sigmoid_loss_and_grads(image, text, labels, scale, bias, backend, **options):
+    loss = unicl_sigmoid_loss(image, text, labels, scale, bias, backend=backend, **options)
+    return (loss, *torch.autograd.grad(loss, [image, text, scale, bias]))
+
+
+def _float64_sigmoid(image, text, labels, scale, bias):
+    leaves = [t.detach().double().requires_grad_() for t in (image, text, scale, bias)]
+    loss = reference_sigmoid_loss(leaves[0], leaves[1], labels.tolist(), leaves[2], leaves[3])
+    return (loss, *torch.autograd.grad(loss, leaves))
+
+
+def _sigmoid_leaves():
+    return torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(MOST_CANDIDATES))
+@pytest.mark.parametrize("schedule", sorted(SIGMOID_SCHEDULES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("capability", CAPABILITIES, ids=lambda c: f"sm{c[0]}{c[1]}")
+def test_every_sigmoid_configuration_runs_through_the_autotuner(monkeypatch, capability, dtype, schedule, index):
+    """As for the softmax objective: every kernel's autotuner picks its ``index``-th candidate, the launch runs with
+    it, and the sigmoid loss and its gradients (features, scale, bias) match float64."""
+    kernels = SIGMOID_SCHEDULES[schedule]
+    wanted = {}
+    for table_name, (module, function_name) in kernels.items():
+        candidates = module.configs_for(table_name, capability, dtype)
+        wanted[function_name] = candidates[min(index, len(candidates) - 1)].kwargs
+
+    def timing(function_name, config):
+        return 0.5 if config == wanted[function_name] else 1.0
+
+    image, text, labels = _batch(N, D, dtype, seed=index)
+    scale, bias = _sigmoid_leaves()
+    with fake_cuda(monkeypatch, capability, timing) as gpu:
+        got = _sigmoid_loss_and_grads(image, text, labels, scale, bias, schedule)
+    for function_name, config in wanted.items():
+        table_name = _table_name(kernels, function_name)
+        module = kernels[table_name][0]
+        survivors = [
+            c.kwargs for c in prune_for(capability, dtype)(module.configs_for(table_name, capability, dtype), {"D": D})
+        ]
+        ran = {tuple(sorted(c.items())) for name, c in gpu.picked if name == function_name}
+        assert ran, f"{function_name} never launched"
+        if config in survivors:
+            assert ran == {tuple(sorted(config.items()))}
+    exact = _float64_sigmoid(image, text, labels, scale, bias)
+    assert_matches_float64(got, exact, dtype, SIGMOID_NAMES)
+
+
+@pytest.mark.parametrize("backend", sorted(SIGMOID_SCHEDULES))
+def test_sigmoid_launches_pass_the_objective_by_position(monkeypatch, backend):
+    """Every sigmoid launch hands the autotuner its key and pruning inputs, ``OBJECTIVE`` among them (the key that
+    keeps the objectives' tunings apart), and runs the schedule's kernels: the row kernel forward, then the
+    one-pass weights or the two-pass gradient kernel."""
+    seen = []
+    original = prune_for
+
+    def recording_prune_for(capability, dtype):
+        prune = original(capability, dtype)
+
+        def wrapped(configs, named_args, **kwargs):
+            seen.append(dict(named_args))
+            return prune(configs, named_args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(tuning, "prune_for", recording_prune_for)
+    image, text, labels = _batch(N, D, torch.bfloat16)
+    scale, bias = _sigmoid_leaves()
+    with fake_cuda(monkeypatch, (9, 0)) as gpu:
+        unicl_sigmoid_loss(image, text, labels, scale, bias, backend=backend).backward()
+    assert seen and all({"M", "N", "D", "stride_q", "stride_k", "OBJECTIVE"} <= set(args) for args in seen)
+    assert {args["OBJECTIVE"] for args in seen} == {SIGMOID.kernel_code}
+    assert {name for name, _ in gpu.picked} == {name for _, name in SIGMOID_SCHEDULES[backend].values()}
+
+
+def test_the_objectives_are_tuned_apart(monkeypatch):
+    """The row kernel at the same chip, dtype, sizes and D is timed once for the softmax objective and once more for
+    the sigmoid one: a tile tuned for one objective's entry functions does not serve the other."""
+    image, text, labels = _batch(N, D, torch.bfloat16)
+    with fake_cuda(monkeypatch, (9, 0)) as gpu:
+        unicl_loss(image.detach(), text.detach(), labels, 10.0, backend="triton_rowwise")
+        softmax_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+        unicl_sigmoid_loss(image.detach(), text.detach(), labels, backend="triton_rowwise")
+        both_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+    survivors = prune_for((9, 0), torch.bfloat16)(tiles.configs_for("lse", (9, 0), torch.bfloat16), {"D": D})
+    assert softmax_timed == len(survivors) > 1
+    assert both_timed == 2 * softmax_timed
+
+
+@pytest.mark.parametrize("backend", sorted(SIGMOID_SCHEDULES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sigmoid_rows_only_blocks_on_the_cuda_path(monkeypatch, backend, dtype):
+    """Distributed local mode's call with the sigmoid objective: 20 local rows against 70 global columns, the row
+    kernel forward and the backward without column weights (the two-pass schedule's ``Hᵀ U`` launch gets the rows'
+    weights as column weights), against float64 for the terms and the gradients of both features and the bias."""
+    generator = torch.Generator().manual_seed(4)
+    u = torch.randn(20, 48, generator=generator).to(dtype).requires_grad_()
+    v = torch.randn(70, 48, generator=generator).to(dtype).requires_grad_()
+    labels = torch.randint(-1, 5, (70,), generator=generator)
+    keys = target_keys(labels, 70, torch.device("cpu"))
+    bias = torch.tensor(-6.0, requires_grad=True)
+    with fake_cuda(monkeypatch, (9, 0)):
+        terms = block_terms(u, v, torch.tensor(8.0), keys[10:30], keys, True, backend, None, False, SIGMOID, bias)[0]
+        grads = torch.autograd.grad(terms.sum(), [u, v, bias])
+    exact_u, exact_v = u.detach().double().requires_grad_(), v.detach().double().requires_grad_()
+    exact_bias = bias.detach().double().requires_grad_()
+    # The other ranks' images (any values) do not enter these rows' terms.
+    image = torch.cat([torch.randn(10, 48, dtype=torch.float64), exact_u, torch.randn(40, 48, dtype=torch.float64)])
+    exact = reference_sigmoid_terms(image, exact_v, labels.tolist(), 8.0, exact_bias)[10:30]
+    exact_grads = torch.autograd.grad(exact.sum(), [exact_u, exact_v, exact_bias])
+    loss_bound, grad_bound = RELATIVE_BOUNDS[dtype]
+    assert_relative_close(terms, exact, loss_bound, "row terms")
+    for got, want, name in zip(grads, exact_grads, ("image", "text", "bias"), strict=True):
+        assert_relative_close(got, want, grad_bound, f"gradient of the {name}")
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((8, 0), torch.float32), ((9, 0), torch.float16)], ids=str)
+def test_sigmoid_backward_super_chunks_on_the_cuda_plan(monkeypatch, capability, dtype):
+    """The one-pass sigmoid at N = 70 with ``chunk_size=32``: one forward launch of the row kernel (rows only, no
+    super-chunks or column ranges) and three backward weights launches (the last of 6 rows), against float64."""
+    image, text, labels = _batch(70, 40, dtype, seed=3, classes=10)
+    scale, bias = _sigmoid_leaves()
+    with fake_cuda(monkeypatch, capability) as gpu:
+        got = _sigmoid_loss_and_grads(image, text, labels, scale, bias, "triton", chunk_size=32)
+    assert sum(name == "_row_lse_kernel" for name, _ in gpu.picked) == 1
+    assert sum(name == "_softmax_weights_kernel" for name, _ in gpu.picked) == 3
+    assert not any(name == "_lse_partials_kernel" for name, _ in gpu.picked)
+    assert_matches_float64(got, _float64_sigmoid(image, text, labels, scale, bias), dtype, SIGMOID_NAMES)
