@@ -144,8 +144,8 @@ def test_one_pass_forward_issues_at_most_twice_the_row_kernels_instructions(summ
 
 
 def test_sigmoid_row_kernel_takes_three_special_functions_per_entry(reports):
-    """The sigmoid objective's forward: one ``MUFU.EX2`` (``exp(−|z|)``), one ``MUFU.LG2`` (``log(1 + e)``) and one
-    ``MUFU.RCP`` (``σ``) per entry of ``Z``, plus a few per row and tile; nothing calls out to a slow path."""
+    """The sigmoid objective's forward: one ``MUFU.EX2`` (``exp(−|z|)``) and two ``MUFU.RCP`` (``e / (2 + e)`` for
+    ``log1p``, ``1 / (1 + e)`` for ``σ``) per entry of ``Z``, plus a few per row and tile: no software logarithm."""
     sigmoid = [r for r in reports if r["kernel"] == "lse" and r["objective"] == "sigmoid"]
     assert sigmoid and [_name(r) for r in sigmoid if r["loop"] is None] == []
     assert [(_name(r), r["loop"]["ex2"]) for r in sigmoid if not 1.0 <= r["loop"]["ex2"] < 1.6] == []
