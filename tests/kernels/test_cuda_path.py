@@ -259,8 +259,9 @@ def test_grids_launch_at_n_2_to_the_24(monkeypatch, capability, dtype):
         assert cdiv(forward_rows, config.kwargs["BLOCK_M"]) < 1 << 31
     for config in one_pass.configs_for("weights", capability, dtype):
         assert weights_programs(backward_rows, n, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) < 1 << 31
-    for config in tiles.configs_for("lse", capability, dtype):
-        assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31
+    for table in ("lse", "lse_sigmoid"):  # the row kernel: the two-pass forward, and the sigmoid's in both schedules
+        for config in tiles.configs_for(table, capability, dtype):
+            assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31
     for config in two_pass.configs_for("grad", capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31 and cdiv(d, config.kwargs["BLOCK_D"]) < 1 << 16
     assert sum(chunk.rows for chunk in super_chunks(n, backward_rows)) == n
@@ -279,8 +280,8 @@ def test_auto_uses_the_chunked_backend_on_cuda_until_a_gpu_run_is_recorded():
 
 #: Kernels of each schedule for the sigmoid objective: the row kernel is both schedules' forward (rows only).
 SIGMOID_SCHEDULES = {
-    "triton": {"lse": (tiles, "_row_lse_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
-    "triton_rowwise": {"lse": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
+    "triton": {"lse_sigmoid": (tiles, "_row_lse_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
+    "triton_rowwise": {"lse_sigmoid": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
 }
 SIGMOID_NAMES = ("loss", "grad image", "grad text", "grad scale", "grad bias")
 
@@ -371,9 +372,11 @@ def test_the_objectives_are_tuned_apart(monkeypatch):
         softmax_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
         unicl_sigmoid_loss(image.detach(), text.detach(), labels, backend="triton_rowwise")
         both_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
-    survivors = prune_for((9, 0), torch.bfloat16)(tiles.configs_for("lse", (9, 0), torch.bfloat16), {"D": D})
+    prune = prune_for((9, 0), torch.bfloat16)
+    survivors = prune(tiles.configs_for("lse", (9, 0), torch.bfloat16), {"D": D})
+    sigmoid_survivors = prune(tiles.configs_for("lse_sigmoid", (9, 0), torch.bfloat16), {"D": D})
     assert softmax_timed == len(survivors) > 1
-    assert both_timed == 2 * softmax_timed
+    assert both_timed == softmax_timed + len(sigmoid_survivors)
 
 
 @pytest.mark.parametrize("backend", sorted(SIGMOID_SCHEDULES))

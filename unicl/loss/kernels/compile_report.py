@@ -58,10 +58,11 @@ KERNELS = {
     "partials": (one_pass._lse_partials_kernel, one_pass),
     "weights": (one_pass._softmax_weights_kernel, one_pass),
     "lse": (tiles._row_lse_kernel, tiles),
+    "lse_sigmoid": (tiles._row_lse_kernel, tiles),
     "grad": (two_pass._row_softmax_grad_kernel, two_pass),
 }
 #: The forward kernels, whose column loop is counted per ``S`` entry.
-FORWARD_KERNELS = ("partials", "lse")
+FORWARD_KERNELS = ("partials", "lse", "lse_sigmoid")
 #: Pointers to feature-dtype data; every other pointer is float32.
 FEATURE_POINTERS = {"q_ptr", "k_ptr", "w_ptr"}
 #: The PTX of a tensor-core product per chip family.
@@ -74,8 +75,13 @@ LOCAL_ACCESS_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
 
 
 def objectives_of(kernel_name: str) -> list[str]:
-    """The objectives ``kernel_name`` computes: all of them where it takes an ``OBJECTIVE`` constant, else the
-    softmax objective alone (the one-pass forward)."""
+    """The objectives ``kernel_name`` is compiled for: the one its table serves where the kernel has a table per
+    objective (the row kernel's ``lse`` and ``lse_sigmoid``), all of them where it takes an ``OBJECTIVE`` constant
+    and has one table, else the softmax objective alone (the one-pass forward)."""
+    by_table = {table: [name for name, o in OBJECTIVES.items() if o.kernel_code == code]
+                for code, table in tiles.ROW_TABLES.items()}  # fmt: skip
+    if kernel_name in by_table:
+        return by_table[kernel_name]
     if "OBJECTIVE" in KERNELS[kernel_name][0].arg_names:
         return list(OBJECTIVES)
     return ["softmax"]

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config, tile_options
-from unicl.loss.objectives import SOFTMAX, Objective, Statistics
+from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -145,14 +145,26 @@ LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
 }  # fmt: skip
-KERNELS = {"lse": _row_lse_kernel}
-TABLES = {"lse": LSE_CONFIGS}
+#: The sigmoid objective's row kernel holds more per entry (its ``log1p`` series and two reciprocals), and Ampere's and
+#: Ada's widest half tiles spilled with it (sm_80: 128 x 128 x 64 at 8 warps and 128 x 64 x 32 at 4, sm_86/sm_89:
+#: 128 x 128 x 32 at 8 warps; 255 registers and 450-570 bytes each): its own half tiles there, none wider than
+#: 128 x 64 or 64 x 128 at 8 warps. Hopper's, Blackwell's and every fp32 tile are the softmax's, and spill-free.
+SIGMOID_LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
+    **LSE_CONFIGS,
+    ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(128, 64, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
+    ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
+}
+#: The row kernel's tables by name: ``"lse"`` for the softmax objective, ``"lse_sigmoid"`` for the sigmoid one.
+KERNELS = {"lse": _row_lse_kernel, "lse_sigmoid": _row_lse_kernel}
+TABLES = {"lse": LSE_CONFIGS, "lse_sigmoid": SIGMOID_LSE_CONFIGS}
+#: The table of the row kernel for each objective's kernel code (`row_table`).
+ROW_TABLES = {SOFTMAX.kernel_code: "lse", SIGMOID.kernel_code: "lse_sigmoid"}
 #: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 
 
 def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"``) for a chip and feature dtype."""
+    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"lse_sigmoid"``) for a chip and feature dtype."""
     return config_table(TABLES[kernel_name], capability, dtype)
 
 
@@ -187,7 +199,7 @@ def _row_statistics(
     second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
     scale = scale.float().reshape(1)
     _run(
-        "lse",
+        row_table(objective),
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
         q.device,
         q.dtype,
@@ -198,6 +210,11 @@ def _row_statistics(
         **tile_options(q.dtype),
     )  # fmt: skip
     return first, second
+
+
+def row_table(objective: int) -> str:
+    """The name of the row kernel's tile table for an objective's kernel code (`KERNELS`, `TABLES`)."""
+    return ROW_TABLES.get(objective, "lse")
 
 
 def _second_length(rows: int, objective: int) -> int:
