@@ -134,3 +134,15 @@ def reference_sigmoid_loss(image, text, labels, scale, bias, reduction="mean", n
     """The reduced reference sigmoid loss: ``Σ ℓ / N``, ``Σ ℓ`` or ``ℓ``."""
     terms = reference_sigmoid_terms(image, text, labels, scale, bias, normalize)
     return {"mean": terms.mean, "sum": terms.sum}.get(reduction, lambda: terms)()
+
+
+def label_case(kind: str, n: int, seed: int = 0) -> list[int] | None:
+    """Labels of each kind the issue names: none, all pairs, one class, and a mix of classes and pairs."""
+    if kind == "none":
+        return None
+    if kind == "pairs":
+        return [-1] * n
+    if kind == "one class":
+        return [4] * n
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 4, (n,), generator=generator).tolist()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_relative_close, reference_sigmoid_loss, reference_sigmoid_terms
+from reference import assert_relative_close, label_case, reference_sigmoid_loss, reference_sigmoid_terms
 
 from unicl import UniCLSigmoidLoss, unicl_sigmoid_loss
 from unicl.loss.backends import row_terms as block_row_terms
@@ -23,18 +23,6 @@ def make_batch(n: int, d: int, dtype: torch.dtype = torch.float64, seed: int = 0
     image = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype)
     text = torch.randn(n, d, generator=generator, dtype=torch.float64).to(dtype)
     return image, text
-
-
-def label_case(kind: str, n: int, seed: int = 0) -> list[int] | None:
-    """Labels of each kind the issue names: none, all pairs, one class, and a mix of classes and pairs."""
-    if kind == "none":
-        return None
-    if kind == "pairs":
-        return [-1] * n
-    if kind == "one class":
-        return [4] * n
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(-2, 4, (n,), generator=generator).tolist()
 
 
 def loss_and_grads(function, image, text, scale, bias, upstream=None):

@@ -68,15 +68,10 @@ def _loss_and_grads(image, text, labels, scale, backend, **options):
     return (loss, *torch.autograd.grad(loss, [image, text, scale]))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(MOST_CANDIDATES))
-@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("capability", CAPABILITIES, ids=lambda c: f"sm{c[0]}{c[1]}")
-def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability, dtype, schedule, index):
-    """The autotuner of every kernel is made to pick its ``index``-th candidate (the last one where there are
-    fewer); the launch runs with it and the loss and gradients match float64."""
-    kernels = SCHEDULES[schedule]
+def _with_each_kernel_picking(monkeypatch, capability, dtype, kernels, index, run):
+    """``run()`` on the fake chip with the autotuner of every kernel of ``kernels`` (``{table: (module, function)}``)
+    made to pick its ``index``-th candidate (the last one where there are fewer); asserts that each launched with it
+    (where pruning kept it) and returns what ``run`` returned."""
     wanted = {}
     for table_name, (module, function_name) in kernels.items():
         candidates = module.configs_for(table_name, capability, dtype)
@@ -85,10 +80,8 @@ def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability,
     def timing(function_name, config):
         return 0.5 if config == wanted[function_name] else 1.0
 
-    image, text, labels = _batch(N, D, dtype, seed=index)
-    scale = torch.tensor(20.0, requires_grad=True)
     with fake_cuda(monkeypatch, capability, timing) as gpu:
-        got = _loss_and_grads(image, text, labels, scale, schedule)
+        result = run()
     for function_name, config in wanted.items():
         table_name = _table_name(kernels, function_name)
         module = kernels[table_name][0]
@@ -99,6 +92,23 @@ def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability,
         assert ran, f"{function_name} never launched"
         if config in survivors:
             assert ran == {tuple(sorted(config.items()))}
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(MOST_CANDIDATES))
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("capability", CAPABILITIES, ids=lambda c: f"sm{c[0]}{c[1]}")
+def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability, dtype, schedule, index):
+    """The autotuner of every kernel is made to pick its ``index``-th candidate (the last one where there are
+    fewer); the launch runs with it and the loss and gradients match float64."""
+    image, text, labels = _batch(N, D, dtype, seed=index)
+    scale = torch.tensor(20.0, requires_grad=True)
+    got = _with_each_kernel_picking(
+        monkeypatch, capability, dtype, SCHEDULES[schedule], index,
+        lambda: _loss_and_grads(image, text, labels, scale, schedule),
+    )  # fmt: skip
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
@@ -106,10 +116,10 @@ def _table_name(kernels: dict[str, tuple[object, str]], function_name: str) -> s
     return next(table for table, (_, name) in kernels.items() if name == function_name)
 
 
-def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(monkeypatch):
-    """Triton's autotuner reads its key and prune inputs from positional arguments only; given everything by
-    keyword, ``early_config_prune`` saw ``{}`` and every launch raised ``KeyError: 'D'``."""
-    seen = []
+def _record_pruning_inputs(monkeypatch) -> list[dict]:
+    """The named arguments every autotuner's ``early_config_prune`` sees from now on, in a list that fills as
+    launches run."""
+    seen: list[dict] = []
     original = prune_for
 
     def recording_prune_for(capability, dtype):
@@ -122,6 +132,13 @@ def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(mon
         return wrapped
 
     monkeypatch.setattr(tuning, "prune_for", recording_prune_for)  # where every kernel module's autotuner reads it
+    return seen
+
+
+def test_the_launch_passes_the_autotuners_key_and_pruning_inputs_by_position(monkeypatch):
+    """Triton's autotuner reads its key and prune inputs from positional arguments only; given everything by
+    keyword, ``early_config_prune`` saw ``{}`` and every launch raised ``KeyError: 'D'``."""
+    seen = _record_pruning_inputs(monkeypatch)
     image, text, labels = _batch(N, D, torch.bfloat16)
     with fake_cuda(monkeypatch, (9, 0)):
         unicl_loss(image, text, labels, 10.0, backend="triton").backward()
@@ -309,31 +326,13 @@ def _sigmoid_leaves():
 def test_every_sigmoid_configuration_runs_through_the_autotuner(monkeypatch, capability, dtype, schedule, index):
     """As for the softmax objective: every kernel's autotuner picks its ``index``-th candidate, the launch runs with
     it, and the sigmoid loss and its gradients (features, scale, bias) match float64."""
-    kernels = SIGMOID_SCHEDULES[schedule]
-    wanted = {}
-    for table_name, (module, function_name) in kernels.items():
-        candidates = module.configs_for(table_name, capability, dtype)
-        wanted[function_name] = candidates[min(index, len(candidates) - 1)].kwargs
-
-    def timing(function_name, config):
-        return 0.5 if config == wanted[function_name] else 1.0
-
     image, text, labels = _batch(N, D, dtype, seed=index)
     scale, bias = _sigmoid_leaves()
-    with fake_cuda(monkeypatch, capability, timing) as gpu:
-        got = _sigmoid_loss_and_grads(image, text, labels, scale, bias, schedule)
-    for function_name, config in wanted.items():
-        table_name = _table_name(kernels, function_name)
-        module = kernels[table_name][0]
-        survivors = [
-            c.kwargs for c in prune_for(capability, dtype)(module.configs_for(table_name, capability, dtype), {"D": D})
-        ]
-        ran = {tuple(sorted(c.items())) for name, c in gpu.picked if name == function_name}
-        assert ran, f"{function_name} never launched"
-        if config in survivors:
-            assert ran == {tuple(sorted(config.items()))}
-    exact = _float64_sigmoid(image, text, labels, scale, bias)
-    assert_matches_float64(got, exact, dtype, SIGMOID_NAMES)
+    got = _with_each_kernel_picking(
+        monkeypatch, capability, dtype, SIGMOID_SCHEDULES[schedule], index,
+        lambda: _sigmoid_loss_and_grads(image, text, labels, scale, bias, schedule),
+    )  # fmt: skip
+    assert_matches_float64(got, _float64_sigmoid(image, text, labels, scale, bias), dtype, SIGMOID_NAMES)
 
 
 @pytest.mark.parametrize("backend", sorted(SIGMOID_SCHEDULES))
@@ -341,19 +340,7 @@ def test_sigmoid_launches_pass_the_objective_by_position(monkeypatch, backend):
     """Every sigmoid launch hands the autotuner its key and pruning inputs, ``OBJECTIVE`` among them (the key that
     keeps the objectives' tunings apart), and runs the schedule's kernels: the row kernel forward, then the
     one-pass weights or the two-pass gradient kernel."""
-    seen = []
-    original = prune_for
-
-    def recording_prune_for(capability, dtype):
-        prune = original(capability, dtype)
-
-        def wrapped(configs, named_args, **kwargs):
-            seen.append(dict(named_args))
-            return prune(configs, named_args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(tuning, "prune_for", recording_prune_for)
+    seen = _record_pruning_inputs(monkeypatch)
     image, text, labels = _batch(N, D, torch.bfloat16)
     scale, bias = _sigmoid_leaves()
     with fake_cuda(monkeypatch, (9, 0)) as gpu:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import RELATIVE_BOUNDS, assert_relative_close, reference_sigmoid_loss, reference_sigmoid_terms
+from reference import (
+    RELATIVE_BOUNDS,
+    assert_relative_close,
+    label_case,
+    reference_sigmoid_loss,
+    reference_sigmoid_terms,
+)
 
 from unicl import unicl_sigmoid_loss
 from unicl.loss.backends import block_terms
@@ -33,17 +39,6 @@ SIZES = [
     pytest.param(64, 40, marks=pytest.mark.slow),
     pytest.param(130, 72, marks=pytest.mark.slow),
 ]
-
-
-def _labels(kind: str, n: int, generator: torch.Generator) -> list[int] | None:
-    """None (unique pairs), all pairs (negative labels), one class, or a mix of classes and pairs."""
-    if kind == "none":
-        return None
-    if kind == "pairs":
-        return [-1] * n
-    if kind == "one class":
-        return [4] * n
-    return torch.randint(-2, 4, (n,), generator=generator).tolist()
 
 
 def _batch(n: int, d: int, dtype: torch.dtype, seed: int):
@@ -90,7 +85,7 @@ def test_float32_matches_float64(backend, n, d, kind):
     which the objective's algebra (`unicl.loss.objectives.sigmoid`, every engine) computes as a difference of two
     float32 numbers near 8, about 3e-3 relative, whatever the kernel."""
     image, text, generator = _batch(n, d, torch.float32, seed=n + d)
-    labels = _labels(kind, n, generator)
+    labels = label_case(kind, n, seed=n)
     bounds = (FLOAT32_BOUND, FLOAT32_BOUND)
     _check(backend, image, text, labels, 10.0, -10.0, "mean", None, bounds)
     if n > 1 and kind != "one class":
@@ -105,7 +100,7 @@ def test_half_precision_matches_float64(backend, dtype, n, d):
     """bf16 and fp16 features (float32 statistics, the entry weights rounded to the features' dtype for the
     products) within the fixed half-precision bounds: loss 1e-4, gradients 1e-2."""
     image, text, generator = _batch(n, d, dtype, seed=3)
-    labels = _labels("mixed", n, generator)
+    labels = label_case("mixed", n, seed=n)
     upstream = torch.rand(n, generator=generator) + 0.5
     _check(backend, image, text, labels, 10.0, -10.0, "none", upstream, RELATIVE_BOUNDS[dtype])
 
@@ -207,8 +202,8 @@ def test_operators_pass_opcheck(weights):
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS)
 def test_results_are_identical_run_to_run(backend):
-    image, text, generator = _batch(33, 24, torch.float32, seed=8)
-    labels = torch.tensor(_labels("mixed", 33, generator))
+    image, text, _ = _batch(33, 24, torch.float32, seed=8)
+    labels = torch.tensor(label_case("mixed", 33, seed=8))
 
     def loss(u, v, s, b):
         return unicl_sigmoid_loss(u, v, labels, s, b, backend=backend)
@@ -225,8 +220,8 @@ def test_results_are_identical_run_to_run(backend):
 def test_torch_compile_traces_the_loss_without_graph_breaks(backend):
     """``fullgraph=True`` fails on any graph break; aot_eager runs the traced forward and backward graphs through the
     custom operators, with gradients for the features, the scale and the bias."""
-    image, text, generator = _batch(16, 8, torch.float32, seed=9)
-    labels = torch.tensor(_labels("mixed", 16, generator))
+    image, text, _ = _batch(16, 8, torch.float32, seed=9)
+    labels = torch.tensor(label_case("mixed", 16, seed=9))
 
     def step(u, v, s, b):
         return unicl_sigmoid_loss(u, v, labels, s, b, backend=backend)

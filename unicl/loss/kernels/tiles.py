@@ -226,14 +226,8 @@ def _second_length(rows: int, objective: int) -> int:
 def row_logsumexp(
     q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor
 ) -> torch.Tensor:
-    """``r_i = logsumexp_j S_ij`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``.
-
-    Args:
-        q: ``[M, D]`` row features (float16, bfloat16 or float32).
-        k: ``[N, D]`` column features, same dtype.
-        scale: one-element tensor ``s``.
-        q_scale: ``[M]`` row factors ``a`` (the inverse norms, or ones).
-        k_scale: ``[N]`` column factors ``b``.
+    """``r_i = logsumexp_j S_ij`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``: the first of `row_statistics` for the
+    softmax objective, whose arguments it takes (without the bias and the objective).
 
     Returns:
         ``[M]`` float32.
