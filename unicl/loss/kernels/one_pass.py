@@ -19,6 +19,10 @@ The cost in units of ``F = 2N²D``: forward 1F, backward 3F (1F in the kernel, 2
 the two-pass schedule of `unicl.loss.kernels.two_pass` (``backend="triton_rowwise"``) at D ≤ its BLOCK_D.
 Extra memory: the workspace (one super-chunk's partials or weights), ``4N`` statistics and the float32 ``[N, D]``
 results.
+
+The sigmoid objective, which has no column terms, takes the row kernel of `unicl.loss.kernels.tiles` forward (1F, one
+exponential per entry) and the same backward with ``W_ij = g_i·σ(Z_ij)·b_j`` (1F + 2F, one exponential per entry,
+no statistics read): ``8N²D`` again.
 """
 
 from __future__ import annotations

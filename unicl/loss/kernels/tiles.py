@@ -1,15 +1,18 @@
 """What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the arguments of
-a softmax-gradient launch, and the row log-sum-exp kernel.
+an entry-weight launch, the sigmoid objective's entry functions, and the row kernel.
 
-The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction) and the
+The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction), the
 one-pass schedule's rows-only forward (`unicl.loss.kernels.one_pass`, distributed local mode, where no column
-statistic is wanted), so it lives here and either schedule's module can go alone.
+statistic is wanted) and both schedules' forward for the sigmoid objective, which has no column terms, so it lives
+here and either schedule's module can go alone. Every kernel takes the objective's
+`unicl.loss.objectives.base.Objective.kernel_code` as its ``OBJECTIVE`` constant.
 
 * ``similarity_tile``: ``Q[rows] · K[cols]ᵀ`` as a float32 tile, summed over ``D`` in ``BLOCK_K`` steps; every kernel
   of both schedules builds its ``S`` tiles with it.
-* ``_row_lse_kernel`` (launched by `row_logsumexp`): a program owns ``BLOCK_M`` rows of ``Q``, walks every
-  ``BLOCK_N`` tile of ``K`` and keeps an online (running-max) log-sum-exp in registers, in base 2 with ``log2(e)``
-  folded into the scale.
+* ``_row_lse_kernel`` (launched by `row_logsumexp` and `row_statistics`): a program owns ``BLOCK_M`` rows of ``Q``,
+  walks every ``BLOCK_N`` tile of ``K`` and keeps in registers, in base 2 with ``log2(e)`` folded into the scale,
+  an online (running-max) log-sum-exp (softmax) or the sums of ``softplus(Z)`` and ``σ(Z)`` (sigmoid: one
+  exponential and two reciprocals per entry, `softplus_and_sigmoid`).
 """
 
 from __future__ import annotations

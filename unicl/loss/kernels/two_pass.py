@@ -31,6 +31,9 @@ deterministic 6F design: no atomics, results identical run to run, and the same 
 one-pass variant pays on Hopper is to be decided by measurement (``benchmarks/gpu_check.sh``); none was possible
 when this was written (no GPU).
 
+The sigmoid objective runs the row kernel once (its statistics are per row only: 1F) and the gradient kernel in both
+directions with ``P_ij = (g_i + h_j)·σ(Z_ij)``, the launch for ``Hᵀ U`` receiving the rows' ``g`` as column weights.
+
 Precision: bf16/fp16 tiles use tensor cores (wgmma on sm_90) with fp32 accumulation; ``P·b`` is rounded to the
 input dtype for the product with ``K``, as flash-attention's backward rounds ``P`` (in bf16 the factor ``b`` loses
 nothing more; in fp16, features with norms far above 1 let the smallest weights underflow sooner). fp32 inputs use
