@@ -440,7 +440,7 @@ def forward_ratios(reports: list[dict]) -> dict[str, dict]:
 
 def _table(reports: list[dict]) -> str:
     header = (
-        f"{'kernel':9}{'objective':10}{'sm':>4} {'dtype':9}{'tile MxNxK[xD]':>17}{'w':>3}{'st':>3}{'regs':>5}"
+        f"{'kernel':12}{'objective':10}{'sm':>4} {'dtype':9}{'tile MxNxK[xD]':>17}{'w':>3}{'st':>3}{'regs':>5}"
         f"{'spill':>7}"
         f"{'smem KiB':>9}{'est KiB':>8}  {'units':14}{'instr/e':>8}{'shfl/e':>7}{'ex2/e':>6}{'mufu/e':>7}"
     )
@@ -458,7 +458,7 @@ def _table(reports: list[dict]) -> str:
         counts = "".join(f"{loop[k]:>{w}.2f}" for k, w in widths) if loop else ""
         counts += f"{loop['by_opcode'].get('MUFU', 0.0):>7.2f}" if loop else ""
         lines.append(
-            f"{r['kernel']:9}{r['objective']:10}{r['capability']:>4} {r['dtype']:9}{tile:>17}{r['num_warps']:>3}"
+            f"{r['kernel']:12}{r['objective']:10}{r['capability']:>4} {r['dtype']:9}{tile:>17}{r['num_warps']:>3}"
             f"{r['num_stages']:>3}{r['registers']:>5}{spill:>7}"
             f"{r['shared_bytes'] / 1024:>9.1f}{r['shared_estimate'] / 1024:>8.1f}  "
             f"{units:14}{counts}"
