@@ -19,8 +19,9 @@
 # recorded and the next one still runs; the script ends with one PASS/FAIL/SKIP line per step and exits non-zero if
 # any step failed.
 #
-#   b  tests       tests/gpu against float64 in float32, bfloat16 and float16, as parallel pytest processes (one
-#                  per group of tests/gpu/_groups.py, so Triton's compiles spread over the cores; the compiled
+#   b  tests       tests/gpu against float64 in float32, bfloat16 and float16, the softmax and the sigmoid
+#                  objectives, as parallel pytest processes (one per group of tests/gpu/_groups.py, whose
+#                  schedule groups also compile the sigmoid's row and backward kernels; the compiled
 #                  kernels stay in TRITON_CACHE_DIR for the steps after it); its budget leaves room for Triton 3.6,
 #                  which re-benchmarks a kernel whose pruning left one configuration
 #   a1 wheels      install benchmarks/wheels/*.whl (git-ignored; e.g. Inf-CL) with pip --no-index --no-deps
