@@ -308,8 +308,9 @@ def gathered_batch_loss(
         raise
     batch = gather_batch(image, text, labels, group, equal_batches)
     terms = functools.partial(
-        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, objective=objective, bias=bias
-    )
+        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, objective=objective, bias=bias,
+        uniform_upstream=reduction != "none",
+    )  # fmt: skip
     if not local_loss:
         image_terms, text_terms = terms(batch.image, batch.text, scale, batch.keys, batch.keys, columns=True)
         loss = objective.reduce(image_terms, text_terms if objective.two_sided else None, reduction)

@@ -113,7 +113,7 @@ def batch_loss(
     bias = bias_tensor(logit_bias, image) if objective.has_bias else None
     keys = target_keys(checked_labels, image.shape[0], image.device)
     row_terms, col_terms = block_terms(
-        image, text, scale, keys, keys, normalize, backend, chunk_size, True, objective, bias
+        image, text, scale, keys, keys, normalize, backend, chunk_size, True, objective, bias, reduction != "none"
     )
     return objective.reduce(row_terms, col_terms if objective.two_sided else None, reduction)
 

@@ -132,8 +132,10 @@ class KeyGroups:
         acc = accumulation_dtype(values.dtype)
         rows = self.buffer_rows()
         buffer = values.new_zeros(rows, values.shape[1], dtype=acc) if out is None else out[:rows].zero_()
-        scratch = buffer.new_empty(min(ROW_BLOCK, values.shape[0]), values.shape[1])
-        for start in range(0, values.shape[0], ROW_BLOCK):
+        # Without a group of two or more (a batch of unique pairs on the CPU) every key is read from the values.
+        stored_rows = values.shape[0] if self.slots > 0 else 0
+        scratch = buffer.new_empty(min(ROW_BLOCK, stored_rows), values.shape[1])
+        for start in range(0, stored_rows, ROW_BLOCK):
             block = slice(start, start + ROW_BLOCK)
             weighted = scratch[: values[block].shape[0]]
             if weight is None:

@@ -35,12 +35,19 @@ class Objective(ABC):
         two_sided: whether the objective has column terms (an image-to-text and a text-to-image direction) or row
             terms only.
         has_bias: whether the logits carry a learnable bias ``b``.
+        local_entry_weights: whether the entry weight ``P_ij`` depends on ``Z_ij`` and the row's upstream weight only
+            (no statistic of the whole row or column): then one walk can give the statistics and, for a uniform
+            upstream weight, the products of backward (`block_statistics_and_weights`).
+        block_buffers: how many ``[N, B]`` buffers the chunked engine's walk holds for it (the block and any
+            full-size scratch); the engine sizes ``B`` so that they hold the same memory for every objective.
     """
 
     name: ClassVar[str]
     kernel_code: ClassVar[int]
     two_sided: ClassVar[bool]
     has_bias: ClassVar[bool]
+    local_entry_weights: ClassVar[bool] = False
+    block_buffers: ClassVar[int] = 2
 
     # --- the reference ------------------------------------------------------------------------------------------------
 
@@ -72,11 +79,14 @@ class Objective(ABC):
             columns: whether the column statistics are wanted.
         """
 
+    def new_scratch(self, block: torch.Tensor) -> torch.Tensor:
+        """The forward walk's scratch buffer for blocks like ``block`` (``[N, B]``): a full block by default."""
+        return torch.empty_like(block)
+
     @abstractmethod
     def add_block_statistics(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         scratch: torch.Tensor,
@@ -84,18 +94,16 @@ class Objective(ABC):
         """Reduce one block of logits into ``statistics``.
 
         Args:
-            block: ``[N, B]`` ``Sᵀ = (s·U Vᵀ)ᵀ`` of the rows ``rows`` (without the bias), may be overwritten.
-            bias: 0-dim ``b``, or ``None`` for an objective without one.
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), may be overwritten.
             rows: the block's rows.
             statistics: as `new_statistics` made them; updated in place.
-            scratch: ``[N, B]`` buffer of ``block``'s dtype.
+            scratch: the buffer `new_scratch` made, cut to the block.
         """
 
     @abstractmethod
     def block_weights(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         row_weight: torch.Tensor | None,
@@ -105,8 +113,7 @@ class Objective(ABC):
         """The entry weights ``Pᵀ [N, B]`` of one block, the engine's part of ``∂L/∂Z``.
 
         Args:
-            block: ``[N, B]`` ``Sᵀ = (s·U Vᵀ)ᵀ`` of the rows ``rows`` (without the bias), may be overwritten.
-            bias: 0-dim ``b``, or ``None`` for an objective without one.
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), may be overwritten.
             rows: the block's rows.
             statistics: the forward statistics.
             row_weight: ``[M]`` upstream weights ``g`` of the row terms, or ``None`` for zero.
@@ -116,6 +123,27 @@ class Objective(ABC):
         Returns:
             ``Pᵀ``: ``block``, ``scratch`` or a view of one of them.
         """
+
+    def block_statistics_and_weights(
+        self,
+        block: torch.Tensor,
+        rows: slice,
+        statistics: Statistics,
+        scratch: torch.Tensor,
+    ) -> torch.Tensor:
+        """`add_block_statistics` and `block_weights` for an upstream weight of one, in one pass over the block; only
+        objectives with `local_entry_weights` have it.
+
+        Args:
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), overwritten.
+            rows: the block's rows.
+            statistics: as `new_statistics` made them; updated in place.
+            scratch: the buffer `new_scratch` made, cut to the block.
+
+        Returns:
+            ``Pᵀ [N, B]`` for ``g = 1``: ``block``, ``scratch`` or a view of one of them.
+        """
+        raise NotImplementedError(f"the {self.name} objective's entry weights need whole-row statistics")
 
     # --- the target part ----------------------------------------------------------------------------------------------
 

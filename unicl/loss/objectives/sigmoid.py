@@ -20,6 +20,8 @@ from unicl.loss.objectives.base import Objective, Statistics
 #: torch's softplus returns ``z`` itself above this threshold: ``log1p(e^-20) = 2e-9`` is below float32's rounding of
 #: ``z >= 20`` and a relative 1e-10 in float64.
 SOFTPLUS_THRESHOLD = 20.0
+#: Texts per slab of the chunked walk's softplus: ``SCRATCH_ROWS × B`` float32 entries stay in a core's cache.
+SCRATCH_ROWS = 256
 
 
 class SigmoidObjective(Objective):
@@ -29,6 +31,8 @@ class SigmoidObjective(Objective):
     kernel_code = 1
     two_sided = False
     has_bias = True
+    local_entry_weights = True
+    block_buffers = 1
 
     def dense_terms(
         self, logits: torch.Tensor, targets: torch.Tensor, columns: bool
@@ -45,23 +49,43 @@ class SigmoidObjective(Objective):
     def add_block_statistics(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         scratch: torch.Tensor,
     ) -> None:
         """The block's rows' sums of ``softplus(Z)`` and ``σ(Z)``."""
+        self.block_statistics_and_weights(block, rows, statistics, scratch)
+
+    def block_statistics_and_weights(
+        self,
+        block: torch.Tensor,
+        rows: slice,
+        statistics: Statistics,
+        scratch: torch.Tensor,
+    ) -> torch.Tensor:
+        """The block's rows' sums of ``softplus(Z)`` and ``σ(Z)``, and ``σ(Z)ᵀ`` itself (the entry weights for
+        ``g = 1``) in ``block``."""
         softplus_sum, sigmoid_sum = statistics
-        logits = block if bias is None else block.add_(bias)
-        torch.ops.aten.softplus.out(logits, 1, SOFTPLUS_THRESHOLD, out=scratch)
-        softplus_sum[rows] = scratch.sum(0)
+        # softplus goes through the block a slab of texts at a time, into a scratch that stays in cache, so that the
+        # block itself is the walk's only full-size buffer and becomes σ(Z) in place.
+        step = scratch.shape[0]
+        totals = scratch[0].new_zeros(block.shape[1])
+        for start in range(0, block.shape[0], step):
+            slab = block[start : start + step]
+            totals += torch.ops.aten.softplus.out(slab, 1, SOFTPLUS_THRESHOLD, out=scratch[: slab.shape[0]]).sum(0)
+        softplus_sum[rows] = totals
+        weights = block.sigmoid_()
         if sigmoid_sum is not None:
-            sigmoid_sum[rows] = torch.sigmoid(logits, out=scratch).sum(0)
+            sigmoid_sum[rows] = weights.sum(0)
+        return weights
+
+    def new_scratch(self, block: torch.Tensor) -> torch.Tensor:
+        """A slab of `SCRATCH_ROWS` texts of the block: softplus needs no full-size buffer."""
+        return block.new_empty(min(SCRATCH_ROWS, block.shape[0]), block.shape[1])
 
     def block_weights(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         row_weight: torch.Tensor | None,
@@ -71,8 +95,7 @@ class SigmoidObjective(Objective):
         """``Pᵀ`` with ``P_ij = g_i·σ(Z_ij)`` (no column terms, so ``col_weight`` is unused)."""
         if row_weight is None:
             return block.zero_()
-        logits = block if bias is None else block.add_(bias)
-        return logits.sigmoid_().mul_(row_weight[rows])
+        return block.sigmoid_().mul_(row_weight[rows])
 
     def terms(
         self,

@@ -51,7 +51,6 @@ class SoftmaxObjective(Objective):
     def add_block_statistics(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         scratch: torch.Tensor,
@@ -65,7 +64,6 @@ class SoftmaxObjective(Objective):
     def block_weights(
         self,
         block: torch.Tensor,
-        bias: torch.Tensor | None,
         rows: slice,
         statistics: Statistics,
         row_weight: torch.Tensor | None,
