@@ -6,8 +6,8 @@ augmentation they were trained with (microsoft/UniCL ``data/build.py`` and ``con
 * training: timm's ImageNet training transform (random resized crop with bicubic interpolation, horizontal flip,
   RandAugment ``rand-m9-mstd0.5-inc1``, color jitter 0.4, random erasing with probability 0.25 in ``pixel`` mode);
 * images of 32 pixels or less are not resized, and train with `small_image_augmentation` alone: a random shift of at
-  most 1/16 of the side (unlike the official code, which keeps the ImageNet augmentation after a padded crop, see
-  `small_image_augmentation` for why).
+  most 1/16 of the side (the official code keeps the ImageNet augmentation after a padded crop; the Training page
+  says why unicl does not).
 """
 
 from __future__ import annotations
