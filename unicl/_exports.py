@@ -7,8 +7,10 @@ packages whose torch-free modules the commands read (`unicl`, `unicl.loss`, `uni
 module resolves it when it is first used. It imports nothing of unicl, so every layer may use it.
 
 A package declares its table once, module by module, and takes its ``__getattr__``, ``__dir__`` and ``__all__`` from
-`lazy_package`. Its ``if TYPE_CHECKING:`` imports repeat the table for the type checker and the import-layer check
-(which read imports, not tables); ``tests/test_layout.py`` checks that the two agree.
+`lazy_package`. Its ``if TYPE_CHECKING:`` block imports each name again, as ``from module import name as name``,
+for the type checkers and the import-layer check, which read imports, not tables (the ``name as name`` form marks a
+re-export for checkers that cannot read a computed ``__all__``); ``tests/test_layout.py`` checks that the two agree.
+`lazy_exports` takes a table keyed by name, for a package that writes its ``__all__`` itself.
 """
 
 from __future__ import annotations
