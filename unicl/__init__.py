@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from unicl.factory import create_model_and_transforms as create_model_and_transforms
     from unicl.loss.distributed import distributed_unicl_loss as distributed_unicl_loss
     from unicl.loss.functional import unicl_loss as unicl_loss
+    from unicl.loss.functional import unicl_sigmoid_loss as unicl_sigmoid_loss
     from unicl.loss.module import UniCLLoss as UniCLLoss
+    from unicl.loss.module import UniCLSigmoidLoss as UniCLSigmoidLoss
     from unicl.loss.targets import target_keys as target_keys
     from unicl.models.model import UniCLModel as UniCLModel
     from unicl.models.presets import create_model as create_model
@@ -41,8 +43,8 @@ __getattr__, __dir__, __all__ = lazy_package(
         "unicl.data.transforms": ["image_transform"],
         "unicl.factory": ["create_model_and_transforms"],
         "unicl.loss.distributed": ["distributed_unicl_loss"],
-        "unicl.loss.functional": ["unicl_loss"],
-        "unicl.loss.module": ["UniCLLoss"],
+        "unicl.loss.functional": ["unicl_loss", "unicl_sigmoid_loss"],
+        "unicl.loss.module": ["UniCLLoss", "UniCLSigmoidLoss"],
         "unicl.loss.targets": ["target_keys"],
         "unicl.models.model": ["UniCLModel"],
         "unicl.models.presets": ["create_model", "list_models", "register_model"],
