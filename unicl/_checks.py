@@ -4,8 +4,8 @@ Every check raises ``TypeError`` or ``ValueError`` with a message that names the
 None of them reads a tensor's values from an accelerator, so they never add a host-device synchronisation.
 
 This module imports no torch at module level: the commands import it before they parse their arguments, and
-``--help`` must answer without loading torch (2 s or more). The tensor checks import torch when they run (by then the
-caller, which holds tensors, has loaded it: the import statement is a dictionary lookup).
+``--help`` must answer without loading torch, which takes seconds. The tensor checks import torch when they run (by
+then the caller, which holds tensors, has loaded it: the import statement is a dictionary lookup).
 """
 
 from __future__ import annotations
