@@ -155,7 +155,7 @@ def lazy_packages() -> dict[str, Path]:
 
 #: The packages that still declare their table, ``__all__`` and imports apart (`unicl._exports.lazy_exports`), each
 #: kept in step by the test below; a package leaves the list when it declares one table (`lazy_package`).
-SEPARATE_TABLES = ["unicl.loss"]
+SEPARATE_TABLES: list[str] = []
 
 
 def declared_exports(path: Path) -> tuple[dict[str, str], dict[str, str], list[str] | None]:

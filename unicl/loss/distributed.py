@@ -318,10 +318,10 @@ def gathered_batch_loss(
     # Local rows against global columns, once per direction of a two-sided objective: the row terms of
     # U_local·V_globalᵀ are this rank's image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
     image_terms = terms(image, batch.text, scale, batch.local_keys, batch.keys, columns=False)[0]
-    text_terms = None
+    local_text_terms = None
     if objective.two_sided:
-        text_terms = terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False)[0]
+        local_text_terms = terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False)[0]
     if reduction == "none":
-        return objective.reduce(image_terms, text_terms, "none")
-    share = objective.reduce(image_terms, text_terms, "sum") * batch.world_size
+        return objective.reduce(image_terms, local_text_terms, "none")
+    share = objective.reduce(image_terms, local_text_terms, "sum") * batch.world_size
     return share / batch.total_size if reduction == "mean" else share
