@@ -23,7 +23,7 @@ import torch
 from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
 from unicl.loss.engine import Similarity, SimilarityEngine
 from unicl.loss.normalize import inverse_norms, unit_grad_to_input_
-from unicl.loss.objectives import SOFTMAX, Objective
+from unicl.loss.objectives import SOFTMAX, Objective, PositiveSums
 from unicl.loss.row_dots import row_dots
 from unicl.loss.targets import KeyGroups, PositiveGroups
 
@@ -120,9 +120,8 @@ class UniCLTermsFunction(torch.autograd.Function):
             statistics = engine.statistics(sim, objective, columns)
         row_positive = _positive_dots(x, sim.row_scale, y, sim.col_scale, groups.by_column)
         col_positive = _positive_dots(y, sim.col_scale, x, sim.row_scale, groups.by_row) if columns else None
-        row_terms, col_terms = objective.terms(
-            statistics, row_positive, col_positive, groups.row_count, groups.col_count, scale, bias
-        )
+        positives = PositiveSums(row_positive, col_positive, groups.row_count, groups.col_count)
+        row_terms, col_terms = objective.terms(statistics, positives, scale, bias)
         if col_terms is None:
             col_terms = row_terms.new_empty(0)
             ctx.mark_non_differentiable(col_terms)

@@ -161,7 +161,7 @@ class ChunkedEngine:
 
         def weights_of(rows: slice, tile: torch.Tensor) -> torch.Tensor:
             scratch = None if column_buffer is None else column_buffer[:, : tile.shape[1]]
-            return objective.block_weights(tile, rows, statistics, row_weight, col_weight, scratch)
+            return objective.block_weights(tile, rows, statistics, (row_weight, col_weight), scratch)
 
         return self._products(sim, blocks, weights_of)
 

@@ -14,8 +14,9 @@ entry weight of ``∂L/∂Z`` is ``P_ij = g_i·σ(Z_ij)`` and its target part ``
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from unicl.loss.objectives.base import Objective, Statistics
+from unicl.loss.objectives.base import Objective, PositiveSums, Statistics, Terms, Weights
 
 #: torch's softplus returns ``z`` itself above this threshold: ``log1p(e^-20) = 2e-9`` is below float32's rounding of
 #: ``z >= 20`` and a relative 1e-10 in float64.
@@ -46,23 +47,13 @@ class SigmoidObjective(Objective):
         """``Σ_j softplus(Z_ij)`` and ``Σ_j σ(Z_ij)``, ``[M]`` each, filled block by block."""
         return like.new_empty(rows), like.new_empty(rows)
 
-    def add_block_statistics(
-        self,
-        block: torch.Tensor,
-        rows: slice,
-        statistics: Statistics,
-        scratch: torch.Tensor,
-    ) -> None:
+    def add_block_statistics(self, block: Tensor, rows: slice, statistics: Statistics, scratch: Tensor) -> None:
         """The block's rows' sums of ``softplus(Z)`` and ``σ(Z)``."""
         self.block_statistics_and_weights(block, rows, statistics, scratch)
 
     def block_statistics_and_weights(
-        self,
-        block: torch.Tensor,
-        rows: slice,
-        statistics: Statistics,
-        scratch: torch.Tensor,
-    ) -> torch.Tensor:
+        self, block: Tensor, rows: slice, statistics: Statistics, scratch: Tensor
+    ) -> Tensor:
         """The block's rows' sums of ``softplus(Z)`` and ``σ(Z)``, and ``σ(Z)ᵀ`` itself (the entry weights for
         ``g = 1``) in ``block``."""
         softplus_sum, sigmoid_sum = statistics
@@ -84,33 +75,19 @@ class SigmoidObjective(Objective):
         return block.new_empty(min(SCRATCH_ROWS, block.shape[0]), block.shape[1])
 
     def block_weights(
-        self,
-        block: torch.Tensor,
-        rows: slice,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-        scratch: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """``Pᵀ`` with ``P_ij = g_i·σ(Z_ij)`` (no column terms, so ``col_weight`` is unused)."""
+        self, block: Tensor, rows: slice, statistics: Statistics, weights: Weights, scratch: Tensor | None
+    ) -> Tensor:
+        """``Pᵀ`` with ``P_ij = g_i·σ(Z_ij)`` (no column terms, so ``h`` is unused)."""
+        row_weight = weights[0]
         if row_weight is None:
             return block.zero_()
         return block.sigmoid_().mul_(row_weight[rows])
 
-    def terms(
-        self,
-        statistics: Statistics,
-        row_positive: torch.Tensor,
-        col_positive: torch.Tensor | None,
-        row_count: torch.Tensor,
-        col_count: torch.Tensor,
-        scale: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def terms(self, statistics: Statistics, positives: PositiveSums, scale: Tensor, bias: Tensor | None) -> Terms:
         """``ℓ_i = Σ_j softplus(Z_ij) − (s·pos_i + b·p_i)``; no column terms."""
-        positive_logits = scale * row_positive
+        positive_logits = scale * positives.row
         if bias is not None:
-            positive_logits = positive_logits + bias * row_count
+            positive_logits = positive_logits + bias * positives.row_count
         return statistics[0] - positive_logits, None
 
     def target_weight(self, upstream: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ The ``N²`` reductions are the row and column log-sum-exp ``r``, ``c``; the entr
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from unicl.loss.objectives.base import Objective, Statistics
+from unicl.loss.objectives.base import Objective, PositiveSums, Statistics, Terms, Weights
 
 
 def logsumexp_into(block: torch.Tensor, scratch: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,13 +49,7 @@ class SoftmaxObjective(Objective):
         row_lse = like.new_empty(rows)
         return row_lse, like.new_full((cols,), float("-inf")) if columns else None
 
-    def add_block_statistics(
-        self,
-        block: torch.Tensor,
-        rows: slice,
-        statistics: Statistics,
-        scratch: torch.Tensor,
-    ) -> None:
+    def add_block_statistics(self, block: Tensor, rows: slice, statistics: Statistics, scratch: Tensor) -> None:
         """``r`` of the block's rows and its columns' log-sum-exp merged into ``c``."""
         row_lse, col_lse = statistics
         row_lse[rows] = logsumexp_into(block, scratch, dim=0)
@@ -62,40 +57,26 @@ class SoftmaxObjective(Objective):
             torch.logaddexp(col_lse, logsumexp_into(block, scratch, dim=1), out=col_lse)
 
     def block_weights(
-        self,
-        block: torch.Tensor,
-        rows: slice,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-        scratch: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, block: Tensor, rows: slice, statistics: Statistics, weights: Weights, scratch: Tensor | None
+    ) -> Tensor:
         """``Pᵀ`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``."""
         row_lse, col_lse = statistics
+        row_weight, col_weight = weights
         column = None
         if col_weight is not None and col_lse is not None and scratch is not None:
             column = torch.sub(block, col_lse[:, None], out=scratch).exp_().mul_(col_weight[:, None])
         if row_weight is None:
             return block.zero_() if column is None else column
-        weights = block.sub_(row_lse[rows]).exp_().mul_(row_weight[rows])
-        return weights if column is None else weights.add_(column)
+        rows_part = block.sub_(row_lse[rows]).exp_().mul_(row_weight[rows])
+        return rows_part if column is None else rows_part.add_(column)
 
-    def terms(
-        self,
-        statistics: Statistics,
-        row_positive: torch.Tensor,
-        col_positive: torch.Tensor | None,
-        row_count: torch.Tensor,
-        col_count: torch.Tensor,
-        scale: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def terms(self, statistics: Statistics, positives: PositiveSums, scale: Tensor, bias: Tensor | None) -> Terms:
         """``l_row = r − s·pos/p`` and ``l_col = c − s·pos/q``."""
         row_lse, col_lse = statistics
-        row_terms = row_lse - scale * row_positive / row_count
-        if col_positive is None or col_lse is None:
+        row_terms = row_lse - scale * positives.row / positives.row_count
+        if positives.col is None or col_lse is None:
             return row_terms, None
-        return row_terms, col_lse - scale * col_positive / col_count
+        return row_terms, col_lse - scale * positives.col / positives.col_count
 
     def target_weight(self, upstream: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """``g/p``: every positive of a row shares its term's weight."""
