@@ -278,6 +278,7 @@ def gathered_batch_loss(
     options_checked: bool,
     objective: Objective = SOFTMAX,
     logit_bias: torch.Tensor | float | None = None,
+    text_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`distributed_unicl_loss`, whose options are checked here unless ``options_checked`` says that
     `unicl.loss.functional.check_options` passed them already (`unicl.loss.module.UniCLLoss` checks them once,
@@ -289,8 +290,13 @@ def gathered_batch_loss(
             check_options(backend, reduction, chunk_size)
         return batch_loss(
             image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size, objective,
-            logit_bias,
+            logit_bias, text_labels,
         )  # fmt: skip
+    if text_labels is not None:
+        raise NotImplementedError(
+            "text_labels with gather_distributed=True is not supported yet: gather the texts and their labels "
+            "yourself and call the loss on the global batch, or train with one text per image"
+        )
     try:
         # A rank may hold no samples (the last, uneven batch of an epoch); a bad input on one rank still reaches
         # the shape exchange, so that every rank raises instead of the others waiting in a collective.

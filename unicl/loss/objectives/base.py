@@ -29,6 +29,8 @@ Statistics = tuple[Tensor, Tensor | None]
 Weights = tuple[Tensor | None, Tensor | None]
 #: The row terms ``[M]`` and the column terms ``[N]`` (``None`` where there are none).
 Terms = tuple[Tensor, Tensor | None]
+#: Which row terms ``[M]`` and column terms ``[N]`` exist, or ``None`` for all (see `Objective.reduce`).
+Counted = tuple[Tensor, Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -191,14 +193,17 @@ class Objective(ABC):
     # --- the reduction ------------------------------------------------------------------------------------------------
 
     @abstractmethod
-    def reduce(self, row_terms: torch.Tensor, col_terms: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    def reduce(self, row_terms: Tensor, col_terms: Tensor | None, reduction: str, counted: Counted = None) -> Tensor:
         """Combine the terms of a batch.
 
         Args:
             row_terms: ``[M]``.
             col_terms: ``[N]`` (two-sided objectives), else ``None``.
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+            counted: which row and column terms exist (``[M]`` and ``[N]`` booleans: a term needs a positive), or
+                ``None`` when all do (a square batch).
 
         Returns:
-            A scalar, or a vector for ``"none"``.
+            A scalar, or a vector for ``"none"`` (for a two-sided objective with ``counted``: the row terms, then
+            the column terms).
         """

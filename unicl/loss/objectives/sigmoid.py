@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unicl.loss.objectives.base import Objective, PositiveSums, Statistics, Terms, Weights
+from unicl.loss.objectives.base import Counted, Objective, PositiveSums, Statistics, Terms, Weights
 
 #: torch's softplus returns ``z`` itself above this threshold: ``log1p(e^-20) = 2e-9`` is below float32's rounding of
 #: ``z >= 20`` and a relative 1e-10 in float64.
@@ -103,8 +103,9 @@ class SigmoidObjective(Objective):
             return None
         return (row_weight.to(sigmoid_sum.dtype) * (sigmoid_sum - row_count)).sum()
 
-    def reduce(self, row_terms: torch.Tensor, col_terms: torch.Tensor | None, reduction: str) -> torch.Tensor:
-        """``Σ_i ℓ_i / M``, ``Σ_i ℓ_i``, or ``ℓ`` itself."""
+    def reduce(self, row_terms: Tensor, col_terms: Tensor | None, reduction: str, counted: Counted = None) -> Tensor:
+        """``Σ_i ℓ_i / M``, ``Σ_i ℓ_i``, or ``ℓ`` itself: every image has a term, positives or not, so ``counted``
+        changes nothing."""
         if reduction == "mean":
             return row_terms.mean()
         if reduction == "sum":

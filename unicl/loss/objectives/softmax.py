@@ -15,7 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unicl.loss.objectives.base import Objective, PositiveSums, Statistics, Terms, Weights
+from unicl.loss.objectives.base import Counted, Objective, PositiveSums, Statistics, Terms, Weights
+
+
+def _dense_direction(logits: Tensor, targets: Tensor, dim: int) -> Tensor:
+    """The terms along ``dim``: log-sum-exp minus the mean positive logit; NaN (with no gradient) where a row or
+    column has no positive."""
+    count = targets.sum(dim)
+    terms = torch.logsumexp(logits, dim=dim) - (targets * logits).sum(dim) / count.clamp(min=1)
+    return torch.where(count > 0, terms, torch.nan)
 
 
 def logsumexp_into(block: torch.Tensor, scratch: torch.Tensor, dim: int) -> torch.Tensor:
@@ -38,11 +46,10 @@ class SoftmaxObjective(Objective):
         self, logits: torch.Tensor, targets: torch.Tensor, columns: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column terms from ``Z = S [M, N]`` and ``T [M, N]``; see `Objective.dense_terms`."""
-        row_terms = torch.logsumexp(logits, dim=1) - (targets * logits).sum(1) / targets.sum(1)
+        row_terms = _dense_direction(logits, targets, dim=1)
         if not columns:
             return row_terms, row_terms.new_empty(0)
-        col_terms = torch.logsumexp(logits, dim=0) - (targets * logits).sum(0) / targets.sum(0)
-        return row_terms, col_terms
+        return row_terms, _dense_direction(logits, targets, dim=0)
 
     def new_statistics(self, rows: int, cols: int, like: torch.Tensor, columns: bool) -> Statistics:
         """``r [M]`` (filled block by block) and ``c [N]`` (``-inf``, merged into), or ``None`` without columns."""
@@ -79,18 +86,37 @@ class SoftmaxObjective(Objective):
         return row_terms, col_lse - scale * positives.col / positives.col_count
 
     def target_weight(self, upstream: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """``g/p``: every positive of a row shares its term's weight."""
-        return upstream / count
+        """``g/p``: every positive of a row shares its term's weight (a row without positives has no term, and
+        ``g = 0``)."""
+        return upstream / count.clamp(min=1)
 
-    def reduce(self, row_terms: torch.Tensor, col_terms: torch.Tensor | None, reduction: str) -> torch.Tensor:
-        """``(mean l_row + mean l_col)/2``, ``(Σ l_row + Σ l_col)/2``, or ``(l_row + l_col)/2`` per sample."""
+    def reduce(self, row_terms: Tensor, col_terms: Tensor | None, reduction: str, counted: Counted = None) -> Tensor:
+        """``(mean l_row + mean l_col)/2``, ``(Σ l_row + Σ l_col)/2``, or ``(l_row + l_col)/2`` per sample.
+
+        With ``counted`` (a batch of ``N`` images and ``M`` texts), each direction's mean and sum run over its
+        counted terms only, and ``"none"`` returns ``[N + M]``: ``l_row`` then ``l_col``, NaN where a row or column
+        has no positive (no term)."""
         if col_terms is None:
             raise ValueError("the softmax objective reduces row and column terms together; got no column terms")
+        if counted is not None:
+            return _reduce_counted(row_terms, col_terms, reduction, counted)
         if reduction == "mean":
             return (row_terms.mean() + col_terms.mean()) / 2
         if reduction == "sum":
             return (row_terms.sum() + col_terms.sum()) / 2
         return (row_terms + col_terms) / 2
+
+
+def _reduce_counted(row_terms: Tensor, col_terms: Tensor, reduction: str, counted: tuple[Tensor, Tensor]) -> Tensor:
+    """`SoftmaxObjective.reduce` over the counted terms of each direction (an empty direction adds zero)."""
+    if reduction == "none":
+        return torch.cat([row_terms, col_terms])
+    # where() and not a NaN-skipping sum: a NaN from the features themselves must still reach the loss.
+    sums = [torch.where(mask, terms, 0).sum() for terms, mask in zip((row_terms, col_terms), counted, strict=True)]
+    if reduction == "sum":
+        return (sums[0] + sums[1]) / 2
+    means = [total / mask.sum().clamp(min=1) for total, mask in zip(sums, counted, strict=True)]
+    return (means[0] + means[1]) / 2
 
 
 #: The softmax objective, shared by every engine.
