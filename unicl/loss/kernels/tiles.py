@@ -187,34 +187,6 @@ def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
 
 
-def _row_statistics(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    objective: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the row kernel for ``objective`` (a kernel code); see `row_statistics`."""
-    q, k = q.contiguous(), k.contiguous()
-    first = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
-    scale = scale.float().reshape(1)
-    _run(
-        row_table(objective),
-        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
-        q.device,
-        q.dtype,
-        q_ptr=q, k_ptr=k, scale_ptr=scale, bias_ptr=scale if bias is None else bias.float().reshape(1),
-        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=first,
-        second_ptr=first if second.numel() == 0 else second,
-        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0), OBJECTIVE=objective,
-        **tile_options(q.dtype),
-    )  # fmt: skip
-    return first, second
-
-
 def row_table(objective: int) -> str:
     """The name of the row kernel's tile table for an objective's kernel code (`KERNELS`, `TABLES`)."""
     return ROW_TABLES.get(objective, "lse")
@@ -235,7 +207,7 @@ def row_logsumexp(
     Returns:
         ``[M]`` float32.
     """
-    return _row_statistics(q, k, scale, q_scale, k_scale, None, SOFTMAX.kernel_code)[0]
+    return row_statistics(q, k, scale, q_scale, k_scale, None, SOFTMAX.kernel_code)[0]
 
 
 @row_logsumexp.register_fake
@@ -268,7 +240,22 @@ def row_statistics(
         Two float32 vectors: for the softmax objective ``r [M]`` (``r_i = logsumexp_j S_ij``) and an empty one; for
         the sigmoid objective ``Σ_j softplus(Z_ij)`` and ``Σ_j σ(Z_ij)``, ``[M]`` each.
     """
-    return _row_statistics(q, k, scale, q_scale, k_scale, bias, objective)
+    q, k = q.contiguous(), k.contiguous()
+    first = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
+    scale = scale.float().reshape(1)
+    _run(
+        row_table(objective),
+        lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
+        q.device,
+        q.dtype,
+        q_ptr=q, k_ptr=k, scale_ptr=scale, bias_ptr=scale if bias is None else bias.float().reshape(1),
+        q_scale_ptr=q_scale.float().contiguous(), k_scale_ptr=k_scale.float().contiguous(), lse_ptr=first,
+        second_ptr=first if second.numel() == 0 else second,
+        M=q.shape[0], N=k.shape[0], D=q.shape[1], stride_q=q.stride(0), stride_k=k.stride(0), OBJECTIVE=objective,
+        **tile_options(q.dtype),
+    )  # fmt: skip
+    return first, second
 
 
 @row_statistics.register_fake
