@@ -28,7 +28,7 @@ from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.backends import BACKENDS
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
-from unicl.train import LOSS_BACKENDS, build_parser, main
+from unicl.train import LOSS_BACKENDS, build_parser, main, parse_config
 from unicl.training import trainer as trainer_module
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
@@ -602,10 +602,10 @@ def test_the_library_entry_trains_and_every_batch_holds_the_shares_of_the_ratio(
 
     arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--captions", data / "captions.csv",
                          "--ratio", "0.75", "--save-every", "0")  # fmt: skip
-    args = build_parser().parse_args(arguments)
-    assert train(args) == tmp_path / "run" / "final"
-    args = build_parser().parse_args(_options(data, tmp_path / "other", *arguments[arguments.index("--steps") :]))
-    trainer = Trainer(check_options(args), start_runtime("cpu"))
+    config = parse_config(arguments)
+    assert train(config) == tmp_path / "run" / "final"
+    config = parse_config(_options(data, tmp_path / "other", *arguments[arguments.index("--steps") :]))
+    trainer = Trainer(check_options(config), start_runtime("cpu"))
     assert trainer.shares == {"labelled": 6, "captioned": 2}
     for _ in range(8):  # 48 labelled images at 6 a step: past one epoch of each source
         labels = next(trainer.batches)["labels"]

@@ -1,8 +1,8 @@
 """The training library: the run (`train`, `Trainer`) and its parts: fault-tolerant checkpoints, gradient caching
 for large batches, step-addressed sampling, the mixing of sources, schedules, logs and the process group.
 
-The names below are imported on first use (PEP 562), so `unicl.training.options` (torch-free) can be imported by
-the training command before it parses its arguments without loading torch.
+The names below are imported on first use (PEP 562), so `unicl.training.config` and `unicl.training.options`
+(torch-free) can be imported by the training command before it parses its arguments without loading torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _PUBLIC_NAMES = {
     "batch_shares": "unicl.training.mixing",
     "join_batches": "unicl.training.mixing",
     "check_options": "unicl.training.options",
+    "TrainingConfig": "unicl.training.config",
     "Trainer": "unicl.training.trainer",
     "TrainingError": "unicl.training.trainer",
     "train": "unicl.training.trainer",
@@ -28,6 +29,7 @@ _PUBLIC_NAMES = {
 
 if TYPE_CHECKING:
     from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
+    from unicl.training.config import TrainingConfig
     from unicl.training.gradient_cache import cached_backward
     from unicl.training.mixing import batch_shares, join_batches
     from unicl.training.options import check_options
@@ -40,6 +42,7 @@ __all__ = [
     "CheckpointDirectory",
     "DamagedCheckpoint",
     "Trainer",
+    "TrainingConfig",
     "TrainingError",
     "UnusableCheckpoint",
     "batch_shares",

@@ -1,7 +1,7 @@
 """The training run: data, model, optimiser, the loop, checkpoints and evaluation (`train`, `Trainer`).
 
-``python -m unicl.train`` (`unicl.train`) parses the options and calls `train`; a Python program can call it too,
-with the options that command's parser returns (`unicl.train.build_parser`).
+``python -m unicl.train`` (`unicl.train`) parses its options into a `unicl.training.config.TrainingConfig` and calls
+`train`; a Python program builds the configuration itself and calls `train` too.
 
 A run is reproducible step by step: the batch of step ``t`` (which samples, their augmentations and prompts) is a
 function of the seed and ``t`` alone (`unicl.training.sampling`, `unicl.training.shards`), and a
@@ -11,7 +11,7 @@ generators). Resuming from the checkpoint of step ``t`` therefore continues exac
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import random
 import signal
@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -47,6 +47,7 @@ from unicl.models.presets import TRAINED_TOKENIZER
 from unicl.text.prompts import LabelToPrompt
 from unicl.text.tokenizer import Tokenizer
 from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
+from unicl.training.config import TrainingConfig
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.logs import RunLog
 from unicl.training.mixing import batch_shares, join_batches
@@ -92,7 +93,7 @@ def gradient_norm(parameters: Iterator[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def run_configuration(args: argparse.Namespace) -> dict[str, Any]:
+def run_configuration(config: TrainingConfig) -> dict[str, Any]:
     """The options as plain values (paths as strings), as stored in checkpoints and ``final/training.json``."""
 
     def plain(value: Any) -> Any:
@@ -102,7 +103,7 @@ def run_configuration(args: argparse.Namespace) -> dict[str, Any]:
             return [plain(item) for item in value]
         return value
 
-    return {name: plain(value) for name, value in vars(args).items()}
+    return {item.name: plain(getattr(config, item.name)) for item in dataclasses.fields(config)}
 
 
 def random_states(device: torch.device) -> dict[str, Any]:
@@ -126,48 +127,53 @@ class Trainer:
     """One run: everything `train` builds from the options, and the loop.
 
     Args:
-        args: checked options (`unicl.training.options.check_options`).
+        config: the options; checked here (`unicl.training.options.check_options`).
         runtime: this process's place in the run.
 
     Raises:
+        TypeError, ValueError: an option of the wrong type or an inconsistent one (`check_options`).
         TrainingError: a run that cannot start (the message names the option to change).
         FileNotFoundError, ValueError, ImportError: data that cannot be read, a missing optional package.
     """
 
-    def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
-        self.args, self.runtime = args, runtime
+    def __init__(self, config: TrainingConfig, runtime: Runtime) -> None:
+        config = check_options(config)
+        self.config, self.runtime = config, runtime
         self.device = runtime.device
         self._folders: LabelledFolders | None = None
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
         overrides: dict[str, Any] = {}
-        if args.grad_checkpointing:
+        if config.grad_checkpointing:
             overrides = {"image": {"grad_checkpointing": True}, "text": {"grad_checkpointing": True}}
-        self.model: UniCLModel = create_model(args.model, pretrained=args.pretrained, **overrides).to(self.device)
-        self.train_transform = image_transform(self.model, train=not args.no_augmentation)
-        self.precision = args.precision
+        self.model: UniCLModel = create_model(config.model, pretrained=config.pretrained, **overrides).to(self.device)
+        self.train_transform = image_transform(self.model, train=not config.no_augmentation)
+        self.precision = config.precision
         if self.precision == "auto":
             self.precision = "bf16" if self.device.type == "cuda" else "fp32"
         if self.precision == "fp16" and self.device.type != "cuda":
             raise TrainingError("--precision fp16 needs CUDA (its gradient scaler); use bf16 or fp32 on the CPU")
         self.optimizer = torch.optim.AdamW(
-            self.model.param_groups(args.weight_decay), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps
+            self.model.param_groups(config.weight_decay),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
         )
-        floor = args.min_lr / args.lr if args.lr > 0 else 0.0
+        floor = config.min_lr / config.lr if config.lr > 0 else 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(args.steps, args.warmup, floor)
+            self.optimizer, warmup_cosine(config.steps, config.warmup, floor)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
         # forward returns unit features, so the loss does not normalise them again.
         try:
             self.loss_fn = UniCLLoss(
-                backend=args.loss_backend, normalize=False, gather_distributed=True, local_loss=args.local_loss,
+                backend=config.loss_backend, normalize=False, gather_distributed=True, local_loss=config.local_loss,
                 equal_batches=True,
             )  # fmt: skip
         except ValueError as error:
             raise TrainingError(f"--loss-backend: {error}") from None
-        self.checkpoints = CheckpointDirectory(args.output / "checkpoints", keep=args.keep)
+        self.checkpoints = CheckpointDirectory(config.output / "checkpoints", keep=config.keep)
         self.step = 0
         # -1, or the first step whose loss or gradient norm was not finite (see _note_nonfinite).
         self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -179,13 +185,13 @@ class Trainer:
         resumed = self._resume()
         self.tokenizer = self._tokenizer()
         self.log = RunLog(
-            args.output, args.steps, self.step, enabled=runtime.is_main,
-            tensorboard=args.tensorboard, progress=not args.no_progress,
+            config.output, config.steps, self.step, enabled=runtime.is_main,
+            tensorboard=config.tensorboard, progress=not config.no_progress,
         )  # fmt: skip
         if resumed is not None:
             self.log.message(f"resumed from {resumed} at step {self.step}")
             self.log.record(self.step, "resume", {"checkpoint": str(resumed)})
-        if args.check_data:
+        if config.check_data:
             self._check_data()
         self.loaders = self._loaders()
         if resumed is not None and self._resumed_position is not None:
@@ -203,65 +209,65 @@ class Trainer:
         """The tokenizer of the run, checked against the text tower: a resumed run's is the checkpoint's; else
         ``--tokenizer``; else the one saved with ``--pretrained``; else the preset's own (CLIP's BPE, or one trained
         on this run's text for ``TRAINED_TOKENIZER`` presets)."""
-        args, context_length = self.args, self.model.config.text.context_length
+        config, context_length = self.config, self.model.config.text.context_length
         requested = None
-        if args.tokenizer is not None:
+        if config.tokenizer is not None:
             try:
-                requested = get_tokenizer(args.tokenizer, context_length)
+                requested = get_tokenizer(config.tokenizer, context_length)
             except (FileNotFoundError, ValueError) as error:
-                raise TrainingError(f"--tokenizer {args.tokenizer!r}: {error}") from None
+                raise TrainingError(f"--tokenizer {config.tokenizer!r}: {error}") from None
         if self._resumed_tokenizer is not None:
             tokenizer = Tokenizer.from_state(self._resumed_tokenizer, context_length, where="the checkpoint")
             if requested is not None and requested.tokenizer.to_str() != tokenizer.tokenizer.to_str():
                 raise TrainingError(
-                    f"--tokenizer {args.tokenizer!r} is not the tokenizer the checkpoint was trained with; leave "
+                    f"--tokenizer {config.tokenizer!r} is not the tokenizer the checkpoint was trained with; leave "
                     "--tokenizer out to go on with the checkpoint's"
                 )
             argument = "the checkpoint's tokenizer"
         elif requested is not None:
             tokenizer, argument = requested, "--tokenizer"
         elif (saved := self._pretrained_tokenizer()) is not None:
-            tokenizer, argument = saved, f"--pretrained {args.pretrained!r}'s tokenizer"
-        elif preset_tokenizer(args.model) == TRAINED_TOKENIZER:
+            tokenizer, argument = saved, f"--pretrained {config.pretrained!r}'s tokenizer"
+        elif preset_tokenizer(config.model) == TRAINED_TOKENIZER:
             tokenizer, argument = self._trained_tokenizer(), "the trained tokenizer"
         else:
             tokenizer, argument = Tokenizer.clip(context_length), "CLIP's tokenizer"
-        check_tokenizer_fits(tokenizer, self.model.config, argument, args.model)
+        check_tokenizer_fits(tokenizer, self.model.config, argument, config.model)
         return tokenizer
 
     def _pretrained_tokenizer(self) -> Tokenizer | None:
         """The tokenizer that goes with ``--pretrained`` (`unicl.models.model_tokenizer`), or ``None`` without it;
         a preset that trains its tokenizer never trains a new one for pretrained weights."""
-        args = self.args
-        if args.pretrained is None:
+        config = self.config
+        if config.pretrained is None:
             return None
         try:
-            return model_tokenizer(args.model, args.pretrained, self.model.config.text.context_length)
+            return model_tokenizer(config.model, config.pretrained, self.model.config.text.context_length)
         except (FileNotFoundError, ValueError) as error:
-            raise TrainingError(f"--pretrained {args.pretrained!r}: {error}; pass --tokenizer") from None
+            raise TrainingError(f"--pretrained {config.pretrained!r}: {error}; pass --tokenizer") from None
 
     def _trained_tokenizer(self) -> Tokenizer:
         """A byte-level BPE with the text tower's vocabulary and context, trained by rank 0 on every prompt of every
         class and the captions (all of a caption file, the first ``TOKENIZER_CAPTIONS`` of WebDataset shards),
         saved as ``OUTPUT/tokenizer.json`` and sent to the other ranks (with any error, so that all of them stop)."""
-        args, text = self.args, self.model.config.text
+        config, text = self.config, self.model.config.text
         state: dict[str, Any] | None = None
         problem: str | None = None
         if self.runtime.is_main:
             try:
                 corpus: list[str] = []
-                if args.image_folder:
+                if config.image_folder:
                     prompts = LabelToPrompt(self._labelled().class_names)
                     corpus += [prompt for class_prompts in prompts for prompt in class_prompts]
-                for path in args.captions:
+                for path in config.captions:
                     corpus += [caption for _, caption in read_caption_file(path)]
-                if args.webdataset:
-                    corpus += read_captions(args.webdataset, TOKENIZER_CAPTIONS)
+                if config.webdataset:
+                    corpus += read_captions(config.webdataset, TOKENIZER_CAPTIONS)
                 tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)
-                tokenizer.save(args.output)
+                tokenizer.save(config.output)
                 state = tokenizer.to_state()
             except (FileNotFoundError, ValueError, ImportError, OSError) as error:
-                problem = f"training the tokenizer of {args.model}: {error}"
+                problem = f"training the tokenizer of {config.model}: {error}"
         state, problem = self.runtime.broadcast((state, problem))
         if problem is not None or state is None:
             raise TrainingError(problem or "rank 0 sent no tokenizer")
@@ -272,33 +278,33 @@ class Trainer:
     def _labelled(self) -> LabelledFolders:
         """The ``--image-folder`` roots as one dataset (scanned once)."""
         if self._folders is None:
-            args = self.args
-            names = [read_class_names(path) for path in args.classnames] if args.classnames else None
-            self._folders = LabelledFolders(args.image_folder, self.train_transform, names)
+            config = self.config
+            names = [read_class_names(path) for path in config.classnames] if config.classnames else None
+            self._folders = LabelledFolders(config.image_folder, self.train_transform, names)
         return self._folders
 
     def _check_data(self) -> None:
         """``--check-data``: every image file's header, read by rank 0 before the first step (the others wait for the
         verdict, so all of them stop on a bad file)."""
-        args = self.args
+        config = self.config
         problem: str | None = None
         if self.runtime.is_main:
             files: list[tuple[str | Path, str]] = []
-            if args.image_folder:
+            if config.image_folder:
                 folders = self._labelled()
                 files += [(path, folders.origin(path)) for path, _ in folders.samples]
-            if args.captions:
-                pairs = CaptionPairs(args.captions)
+            if config.captions:
+                pairs = CaptionPairs(config.captions)
                 files += [(path, pairs.origin(path)) for path in pairs.image_paths]
-            if args.eval_folder is not None:
+            if config.eval_folder is not None:
                 files += [
-                    (path, f"image folder {args.eval_folder}") for path, _ in ImageFolder(args.eval_folder).samples
+                    (path, f"image folder {config.eval_folder}") for path, _ in ImageFolder(config.eval_folder).samples
                 ]
             started = time.perf_counter()
             bad = check_image_headers(files)
             seconds = time.perf_counter() - started
             shown = "; ".join(map(str, bad[:5])) + ("; ..." if len(bad) > 5 else "")
-            if bad and not args.skip_unreadable:
+            if bad and not config.skip_unreadable:
                 problem = (
                     f"--check-data: {len(bad)} of {len(files)} image files fail their header check: {shown}; "
                     "remove or replace them, or train with --skip-unreadable"
@@ -320,31 +326,32 @@ class Trainer:
     def _loaders(self) -> dict[str, DataLoader]:
         """One loader per source, from the step the run is at, each giving its share of every batch
         (`unicl.training.mixing`)."""
-        args, runtime = self.args, self.runtime
+        config, runtime = self.config, self.runtime
         transform = self.train_transform
-        self.shares = batch_shares(args.batch_size, args.ratio)
+        # check_options decided the ratio where it was left to the data given.
+        self.shares = batch_shares(config.batch_size, cast(float, config.ratio))
         prompts = None
         loaders = {}
         if "labelled" in self.shares:
             folders = self._labelled()
-            prompts = LabelToPrompt(folders.class_names, seed=args.seed)
-            keyed = KeyedSamples(self._readable(folders), args.seed, prompts)
+            prompts = LabelToPrompt(folders.class_names, seed=config.seed)
+            keyed = KeyedSamples(self._readable(folders), config.seed, prompts)
             loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts)
         if "captioned" in self.shares:
-            if args.webdataset:
+            if config.webdataset:
                 captioned: Any = ShardedCaptions(
-                    args.webdataset, transform, self.shares["captioned"], args.seed,
-                    runtime.rank, runtime.world_size, args.workers, start_step=self.step,
+                    config.webdataset, transform, self.shares["captioned"], config.seed,
+                    runtime.rank, runtime.world_size, config.workers, start_step=self.step,
                 )  # fmt: skip
             else:
-                captioned = KeyedSamples(self._readable(CaptionPairs(args.captions, transform)), args.seed)
+                captioned = KeyedSamples(self._readable(CaptionPairs(config.captions, transform)), config.seed)
             loaders["captioned"] = self._loader(captioned, self.shares["captioned"], prompts)
         return loaders
 
     def _readable(self, dataset: CaptionPairs | LabelledFolders) -> Any:
         """``dataset`` reporting its unreadable images, or with ``--skip-unreadable`` skipping and counting them."""
         reporting = reporting_unreadable(dataset)
-        if not self.args.skip_unreadable:
+        if not self.config.skip_unreadable:
             return reporting
         skipping = SkippingUnreadable(reporting)
         self._skipping.append(skipping)
@@ -355,20 +362,20 @@ class Trainer:
         return sum(int(source.skipped.value) for source in self._skipping)
 
     def _loader(self, dataset: Any, batch_size: int, prompts: LabelToPrompt | None) -> DataLoader:
-        args, runtime = self.args, self.runtime
+        config, runtime = self.config, self.runtime
         options: dict[str, Any] = {
-            "num_workers": args.workers,
-            "collate_fn": UnifiedCollate(self.tokenizer, prompts, hash_captions=args.hash_captions),
+            "num_workers": config.workers,
+            "collate_fn": UnifiedCollate(self.tokenizer, prompts, hash_captions=config.hash_captions),
             "pin_memory": self.device.type == "cuda",
             # The loader's own generator: creating it does not advance the global one the checkpoint restores.
-            "generator": torch.Generator().manual_seed(derive_seed("loader", args.seed, runtime.rank)),
+            "generator": torch.Generator().manual_seed(derive_seed("loader", config.seed, runtime.rank)),
             # A stop signal sent to the process group reaches the workers too: the main process answers it.
-            "worker_init_fn": worker_ignores_stop_signals if args.checkpoint_on_signal else None,
+            "worker_init_fn": worker_ignores_stop_signals if config.checkpoint_on_signal else None,
         }
         if isinstance(dataset, ShardedCaptions):
             return DataLoader(dataset, batch_size=batch_size, **options)
         sampler = StepBatchSampler(
-            len(dataset), batch_size, runtime.rank, runtime.world_size, args.seed, start_step=self.step
+            len(dataset), batch_size, runtime.rank, runtime.world_size, config.seed, start_step=self.step
         )
         return DataLoader(dataset, batch_sampler=sampler, **options)
 
@@ -414,7 +421,8 @@ class Trainer:
             return ", ".join(f"{name} {value:.6g}" for name, value in position.items() if name != "step")
 
         raise TrainingError(
-            f"--resume {self.args.resume}: {checkpoint} left the data at step {stored.get('step')} at {where(stored)}, "
+            f"--resume {self.config.resume}: {checkpoint} left the data at step {stored.get('step')} at "
+            f"{where(stored)}, "
             f"but this run's data put that step at {where(current)}: a source holds another number of samples than "
             "when the checkpoint was written (images added to or removed from an --image-folder, rows of a "
             "--captions file); restore the data to go on, or start a new run in another --output"
@@ -422,21 +430,21 @@ class Trainer:
 
     def _evaluation_data(self) -> Subset | None:
         """This rank's share of the held-out ImageFolder (every ``world_size``-th image)."""
-        args = self.args
-        if args.eval_folder is None:
+        config = self.config
+        if config.eval_folder is None:
             return None
-        folder = reporting_unreadable(ImageFolder(str(args.eval_folder), transform=image_transform(self.model)))
+        folder = reporting_unreadable(ImageFolder(str(config.eval_folder), transform=image_transform(self.model)))
         self.eval_class_names = folder.classes
-        if args.eval_classnames is not None:
-            self.eval_class_names = read_class_names(args.eval_classnames, len(folder.classes))
+        if config.eval_classnames is not None:
+            self.eval_class_names = read_class_names(config.eval_classnames, len(folder.classes))
         return Subset(folder, range(self.runtime.rank, len(folder), self.runtime.world_size))
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
 
     def _resume(self) -> Path | None:
         """Load the checkpoint ``--resume`` names (rank 0 picks it, every rank reads it); returns its path."""
-        args = self.args
-        if args.resume is None:
+        config = self.config
+        if config.resume is None:
             # Every rank looks (they share the directory), so all of them stop rather than one leaving the others
             # waiting in a collective.
             if self.checkpoints.paths():
@@ -445,9 +453,9 @@ class Trainer:
                     "run, or choose another --output"
                 )
             return None
-        choice: str | None = args.resume
+        choice: str | None = config.resume
         state: dict[str, Any] | None = None
-        if args.resume == "auto":
+        if config.resume == "auto":
             choice, problem = None, None
             if self.runtime.is_main:
                 try:
@@ -474,12 +482,12 @@ class Trainer:
         try:
             self._load_state(state)
         except TrainingError as error:
-            raise TrainingError(f"--resume {args.resume}: {path}: {error}") from None
+            raise TrainingError(f"--resume {config.resume}: {path}: {error}") from None
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             # load_state_dict lists every mismatched tensor over many lines: one line, cut to a readable length.
             details = " ".join(str(error).split())
             raise TrainingError(
-                f"--resume {args.resume}: {path} cannot be resumed from: {type(error).__name__}: {details[:400]}"
+                f"--resume {config.resume}: {path} cannot be resumed from: {type(error).__name__}: {details[:400]}"
             ) from None
         return path
 
@@ -490,14 +498,14 @@ class Trainer:
                 f"{CHECKPOINT_FORMAT}"
             )
         stored = state["config"]
-        if stored.get("model") != self.args.model:
-            raise TrainingError(f"the checkpoint trains {stored.get('model')!r}, not --model {self.args.model!r}")
-        current = run_configuration(self.args)
+        if stored.get("model") != self.config.model:
+            raise TrainingError(f"the checkpoint trains {stored.get('model')!r}, not --model {self.config.model!r}")
+        current = run_configuration(self.config)
         changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name) != current.get(name)]
         # WebDataset streams are dealt to the data-loading workers, so there the number of workers orders the data.
         # (0 and 1 workers both read one stream.)
-        streams = max(int(stored.get("workers") or 0), 1), max(self.args.workers, 1)
-        if (self.args.webdataset or stored.get("webdataset")) and streams[0] != streams[1]:
+        streams = max(int(stored.get("workers") or 0), 1), max(self.config.workers, 1)
+        if (self.config.webdataset or stored.get("webdataset")) and streams[0] != streams[1]:
             changed.append("workers")
         if state["world_size"] != self.runtime.world_size:
             changed.append(f"ranks ({state['world_size']} then, {self.runtime.world_size} now)")
@@ -538,7 +546,7 @@ class Trainer:
                 "world_size": self.runtime.world_size,
                 "data": self.data_position(),
                 "data_sizes": self.data_sizes(),
-                "config": run_configuration(self.args),
+                "config": run_configuration(self.config),
                 "tokenizer": self.tokenizer.to_state(),
             },
         )
@@ -556,12 +564,12 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimiser step on ``batch``; returns this rank's loss (detached)."""
         moved = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if self.args.micro_batch is not None:
+        if self.config.micro_batch is not None:
             texts = {"input_ids": moved["input_ids"], "attention_mask": moved["attention_mask"]}
             with self.autocast():
                 loss = cached_backward(
                     self.network, moved["images"], texts, moved["labels"], loss_fn=self.loss_fn,
-                    micro_batch=self.args.micro_batch, scaler=self.scaler if self.scaler.is_enabled() else None,
+                    micro_batch=self.config.micro_batch, scaler=self.scaler if self.scaler.is_enabled() else None,
                 )  # fmt: skip
         else:
             with self.autocast():
@@ -569,8 +577,8 @@ class Trainer:
                 loss = self.loss_fn(**outputs, labels=moved["labels"])
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        if self.args.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        if self.config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         else:
             norm = gradient_norm(self.model.parameters())
         self._note_nonfinite(loss.detach(), norm)
@@ -610,7 +618,7 @@ class Trainer:
         if len(self.eval_set) > 0:
             scores = zeroshot_accuracy(
                 self.model, self.eval_set, self.eval_class_names, self.tokenizer,
-                batch_size=self.args.eval_batch_size, workers=self.args.workers, device=self.device,
+                batch_size=self.config.eval_batch_size, workers=self.config.workers, device=self.device,
                 precision="bf16" if self.precision == "bf16" else "fp32",
             )  # fmt: skip
             images = scores["images"]
@@ -626,20 +634,20 @@ class Trainer:
 
     def run(self) -> Path | None:
         """Train to ``--steps`` (or ``--stop-after``); returns ``OUTPUT/final`` when the run is complete."""
-        args = self.args
+        config = self.config
         if self._resumed_random is not None:
             restore_random_states(self._resumed_random, self.device)
-        end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+        end = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
         self.model.train()
         try:
-            with StopSignals(enabled=args.checkpoint_on_signal) as stop:
+            with StopSignals(enabled=config.checkpoint_on_signal) as stop:
                 self._train_until(end, stop)
             skipped = self._all_skipped()
             if skipped is not None:
                 self.log.message(f"--skip-unreadable: {skipped} reads of unreadable images skipped")
                 self.log.record(self.step, "unreadable", {"skipped": skipped})
-            if self.step < args.steps:
-                self.log.message(f"stopped after step {self.step} of {args.steps} (--stop-after)")
+            if self.step < config.steps:
+                self.log.message(f"stopped after step {self.step} of {config.steps} (--stop-after)")
                 return None
             return self._write_final()
         finally:
@@ -648,7 +656,7 @@ class Trainer:
             self.log.close()
 
     def _train_until(self, end: int, stop: StopSignals) -> None:
-        args = self.args
+        config = self.config
         losses: list[torch.Tensor] = []
         started, started_step = time.perf_counter(), self.step
         while self.step < end:
@@ -667,19 +675,19 @@ class Trainer:
                 raise
             self.step += 1
             self.log.advance()
-            if self.step % args.log_every == 0 or self.step == end:
+            if self.step % config.log_every == 0 or self.step == end:
                 self._report(losses, time.perf_counter() - started, self.step - started_step)
                 losses, started, started_step = [], time.perf_counter(), self.step
-            saved = (args.save_every and self.step % args.save_every == 0) or self.step == args.steps
+            saved = (config.save_every and self.step % config.save_every == 0) or self.step == config.steps
             if saved:
                 self.save_checkpoint()
             if self.eval_set is not None and (
-                (args.eval_every and self.step % args.eval_every == 0) or self.step == args.steps
+                (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps
             ):
                 self.evaluate()
             # Every rank learns of a signal any rank received, so all of them stop at this same step.
-            received = self.runtime.max(stop.received) if args.checkpoint_on_signal else 0
-            if received and self.step < args.steps:
+            received = self.runtime.max(stop.received) if config.checkpoint_on_signal else 0
+            if received and self.step < config.steps:
                 if not saved:
                     self.save_checkpoint()
                 self.log.record(self.step, "signal", {"signal": signal.Signals(received).name})
@@ -697,7 +705,7 @@ class Trainer:
                 "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "logit_scale": float(self.model.clamped_logit_scale().detach()),
-                "samples_per_second": steps * self.args.batch_size * self.runtime.world_size / max(seconds, 1e-9),
+                "samples_per_second": steps * self.config.batch_size * self.runtime.world_size / max(seconds, 1e-9),
                 **{name: value for name, value in self.data_position().items() if name.endswith("_epoch")},
                 **({"unreadable_skipped": skipped} if (skipped := self._all_skipped()) is not None else {}),
             },
@@ -706,54 +714,55 @@ class Trainer:
     def _all_skipped(self) -> int | None:
         """Reads of unreadable images every rank skipped so far, or ``None`` without ``--skip-unreadable`` (a
         collective)."""
-        if not self.args.skip_unreadable:
+        if not self.config.skip_unreadable:
             return None
         return int(self.runtime.sum([float(self.unreadable_skipped())])[0])
 
     def _write_final(self) -> Path:
         """The final weights (``save_pretrained``), the tokenizer file and the run's options, by rank 0."""
-        final = self.args.output / "final"
+        final = self.config.output / "final"
         if self.runtime.is_main:
             self.model.save_pretrained(final, tokenizer=self.tokenizer)
-            summary = {"step": self.step, "options": run_configuration(self.args)}
+            summary = {"step": self.step, "options": run_configuration(self.config)}
             (final / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
             self.log.message(f"final weights in {final}")
         return final
 
 
-def train(args: argparse.Namespace) -> Path | None:
-    """Train with the options ``args`` on this process (one rank of a ``torchrun`` group, or alone).
+def train(config: TrainingConfig) -> Path | None:
+    """Train with the options ``config`` on this process (one rank of a ``torchrun`` group, or alone).
 
     Args:
-        args: the options, as ``python -m unicl.train``'s parser returns them (`unicl.train.build_parser`);
-            checked here (`unicl.training.options.check_options`).
+        config: the options (``python -m unicl.train`` builds them from its command line); checked here
+            (`unicl.training.options.check_options`).
 
     Returns:
         ``OUTPUT/final`` (the weights in ``save_pretrained`` format, the tokenizer, ``training.json``), or ``None``
-        when ``--stop-after`` ended the run early.
+        when ``stop_after`` ended the run early.
 
     Raises:
+        TypeError: an option of the wrong type.
         ValueError: an inconsistent option or a device this machine does not have.
         TrainingError: a run that cannot start or go on (the message names the option to change).
         FileNotFoundError, ImportError: data that cannot be read, a missing optional package.
     """
-    check_options(args)
-    runtime = start_runtime(args.device)
+    config = check_options(config)
+    runtime = start_runtime(config.device)
     try:
-        return Trainer(args, runtime).run()
+        return Trainer(config, runtime).run()
     except UnreadableImage as error:  # found only when a batch reads it, in a worker or here
         message = unreadable_message(error)
-        raise TrainingError(f"{_argument_holding(args, message)}: {message}") from None
+        raise TrainingError(f"{_argument_holding(config, message)}: {message}") from None
     finally:
         stop_runtime()
 
 
-def _argument_holding(args: argparse.Namespace, message: str) -> str:
+def _argument_holding(config: TrainingConfig, message: str) -> str:
     """The option whose files the unreadable image named in ``message`` is among."""
     sources = [
-        *(("--image-folder", folder) for folder in args.image_folder or ()),
-        *(("--captions", Path(captions).parent) for captions in args.captions or ()),
-        *([("--eval-folder", args.eval_folder)] if args.eval_folder is not None else []),
+        *(("--image-folder", folder) for folder in config.image_folder or ()),
+        *(("--captions", Path(captions).parent) for captions in config.captions or ()),
+        *([("--eval-folder", config.eval_folder)] if config.eval_folder is not None else []),
     ]
     held = [(len(str(root)), option) for option, root in sources if str(root) in message]
     return max(held)[1] if held else "the training data"
