@@ -23,17 +23,18 @@ _PUBLIC_NAMES = {
     "check_options": "unicl.training.options",
     "TrainingConfig": "unicl.training.config",
     "Trainer": "unicl.training.trainer",
-    "TrainingError": "unicl.training.trainer",
+    "TrainingError": "unicl.training.errors",
     "train": "unicl.training.trainer",
 }
 
 if TYPE_CHECKING:
     from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
     from unicl.training.config import TrainingConfig
+    from unicl.training.errors import TrainingError
     from unicl.training.gradient_cache import cached_backward
     from unicl.training.mixing import batch_shares, join_batches
     from unicl.training.options import check_options
-    from unicl.training.trainer import Trainer, TrainingError, train
+    from unicl.training.trainer import Trainer, train
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)

@@ -8,7 +8,7 @@ or meaning, and the checks (`unicl.training.options.check_options`) name each op
 Torch-free (this module imports only the standard library and the loss's torch-free backend names), so the command
 parses and checks its options before loading torch.
 
-Example:
+Examples:
     >>> config = TrainingConfig(model="unicl_tiny", image_folder=["digits/train"], batch_size=64, steps=400,
     ...                         output="runs/digits")
     >>> config.output, config.image_folder, config.lr
@@ -51,7 +51,7 @@ class TrainingConfig:
     options are checked as a whole by `unicl.training.options.check_options` (which `unicl.training.train` calls),
     each error naming the option as the command line spells it (``--batch-size``).
 
-    Example:
+    Examples:
         >>> TrainingConfig(model="unicl_tiny", image_folder=["data/digits/train"], batch_size=64, steps=400,
         ...                output="runs/digits").precision
         'auto'
