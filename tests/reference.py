@@ -107,3 +107,30 @@ def float64_loss_and_grads(image, text, labels, scale, reduction="mean", upstrea
     value = reference_loss(*exact_in, keys, exact_scale, reduction=reduction, normalize=normalize)
     weighted = value if upstream is None else (value * upstream.double()).sum()
     return (value, *torch.autograd.grad(weighted.sum(), [*exact_in, exact_scale]))
+
+
+def reference_sigmoid_terms(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    labels: list[int] | None,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """``ℓ [N]`` in float64, differentiable by autograd: each image's ``−Σ_j log σ(t_ij·Z_ij)`` with
+    ``Z = s·Û V̂ᵀ + b`` and ``t = 2T − 1``, ``T`` built entry by entry from the labels."""
+    image, text = image.double(), text.double()
+    if normalize:
+        image = image / image.norm(dim=1, keepdim=True)
+        text = text / text.norm(dim=1, keepdim=True)
+    n = image.shape[0]
+    labels = list(range(-1, -n - 1, -1)) if labels is None else labels
+    signs = 2 * reference_targets(labels) - 1
+    logits = scale * image @ text.T + bias
+    return -torch.nn.functional.logsigmoid(signs * logits).sum(1)
+
+
+def reference_sigmoid_loss(image, text, labels, scale, bias, reduction="mean", normalize=True) -> torch.Tensor:
+    """The reduced reference sigmoid loss: ``Σ ℓ / N``, ``Σ ℓ`` or ``ℓ``."""
+    terms = reference_sigmoid_terms(image, text, labels, scale, bias, normalize)
+    return {"mean": terms.mean, "sum": terms.sum}.get(reduction, lambda: terms)()

@@ -40,7 +40,13 @@ def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mea
     my_text = text[rows].to(dtype).requires_grad_()
     my_labels = None if labels is None else labels[rows]
     loss = distributed_unicl_loss(
-        my_image, my_text, my_labels, SCALE, local_loss=local, backend=backend, reduction=reduction,
+        my_image,
+        my_text,
+        my_labels,
+        SCALE,
+        local_loss=local,
+        backend=backend,
+        reduction=reduction,
         equal_batches=equal_batches,
     )
     grads = torch.autograd.grad(loss, [my_image, my_text])

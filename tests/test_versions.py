@@ -99,9 +99,7 @@ def test_pyproject_and_the_ci_floor_job_declare_the_floors_of_the_code():
     requirements = {re.split(r"[<>=;\s]", r)[0]: r for r in project["dependencies"]}
     assert _floor(requirements["torch"], "torch") == MINIMUM_TORCH
     assert _floor(requirements["triton"], "triton") == MINIMUM_TRITON
-    pins = dict(
-        line.split("==") for line in (ROOT / ".ci" / "floor.txt").read_text().splitlines() if "==" in line
-    )
+    pins = dict(line.split("==") for line in (ROOT / ".ci" / "floor.txt").read_text().splitlines() if "==" in line)
     assert release(pins["torch"])[:2] == MINIMUM_TORCH
     assert release(pins["triton"])[:2] == MINIMUM_TRITON
 

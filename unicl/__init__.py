@@ -18,7 +18,9 @@ check_supported_versions()
 #: The module each public name is defined in.
 _PUBLIC_NAMES = {
     "UniCLLoss": "unicl.loss.module",
+    "UniCLSigmoidLoss": "unicl.loss.module",
     "unicl_loss": "unicl.loss.functional",
+    "unicl_sigmoid_loss": "unicl.loss.functional",
     "distributed_unicl_loss": "unicl.loss.distributed",
     "target_keys": "unicl.loss.targets",
     "caption_labels": "unicl.text.captions",
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
     from unicl.data.transforms import image_transform
     from unicl.factory import create_model_and_transforms
     from unicl.loss.distributed import distributed_unicl_loss
-    from unicl.loss.functional import unicl_loss
-    from unicl.loss.module import UniCLLoss
+    from unicl.loss.functional import unicl_loss, unicl_sigmoid_loss
+    from unicl.loss.module import UniCLLoss, UniCLSigmoidLoss
     from unicl.loss.targets import target_keys
     from unicl.models.model import UniCLModel
     from unicl.models.presets import create_model, list_models, register_model
@@ -55,6 +57,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES, _PACKAGES)
 __all__ = [
     "UniCLLoss",
     "UniCLModel",
+    "UniCLSigmoidLoss",
     "__version__",
     "caption_labels",
     "create_model",
@@ -68,4 +71,5 @@ __all__ = [
     "register_model",
     "target_keys",
     "unicl_loss",
+    "unicl_sigmoid_loss",
 ]

@@ -116,30 +116,40 @@ def check_logit_scale(logit_scale: object, device: torch.device) -> torch.Tensor
     on an accelerator is not inspected, because reading its value would stall the stream, so a non-positive or
     non-finite value there gives a non-finite or meaningless loss instead of an error.
     """
+    return _check_scalar("logit_scale", logit_scale, device, positive=True)
+
+
+def check_logit_bias(logit_bias: object, device: torch.device) -> torch.Tensor | float:
+    """Check that ``logit_bias`` is a finite float or a one-element tensor, by the rule of `check_logit_scale`
+    without the sign."""
+    return _check_scalar("logit_bias", logit_bias, device, positive=False)
+
+
+def _check_scalar(name: str, value: object, device: torch.device, positive: bool) -> torch.Tensor | float:
     import torch
 
-    if isinstance(logit_scale, torch.Tensor):
-        if logit_scale.numel() != 1:
-            raise ValueError(f"logit_scale must be a scalar (one element); got shape {tuple(logit_scale.shape)}")
-        if not logit_scale.is_floating_point():
-            raise TypeError(f"logit_scale must be a floating-point tensor; got {logit_scale.dtype}")
-        if logit_scale.device.type == "cpu":
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (one element); got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor; got {value.dtype}")
+        if value.device.type == "cpu":
             if not torch.compiler.is_compiling():
-                _check_scale_value(float(logit_scale.detach()))
-        elif logit_scale.device != device:
-            raise ValueError(
-                f"logit_scale must be on the features' device {device} or the CPU; got {logit_scale.device}"
-            )
-        return logit_scale
-    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
-        raise TypeError(f"logit_scale must be a float or a one-element tensor; got {type(logit_scale).__name__}")
-    _check_scale_value(float(logit_scale))
-    return float(logit_scale)
+                _check_scalar_value(name, float(value.detach()), positive)
+        elif value.device != device:
+            raise ValueError(f"{name} must be on the features' device {device} or the CPU; got {value.device}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a one-element tensor; got {type(value).__name__}")
+    _check_scalar_value(name, float(value), positive)
+    return float(value)
 
 
-def _check_scale_value(value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"logit_scale must be finite and > 0; got {value}")
+def _check_scalar_value(name: str, value: float, positive: bool) -> None:
+    if positive and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0; got {value}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

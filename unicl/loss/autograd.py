@@ -1,15 +1,16 @@
-"""One autograd function for every memory-efficient backend.
+"""One autograd function for every memory-efficient backend and every objective (`unicl.loss.objectives`).
 
-Forward keeps only the row and column log-sum-exp (``2N`` floats) and, when it normalises, the inverse norms
-``a``, ``b`` (``2N`` more) besides the inputs; backward asks the engine to recompute ``S`` block by block. The
-features are normalised inside the engine's tiles (``S_ij = s·a_i·b_j·⟨x_i, y_j⟩``), so no normalised copy of them
-exists. The target parts of the loss and of its gradient use the per-key sums of
-`unicl.loss.targets.PositiveGroups`, which is exact and costs ``O(N·D)``. With ``u = a·x`` and ``v = b·y``:
+Forward keeps only the objective's statistics (``2N`` floats) and, when it normalises, the inverse norms ``a``,
+``b`` (``2N`` more) besides the inputs; backward asks the engine to recompute ``Z`` block by block. The features are
+normalised inside the engine's tiles (``S_ij = s·a_i·b_j·⟨x_i, y_j⟩``), so no normalised copy of them exists. The
+target parts of the loss and of its gradient use the per-key sums of `unicl.loss.targets.PositiveGroups`, which is
+exact and costs ``O(N·D)``. With ``u = a·x``, ``v = b·y`` and the objective's target weights ``w`` (``g/p`` for the
+softmax objective, ``g`` for the sigmoid one):
 
-* ``l^r_i = r_i − (s/p_i)·⟨u_i, Σ_{j∈P(i)} v_j⟩`` and ``l^c_j = c_j − (s/q_j)·⟨v_j, Σ_{i∈Q(j)} u_i⟩``;
-* ``∂L/∂u = s·(P V − (g^r/p)·Σ_{j∈P(i)} v_j − Σ_{j∈P(i)} (g^c_j/q_j)·v_j)`` and its mirror for ``v``, which the
-  code carries as ``e = a·∂L/∂u / s``, the form the engine returns;
-* ``∂L/∂s = Σ_i ⟨u_i, ∂L/∂u_i⟩ / s = Σ_i ⟨x_i, e_i⟩``, free once ``e`` is known;
+* the terms come from the statistics and ``⟨u_i, Σ_{j∈P(i)} v_j⟩`` (`unicl.loss.objectives.base.Objective.terms`);
+* ``∂L/∂u = s·(P V − w^r·Σ_{j∈P(i)} v_j − Σ_{j∈P(i)} w^c_j·v_j)`` with the engine's entry weights ``P``, and its
+  mirror for ``v``, which the code carries as ``e = a·∂L/∂u / s``, the form the engine returns;
+* ``∂L/∂s = Σ_i ⟨u_i, ∂L/∂u_i⟩ / s = Σ_i ⟨x_i, e_i⟩``, free once ``e`` is known; ``∂L/∂b`` from the statistics;
 * ``∂L/∂x = s·(e − a²·⟨x, e⟩·x)`` (`unicl.loss.normalize.unit_grad_to_input_`), in place.
 """
 
@@ -22,6 +23,7 @@ import torch
 from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
 from unicl.loss.engine import Similarity, SimilarityEngine
 from unicl.loss.normalize import inverse_norms, unit_grad_to_input_
+from unicl.loss.objectives import SOFTMAX, Objective
 from unicl.loss.row_dots import row_dots
 from unicl.loss.targets import KeyGroups, PositiveGroups
 
@@ -76,7 +78,7 @@ def _positive_dots(
 
 
 class UniCLTermsFunction(torch.autograd.Function):
-    """Per-row and per-column UniCL terms of a (possibly rectangular) block ``S = s·U Vᵀ``."""
+    """Per-row and per-column terms of an objective over a (possibly rectangular) block ``Z = s·U Vᵀ (+ b)``."""
 
     @staticmethod
     def forward(
@@ -89,25 +91,34 @@ class UniCLTermsFunction(torch.autograd.Function):
         engine: SimilarityEngine,
         columns: bool,
         normalize: bool,
+        objective: Objective = SOFTMAX,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``col_keys=None`` means the columns share the rows' keys (a square batch). Without ``columns`` the
-        column terms are not computed and the second output is an empty, non-differentiable tensor. With
-        ``normalize`` the rows of ``x`` and ``y`` are L2-normalised (inside the engine's tiles)."""
+        """``col_keys=None`` means the columns share the rows' keys (a square batch). Without ``columns`` (or for a
+        one-sided objective) the column terms are not computed and the second output is an empty,
+        non-differentiable tensor. With ``normalize`` the rows of ``x`` and ``y`` are L2-normalised (inside the
+        engine's tiles). ``bias`` is the 0-dim logit bias of an objective that has one."""
         col_keys = row_keys if col_keys is None else col_keys
+        columns = columns and objective.two_sided
         groups = PositiveGroups.from_keys(row_keys, col_keys, accumulation_dtype(x.dtype))
-        sim = Similarity(x, y, scale, inverse_norms(x) if normalize else None, inverse_norms(y) if normalize else None)
-        row_lse, col_lse = engine.logsumexp(sim, columns)
+        sim = Similarity(
+            x, y, scale, inverse_norms(x) if normalize else None, inverse_norms(y) if normalize else None, bias
+        )
+        statistics = engine.statistics(sim, objective, columns)
         row_positive = _positive_dots(x, sim.row_scale, y, sim.col_scale, groups.by_column)
-        row_terms = row_lse - scale * row_positive / groups.row_count
-        if col_lse is None:
+        col_positive = _positive_dots(y, sim.col_scale, x, sim.row_scale, groups.by_row) if columns else None
+        row_terms, col_terms = objective.terms(
+            statistics, row_positive, col_positive, groups.row_count, groups.col_count, scale, bias
+        )
+        if col_terms is None:
             col_terms = row_terms.new_empty(0)
             ctx.mark_non_differentiable(col_terms)
-            col_lse = col_terms
-        else:
-            col_positive = _positive_dots(y, sim.col_scale, x, sim.row_scale, groups.by_row)
-            col_terms = col_lse - scale * col_positive / groups.col_count
-        ctx.engine = engine
-        ctx.save_for_backward(x, y, scale, row_keys, col_keys, row_lse, col_lse, sim.row_scale, sim.col_scale)
+        first, second = statistics
+        ctx.engine, ctx.objective = engine, objective
+        ctx.save_for_backward(
+            x, y, scale, row_keys, col_keys, first, row_terms.new_empty(0) if second is None else second,
+            sim.row_scale, sim.col_scale, bias,
+        )  # fmt: skip
         ctx.set_materialize_grads(False)
         return row_terms, col_terms
 
@@ -148,45 +159,50 @@ class _FirstOrderOnly(torch.autograd.Function):
 def _first_order_backward(
     ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
 ) -> tuple[torch.Tensor | None, ...]:
-    """The gradients of `UniCLTermsFunction` with respect to its eight inputs."""
-    x, y, scale, row_keys, col_keys, row_lse, col_lse, row_scale, col_scale = ctx.saved_tensors
+    """The gradients of `UniCLTermsFunction` with respect to its ten inputs."""
+    x, y, scale, row_keys, col_keys, first, second, row_scale, col_scale, bias = ctx.saved_tensors
+    objective: Objective = ctx.objective
     col_keys = row_keys if col_keys is None else col_keys
-    if col_lse.numel() == 0:  # columns were not computed
-        col_grad, col_lse = None, None
+    if not objective.two_sided or second.numel() == 0:  # no column terms were computed
+        col_grad = None
+    statistics = (first, None if second.numel() == 0 else second)
     if row_grad is None and col_grad is None:
-        return (None,) * 8
+        return (None,) * 10
     acc = accumulation_dtype(x.dtype)
     groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
-    sim = Similarity(x, y, scale, row_scale, col_scale)
-    # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂S: the softmax part from the engine, the target part per key.
+    sim = Similarity(x, y, scale, row_scale, col_scale, bias)
+    # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂Z: the entry-weight part from the engine, the target part per key.
     weight_scale = half_weight_scale(x.dtype, row_grad, col_grad, row_scale, col_scale)
     if weight_scale is None:
-        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, row_grad, col_grad)
+        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, row_grad, col_grad)
     else:
         scaled = [None if grad is None else grad * weight_scale for grad in (row_grad, col_grad)]
-        e_x, e_y = ctx.engine.softmax_grad(sim, row_lse, col_lse, *scaled)
+        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, *scaled)
         inverse = weight_scale.reciprocal()
         e_x.mul_(inverse)
         e_y.mul_(inverse)
     by_column, by_row = groups.by_column, groups.by_row
-    # Row i loses a_i·(g^r_i/p_i)·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} (g^c_j/q_j)·v_j; column j mirrors it. One
-    # sums buffer serves all four sums in turn.
+    # Row i loses a_i·w_i·Σ_{j∈P(i)} v_j and a_i·Σ_{j∈P(i)} w'_j·v_j, with the objective's target weights w of the
+    # rows and w' of the columns; column j mirrors it. One sums buffer serves all four sums in turn.
     buffer = e_x.new_empty(max(by_column.buffer_rows(), by_row.buffer_rows()), x.shape[1])
     if row_grad is not None:
-        scaled_weight = _times(row_scale, row_grad.to(acc) / groups.row_count)
+        scaled_weight = _times(row_scale, objective.target_weight(row_grad.to(acc), groups.row_count))
         by_column.sums(y, col_scale, out=buffer).subtract_from(e_x, scaled_weight)
         by_row.sums(x, scaled_weight, out=buffer).subtract_from(e_y, col_scale)
     if col_grad is not None:
-        scaled_weight = _times(col_scale, col_grad.to(acc) / groups.col_count)
+        scaled_weight = _times(col_scale, objective.target_weight(col_grad.to(acc), groups.col_count))
         by_row.sums(x, row_scale, out=buffer).subtract_from(e_y, scaled_weight)
         by_column.sums(y, scaled_weight, out=buffer).subtract_from(e_x, row_scale)
     del buffer
+    grad_bias = None
+    if bias is not None and ctx.needs_input_grad[9]:
+        grad_bias = objective.bias_grad(statistics, row_grad, groups.row_count)
     # ⟨x_i, e_i⟩ gives ∂L/∂s and, when normalising, the chain rule for x: computed once for both.
     x_dots = row_dots(x, e_x) if ctx.needs_input_grad[2] else None
     grad_scale = None if x_dots is None else x_dots.sum()
     grad_x = _input_grad(e_x, x, row_scale, scale, x_dots) if ctx.needs_input_grad[0] else None
     grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
-    return grad_x, grad_y, grad_scale, None, None, None, None, None
+    return grad_x, grad_y, grad_scale, None, None, None, None, None, None, grad_bias
 
 
 def _input_grad(

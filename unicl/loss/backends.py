@@ -23,6 +23,7 @@ from unicl.loss.engine import SimilarityEngine
 from unicl.loss.kernels.availability import triton_unavailable_reason
 from unicl.loss.names import BACKENDS, TRITON_BACKENDS
 from unicl.loss.normalize import normalize_features
+from unicl.loss.objectives import SOFTMAX, Objective
 
 #: ``"auto"`` uses the dense backend up to this many entries of ``S``: there the chunked walk saves little memory and
 #: costs Python overhead (2-core EPYC, float32, D = 512, forward+backward, benchmarks/results/cpu-quick: dense
@@ -164,9 +165,13 @@ def block_terms(
     backend: str,
     chunk_size: int | None,
     columns: bool,
+    objective: Objective = SOFTMAX,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`similarity_terms` (``columns``) or `row_terms` (without: the second vector is empty and no column work is
-    done) for options already checked by `check_backend_options`, as the loss's entries call it once per batch.
+    done) for options already checked by `check_backend_options`, as the loss's entries call it once per batch;
+    ``objective`` (`unicl.loss.objectives`) says which terms, ``bias`` is the 0-dim logit bias of an objective that
+    has one.
 
     Autocast is off throughout (`unicl.loss.dtypes.autocast_disabled`): the numerics follow the features' dtype only.
     """
@@ -183,8 +188,8 @@ def block_terms(
             u, v = u.to(acc), v.to(acc)
             if normalize:
                 u, v = normalize_features(u), normalize_features(v)
-            return dense_terms(u, v, scale, row_keys, col_keys, columns)
+            return dense_terms(u, v, scale, row_keys, col_keys, columns, objective, bias)
         engine = make_engine(concrete, chunk_size)
         # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
         shared_keys = None if col_keys is row_keys else col_keys
-        return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize)
+        return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize, objective, bias)

@@ -27,6 +27,7 @@ import torch
 from unicl.loss.dtypes import accumulation_dtype
 from unicl.loss.engine import Similarity
 from unicl.loss.matmul import HALF_DTYPES, mixed_addmm_, mixed_mm, uses_tensor_core_products
+from unicl.loss.objectives import Objective, Statistics
 
 #: Entries of ``S`` per block when ``chunk_size`` is not given: 2^21 float32 entries are 8 MiB a buffer, large
 #: enough for efficient matrix products (at N = 8,192 on a 2-core EPYC the 256-row block's ``V·u_rowsᵀ`` ran at 89
@@ -112,25 +113,20 @@ class ChunkedEngine:
         native = uses_tensor_core_products(sim.u) if self.native_half is None else self.native_half
         return _Blocks(sim, rows, native and sim.u.dtype in HALF_DTYPES)
 
-    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
+    def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
+        """The objective's forward statistics of ``Z``; see `unicl.loss.engine.SimilarityEngine`."""
         blocks = self._blocks(sim)
-        acc, device = blocks.tile_buffer.dtype, blocks.tile_buffer.device
-        row_lse = torch.empty(sim.u.shape[0], dtype=acc, device=device)
-        col_lse = torch.full((sim.v.shape[0],), float("-inf"), dtype=acc, device=device) if columns else None
+        statistics = objective.new_statistics(sim.u.shape[0], sim.v.shape[0], blocks.tile_buffer, columns)
         scratch_buffer = torch.empty_like(blocks.tile_buffer)
         for rows, _, tile in blocks:
-            scratch = scratch_buffer[:, : tile.shape[1]]
-            row_lse[rows] = _logsumexp_into(tile, scratch, dim=0)
-            if col_lse is not None:
-                col_lse = torch.logaddexp(col_lse, _logsumexp_into(tile, scratch, dim=1))
-        return row_lse, col_lse
+            objective.add_block_statistics(tile, sim.bias, rows, statistics, scratch_buffer[:, : tile.shape[1]])
+        return statistics
 
-    def softmax_grad(
+    def weighted_products(
         self,
         sim: Similarity,
-        row_lse: torch.Tensor,
-        col_lse: torch.Tensor | None,
+        objective: Objective,
+        statistics: Statistics,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,27 +135,17 @@ class ChunkedEngine:
         acc = blocks.tile_buffer.dtype
         grad_u = torch.empty(sim.u.shape, dtype=acc, device=sim.u.device)
         grad_v = torch.zeros(sim.v.shape, dtype=acc, device=sim.v.device)
-        column_statistics = None if col_weight is None or col_lse is None else (col_lse[:, None], col_weight[:, None])
-        column_buffer = None if column_statistics is None else torch.empty_like(blocks.tile_buffer)
+        # Only the column part of a two-sided objective's weights needs a second block.
+        column_buffer = None if col_weight is None else torch.empty_like(blocks.tile_buffer)
         half_buffer = (
             torch.empty(blocks.tile_buffer.shape, dtype=blocks.operand_dtype, device=grad_u.device)
             if blocks.native_half
             else None
         )
         col_scale = None if sim.col_scale is None else sim.col_scale[:, None]
-        for rows, scaled_rows, weights in blocks:
-            if column_buffer is not None and column_statistics is not None:
-                lse, weight = column_statistics
-                column = column_buffer[:, : weights.shape[1]]
-                torch.sub(weights, lse, out=column).exp_().mul_(weight)
-            if row_weight is not None:
-                weights.sub_(row_lse[rows]).exp_().mul_(row_weight[rows])
-                if column_buffer is not None:
-                    weights.add_(column)
-            elif column_buffer is not None:
-                weights = column
-            else:
-                weights.zero_()
+        for rows, scaled_rows, tile in blocks:
+            scratch = None if column_buffer is None else column_buffer[:, : tile.shape[1]]
+            weights = objective.block_weights(tile, sim.bias, rows, statistics, row_weight, col_weight, scratch)
             # weights is Pᵀ for this block. (P·b) V multiplies P with the unit columns, and a_i times that row is
             # (H V)_i; (P·b)ᵀ (a·u) is Hᵀ U directly.
             if col_scale is not None:
@@ -171,11 +157,3 @@ class ChunkedEngine:
                 grad_u[rows].mul_(sim.row_scale[rows, None])
             mixed_addmm_(grad_v, weights, scaled_rows)
         return grad_u, grad_v
-
-
-def _logsumexp_into(tile: torch.Tensor, scratch: torch.Tensor, dim: int) -> torch.Tensor:
-    """``logsumexp(tile, dim)`` with a running maximum, using ``scratch`` (same shape) for the exponentials."""
-    peak = tile.amax(dim, keepdim=True)
-    # A row of -inf (impossible for finite features) would give nan here, as -inf - -inf does; finite rows are exact.
-    torch.sub(tile, peak, out=scratch).exp_()
-    return peak.squeeze(dim) + scratch.sum(dim).log()

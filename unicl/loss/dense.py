@@ -1,7 +1,7 @@
-"""The readable reference: materialises ``S`` and the target matrix ``T`` and lets autograd differentiate.
+"""The readable reference: materialises the logits ``Z`` and the target matrix ``T`` and lets autograd differentiate.
 
-It holds several ``N × N`` tensors (``S``, ``T``, two log-softmaxes and their gradients), so it is meant for small
-batches, tests and as the ground truth the other backends are checked against.
+It holds several ``N × N`` tensors (``Z``, ``T`` and the objective's intermediates and their gradients), so it is
+meant for small batches, tests and as the ground truth the other backends are checked against.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.objectives import SOFTMAX, Objective
 
 
 def dense_terms(
@@ -18,8 +19,10 @@ def dense_terms(
     row_keys: torch.Tensor,
     col_keys: torch.Tensor,
     columns: bool = True,
+    objective: Objective = SOFTMAX,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row and per-column UniCL terms of ``S = s·U Vᵀ``, computed densely.
+    """Per-row and per-column terms of an objective over ``Z = s·U Vᵀ (+ b)``, computed densely.
 
     Args:
         u: ``[M, D]`` row (image) features.
@@ -28,15 +31,16 @@ def dense_terms(
         row_keys: ``[M]`` target keys of the rows (see `unicl.loss.targets.target_keys`).
         col_keys: ``[N]`` target keys of the columns.
         columns: also compute the column terms (else the second result is empty).
+        objective: the objective (`unicl.loss.objectives`).
+        bias: 0-dim logit bias ``b`` of an objective that has one.
 
     Returns:
-        ``l_row [M]`` and ``l_col [N]`` in the accumulation dtype.
+        ``l_row [M]`` and ``l_col [N]`` (empty without ``columns`` or for a one-sided objective) in the accumulation
+        dtype.
     """
     acc = accumulation_dtype(u.dtype)
-    sim = scale * (u.to(acc) @ v.to(acc).T)
+    logits = scale * (u.to(acc) @ v.to(acc).T)
+    if bias is not None:
+        logits = logits + bias
     targets = (row_keys[:, None] == col_keys[None, :]).to(acc)
-    row_terms = torch.logsumexp(sim, dim=1) - (targets * sim).sum(1) / targets.sum(1)
-    if not columns:
-        return row_terms, row_terms.new_empty(0)
-    col_terms = torch.logsumexp(sim, dim=0) - (targets * sim).sum(0) / targets.sum(0)
-    return row_terms, col_terms
+    return objective.dense_terms(logits, targets, columns)

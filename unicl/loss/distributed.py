@@ -25,7 +25,8 @@ import torch.distributed as dist
 from torch.distributed import _functional_collectives as funcol
 
 from unicl.loss.backends import block_terms
-from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, check_options, prepare_inputs, reduce_terms
+from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, bias_tensor, check_options, prepare_inputs
+from unicl.loss.objectives import SOFTMAX, Objective
 from unicl.loss.targets import target_keys
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -275,15 +276,21 @@ def gathered_batch_loss(
     local_loss: bool,
     equal_batches: bool,
     options_checked: bool,
+    objective: Objective = SOFTMAX,
+    logit_bias: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """`distributed_unicl_loss`, whose options are checked here unless ``options_checked`` says that
     `unicl.loss.functional.check_options` passed them already (`unicl.loss.module.UniCLLoss` checks them once,
-    when it is built). Unchecked options are checked inside the input checks that every rank hears of."""
+    when it is built). Unchecked options are checked inside the input checks that every rank hears of.
+    ``objective`` and ``logit_bias`` select the objective (`unicl.loss.objectives`) and its bias, if it has one."""
     world = distributed_world(group)
     if world is None:
         if not options_checked:
             check_options(backend, reduction, chunk_size)
-        return batch_loss(image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size)
+        return batch_loss(
+            image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size, objective,
+            logit_bias,
+        )  # fmt: skip
     try:
         # A rank may hold no samples (the last, uneven batch of an epoch); a bad input on one rank still reaches
         # the shape exchange, so that every rank raises instead of the others waiting in a collective.
@@ -292,6 +299,7 @@ def gathered_batch_loss(
         image, text, labels, scale = prepare_inputs(
             image_features, text_features, labels, logit_scale, allow_no_rows=True
         )
+        bias = bias_tensor(logit_bias, image) if objective.has_bias else None
     except (TypeError, ValueError) as problem:
         # Raises this rank's problem once every rank has heard of it (and a ValueError on the others); ranks that
         # declared equal batches exchange nothing, so this one raises alone.
@@ -299,21 +307,20 @@ def gathered_batch_loss(
             _exchange_shapes(None, None, group, world[1], problem)
         raise
     batch = gather_batch(image, text, labels, group, equal_batches)
-    if not local_loss:
-        image_terms, text_terms = block_terms(
-            batch.image, batch.text, scale, batch.keys, batch.keys, normalize, backend, chunk_size, columns=True
-        )
-        if reduction == "none":
-            return reduce_terms(image_terms, text_terms, "none")[batch.offset : batch.offset + batch.local_size]
-        return reduce_terms(image_terms, text_terms, reduction)
-    # Local rows against global columns, once per direction: the row terms of U_local·V_globalᵀ are this rank's
-    # image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
-    local_terms = functools.partial(
-        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, columns=False
+    terms = functools.partial(
+        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, objective=objective, bias=bias
     )
-    image_terms = local_terms(image, batch.text, scale, batch.local_keys, batch.keys)[0]
-    text_terms = local_terms(text, batch.image, scale, batch.local_keys, batch.keys)[0]
+    if not local_loss:
+        image_terms, text_terms = terms(batch.image, batch.text, scale, batch.keys, batch.keys, columns=True)
+        loss = objective.reduce(image_terms, text_terms if objective.two_sided else None, reduction)
+        return loss[batch.offset : batch.offset + batch.local_size] if reduction == "none" else loss
+    # Local rows against global columns, once per direction of a two-sided objective: the row terms of
+    # U_local·V_globalᵀ are this rank's image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
+    image_terms = terms(image, batch.text, scale, batch.local_keys, batch.keys, columns=False)[0]
+    text_terms = None
+    if objective.two_sided:
+        text_terms = terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False)[0]
     if reduction == "none":
-        return (image_terms + text_terms) / 2
-    share = (image_terms.sum() + text_terms.sum()) / 2 * batch.world_size
+        return objective.reduce(image_terms, text_terms, "none")
+    share = objective.reduce(image_terms, text_terms, "sum") * batch.world_size
     return share / batch.total_size if reduction == "mean" else share

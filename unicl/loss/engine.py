@@ -1,7 +1,8 @@
-"""The contract between the shared UniCL autograd function and the engines that walk the similarity matrix.
+"""The contract between the shared autograd function and the engines that walk the similarity matrix.
 
-An engine does only the two ``N²`` parts of the objective: the row and column log-sum-exp of
-``S_ij = s·a_i·b_j·⟨u_i, v_j⟩`` and, in backward, the products of the softmax part of ``∂L/∂S`` with the features.
+An engine does only the ``N²`` parts of an objective (`unicl.loss.objectives`): in forward, the objective's per-row
+(and per-column) reductions of an entry function of the logits ``Z = S (+ b)`` with
+``S_ij = s·a_i·b_j·⟨u_i, v_j⟩``; in backward, the products of the objective's entry weights ``P`` with the features.
 The per-row and per-column factors ``a`` and ``b`` are the inverse feature norms when the loss normalises, so the
 features are normalised inside the tiles and no normalised copy of them is ever held. Everything that involves the
 targets is ``O(N·D)`` and lives in `unicl.loss.autograd`, shared by every engine.
@@ -14,10 +15,12 @@ from typing import Protocol
 
 import torch
 
+from unicl.loss.objectives import Objective, Statistics
+
 
 @dataclass(frozen=True)
 class Similarity:
-    """The matrix ``S_ij = s·a_i·b_j·⟨u_i, v_j⟩``, described but never materialised.
+    """The logits ``Z_ij = s·a_i·b_j·⟨u_i, v_j⟩ + β``, described but never materialised.
 
     Attributes:
         u: ``[M, D]`` row features.
@@ -25,6 +28,7 @@ class Similarity:
         scale: 0-dim logit scale ``s`` in the accumulation dtype.
         row_scale: ``[M]`` factors ``a`` in the accumulation dtype, or ``None`` for ones.
         col_scale: ``[N]`` factors ``b`` in the accumulation dtype, or ``None`` for ones.
+        bias: 0-dim logit bias ``β`` in the accumulation dtype, or ``None`` for an objective without one.
     """
 
     u: torch.Tensor
@@ -32,43 +36,49 @@ class Similarity:
     scale: torch.Tensor
     row_scale: torch.Tensor | None = None
     col_scale: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
 
 class SimilarityEngine(Protocol):
-    """Computes the ``N²`` reductions over ``S`` without the caller holding ``S``."""
+    """Computes an objective's ``N²`` reductions over ``Z`` without the caller holding ``Z``."""
 
-    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``.
+    def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
+        """The objective's forward statistics of ``Z`` (see `unicl.loss.objectives.base.Statistics`).
 
         Args:
-            sim: the similarity matrix ``S`` (``M × N``).
-            columns: also compute ``c``; without it the column work is skipped and ``c`` is ``None``.
+            sim: the logits ``Z`` (``M × N``).
+            objective: the objective.
+            columns: also compute the column statistics of a two-sided objective; without it the column work is
+                skipped.
 
         Returns:
-            ``r [M]`` and ``c [N]`` in the accumulation dtype: ``r_i = logsumexp_j S_ij``, ``c_j = logsumexp_i S_ij``.
+            The statistics, in the accumulation dtype: for the softmax objective ``r [M]`` and ``c [N]`` (``None``
+            without ``columns``), ``r_i = logsumexp_j S_ij``, ``c_j = logsumexp_i S_ij``; for the sigmoid objective
+            ``Σ_j softplus(Z_ij)`` and ``Σ_j σ(Z_ij)``.
         """
         ...
 
-    def softmax_grad(
+    def weighted_products(
         self,
         sim: Similarity,
-        row_lse: torch.Tensor,
-        col_lse: torch.Tensor | None,
+        objective: Objective,
+        statistics: Statistics,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Products of ``H_ij = a_i·P_ij·b_j`` with the features, where
-        ``P_ij = g^r_i·exp(S_ij − r_i) + g^c_j·exp(S_ij − c_j)``.
+        """Products of ``H_ij = a_i·P_ij·b_j`` with the features, where ``P`` is the objective's entry weight:
+        ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``g_i·σ(Z_ij)`` for the
+        sigmoid one.
 
         ``(H V)_i = a_i·Σ_j P_ij·(b_j v_j)``: with ``a``, ``b`` the inverse norms, this is ``a_i`` times the product
         of ``P`` with the normalised features, which is what the chain rule through the normalisation starts from.
 
         Args:
-            sim: the similarity matrix ``S`` (``M × N``).
-            row_lse: ``[M]`` ``r``, as returned by `logsumexp`.
-            col_lse: ``[N]`` ``c`` (read only when ``col_weight`` is given).
-            row_weight: ``[M]`` ``g^r``, or ``None`` for zero.
-            col_weight: ``[N]`` ``g^c``, or ``None`` for zero.
+            sim: the logits ``Z`` (``M × N``).
+            objective: the objective.
+            statistics: as `statistics` returned them.
+            row_weight: ``[M]`` ``g``, or ``None`` for zero.
+            col_weight: ``[N]`` ``h``, or ``None`` for zero (read by two-sided objectives only).
 
         Returns:
             ``H V [M, D]`` and ``Hᵀ U [N, D]`` in the accumulation dtype.

@@ -1,4 +1,5 @@
-"""The UniCL loss in functional form (the module is `unicl.loss.module.UniCLLoss`).
+"""The UniCL losses in functional form: the softmax objective (`unicl_loss`) and the sigmoid one
+(`unicl_sigmoid_loss`); the modules are in `unicl.loss.module`.
 
 UniCL (Yang et al., CVPR 2022) puts image-label and image-text data in one image-text-label space: every sample has
 a label, samples that share a class label are positives of each other, and an image-text pair (negative label) is
@@ -16,15 +17,19 @@ from __future__ import annotations
 
 import torch
 
-from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_scale
+from unicl._checks import check_choice, check_feature_pair, check_labels, check_logit_bias, check_logit_scale
 from unicl.loss.backends import block_terms, check_backend_options
 from unicl.loss.dtypes import accumulation_dtype
+from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective
 from unicl.loss.targets import target_keys
 
 REDUCTIONS = ("mean", "sum", "none")
 
 #: CLIP's initial temperature 0.07, as a logit scale.
 DEFAULT_LOGIT_SCALE = 1 / 0.07
+#: SigLIP's initial logit scale and bias (Zhai et al., 2023), the defaults of `unicl_sigmoid_loss`.
+SIGMOID_LOGIT_SCALE = 10.0
+SIGMOID_LOGIT_BIAS = -10.0
 
 
 def unicl_loss(
@@ -99,12 +104,18 @@ def batch_loss(
     reduction: str,
     normalize: bool,
     chunk_size: int | None,
+    objective: Objective = SOFTMAX,
+    logit_bias: object = None,
 ) -> torch.Tensor:
-    """`unicl_loss` for options already checked by `check_options`: checks the tensors of this batch only."""
+    """`unicl_loss` (or, with ``objective=SIGMOID``, `unicl_sigmoid_loss`) for options already checked by
+    `check_options`: checks the tensors of this batch only."""
     image, text, checked_labels, scale = prepare_inputs(image_features, text_features, labels, logit_scale)
+    bias = bias_tensor(logit_bias, image) if objective.has_bias else None
     keys = target_keys(checked_labels, image.shape[0], image.device)
-    row_terms, col_terms = block_terms(image, text, scale, keys, keys, normalize, backend, chunk_size, columns=True)
-    return reduce_terms(row_terms, col_terms, reduction)
+    row_terms, col_terms = block_terms(
+        image, text, scale, keys, keys, normalize, backend, chunk_size, True, objective, bias
+    )
+    return objective.reduce(row_terms, col_terms if objective.two_sided else None, reduction)
 
 
 def prepare_inputs(
@@ -135,19 +146,66 @@ def scale_tensor(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch
     return torch.full((), logit_scale, dtype=acc, device=like.device)
 
 
-def reduce_terms(row_terms: torch.Tensor, col_terms: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Combine the image-to-text and text-to-image terms of a square batch.
+def bias_tensor(logit_bias: object, like: torch.Tensor) -> torch.Tensor:
+    """Check ``logit_bias`` and return it as a 0-dim tensor in the accumulation dtype on ``like``'s device, keeping
+    its graph. Raises the ``TypeError`` and ``ValueError`` `unicl_sigmoid_loss` documents for it."""
+    return scale_tensor(check_logit_bias(logit_bias, like.device), like)
+
+
+def unicl_sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float = SIGMOID_LOGIT_SCALE,
+    logit_bias: torch.Tensor | float = SIGMOID_LOGIT_BIAS,
+    *,
+    backend: str = "auto",
+    reduction: str = "mean",
+    normalize: bool = True,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss with UniCL's label-aware positives.
+
+    With logits ``Z = s·Û V̂ᵀ + b`` of the L2-normalised features and ``t_ij = +1`` for a positive pair (the same
+    class label ``>= 0``, or the pair's own text, as in `unicl_loss`) and ``−1`` otherwise, each image's term is
+    ``ℓ_i = Σ_j softplus(−t_ij·Z_ij)``. With ``labels=None`` every pair is unique and this is SigLIP's loss
+    (open_clip's ``SigLipLoss`` on the same normalised features).
 
     Args:
-        row_terms: ``[N]`` ``l_i2t``.
-        col_terms: ``[N]`` ``l_t2i``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        image_features: ``[N, D]`` image embeddings (any float dtype).
+        text_features: ``[N, D]`` text embeddings, same shape, dtype and device.
+        labels: ``[N]`` integer labels or ``None``, as in `unicl_loss`.
+        logit_scale: the scale ``s > 0``, a float or a one-element tensor (gradients flow to it); SigLIP
+            initialises it to 10.
+        logit_bias: the bias ``b``, a finite float or a one-element tensor (gradients flow to it); SigLIP
+            initialises it to −10. Checked like ``logit_scale``, without the sign.
+        backend: as in `unicl_loss`.
+        reduction: ``"mean"``: ``Σ_i ℓ_i / N`` (SigLIP's normalisation); ``"sum"``: ``Σ_i ℓ_i``; ``"none"``: the
+            vector ``ℓ`` of shape ``[N]``.
+        normalize: L2-normalise both feature sets first (set ``False`` if the model already does).
+        chunk_size: as in `unicl_loss`.
 
     Returns:
-        A scalar, or ``[N]`` for ``"none"``.
+        A scalar (or ``[N]`` for ``reduction="none"``) in float32, or float64 for float64 inputs.
+
+    Raises:
+        TypeError: a feature matrix, the labels, ``logit_scale`` or ``logit_bias`` of the wrong type or dtype.
+        ValueError: wrong shapes, an empty batch, mismatched devices, a non-positive or non-finite
+            ``logit_scale``, a non-finite ``logit_bias``, an unknown ``backend`` or ``reduction``.
+        RuntimeError: a Triton backend where it cannot run.
+        NotImplementedError: a second derivative through the chunked or Triton backends (use ``backend="dense"``).
+
+    Examples:
+        >>> import torch
+        >>> from unicl import unicl_sigmoid_loss
+        >>> images, texts = torch.randn(8, 32), torch.randn(8, 32)
+        >>> labels = torch.tensor([0, 0, 1, 1, -1, -1, 2, 2])
+        >>> loss = unicl_sigmoid_loss(images, texts, labels, logit_scale=10.0, logit_bias=-10.0)
+        >>> loss.shape
+        torch.Size([])
     """
-    if reduction == "mean":
-        return (row_terms.mean() + col_terms.mean()) / 2
-    if reduction == "sum":
-        return (row_terms.sum() + col_terms.sum()) / 2
-    return (row_terms + col_terms) / 2
+    check_options(backend, reduction, chunk_size)
+    return batch_loss(
+        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size, SIGMOID,
+        logit_bias,
+    )  # fmt: skip

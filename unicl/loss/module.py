@@ -1,4 +1,5 @@
-"""``nn.Module`` forms of the UniCL loss."""
+"""``nn.Module`` forms of the UniCL losses: the softmax objective (`UniCLLoss`) and the sigmoid one
+(`UniCLSigmoidLoss`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import torch.distributed as dist
 from torch import nn
 
 from unicl.loss.distributed import gathered_batch_loss
-from unicl.loss.functional import DEFAULT_LOGIT_SCALE, batch_loss, check_options
+from unicl.loss.functional import (
+    DEFAULT_LOGIT_SCALE,
+    SIGMOID_LOGIT_BIAS,
+    SIGMOID_LOGIT_SCALE,
+    batch_loss,
+    check_options,
+)
+from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective
 
 
 class UniCLLoss(nn.Module):
@@ -76,13 +84,25 @@ class UniCLLoss(nn.Module):
         logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
     ) -> torch.Tensor:
         """Loss of one batch; shapes as in `unicl.unicl_loss`."""
+        return self._batch_loss(image_features, text_features, labels, logit_scale, SOFTMAX, None)
+
+    def _batch_loss(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        labels: torch.Tensor | None,
+        logit_scale: torch.Tensor | float,
+        objective: Objective,
+        logit_bias: torch.Tensor | float | None,
+    ) -> torch.Tensor:
         options = (self.backend, self.reduction, self.normalize, self.chunk_size)
         if self.gather_distributed:
             return gathered_batch_loss(
                 image_features, text_features, labels, logit_scale, *options,
                 group=self.group, local_loss=self.local_loss, equal_batches=self.equal_batches, options_checked=True,
+                objective=objective, logit_bias=logit_bias,
             )  # fmt: skip
-        return batch_loss(image_features, text_features, labels, logit_scale, *options)
+        return batch_loss(image_features, text_features, labels, logit_scale, *options, objective, logit_bias)
 
     def extra_repr(self) -> str:
         """Every option the module was built with, so a printed model says how its loss is computed."""
@@ -91,3 +111,34 @@ class UniCLLoss(nn.Module):
             f"chunk_size={self.chunk_size}, gather_distributed={self.gather_distributed}, "
             f"local_loss={self.local_loss}, group={self.group!r}, equal_batches={self.equal_batches}"
         )
+
+
+class UniCLSigmoidLoss(UniCLLoss):
+    """SigLIP's sigmoid loss with UniCL's label-aware positives as a module; see `unicl.unicl_sigmoid_loss` for the
+    objective and `UniCLLoss` for the options (the same, including ``gather_distributed``, ``local_loss`` and
+    ``equal_batches``).
+
+    ``forward`` takes the tensors by the names a UniCL model trained with this objective returns, so
+    ``loss_fn(**model(images, ids), labels=y)`` works. With ``reduction="mean"`` the loss is ``Σ_i ℓ_i / N`` over
+    the (global) batch; in distributed local mode each rank computes only its own images against every text.
+
+    Examples:
+        >>> import torch
+        >>> from unicl import UniCLSigmoidLoss
+        >>> loss_fn = UniCLSigmoidLoss(backend="chunked")
+        >>> out = {"image_features": torch.randn(4, 16), "text_features": torch.randn(4, 16),
+        ...        "logit_scale": torch.tensor(10.0), "logit_bias": torch.tensor(-10.0)}
+        >>> loss_fn(**out, labels=torch.tensor([3, 3, -1, 5])).ndim
+        0
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | float = SIGMOID_LOGIT_SCALE,
+        logit_bias: torch.Tensor | float = SIGMOID_LOGIT_BIAS,
+    ) -> torch.Tensor:
+        """Loss of one batch; shapes as in `unicl.unicl_sigmoid_loss`."""
+        return self._batch_loss(image_features, text_features, labels, logit_scale, SIGMOID, logit_bias)

@@ -54,6 +54,7 @@ from unicl.loss.kernels.tuning import (
     tile_options,
 )
 from unicl.loss.matmul import mixed_addmm_, mixed_mm
+from unicl.loss.objectives import SOFTMAX, Objective, Statistics
 
 #: Base-2 logits of the padded columns and (before the multiply by ``b_j``) rows of a tile: finite, so that no
 #: ``-inf - (-inf)`` or ``-inf·0`` makes a NaN, and so far below any real logit that their exponentials relative to
@@ -387,8 +388,9 @@ class OnePassEngine:
         cols_per_range, _ = column_ranges(num_cols, cdiv(rows, block_m), _programs_wanted(sim.u.device))
         return rows, cols_per_range
 
-    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
+    def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
+        """The objective's forward statistics; see `unicl.loss.engine.SimilarityEngine`."""
+        _check_objective(objective)
         row_scale, col_scale = factors(sim)
         if not columns:
             # Rows only (distributed local mode): the row kernel alone is one pass with no column statistics.
@@ -401,15 +403,17 @@ class OnePassEngine:
         num_rows, num_cols = sim.u.shape[0], sim.v.shape[0]
         return backward_rows(num_rows, num_cols, sim.u.element_size(), self.chunk_size, self.workspace_bytes)
 
-    def softmax_grad(
+    def weighted_products(
         self,
         sim: Similarity,
-        row_lse: torch.Tensor,
-        col_lse: torch.Tensor | None,
+        objective: Objective,
+        statistics: Statistics,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
+        _check_objective(objective)
+        row_lse, col_lse = statistics
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
         row_scale, col_scale = factors(sim)
         u, v = sim.u, sim.v
@@ -427,3 +431,8 @@ class OnePassEngine:
             mixed_addmm_(grad_v, weights.T, scaled_rows)
             del weights
         return grad_u, grad_v
+
+
+def _check_objective(objective: Objective) -> None:
+    if objective is not SOFTMAX:
+        raise NotImplementedError(f"the Triton kernels do not compute the {objective.name} objective yet")

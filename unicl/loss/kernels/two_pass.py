@@ -51,6 +51,7 @@ import triton.language as tl
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tiles import LOG2E, factors, row_logsumexp, similarity_tile, softmax_arguments
 from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config
+from unicl.loss.objectives import SOFTMAX, Objective, Statistics
 
 
 @triton.jit
@@ -208,21 +209,24 @@ def _row_softmax_grad_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight
 class TritonEngine:
     """The fused-kernel engine behind ``backend="triton_rowwise"`` (see the module docstring for the design)."""
 
-    def logsumexp(self, sim: Similarity, columns: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Row and column log-sum-exp of ``S``; see `unicl.loss.engine.SimilarityEngine`."""
+    def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
+        """The objective's forward statistics; see `unicl.loss.engine.SimilarityEngine`."""
+        _check_objective(objective)
         row_scale, col_scale = factors(sim)
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
 
-    def softmax_grad(
+    def weighted_products(
         self,
         sim: Similarity,
-        row_lse: torch.Tensor,
-        col_lse: torch.Tensor | None,
+        objective: Objective,
+        statistics: Statistics,
         row_weight: torch.Tensor | None,
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
+        _check_objective(objective)
+        row_lse, col_lse = statistics
         # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
         # weights the column statistics are never read, and an uninitialised placeholder stands in for them.
         col_lse = row_lse.new_empty(sim.v.shape[0]) if col_lse is None else col_lse
@@ -232,3 +236,8 @@ class TritonEngine:
             row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight),
             row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight),
         )
+
+
+def _check_objective(objective: Objective) -> None:
+    if objective is not SOFTMAX:
+        raise NotImplementedError(f"the Triton kernels do not compute the {objective.name} objective yet")

@@ -1,0 +1,116 @@
+"""The sigmoid objective: SigLIP's pairwise loss with label-aware positives (``objective="sigmoid"``).
+
+With logits ``Z = s·U Vᵀ + b`` (SigLIP initialises ``s = 10``, ``b = −10``) and ``t_ij = +1`` for a positive pair,
+``−1`` otherwise, every pair is one binary decision::
+
+    ℓ_i  = Σ_j softplus(−t_ij·Z_ij) = Σ_j softplus(Z_ij) − Σ_{j∈P(i)} Z_ij
+    loss = Σ_i ℓ_i / M        (SigLIP's normalisation: per image, summed over texts)
+
+The positive part is ``s·⟨u_i, Σ_{j∈P(i)} v_j⟩ + b·p_i``, ``O(N·D)``. The only ``N²`` reductions are the row sums of
+``softplus(Z)`` and, for ``∂L/∂b``, of ``σ(Z)``; there are no column terms, since every pair is counted once. The
+entry weight of ``∂L/∂Z`` is ``P_ij = g_i·σ(Z_ij)`` and its target part ``−g_i·T_ij``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unicl.loss.objectives.base import Objective, Statistics
+
+#: torch's softplus returns ``z`` itself above this threshold: ``log1p(e^-20) = 2e-9`` is below float32's rounding of
+#: ``z >= 20`` and a relative 1e-10 in float64.
+SOFTPLUS_THRESHOLD = 20.0
+
+
+class SigmoidObjective(Objective):
+    """SigLIP's sigmoid objective with label-aware positives (see the module docstring)."""
+
+    name = "sigmoid"
+    kernel_code = 1
+    two_sided = False
+    has_bias = True
+
+    def dense_terms(
+        self, logits: torch.Tensor, targets: torch.Tensor, columns: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ℓ_i = Σ_j softplus(−t_ij·Z_ij)`` from ``Z [M, N]`` (bias included) and ``T [M, N]``; no column terms."""
+        signs = 2 * targets - 1
+        row_terms = torch.nn.functional.softplus(-signs * logits).sum(1)
+        return row_terms, row_terms.new_empty(0)
+
+    def new_statistics(self, rows: int, cols: int, like: torch.Tensor, columns: bool) -> Statistics:
+        """``Σ_j softplus(Z_ij)`` and ``Σ_j σ(Z_ij)``, ``[M]`` each, filled block by block."""
+        return like.new_empty(rows), like.new_empty(rows)
+
+    def add_block_statistics(
+        self,
+        block: torch.Tensor,
+        bias: torch.Tensor | None,
+        rows: slice,
+        statistics: Statistics,
+        scratch: torch.Tensor,
+    ) -> None:
+        """The block's rows' sums of ``softplus(Z)`` and ``σ(Z)``."""
+        softplus_sum, sigmoid_sum = statistics
+        logits = block if bias is None else block.add_(bias)
+        torch.ops.aten.softplus.out(logits, 1, SOFTPLUS_THRESHOLD, out=scratch)
+        softplus_sum[rows] = scratch.sum(0)
+        if sigmoid_sum is not None:
+            sigmoid_sum[rows] = torch.sigmoid(logits, out=scratch).sum(0)
+
+    def block_weights(
+        self,
+        block: torch.Tensor,
+        bias: torch.Tensor | None,
+        rows: slice,
+        statistics: Statistics,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+        scratch: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``Pᵀ`` with ``P_ij = g_i·σ(Z_ij)`` (no column terms, so ``col_weight`` is unused)."""
+        if row_weight is None:
+            return block.zero_()
+        logits = block if bias is None else block.add_(bias)
+        return logits.sigmoid_().mul_(row_weight[rows])
+
+    def terms(
+        self,
+        statistics: Statistics,
+        row_positive: torch.Tensor,
+        col_positive: torch.Tensor | None,
+        row_count: torch.Tensor,
+        col_count: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``ℓ_i = Σ_j softplus(Z_ij) − (s·pos_i + b·p_i)``; no column terms."""
+        positive_logits = scale * row_positive
+        if bias is not None:
+            positive_logits = positive_logits + bias * row_count
+        return statistics[0] - positive_logits, None
+
+    def target_weight(self, upstream: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """``g``: every positive pair is a term of its own."""
+        return upstream
+
+    def bias_grad(
+        self, statistics: Statistics, row_weight: torch.Tensor | None, row_count: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``∂L/∂b = Σ_i g_i·(Σ_j σ(Z_ij) − p_i)``."""
+        sigmoid_sum = statistics[1]
+        if row_weight is None or sigmoid_sum is None:
+            return None
+        return (row_weight.to(sigmoid_sum.dtype) * (sigmoid_sum - row_count)).sum()
+
+    def reduce(self, row_terms: torch.Tensor, col_terms: torch.Tensor | None, reduction: str) -> torch.Tensor:
+        """``Σ_i ℓ_i / M``, ``Σ_i ℓ_i``, or ``ℓ`` itself."""
+        if reduction == "mean":
+            return row_terms.mean()
+        if reduction == "sum":
+            return row_terms.sum()
+        return row_terms
+
+
+#: The sigmoid objective, shared by every engine.
+SIGMOID = SigmoidObjective()
