@@ -108,3 +108,22 @@ def test_the_configuration_and_its_checks_load_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_objective_is_an_option_softmax_by_default():
+    assert parse_config(REQUIRED).loss == "softmax"
+    assert parse_config([*REQUIRED, "--loss", "sigmoid"]).loss == "sigmoid"
+    with pytest.raises(SystemExit):
+        parse_config([*REQUIRED, "--loss", "hinge"])
+
+
+def test_a_checkpoint_from_before_the_loss_option_resumes_as_the_softmax_run_it_was(tmp_path):
+    """Options the checkpoint's run did not have yet count as their defaults: no spurious 'changed options'."""
+    from unicl.training.state import changed_options, run_configuration
+
+    config = TrainingConfig(model="unicl_tiny", batch_size=8, steps=2, output=tmp_path, image_folder=[tmp_path])
+    stored = run_configuration(config)
+    del stored["loss"]
+    state = {"config": stored, "world_size": 1}
+    assert changed_options(state, config, world_size=1) == []
+    assert changed_options(state, dataclasses.replace(config, loss="sigmoid"), world_size=1) == ["loss"]

@@ -44,6 +44,7 @@ _PUBLIC_NAMES = {
     "retrieval_recall": "unicl.evaluation.retrieval",
     "build_zeroshot_classifier": "unicl.evaluation.zeroshot",
     "zeroshot_accuracy": "unicl.evaluation.zeroshot",
+    "zeroshot_probabilities": "unicl.evaluation.zeroshot",
     "zeroshot_scores": "unicl.evaluation.zeroshot",
 }
 
@@ -71,7 +72,12 @@ if TYPE_CHECKING:
     from unicl.evaluation.probe import known_targets, run_linear_probe, text_head
     from unicl.evaluation.protocols import check_shots, few_shot, linear_probe, sample_shots, score_logits
     from unicl.evaluation.retrieval import retrieval_recall
-    from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_accuracy, zeroshot_scores
+    from unicl.evaluation.zeroshot import (
+        build_zeroshot_classifier,
+        zeroshot_accuracy,
+        zeroshot_probabilities,
+        zeroshot_scores,
+    )
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
@@ -107,5 +113,6 @@ __all__ = [
     "text_head",
     "top_k_accuracy",
     "zeroshot_accuracy",
+    "zeroshot_probabilities",
     "zeroshot_scores",
 ]

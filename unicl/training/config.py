@@ -30,6 +30,7 @@ from typing import Any
 
 from unicl._checks import default_workers
 from unicl.loss.names import BACKENDS as LOSS_BACKENDS
+from unicl.loss.names import OBJECTIVES
 
 #: The groups of the command's help, in order.
 GROUPS = ("model", "data", "optimisation", "checkpoints and faults", "evaluation", "logging and runtime")
@@ -131,6 +132,9 @@ class TrainingConfig:
     """AdamW epsilon (default: 1e-8)."""
     grad_clip: float = field(default=5.0, metadata=_option("optimisation"))
     """Clip the global gradient norm to this value; 0 turns clipping off (default: 5.0)."""
+    loss: str = field(default="softmax", metadata=_option("optimisation", choices=OBJECTIVES))
+    """The objective: softmax (UniCL's) or sigmoid (SigLIP's pairwise sigmoid with UniCL's label-aware positives;
+    the model gains a learnable logit bias and starts at SigLIP's logit scale 10 and bias -10) (default: softmax)."""
     loss_backend: str = field(default="auto", metadata=_option("optimisation", "NAME", LOSS_BACKENDS))
     """The UniCLLoss backend: auto, dense, chunked, triton, triton_rowwise (default: auto)."""
     local_loss: bool = field(default=True, metadata=_option("optimisation"))

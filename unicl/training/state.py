@@ -28,7 +28,7 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
-    "micro_batch", "skip_unreadable",
+    "micro_batch", "skip_unreadable", "loss",
 )  # fmt: skip
 
 
@@ -130,7 +130,9 @@ def changed_options(state: dict[str, Any], config: TrainingConfig, world_size: i
     """The options (and the number of ranks) that differ between the run of the checkpoint ``state`` and this one
     and make the resumed run differ from an uninterrupted one."""
     stored, current = state["config"], run_configuration(config)
-    changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name) != current.get(name)]
+    # An option newer than the checkpoint had, when it ran, its default.
+    defaults = {item.name: item.default for item in dataclasses.fields(TrainingConfig)}
+    changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name, defaults[name]) != current.get(name)]
     # WebDataset streams are dealt to the data-loading workers, so there the number of workers orders the data.
     # (0 and 1 workers both read one stream.)
     streams = max(int(stored.get("workers") or 0), 1), max(config.workers, 1)

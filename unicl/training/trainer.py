@@ -26,7 +26,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from unicl.data.unreadable import UnreadableImage, unreadable_message
-from unicl.loss.module import UniCLLoss
+from unicl.loss.functional import SIGMOID_LOGIT_BIAS, SIGMOID_LOGIT_SCALE
+from unicl.loss.module import UniCLLoss, UniCLSigmoidLoss
 from unicl.models import UniCLModel, create_model
 from unicl.training.checkpoints import CheckpointDirectory
 from unicl.training.config import TrainingConfig
@@ -87,12 +88,17 @@ class Trainer:
         overrides: dict[str, Any] = {}
         if config.grad_checkpointing:
             overrides = {"image": {"grad_checkpointing": True}, "text": {"grad_checkpointing": True}}
+        if config.loss == "sigmoid":
+            # SigLIP's start: logit scale 10 (the model stores its log) and a learnable bias of -10, so that every
+            # pair begins near σ(-10 ± 10): the many negatives contribute little loss at first.
+            overrides.update(init_temperature=1 / SIGMOID_LOGIT_SCALE, logit_bias=SIGMOID_LOGIT_BIAS)
         self.model: UniCLModel = create_model(config.model, pretrained=config.pretrained, **overrides).to(self.device)
         self.data = RunData(config, runtime, self.model)
         # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
         # forward returns unit features, so the loss does not normalise them again.
+        objective = UniCLSigmoidLoss if config.loss == "sigmoid" else UniCLLoss
         try:
-            loss_fn = UniCLLoss(
+            loss_fn = objective(
                 backend=config.loss_backend, normalize=False, gather_distributed=True, local_loss=config.local_loss,
                 equal_batches=True,
             )  # fmt: skip
@@ -276,10 +282,12 @@ class Trainer:
         self.train_step.check_finite(self.runtime)
         epochs = {name: value for name, value in self.data.position(self.step).items() if name.endswith("_epoch")}
         skipped = self._all_skipped()
+        bias = self.model.logit_bias
         record = train_record(
             losses, lr=self.train_step.scheduler.get_last_lr()[0],
             logit_scale=float(self.model.clamped_logit_scale().detach()),
             samples=steps * self.config.batch_size * self.runtime.world_size, seconds=seconds, runtime=self.runtime,
+            **({"logit_bias": float(bias.detach())} if bias is not None else {}),
             **epochs, **({"unreadable_skipped": skipped} if skipped is not None else {}),
         )  # fmt: skip
         self.log.record(self.step, "train", record)
