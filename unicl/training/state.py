@@ -131,7 +131,10 @@ def changed_options(state: dict[str, Any], config: TrainingConfig, world_size: i
     and make the resumed run differ from an uninterrupted one."""
     stored, current = state["config"], run_configuration(config)
     # An option newer than the checkpoint had, when it ran, its default.
-    defaults = {item.name: item.default for item in dataclasses.fields(TrainingConfig)}
+    defaults = {
+        item.name: item.default if item.default_factory is dataclasses.MISSING else item.default_factory()
+        for item in dataclasses.fields(TrainingConfig)
+    }
     changed = [name for name in REPRODUCIBILITY_OPTIONS if stored.get(name, defaults[name]) != current.get(name)]
     # WebDataset streams are dealt to the data-loading workers, so there the number of workers orders the data.
     # (0 and 1 workers both read one stream.)
