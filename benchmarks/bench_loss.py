@@ -1,7 +1,9 @@
 """Benchmark UniCL loss implementations side by side: time, peak extra memory and throughput against N.
 
-Every provider runs on the same inputs in one process tree. Before any timing, each provider's value is compared
-with unicl's dense backend on a small batch (the correctness gate). Timing is the median over repeats after a
+One run benchmarks one objective (``--objective``): UniCL's softmax loss (unicl's backends, open_clip's ClipLoss,
+Inf-CL, SupCon) or the sigmoid loss (unicl's sigmoid backends, open_clip's SigLipLoss). Every provider runs on the
+same inputs in one process tree. Before any timing, each provider's value is compared with unicl's dense backend of
+that objective on a small batch (the correctness gate). Timing is the median over repeats after a
 warm-up (``triton.testing.do_bench`` on CUDA, or three CUDA-event timed runs where one run takes over 0.25 s;
 ``time.perf_counter`` on the CPU). Peak extra memory is the CUDA
 allocator's peak above the inputs on GPU; on the CPU each measurement runs in a forked child whose peak resident
@@ -10,7 +12,8 @@ recorded as ``OOM`` instead of crashing the machine). Throughput counts ``8·N²
 ``2·N²·D`` for forward only.
 
 On the CPU every float32 row also gets a roofline, measured in the same child process right after the loss: the
-minimum work (``8·N²·D`` flops and ``4·N²`` exponentials for forward+backward, ``2·N²·D`` and ``2·N²`` for forward)
+minimum work (``8·N²·D`` flops and ``4·N²`` exponentials for forward+backward, ``2·N²·D`` and ``2·N²`` for forward;
+the sigmoid objective's ``3·N²`` and ``2·N²`` transcendentals, see docs/objective.md)
 at the rate of one large float32 matmul and of one large in-place ``exp_``, each the fastest of five calls.
 ``roofline_fraction`` is the roofline time over the fastest of the loss's timed runs (best against best, since this
 kind of shared machine varies by 10-20% from call to call; 1.0 would be a loss with no overhead beyond those two
@@ -18,6 +21,7 @@ kernels).
 
 Examples:
     python benchmarks/bench_loss.py --quick --out benchmarks/results/cpu
+    python benchmarks/bench_loss.py --objective sigmoid --n 8192 --labels unique --out benchmarks/results/cpu-sigmoid
     python benchmarks/bench_loss.py --device cuda --n 1024 4096 16384 65536 --dtype bfloat16 --out results/h200
 """
 
@@ -45,7 +49,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plot_loss import plot_results
-from providers import PROVIDERS, Provider
+from providers import PROVIDERS, REFERENCE_PROVIDERS, Provider
 
 import unicl
 
@@ -56,6 +60,13 @@ PASSES = ("forward", "forward+backward")
 #: repository has measured it yet); the H100's is NVIDIA's dense datasheet figure.
 PEAK_TFLOPS = {"H200": {"bfloat16": 790.0, "float16": 790.0}, "H100": {"bfloat16": 989.0, "float16": 989.0}}
 GATE_N = 64
+#: Transcendentals per entry of ``S`` at the minimum, per objective and pass (docs/objective.md, "Cost").
+TRANSCENDENTALS = {
+    "softmax": {"forward": 2, "forward+backward": 4},
+    "sigmoid": {"forward": 2, "forward+backward": 3},
+}
+#: The logit scale of each objective's runs when ``--scale`` is not given: CLIP's and SigLIP's initialisations.
+DEFAULT_SCALES = {"softmax": 1 / 0.07, "sigmoid": 10.0}
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Row:
     triton: str
     unicl: str
     provider: str
+    objective: str
     n: int
     d: int
     dtype: str
@@ -201,9 +213,9 @@ def _best_seconds(fn, repeats: int = 5, reset=None) -> float:
     return min(times[1:])
 
 
-def cpu_roofline_ms(n: int, d: int, with_backward: bool) -> float:
+def cpu_roofline_ms(n: int, d: int, with_backward: bool, objective: str = "softmax") -> float:
     """The minimum time of the loss on this CPU: its matmul flops at one large float32 matmul's rate plus its
-    exponentials at one large in-place ``exp_``'s rate, both measured now."""
+    transcendentals (`TRANSCENDENTALS`) at one large in-place ``exp_``'s rate, both measured now."""
     side = min(n, ROOFLINE_PROBE_SIDE)
     left, right = torch.randn(side, d), torch.randn(d, side)
     product = torch.empty(side, side)
@@ -213,7 +225,8 @@ def cpu_roofline_ms(n: int, d: int, with_backward: bool) -> float:
     source = torch.rand(side, side).mul_(-20)
     exp_rate = side * side / _best_seconds(product.exp_, reset=lambda: product.copy_(source))
     passes = 4 if with_backward else 1
-    return (passes * 2 * n * n * d / matmul_rate + (4 if with_backward else 2) * n * n / exp_rate) * 1e3
+    per_entry = TRANSCENDENTALS[objective]["forward+backward" if with_backward else "forward"]
+    return (passes * 2 * n * n * d / matmul_rate + per_entry * n * n / exp_rate) * 1e3
 
 
 def _measure(provider: Provider, n, d, dtype, device, labels, with_backward, repeats, scale):
@@ -227,7 +240,7 @@ def _measure(provider: Provider, n, d, dtype, device, labels, with_backward, rep
             return "ok", times, extra, math.nan
         times, extra = measure_cpu(loss_fn, image, text, y, scale, with_backward, repeats)
         del image, text
-        roofline = cpu_roofline_ms(n, d, with_backward) if dtype == torch.float32 else math.nan
+        roofline = cpu_roofline_ms(n, d, with_backward, provider.objective) if dtype == torch.float32 else math.nan
         return "ok", times, extra, roofline
     except torch.OutOfMemoryError:
         return "OOM", *failed
@@ -284,11 +297,14 @@ def _meminfo_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/meminfo")
 
 
-def correctness_gate(providers, device, dtype, labels_kinds, scale) -> dict[tuple[str, str], str]:
-    """Compare every provider's value with unicl's dense backend on a small batch; returns a note per pair."""
+def correctness_gate(
+    providers, device, dtype, labels_kinds, scale, objective: str = "softmax"
+) -> dict[tuple[str, str], str]:
+    """Compare every provider's value with unicl's dense backend of ``objective`` on a small batch; returns a note
+    per pair."""
     tolerance = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
     verdicts = {}
-    reference_fn = PROVIDERS["unicl-dense"].make()
+    reference_fn = PROVIDERS[REFERENCE_PROVIDERS[objective]].make()
     for labels in labels_kinds:
         image, text, y = make_inputs(GATE_N, 64, dtype, device, labels, seed=1)
         with torch.no_grad():
@@ -326,7 +342,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--labels", nargs="+", default=["mixed", "unique"], choices=["mixed", "unique"])
     parser.add_argument("--providers", nargs="+", default=None, choices=sorted(PROVIDERS))
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on the CPU after a warm-up run")
-    parser.add_argument("--scale", type=float, default=1 / 0.07, help="logit scale")
+    parser.add_argument(
+        "--objective", default="softmax", choices=sorted(REFERENCE_PROVIDERS), help="the loss the providers compute"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=None, help="logit scale (default: 1/0.07 for softmax, 10 for sigmoid)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only (plot it later with plot_loss.py)")
     parser.add_argument(
         "--date",
@@ -340,11 +361,18 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[Provider]
     """Providers, batch sizes and dtypes for this run, filled in from ``--quick`` and the device."""
     if args.providers:
         providers = [PROVIDERS[name] for name in args.providers]
+        others = [p.name for p in providers if p.objective != args.objective]
+        if others:
+            raise SystemExit(f"--providers {' '.join(others)}: not the {args.objective} objective (see --objective)")
     elif device.type == "cuda":
-        providers = list(PROVIDERS.values())
+        providers = [p for p in PROVIDERS.values() if p.objective == args.objective]
     else:
         # torch.compile on the CPU spends minutes in the C++ compiler; ask for it by name.
-        providers = [p for p in PROVIDERS.values() if not p.gpu_only and p.name != "torch-compile-dense"]
+        providers = [
+            p
+            for p in PROVIDERS.values()
+            if not p.gpu_only and p.name != "torch-compile-dense" and p.objective == args.objective
+        ]
     providers = [p for p in providers if device.type == "cuda" or not p.gpu_only]
     available = []
     for provider in providers:
@@ -368,6 +396,8 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[Provider]
 
 def main(argv=None) -> list[Row]:
     args = parse_args(argv)
+    if args.scale is None:
+        args.scale = DEFAULT_SCALES[args.objective]
     device = torch.device(args.device)
     providers, sizes, dtypes = plan(args, device)
     name = device_name(device)
@@ -390,7 +420,7 @@ def main(argv=None) -> list[Row]:
     skipped_oom: set[tuple] = set()
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
-        verdicts = correctness_gate(providers, device, dtype, args.labels, args.scale)
+        verdicts = correctness_gate(providers, device, dtype, args.labels, args.scale, args.objective)
         jobs = [
             (provider, labels, n, d, pass_)
             for provider in providers
@@ -406,6 +436,7 @@ def main(argv=None) -> list[Row]:
             row = Row(
                 **common,
                 provider=provider.name,
+                objective=provider.objective,
                 n=n,
                 d=d,
                 dtype=dtype_name,

@@ -1,4 +1,5 @@
-"""Plot ``bench_loss.csv``: time and peak extra memory against N, log-log, one PNG per (device, D, dtype, labels, pass).
+"""Plot ``bench_loss.csv``: time and peak extra memory against N, log-log, one PNG per (device, objective, D, dtype,
+labels, pass).
 
 Usage: ``python benchmarks/plot_loss.py RESULTS.csv [OUT_DIR]``.
 """
@@ -28,10 +29,11 @@ def plot_results(csv_path: Path, out: Path) -> list[Path]:
     for r in rows:
         if r["date"] != newest[r["device"]]:
             continue
-        key = (r["device"], r["d"], r["dtype"], r["labels"], r["pass_"])
+        # CSVs written before the sigmoid objective have no objective column: they are softmax runs.
+        key = (r["device"], r.get("objective", "softmax"), r["d"], r["dtype"], r["labels"], r["pass_"])
         groups[key][r["provider"]].append((int(r["n"]), float(r["time_ms"]), float(r["extra_memory_mb"])))
     paths = []
-    for (device, d, dtype, labels, pass_), by_provider in sorted(groups.items()):
+    for (device, objective, d, dtype, labels, pass_), by_provider in sorted(groups.items()):
         figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
         for provider, points in sorted(by_provider.items()):
             points.sort()
@@ -45,9 +47,10 @@ def plot_results(csv_path: Path, out: Path) -> list[Path]:
             axis.set_ylabel(ylabel)
             axis.grid(True, which="both", alpha=0.3)
         time_axis.legend(fontsize=8)
-        figure.suptitle(f"{device}\nD={d}, {dtype}, labels={labels}, {pass_}", fontsize=9)
+        figure.suptitle(f"{device}\n{objective} loss, D={d}, {dtype}, labels={labels}, {pass_}", fontsize=9)
         figure.tight_layout()
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{device[:24]}-d{d}-{dtype}-{labels}-{pass_}").strip("-").lower()
+        name = f"{device[:24]}-{'' if objective == 'softmax' else objective + '-'}d{d}-{dtype}-{labels}-{pass_}"
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
         path = out / f"{slug}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)

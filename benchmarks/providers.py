@@ -1,7 +1,9 @@
 """Loss implementations the benchmark compares, each behind one small adapter.
 
 Every provider takes ``(image [N, D], text [N, D], labels [N], scale)`` with raw (unnormalised) features and
-returns a scalar loss, so all of them pay for the same normalisation and are timed on the same inputs.
+returns a scalar loss, so all of them pay for the same normalisation and are timed on the same inputs. Each computes
+one objective: UniCL's softmax loss, or the sigmoid (SigLIP) loss, whose providers all use the logit bias
+`SIGMOID_BIAS`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from unicl import unicl_loss
+from unicl import unicl_loss, unicl_sigmoid_loss
 from unicl.loss.targets import target_keys
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+#: The logit bias every sigmoid provider uses: SigLIP's initialisation.
+SIGMOID_BIAS = -10.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Provider:
         gpu_only: it runs only on CUDA.
         same_objective: it computes the UniCL value itself, so the correctness gate applies.
         note: what a reader must know about it.
+        objective: ``"softmax"`` or ``"sigmoid"``; a provider is compared and plotted with its objective's others.
     """
 
     name: str
@@ -38,10 +43,27 @@ class Provider:
     gpu_only: bool = False
     same_objective: bool = True
     note: str = ""
+    objective: str = "softmax"
 
 
 def _unicl(backend: str) -> LossFn:
     return functools.partial(unicl_loss, backend=backend)
+
+
+def _unicl_sigmoid(backend: str) -> LossFn:
+    return functools.partial(unicl_sigmoid_loss, logit_bias=SIGMOID_BIAS, backend=backend)
+
+
+def _open_clip_siglip() -> LossFn:
+    from open_clip.loss import SigLipLoss
+
+    siglip_loss = SigLipLoss()
+
+    def loss(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+        bias = torch.tensor(SIGMOID_BIAS, dtype=image.dtype, device=image.device)
+        return siglip_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), scale, bias)
+
+    return loss
 
 
 def _compiled_dense() -> LossFn:
@@ -139,5 +161,19 @@ PROVIDERS: dict[str, Provider] = {
             note="pytorch-metric-learning SupConLoss image->text and text->image; SupCon's objective, "
             "which may differ slightly from UniCL's (checked against it, not gated)",
         ),
+        Provider("unicl-sigmoid-dense", functools.partial(_unicl_sigmoid, "dense"), objective="sigmoid"),
+        Provider("unicl-sigmoid-chunked", functools.partial(_unicl_sigmoid, "chunked"), objective="sigmoid"),
+        Provider(
+            "unicl-sigmoid-triton", functools.partial(_unicl_sigmoid, "triton"), gpu_only=True, objective="sigmoid"
+        ),
+        Provider(
+            "unicl-sigmoid-triton-rowwise",
+            functools.partial(_unicl_sigmoid, "triton_rowwise"),
+            gpu_only=True,
+            objective="sigmoid",
+        ),
+        Provider("open_clip-SigLipLoss", _open_clip_siglip, unique_labels_only=True, objective="sigmoid"),
     ]
 }
+#: The provider every other provider of an objective is checked against (the correctness gate).
+REFERENCE_PROVIDERS = {"softmax": "unicl-dense", "sigmoid": "unicl-sigmoid-dense"}

@@ -134,3 +134,30 @@ def reference_sigmoid_loss(image, text, labels, scale, bias, reduction="mean", n
     """The reduced reference sigmoid loss: ``Σ ℓ / N``, ``Σ ℓ`` or ``ℓ``."""
     terms = reference_sigmoid_terms(image, text, labels, scale, bias, normalize)
     return {"mean": terms.mean, "sum": terms.sum}.get(reduction, lambda: terms)()
+
+
+def reference_rectangular_loss(image, text, labels, text_labels, scale, bias=None, reduction="mean"):
+    """Either objective for ``N`` images and ``M`` texts in float64, written from the rule
+    ``T_ij = [labels_i == text_labels_j >= 0]``: the softmax loss when ``bias`` is ``None`` (each direction's mean
+    over the rows or columns that have a positive; ``"none"``: row terms then column terms, NaN where there is no
+    positive), else the sigmoid loss (every pair a term, the mean over the ``N`` images)."""
+    image = image.double() / image.double().norm(dim=1, keepdim=True)
+    text = text.double() / text.double().norm(dim=1, keepdim=True)
+    y, z = torch.tensor(labels).reshape(-1), torch.tensor(text_labels).reshape(-1)
+    targets = ((y[:, None] == z[None, :]) & (y[:, None] >= 0)).double()
+    logits = scale * image @ text.T
+    if bias is not None:
+        terms = -torch.nn.functional.logsigmoid((2 * targets - 1) * (logits + bias)).sum(1)
+        return {"mean": terms.mean, "sum": terms.sum}.get(reduction, lambda: terms)()
+    directions = []
+    for dim in (1, 0):
+        count = targets.sum(dim)
+        has = count > 0
+        positive_mean = (targets * logits).sum(dim) / torch.where(has, count, 1)
+        directions.append((torch.logsumexp(logits, dim) - positive_mean, has))
+    if reduction == "none":
+        return torch.cat([torch.where(has, terms, torch.nan) for terms, has in directions])
+    sums = [terms[has].sum() for terms, has in directions]
+    if reduction == "sum":
+        return (sums[0] + sums[1]) / 2
+    return sum(total / max(int(has.sum()), 1) for total, (_, has) in zip(sums, directions)) / 2

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference import reference_loss
+from reference import reference_loss, reference_sigmoid_loss
 
-from unicl import UniCLLoss, caption_labels, distributed_unicl_loss, unicl_loss
+from unicl import UniCLLoss, UniCLSigmoidLoss, caption_labels, distributed_unicl_loss, unicl_loss
 from unicl.loss.kernels.availability import interpreter_active
 
 D = 6
@@ -62,6 +62,52 @@ def _check_contract(rank, world, sizes, labelled, local, backend, reduction="mea
     torch.testing.assert_close(mean_over_ranks, expected, **tolerance)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got.double(), world * want[rows], **tolerance)
+
+
+def _check_sigmoid_contract(
+    rank, world, sizes, labelled, local, backend, reduction="mean", equal_batches=False
+) -> None:
+    """The sigmoid objective under the same convention: the mean over ranks of the returned loss and of the scale's
+    and bias's gradients is the global batch's, each rank's feature gradient ``W ×`` the global one of its rows."""
+    image, text, labels = _batch(sizes, labelled, seed=len(sizes) * 10 + sum(sizes) + 1)
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    dtype = torch.float32 if backend in ("triton", "triton_rowwise") else torch.float64
+    leaves = [image[rows].to(dtype).requires_grad_(), text[rows].to(dtype).requires_grad_()]
+    leaves += [torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)]
+    leaves += [torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)]
+    loss_fn = UniCLSigmoidLoss(
+        backend=backend, reduction=reduction, gather_distributed=True, local_loss=local, equal_batches=equal_batches
+    )
+    loss = loss_fn(leaves[0], leaves[1], None if labels is None else labels[rows], leaves[2], leaves[3])
+    grads = torch.autograd.grad(loss.sum(), leaves)
+    shared = torch.stack([loss.detach().double().sum(), grads[2].double(), grads[3].double()])
+    dist.all_reduce(shared)
+    shared /= world
+    exact = [image.clone().requires_grad_(), text.clone().requires_grad_()]
+    exact += [torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)]
+    exact += [torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)]
+    keys = None if labels is None else labels.tolist()
+    expected = reference_sigmoid_loss(exact[0], exact[1], keys, exact[2], exact[3], reduction)
+    if reduction == "none":
+        torch.testing.assert_close(loss.detach().double(), expected.detach()[rows], rtol=1e-9, atol=1e-10)
+        return
+    expected_grads = torch.autograd.grad(expected, exact)
+    tolerance = {"rtol": 2e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-10}
+    torch.testing.assert_close(shared, torch.stack([expected, *expected_grads[2:]]).detach(), **tolerance)
+    for got, want in zip(grads[:2], expected_grads[:2]):
+        torch.testing.assert_close(got.double(), world * want[rows], **tolerance)
+
+
+def _check_bad_bias_on_one_rank_is_an_error_everywhere(rank: int) -> None:
+    features = torch.randn(3, D)
+    loss_fn = UniCLSigmoidLoss(gather_distributed=True)
+    if rank == 1:
+        with pytest.raises(ValueError, match="logit_bias must be finite"):
+            loss_fn(features, features, logit_bias=float("nan"))
+    else:
+        with pytest.raises(ValueError, match=r"rank\(s\) \[1\] refused their inputs"):
+            loss_fn(features, features)
 
 
 def _count_one_step(world: int, equal_batches: bool, local: bool) -> dict[str, int]:
@@ -252,6 +298,18 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
         cases += [(uneven, True, False, "triton"), (uneven, True, True, "triton")]
         cases += [([0, 5, 2] if world == 3 else [0, 5], True, True, "triton")]
     checks = [(f"contract {case}", lambda case=case: _check_contract(rank, world, *case)) for case in cases]
+    sigmoid_cases = [
+        (sizes, labelled, local, "chunked", reduction, equal)
+        for sizes, labelled, reduction, equal in (
+            (uneven, True, "mean", False), (uneven, False, "sum", False), (even, True, "mean", True),
+            (uneven, True, "none", False), ([4, 0, 3] if world == 3 else [0, 5], True, "mean", False),
+        )
+        for local in (False, True)
+    ] + [(uneven, True, local, "dense", "mean", False) for local in (False, True)]  # fmt: skip
+    checks += [
+        (f"sigmoid {case}", lambda case=case: _check_sigmoid_contract(rank, world, *case)) for case in sigmoid_cases
+    ]
+    checks.append(("sigmoid bad bias on one rank", lambda: _check_bad_bias_on_one_rank_is_an_error_everywhere(rank)))
     checks.append(("sum reduction, local", lambda: _check_contract(rank, world, uneven, True, True, "chunked", "sum")))
     checks.append(("bad input", lambda: _check_errors(rank)))
     checks.append(("collectives of one step", lambda: _check_collectives_of_one_step(world)))

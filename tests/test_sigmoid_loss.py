@@ -263,3 +263,18 @@ def test_mismatched_features_are_refused():
     image, _ = make_batch(4, 3)
     with pytest.raises(ValueError, match="text_features"):
         unicl_sigmoid_loss(image, torch.randn(5, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_second_backward_with_retained_graph_gives_the_same_gradients(reduction):
+    """A mean or summed chunked loss computes its backward products in forward and spends them in the first
+    backward; a second backward (``retain_graph=True``) walks the logits again and gets the same gradients."""
+    image, text = make_batch(13, 6)
+    image.requires_grad_()
+    bias = torch.tensor(-4.0, dtype=torch.float64, requires_grad=True)
+    loss = unicl_sigmoid_loss(image, text, torch.arange(13) % 4 - 1, 8.0, bias, backend="chunked", chunk_size=5,
+                              reduction=reduction)  # fmt: skip
+    first = torch.autograd.grad(loss, [image, bias], retain_graph=True)
+    second = torch.autograd.grad(loss, [image, bias])
+    for got, want in zip(second, first, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)

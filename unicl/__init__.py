@@ -8,68 +8,51 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicl._exports import lazy_exports
+from unicl._exports import lazy_package
 from unicl._versions import check_supported_versions
 
 __version__ = "0.1.0"
 
 check_supported_versions()
 
-#: The module each public name is defined in.
-_PUBLIC_NAMES = {
-    "UniCLLoss": "unicl.loss.module",
-    "UniCLSigmoidLoss": "unicl.loss.module",
-    "unicl_loss": "unicl.loss.functional",
-    "unicl_sigmoid_loss": "unicl.loss.functional",
-    "distributed_unicl_loss": "unicl.loss.distributed",
-    "target_keys": "unicl.loss.targets",
-    "caption_labels": "unicl.text.captions",
-    "image_transform": "unicl.data.transforms",
-    "UniCLModel": "unicl.models.model",
-    "create_model": "unicl.models.presets",
-    "list_models": "unicl.models.presets",
-    "register_model": "unicl.models.presets",
-    "list_pretrained": "unicl.models.pretrained",
-    "create_model_and_transforms": "unicl.factory",
-    "load_model": "unicl.models.serialization",
-    "get_tokenizer": "unicl.models.tokenizers",
-}
 #: The packages, reachable as attributes (``unicl.models.ImageConfig``) after a plain ``import unicl``.
 _PACKAGES = ("data", "evaluation", "loss", "models", "text", "training")
 
 if TYPE_CHECKING:
-    from unicl.data.transforms import image_transform
-    from unicl.factory import create_model_and_transforms
-    from unicl.loss.distributed import distributed_unicl_loss
-    from unicl.loss.functional import unicl_loss, unicl_sigmoid_loss
-    from unicl.loss.module import UniCLLoss, UniCLSigmoidLoss
-    from unicl.loss.targets import target_keys
-    from unicl.models.model import UniCLModel
-    from unicl.models.presets import create_model, list_models, register_model
-    from unicl.models.pretrained import list_pretrained
-    from unicl.models.serialization import load_model
-    from unicl.models.tokenizers import get_tokenizer
-    from unicl.text.captions import caption_labels
+    from unicl.data.transforms import image_transform as image_transform
+    from unicl.factory import create_model_and_transforms as create_model_and_transforms
+    from unicl.loss.distributed import distributed_unicl_loss as distributed_unicl_loss
+    from unicl.loss.functional import unicl_loss as unicl_loss
+    from unicl.loss.functional import unicl_sigmoid_loss as unicl_sigmoid_loss
+    from unicl.loss.module import UniCLLoss as UniCLLoss
+    from unicl.loss.module import UniCLSigmoidLoss as UniCLSigmoidLoss
+    from unicl.loss.targets import target_keys as target_keys
+    from unicl.models.model import UniCLModel as UniCLModel
+    from unicl.models.presets import create_model as create_model
+    from unicl.models.presets import list_models as list_models
+    from unicl.models.presets import register_model as register_model
+    from unicl.models.pretrained import list_pretrained as list_pretrained
+    from unicl.models.serialization import load_model as load_model
+    from unicl.models.tokenizers import get_tokenizer as get_tokenizer
+    from unicl.text.captions import caption_labels as caption_labels
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES, _PACKAGES)
-
-__all__ = [
-    "UniCLLoss",
-    "UniCLModel",
-    "UniCLSigmoidLoss",
-    "__version__",
-    "caption_labels",
-    "create_model",
-    "create_model_and_transforms",
-    "distributed_unicl_loss",
-    "get_tokenizer",
-    "image_transform",
-    "list_models",
-    "list_pretrained",
-    "load_model",
-    "register_model",
-    "target_keys",
-    "unicl_loss",
-    "unicl_sigmoid_loss",
-]
+__getattr__, __dir__, __all__ = lazy_package(
+    __name__,
+    {
+        "unicl.data.transforms": ["image_transform"],
+        "unicl.factory": ["create_model_and_transforms"],
+        "unicl.loss.distributed": ["distributed_unicl_loss"],
+        "unicl.loss.functional": ["unicl_loss", "unicl_sigmoid_loss"],
+        "unicl.loss.module": ["UniCLLoss", "UniCLSigmoidLoss"],
+        "unicl.loss.targets": ["target_keys"],
+        "unicl.models.model": ["UniCLModel"],
+        "unicl.models.presets": ["create_model", "list_models", "register_model"],
+        "unicl.models.pretrained": ["list_pretrained"],
+        "unicl.models.serialization": ["load_model"],
+        "unicl.models.tokenizers": ["get_tokenizer"],
+        "unicl.text.captions": ["caption_labels"],
+    },
+    _PACKAGES,
+)
+__all__ += ["__version__"]

@@ -4,8 +4,8 @@ Every check raises ``TypeError`` or ``ValueError`` with a message that names the
 None of them reads a tensor's values from an accelerator, so they never add a host-device synchronisation.
 
 This module imports no torch at module level: the commands import it before they parse their arguments, and
-``--help`` must answer without loading torch (2 s or more). The tensor checks import torch when they run (by then the
-caller, which holds tensors, has loaded it: the import statement is a dictionary lookup).
+``--help`` must answer without loading torch, which takes seconds. The tensor checks import torch when they run (by
+then the caller, which holds tensors, has loaded it: the import statement is a dictionary lookup).
 """
 
 from __future__ import annotations
@@ -60,15 +60,21 @@ def check_features(name: str, features: object, allow_no_rows: bool = False) -> 
 
 
 def check_feature_pair(
-    image_features: object, text_features: object, allow_no_rows: bool = False
+    image_features: object, text_features: object, allow_no_rows: bool = False, rectangular: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check both feature matrices and that they agree in shape, dtype and device."""
+    """Check both feature matrices and that they agree in shape (in ``D`` only when ``rectangular``: the texts
+    have labels of their own), dtype and device."""
     image = check_features("image_features", image_features, allow_no_rows)
     text = check_features("text_features", text_features, allow_no_rows)
-    if image.shape != text.shape:
+    if rectangular and image.shape[1] != text.shape[1]:
         raise ValueError(
-            "image_features and text_features must have the same shape [N, D]; "
+            "image_features [N, D] and text_features [M, D] must have the same feature dimension D; "
             f"got {tuple(image.shape)} and {tuple(text.shape)}"
+        )
+    if not rectangular and image.shape != text.shape:
+        raise ValueError(
+            "image_features and text_features must have the same shape [N, D] (for M != N texts, give text_labels "
+            f"[M]); got {tuple(image.shape)} and {tuple(text.shape)}"
         )
     if image.dtype != text.dtype:
         raise TypeError(
@@ -81,8 +87,9 @@ def check_feature_pair(
     return image, text
 
 
-def check_labels(labels: object, num_samples: int, device: torch.device) -> torch.Tensor | None:
-    """Check that ``labels`` is ``None`` or an integer vector ``[N]`` on ``device``."""
+def check_labels(labels: object, num_samples: int, device: torch.device, name: str = "labels") -> torch.Tensor | None:
+    """Check that ``labels`` (called ``name`` in the message) is ``None`` or an integer vector ``[N]`` on
+    ``device``."""
     if labels is None:
         return None
     import torch
@@ -92,18 +99,21 @@ def check_labels(labels: object, num_samples: int, device: torch.device) -> torc
         "; a single float looks like the logit scale, which comes after labels: pass labels=None (or the labels) "
         "and logit_scale=..."
     )
+    if name != "labels":
+        scale_hint = ""
     if not isinstance(labels, torch.Tensor):
         hint = scale_hint if isinstance(labels, float) else ""
         raise TypeError(
-            f"labels must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}{hint}"
+            f"{name} must be None or an integer torch.Tensor of shape [N]; got {type(labels).__name__}{hint}"
         )
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         hint = scale_hint if labels.is_floating_point() and labels.numel() == 1 else ""
-        raise TypeError(f"labels must have an integer dtype (e.g. torch.long); got {labels.dtype}{hint}")
+        raise TypeError(f"{name} must have an integer dtype (e.g. torch.long); got {labels.dtype}{hint}")
     if labels.dim() != 1 or labels.shape[0] != num_samples:
-        raise ValueError(f"labels must have shape [{num_samples}] (one per sample); got {tuple(labels.shape)}")
+        what = "one per text" if name == "text_labels" else "one per sample"
+        raise ValueError(f"{name} must have shape [{num_samples}] ({what}); got {tuple(labels.shape)}")
     if labels.device != device:
-        raise ValueError(f"labels must be on the features' device {device}; got {labels.device}")
+        raise ValueError(f"{name} must be on the features' device {device}; got {labels.device}")
     return labels
 
 

@@ -1,9 +1,9 @@
 """The oldest Python, torch and Triton that unicl supports, and the check that refuses older ones.
 
 The floor is the stack CI tests in its second job (``.ci/floor.txt``): torch 2.11 with the Triton 3.6 it pins, on
-Python 3.11 (the GPU machine that runs ``benchmarks/gpu_check.sh`` has Python 3.12 with the same torch and Triton).
-``pyproject.toml`` declares the same floors; a test holds the two to each other. Versions are read from the installed
-distributions' metadata, so the check imports neither torch nor Triton.
+Python 3.11 (the Kernels page lists the stacks that CI and the GPU checks run). ``pyproject.toml`` declares the
+same floors; a test holds the two to each other. Versions are read from the installed distributions' metadata, so
+the check imports neither torch nor Triton.
 """
 
 from __future__ import annotations

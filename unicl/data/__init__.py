@@ -8,22 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicl._exports import lazy_exports
-
-#: The module each public name is defined in.
-_PUBLIC_NAMES = {
-    "PAIR_LABEL": "unicl.data.batches",
-    "UnifiedCollate": "unicl.data.batches",
-    "CaptionPairs": "unicl.data.datasets",
-    "LabelledFolders": "unicl.data.datasets",
-    "image_transform": "unicl.data.transforms",
-}
+from unicl._exports import lazy_package
 
 if TYPE_CHECKING:
-    from unicl.data.batches import PAIR_LABEL, UnifiedCollate
-    from unicl.data.datasets import CaptionPairs, LabelledFolders
-    from unicl.data.transforms import image_transform
+    from unicl.data.batches import PAIR_LABEL as PAIR_LABEL
+    from unicl.data.batches import UnifiedCollate as UnifiedCollate
+    from unicl.data.datasets import CaptionPairs as CaptionPairs
+    from unicl.data.datasets import LabelledFolders as LabelledFolders
+    from unicl.data.transforms import image_transform as image_transform
 
-__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
-
-__all__ = ["PAIR_LABEL", "CaptionPairs", "LabelledFolders", "UnifiedCollate", "image_transform"]
+__getattr__, __dir__, __all__ = lazy_package(
+    __name__,
+    {
+        "unicl.data.batches": ["PAIR_LABEL", "UnifiedCollate"],
+        "unicl.data.datasets": ["CaptionPairs", "LabelledFolders"],
+        "unicl.data.transforms": ["image_transform"],
+    },
+)

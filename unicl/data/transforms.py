@@ -6,8 +6,8 @@ augmentation they were trained with (microsoft/UniCL ``data/build.py`` and ``con
 * training: timm's ImageNet training transform (random resized crop with bicubic interpolation, horizontal flip,
   RandAugment ``rand-m9-mstd0.5-inc1``, color jitter 0.4, random erasing with probability 0.25 in ``pixel`` mode);
 * images of 32 pixels or less are not resized, and train with `small_image_augmentation` alone: a random shift of at
-  most 1/16 of the side (unlike the official code, which keeps the ImageNet augmentation after a padded crop, see
-  `small_image_augmentation` for why).
+  most 1/16 of the side (the official code keeps the ImageNet augmentation after a padded crop; the Training page
+  says why unicl does not).
 """
 
 from __future__ import annotations
@@ -85,15 +85,8 @@ def image_transform(name_or_model: str | UniCLModel | UniCLConfig | ImageConfig,
 def small_image_augmentation(size: int) -> transforms.Compose:
     """The training augmentation of images of `SMALL_IMAGE` pixels or less: a random crop of the image padded with
     ``max(1, ⌊size / 16⌋)`` black pixels on every side (a shift of up to 2 pixels at 32), then ``ToTensor`` and
-    ImageNet's mean and std as in evaluation. Nothing else.
-
-    Why not the ImageNet augmentation after a padded crop, as the official code does: at 32 pixels RandAugment
-    ``m9`` (invert, solarize, posterize, 27° rotations, shears, shifts of 40% of the side) and random erasing of up
-    to a third of the image leave little of what the image shows, and horizontal flips change the class of digits,
-    letters and text. `unicl_tiny` trained with them on scikit-learn's digits collapses (its loss stays at
-    ``ln(batch)``, every image and text embedding alike). Why a shift of 1/16 and not CIFAR's 4 pixels (1/8): on the
-    same digits, whose strokes are 4 pixels wide, a 4-pixel shift moves a whole stroke and slows learning several
-    times, while 2 pixels learns as fast as no augmentation.
+    ImageNet's mean and std as in evaluation. Nothing else: no flips, RandAugment or random erasing (the Training
+    page says why).
 
     Args:
         size: the side of the square images, at most `SMALL_IMAGE`.
@@ -119,9 +112,17 @@ def small_image_augmentation(size: int) -> transforms.Compose:
 def posterize(image: Image.Image, bits: int, **_: Any) -> Image.Image:
     """Keep the ``bits`` most significant bits of each channel; 0 bits gives a black image.
 
-    timm's RandAugment asks for 0 bits at its top magnitude (``PosterizeIncreasing`` at level 10: with the official
-    ``rand-m9-mstd0.5-inc1``, 33 of 20,000 images measured, about one in 600), which older Pillow answered with a black
-    image and Pillow 13 refuses with ``ValueError``, ending a training run; this answers as the older Pillow did.
+    timm's RandAugment asks for 0 bits at its top magnitude (``PosterizeIncreasing`` at level 10, drawn now and then
+    by the official ``rand-m9-mstd0.5-inc1``), which ``ImageOps.posterize`` refuses with ``ValueError`` from Pillow
+    13 on.
+
+    Args:
+        image: the PIL image.
+        bits: how many bits of each channel to keep; 8 or more returns ``image`` itself, 0 or fewer a black image
+            of its mode and size.
+
+    Returns:
+        The posterized image.
     """
     if bits >= 8:
         return image

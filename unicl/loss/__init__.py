@@ -12,59 +12,42 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicl._exports import lazy_exports
-
-#: The module each public name is defined in (imported on first use, so `unicl.loss.names` reads without torch).
-_PUBLIC_NAMES = {
-    "BACKENDS": "unicl.loss.names",
-    "DEFAULT_LOGIT_SCALE": "unicl.loss.functional",
-    "REDUCTIONS": "unicl.loss.functional",
-    "OBJECTIVES": "unicl.loss.names",
-    "SIGMOID_LOGIT_BIAS": "unicl.loss.functional",
-    "SIGMOID_LOGIT_SCALE": "unicl.loss.functional",
-    "UniCLLoss": "unicl.loss.module",
-    "UniCLSigmoidLoss": "unicl.loss.module",
-    "distributed_unicl_loss": "unicl.loss.distributed",
-    "normalize_features": "unicl.loss.normalize",
-    "row_terms": "unicl.loss.backends",
-    "similarity_terms": "unicl.loss.backends",
-    "target_keys": "unicl.loss.targets",
-    "unicl_loss": "unicl.loss.functional",
-    "unicl_sigmoid_loss": "unicl.loss.functional",
-}
+from unicl._exports import lazy_package
 
 if TYPE_CHECKING:
-    from unicl.loss.backends import row_terms, similarity_terms
-    from unicl.loss.distributed import distributed_unicl_loss
-    from unicl.loss.functional import (
-        DEFAULT_LOGIT_SCALE,
-        REDUCTIONS,
-        SIGMOID_LOGIT_BIAS,
-        SIGMOID_LOGIT_SCALE,
-        unicl_loss,
-        unicl_sigmoid_loss,
-    )
-    from unicl.loss.module import UniCLLoss, UniCLSigmoidLoss
-    from unicl.loss.names import BACKENDS, OBJECTIVES
-    from unicl.loss.normalize import normalize_features
-    from unicl.loss.targets import target_keys
+    from unicl.loss.backends import row_terms as row_terms
+    from unicl.loss.backends import similarity_terms as similarity_terms
+    from unicl.loss.distributed import distributed_unicl_loss as distributed_unicl_loss
+    from unicl.loss.functional import DEFAULT_LOGIT_SCALE as DEFAULT_LOGIT_SCALE
+    from unicl.loss.functional import REDUCTIONS as REDUCTIONS
+    from unicl.loss.functional import SIGMOID_LOGIT_BIAS as SIGMOID_LOGIT_BIAS
+    from unicl.loss.functional import SIGMOID_LOGIT_SCALE as SIGMOID_LOGIT_SCALE
+    from unicl.loss.functional import unicl_loss as unicl_loss
+    from unicl.loss.functional import unicl_sigmoid_loss as unicl_sigmoid_loss
+    from unicl.loss.module import UniCLLoss as UniCLLoss
+    from unicl.loss.module import UniCLSigmoidLoss as UniCLSigmoidLoss
+    from unicl.loss.names import BACKENDS as BACKENDS
+    from unicl.loss.names import OBJECTIVES as OBJECTIVES
+    from unicl.loss.normalize import normalize_features as normalize_features
+    from unicl.loss.targets import target_keys as target_keys
 
-__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_LOGIT_SCALE",
-    "OBJECTIVES",
-    "REDUCTIONS",
-    "SIGMOID_LOGIT_BIAS",
-    "SIGMOID_LOGIT_SCALE",
-    "UniCLLoss",
-    "UniCLSigmoidLoss",
-    "distributed_unicl_loss",
-    "normalize_features",
-    "row_terms",
-    "similarity_terms",
-    "target_keys",
-    "unicl_loss",
-    "unicl_sigmoid_loss",
-]
+# Imported on first use, so `unicl.loss.names` reads without torch.
+__getattr__, __dir__, __all__ = lazy_package(
+    __name__,
+    {
+        "unicl.loss.backends": ["row_terms", "similarity_terms"],
+        "unicl.loss.distributed": ["distributed_unicl_loss"],
+        "unicl.loss.functional": [
+            "DEFAULT_LOGIT_SCALE",
+            "REDUCTIONS",
+            "SIGMOID_LOGIT_BIAS",
+            "SIGMOID_LOGIT_SCALE",
+            "unicl_loss",
+            "unicl_sigmoid_loss",
+        ],
+        "unicl.loss.module": ["UniCLLoss", "UniCLSigmoidLoss"],
+        "unicl.loss.names": ["BACKENDS", "OBJECTIVES"],
+        "unicl.loss.normalize": ["normalize_features"],
+        "unicl.loss.targets": ["target_keys"],
+    },
+)

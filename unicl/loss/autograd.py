@@ -23,7 +23,7 @@ import torch
 from unicl.loss.dtypes import accumulation_dtype, autocast_disabled
 from unicl.loss.engine import Similarity, SimilarityEngine
 from unicl.loss.normalize import inverse_norms, unit_grad_to_input_
-from unicl.loss.objectives import SOFTMAX, Objective
+from unicl.loss.objectives import SOFTMAX, Objective, PositiveSums
 from unicl.loss.row_dots import row_dots
 from unicl.loss.targets import KeyGroups, PositiveGroups
 
@@ -93,23 +93,35 @@ class UniCLTermsFunction(torch.autograd.Function):
         normalize: bool,
         objective: Objective = SOFTMAX,
         bias: torch.Tensor | None = None,
+        uniform_upstream: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``col_keys=None`` means the columns share the rows' keys (a square batch). Without ``columns`` (or for a
         one-sided objective) the column terms are not computed and the second output is an empty,
         non-differentiable tensor. With ``normalize`` the rows of ``x`` and ``y`` are L2-normalised (inside the
-        engine's tiles). ``bias`` is the 0-dim logit bias of an objective that has one."""
+        engine's tiles). ``bias`` is the 0-dim logit bias of an objective that has one.
+
+        ``uniform_upstream`` is the caller's promise that every row term gets the same upstream weight (it sums or
+        averages them, as a ``"mean"`` or ``"sum"`` loss does). For an objective with local entry weights and an
+        engine that can (`unicl.loss.chunked.ChunkedEngine.statistics_and_products`), forward then computes the
+        backward's products in its one walk over ``Z`` and keeps them (``2`` feature-sized float tensors, which
+        become the gradients in place), and backward walks ``Z`` only if it runs a second time."""
         col_keys = row_keys if col_keys is None else col_keys
         columns = columns and objective.two_sided
         groups = PositiveGroups.from_keys(row_keys, col_keys, accumulation_dtype(x.dtype))
         sim = Similarity(
             x, y, scale, inverse_norms(x) if normalize else None, inverse_norms(y) if normalize else None, bias
         )
-        statistics = engine.statistics(sim, objective, columns)
+        ctx.products = None
+        eager = uniform_upstream and objective.local_entry_weights and any(ctx.needs_input_grad[:3])
+        if eager and hasattr(engine, "statistics_and_products"):
+            statistics, *products = engine.statistics_and_products(sim, objective)
+            ctx.products = tuple(products)
+        else:
+            statistics = engine.statistics(sim, objective, columns)
         row_positive = _positive_dots(x, sim.row_scale, y, sim.col_scale, groups.by_column)
         col_positive = _positive_dots(y, sim.col_scale, x, sim.row_scale, groups.by_row) if columns else None
-        row_terms, col_terms = objective.terms(
-            statistics, row_positive, col_positive, groups.row_count, groups.col_count, scale, bias
-        )
+        positives = PositiveSums(row_positive, col_positive, groups.row_count, groups.col_count)
+        row_terms, col_terms = objective.terms(statistics, positives, scale, bias)
         if col_terms is None:
             col_terms = row_terms.new_empty(0)
             ctx.mark_non_differentiable(col_terms)
@@ -159,7 +171,7 @@ class _FirstOrderOnly(torch.autograd.Function):
 def _first_order_backward(
     ctx: Any, row_grad: torch.Tensor | None, col_grad: torch.Tensor | None
 ) -> tuple[torch.Tensor | None, ...]:
-    """The gradients of `UniCLTermsFunction` with respect to its ten inputs."""
+    """The gradients of `UniCLTermsFunction` with respect to its eleven inputs."""
     x, y, scale, row_keys, col_keys, first, second, row_scale, col_scale, bias = ctx.saved_tensors
     objective: Objective = ctx.objective
     col_keys = row_keys if col_keys is None else col_keys
@@ -167,13 +179,19 @@ def _first_order_backward(
         col_grad = None
     statistics = (first, None if second.numel() == 0 else second)
     if row_grad is None and col_grad is None:
-        return (None,) * 10
+        return (None,) * 11
     acc = accumulation_dtype(x.dtype)
     groups = PositiveGroups.from_keys(row_keys, col_keys, acc)
     sim = Similarity(x, y, scale, row_scale, col_scale, bias)
     # e_x = a·G V and e_y = b·Gᵀ U with G = ∂L/∂Z: the entry-weight part from the engine, the target part per key.
     weight_scale = half_weight_scale(x.dtype, row_grad, col_grad, row_scale, col_scale)
-    if weight_scale is None:
+    if ctx.products is not None and row_grad is not None and col_grad is None:
+        # Forward's products for row weights of one; the upstream weight is the same for every row. They become the
+        # gradients in place, so a second backward (retain_graph=True) walks Z again.
+        uniform_weight = row_grad[:1].to(acc)
+        e_x, e_y = (product.mul_(uniform_weight) for product in ctx.products)
+        ctx.products = None
+    elif weight_scale is None:
         e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, row_grad, col_grad)
     else:
         scaled = [None if grad is None else grad * weight_scale for grad in (row_grad, col_grad)]
@@ -202,7 +220,7 @@ def _first_order_backward(
     grad_scale = None if x_dots is None else x_dots.sum()
     grad_x = _input_grad(e_x, x, row_scale, scale, x_dots) if ctx.needs_input_grad[0] else None
     grad_y = _input_grad(e_y, y, col_scale, scale) if ctx.needs_input_grad[1] else None
-    return grad_x, grad_y, grad_scale, None, None, None, None, None, None, grad_bias
+    return grad_x, grad_y, grad_scale, None, None, None, None, None, None, grad_bias, None
 
 
 def _input_grad(

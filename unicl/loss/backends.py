@@ -167,11 +167,13 @@ def block_terms(
     columns: bool,
     objective: Objective = SOFTMAX,
     bias: torch.Tensor | None = None,
+    uniform_upstream: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`similarity_terms` (``columns``) or `row_terms` (without: the second vector is empty and no column work is
     done) for options already checked by `check_backend_options`, as the loss's entries call it once per batch;
     ``objective`` (`unicl.loss.objectives`) says which terms, ``bias`` is the 0-dim logit bias of an objective that
-    has one.
+    has one; ``uniform_upstream`` promises that the caller sums or averages the row terms (see
+    `unicl.loss.autograd.UniCLTermsFunction`).
 
     Autocast is off throughout (`unicl.loss.dtypes.autocast_disabled`): the numerics follow the features' dtype only.
     """
@@ -192,4 +194,6 @@ def block_terms(
         engine = make_engine(concrete, chunk_size)
         # A square batch shares one key tensor; autograd.Function under torch.compile refuses a tensor passed twice.
         shared_keys = None if col_keys is row_keys else col_keys
-        return UniCLTermsFunction.apply(u, v, scale, row_keys, shared_keys, engine, columns, normalize, objective, bias)
+        return UniCLTermsFunction.apply(
+            u, v, scale, row_keys, shared_keys, engine, columns, normalize, objective, bias, uniform_upstream
+        )

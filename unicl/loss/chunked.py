@@ -20,7 +20,7 @@ half-precision inputs on the CPU), so ``O(N·B)``; the ``[N, D]`` results of bac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -38,11 +38,10 @@ DEFAULT_BLOCK_ENTRIES = 1 << 21
 MIN_BLOCK_ROWS = 128
 
 
-def block_rows(num_rows: int, num_cols: int, chunk_size: int | None) -> int:
+def block_rows(num_rows: int, num_cols: int, chunk_size: int | None, entries: int = DEFAULT_BLOCK_ENTRIES) -> int:
     """Rows per block of the walk over an ``num_rows × num_cols`` matrix: ``chunk_size``, or, when it is ``None``,
-    enough rows for about `DEFAULT_BLOCK_ENTRIES` entries and at least `MIN_BLOCK_ROWS`; never more
-    than ``num_rows``."""
-    rows = chunk_size or max(MIN_BLOCK_ROWS, DEFAULT_BLOCK_ENTRIES // max(num_cols, 1))
+    enough rows for about ``entries`` entries and at least `MIN_BLOCK_ROWS`; never more than ``num_rows``."""
+    rows = chunk_size or max(MIN_BLOCK_ROWS, entries // max(num_cols, 1))
     return max(1, min(rows, num_rows))
 
 
@@ -80,6 +79,8 @@ class _Blocks:
                 scaled_rows.copy_(u[rows])
                 mixed_mm(self.v, scaled_rows.T, out=tile)
                 tile.mul_(self.col_factor)
+                if self.sim.bias is not None:
+                    tile.add_(self.sim.bias)
                 if row_scale is not None:
                     tile.mul_(row_scale[rows])
                     scaled_rows.copy_(u[rows].to(row_scale.dtype).mul_(row_scale[rows, None]))
@@ -88,7 +89,11 @@ class _Blocks:
                     scaled_rows.copy_(u[rows])
                 else:
                     torch.mul(u[rows], row_scale[rows, None], out=scaled_rows)
-                torch.mm(self.v, scaled_rows.T, out=tile).mul_(self.col_factor)
+                torch.mm(self.v, scaled_rows.T, out=tile)
+                if self.sim.bias is None:
+                    tile.mul_(self.col_factor)
+                else:  # one pass for both: Z = S·(s·b) + β
+                    torch.addcmul(self.sim.bias, tile, self.col_factor, out=tile)
             yield rows, scaled_rows, tile
 
 
@@ -108,19 +113,38 @@ class ChunkedEngine:
         self.chunk_size = chunk_size
         self.native_half = native_half
 
-    def _blocks(self, sim: Similarity) -> _Blocks:
-        rows = block_rows(sim.u.shape[0], sim.v.shape[0], self.chunk_size)
+    def _blocks(self, sim: Similarity, objective: Objective) -> _Blocks:
+        # Every objective's walk holds the memory of two default blocks, in as many buffers as it needs.
+        entries = 2 * DEFAULT_BLOCK_ENTRIES // objective.block_buffers
+        rows = block_rows(sim.u.shape[0], sim.v.shape[0], self.chunk_size, entries)
         native = uses_tensor_core_products(sim.u) if self.native_half is None else self.native_half
         return _Blocks(sim, rows, native and sim.u.dtype in HALF_DTYPES)
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
         """The objective's forward statistics of ``Z``; see `unicl.loss.engine.SimilarityEngine`."""
-        blocks = self._blocks(sim)
+        blocks = self._blocks(sim, objective)
         statistics = objective.new_statistics(sim.u.shape[0], sim.v.shape[0], blocks.tile_buffer, columns)
-        scratch_buffer = torch.empty_like(blocks.tile_buffer)
+        scratch_buffer = objective.new_scratch(blocks.tile_buffer)
         for rows, _, tile in blocks:
-            objective.add_block_statistics(tile, sim.bias, rows, statistics, scratch_buffer[:, : tile.shape[1]])
+            objective.add_block_statistics(tile, rows, statistics, scratch_buffer[:, : tile.shape[1]])
         return statistics
+
+    def statistics_and_products(
+        self, sim: Similarity, objective: Objective
+    ) -> tuple[Statistics, torch.Tensor, torch.Tensor]:
+        """The forward statistics and, in the same walk, ``H V`` and ``Hᵀ U`` for row weights of one, for an
+        objective with ``local_entry_weights`` (see `unicl.loss.objectives.base.Objective`): backward then needs
+        no second walk when its upstream weight is the same for every row (a mean or summed loss)."""
+        blocks = self._blocks(sim, objective)
+        statistics = objective.new_statistics(sim.u.shape[0], sim.v.shape[0], blocks.tile_buffer, True)
+        scratch_buffer = objective.new_scratch(blocks.tile_buffer)
+
+        def weights_of(rows: slice, tile: torch.Tensor) -> torch.Tensor:
+            scratch = scratch_buffer[:, : tile.shape[1]]
+            return objective.block_statistics_and_weights(tile, rows, statistics, scratch)
+
+        grad_u, grad_v = self._products(sim, blocks, weights_of)
+        return statistics, grad_u, grad_v
 
     def weighted_products(
         self,
@@ -131,12 +155,23 @@ class ChunkedEngine:
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        blocks = self._blocks(sim)
+        blocks = self._blocks(sim, objective)
+        # Only the column part of a two-sided objective's weights needs a second block.
+        column_buffer = None if col_weight is None else torch.empty_like(blocks.tile_buffer)
+
+        def weights_of(rows: slice, tile: torch.Tensor) -> torch.Tensor:
+            scratch = None if column_buffer is None else column_buffer[:, : tile.shape[1]]
+            return objective.block_weights(tile, rows, statistics, (row_weight, col_weight), scratch)
+
+        return self._products(sim, blocks, weights_of)
+
+    def _products(
+        self, sim: Similarity, blocks: _Blocks, weights_of: Callable[[slice, torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U`` with each block's ``Pᵀ`` from ``weights_of(rows, Sᵀ block)``."""
         acc = blocks.tile_buffer.dtype
         grad_u = torch.empty(sim.u.shape, dtype=acc, device=sim.u.device)
         grad_v = torch.zeros(sim.v.shape, dtype=acc, device=sim.v.device)
-        # Only the column part of a two-sided objective's weights needs a second block.
-        column_buffer = None if col_weight is None else torch.empty_like(blocks.tile_buffer)
         half_buffer = (
             torch.empty(blocks.tile_buffer.shape, dtype=blocks.operand_dtype, device=grad_u.device)
             if blocks.native_half
@@ -144,8 +179,7 @@ class ChunkedEngine:
         )
         col_scale = None if sim.col_scale is None else sim.col_scale[:, None]
         for rows, scaled_rows, tile in blocks:
-            scratch = None if column_buffer is None else column_buffer[:, : tile.shape[1]]
-            weights = objective.block_weights(tile, sim.bias, rows, statistics, row_weight, col_weight, scratch)
+            weights = weights_of(rows, tile)
             # weights is Pᵀ for this block. (P·b) V multiplies P with the unit columns, and a_i times that row is
             # (H V)_i; (P·b)ᵀ (a·u) is Hᵀ U directly.
             if col_scale is not None:

@@ -278,6 +278,7 @@ def gathered_batch_loss(
     options_checked: bool,
     objective: Objective = SOFTMAX,
     logit_bias: torch.Tensor | float | None = None,
+    text_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`distributed_unicl_loss`, whose options are checked here unless ``options_checked`` says that
     `unicl.loss.functional.check_options` passed them already (`unicl.loss.module.UniCLLoss` checks them once,
@@ -289,8 +290,13 @@ def gathered_batch_loss(
             check_options(backend, reduction, chunk_size)
         return batch_loss(
             image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size, objective,
-            logit_bias,
+            logit_bias, text_labels,
         )  # fmt: skip
+    if text_labels is not None:
+        raise NotImplementedError(
+            "text_labels with gather_distributed=True is not supported yet: gather the texts and their labels "
+            "yourself and call the loss on the global batch, or train with one text per image"
+        )
     try:
         # A rank may hold no samples (the last, uneven batch of an epoch); a bad input on one rank still reaches
         # the shape exchange, so that every rank raises instead of the others waiting in a collective.
@@ -308,8 +314,9 @@ def gathered_batch_loss(
         raise
     batch = gather_batch(image, text, labels, group, equal_batches)
     terms = functools.partial(
-        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, objective=objective, bias=bias
-    )
+        block_terms, normalize=normalize, backend=backend, chunk_size=chunk_size, objective=objective, bias=bias,
+        uniform_upstream=reduction != "none",
+    )  # fmt: skip
     if not local_loss:
         image_terms, text_terms = terms(batch.image, batch.text, scale, batch.keys, batch.keys, columns=True)
         loss = objective.reduce(image_terms, text_terms if objective.two_sided else None, reduction)
@@ -317,10 +324,10 @@ def gathered_batch_loss(
     # Local rows against global columns, once per direction of a two-sided objective: the row terms of
     # U_local·V_globalᵀ are this rank's image-to-text terms, those of V_local·U_globalᵀ its text-to-image terms.
     image_terms = terms(image, batch.text, scale, batch.local_keys, batch.keys, columns=False)[0]
-    text_terms = None
+    local_text_terms = None
     if objective.two_sided:
-        text_terms = terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False)[0]
+        local_text_terms = terms(text, batch.image, scale, batch.local_keys, batch.keys, columns=False)[0]
     if reduction == "none":
-        return objective.reduce(image_terms, text_terms, "none")
-    share = objective.reduce(image_terms, text_terms, "sum") * batch.world_size
+        return objective.reduce(image_terms, local_text_terms, "none")
+    share = objective.reduce(image_terms, local_text_terms, "sum") * batch.world_size
     return share / batch.total_size if reduction == "mean" else share

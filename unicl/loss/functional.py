@@ -21,7 +21,7 @@ from unicl._checks import check_choice, check_feature_pair, check_labels, check_
 from unicl.loss.backends import block_terms, check_backend_options
 from unicl.loss.dtypes import accumulation_dtype
 from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective
-from unicl.loss.targets import target_keys
+from unicl.loss.targets import batch_targets
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,6 +38,7 @@ def unicl_loss(
     labels: torch.Tensor | None = None,
     logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
     *,
+    text_labels: torch.Tensor | None = None,
     backend: str = "auto",
     reduction: str = "mean",
     normalize: bool = True,
@@ -47,7 +48,7 @@ def unicl_loss(
 
     Args:
         image_features: ``[N, D]`` image embeddings (any float dtype).
-        text_features: ``[N, D]`` text embeddings, same shape, dtype and device.
+        text_features: ``[N, D]`` text embeddings, same shape, dtype and device; ``[M, D]`` with ``text_labels``.
         labels: ``[N]`` integer labels or ``None``. Labels ``>= 0`` are classes (all samples of a class are positives
             of each other); a negative label marks an image-text pair, positive only with its own text. ``None``
             makes every pair unique (the CLIP loss).
@@ -57,8 +58,15 @@ def unicl_loss(
         backend: ``"dense"`` (reference, holds ``N × N`` tensors), ``"chunked"`` (memory-efficient PyTorch, any
             device), ``"triton"`` (fused CUDA kernels, one pass over ``S`` in forward), ``"triton_rowwise"`` (the
             earlier two-pass kernels) or ``"auto"`` (the best available here).
+        text_labels: ``[M]`` integer labels of the texts, for a batch of ``N`` images and ``M`` texts (several
+            captions per image, hard negatives, a class-prompt bank; `unicl.loss.shapes` builds them). Image ``i``
+            and text ``j`` are positives exactly when ``labels[i] == text_labels[j] >= 0``; a negative label is an
+            image or text with no positive. Needs ``labels``. An image or text without a positive has no term: it
+            is left out of its direction's mean and sum (and is NaN in ``"none"``), but stays in the other
+            direction's log-sum-exp.
         reduction: ``"mean"``: ``(mean l_i2t + mean l_t2i)/2``; ``"sum"``: ``(Σ l_i2t + Σ l_t2i)/2``; ``"none"``:
-            the vector ``(l_i2t + l_t2i)/2`` of shape ``[N]``.
+            the vector ``(l_i2t + l_t2i)/2`` of shape ``[N]``; with ``text_labels``, ``[N + M]``: ``l_i2t`` then
+            ``l_t2i``.
         normalize: L2-normalise both feature sets first (set ``False`` if the model already does).
         chunk_size: rows per block for the chunked backend, rows per super-chunk for ``"triton"``; ``None``
             chooses from ``N`` (and the Triton workspace budget, see `unicl.loss.kernels.plan`).
@@ -84,7 +92,10 @@ def unicl_loss(
         torch.Size([])
     """
     check_options(backend, reduction, chunk_size)
-    return batch_loss(image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size)
+    return batch_loss(
+        image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size,
+        text_labels=text_labels,
+    )  # fmt: skip
 
 
 def check_options(backend: object, reduction: object, chunk_size: object) -> None:
@@ -106,16 +117,22 @@ def batch_loss(
     chunk_size: int | None,
     objective: Objective = SOFTMAX,
     logit_bias: object = None,
+    text_labels: object = None,
 ) -> torch.Tensor:
     """`unicl_loss` (or, with ``objective=SIGMOID``, `unicl_sigmoid_loss`) for options already checked by
     `check_options`: checks the tensors of this batch only."""
-    image, text, checked_labels, scale = prepare_inputs(image_features, text_features, labels, logit_scale)
-    bias = bias_tensor(logit_bias, image) if objective.has_bias else None
-    keys = target_keys(checked_labels, image.shape[0], image.device)
-    row_terms, col_terms = block_terms(
-        image, text, scale, keys, keys, normalize, backend, chunk_size, True, objective, bias
+    image, text, checked_labels, scale, checked_text_labels = prepare_inputs(
+        image_features, text_features, labels, logit_scale, text_labels=text_labels
     )
-    return objective.reduce(row_terms, col_terms if objective.two_sided else None, reduction)
+    bias = bias_tensor(logit_bias, image) if objective.has_bias else None
+    row_keys, col_keys, counted = batch_targets(
+        checked_labels, checked_text_labels, image.shape[0], text.shape[0], image.device
+    )
+    row_terms, col_terms = block_terms(
+        image, text, scale, row_keys, col_keys, normalize, backend, chunk_size, True, objective, bias,
+        reduction != "none",
+    )  # fmt: skip
+    return objective.reduce(row_terms, col_terms if objective.two_sided else None, reduction, counted)
 
 
 def prepare_inputs(
@@ -124,17 +141,21 @@ def prepare_inputs(
     labels: object,
     logit_scale: object,
     allow_no_rows: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Check the tensors of a batch and return ``(image, text, labels, scale)`` ready to use.
+    text_labels: object = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Check the tensors of a batch and return ``(image, text, labels, scale, text_labels)`` ready to use.
 
     The features come back as given (the backends normalise them), the scale as a 0-dim tensor in the
     accumulation dtype. Raises the ``TypeError`` and ``ValueError`` `unicl_loss` documents for them.
     ``allow_no_rows`` accepts ``N = 0`` (one rank's share of a distributed batch).
     """
-    image, text = check_feature_pair(image_features, text_features, allow_no_rows)
+    if text_labels is not None and labels is None:
+        raise ValueError("text_labels needs labels: an image and a text are positives when their labels are equal")
+    image, text = check_feature_pair(image_features, text_features, allow_no_rows, text_labels is not None)
     checked_labels = check_labels(labels, image.shape[0], image.device)
+    checked_text_labels = check_labels(text_labels, text.shape[0], image.device, "text_labels")
     scale = scale_tensor(check_logit_scale(logit_scale, image.device), image)
-    return image, text, checked_labels, scale
+    return image, text, checked_labels, scale, checked_text_labels
 
 
 def scale_tensor(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -159,6 +180,7 @@ def unicl_sigmoid_loss(
     logit_scale: torch.Tensor | float = SIGMOID_LOGIT_SCALE,
     logit_bias: torch.Tensor | float = SIGMOID_LOGIT_BIAS,
     *,
+    text_labels: torch.Tensor | None = None,
     backend: str = "auto",
     reduction: str = "mean",
     normalize: bool = True,
@@ -173,12 +195,14 @@ def unicl_sigmoid_loss(
 
     Args:
         image_features: ``[N, D]`` image embeddings (any float dtype).
-        text_features: ``[N, D]`` text embeddings, same shape, dtype and device.
+        text_features: ``[N, D]`` text embeddings, same shape, dtype and device; ``[M, D]`` with ``text_labels``.
         labels: ``[N]`` integer labels or ``None``, as in `unicl_loss`.
         logit_scale: the scale ``s > 0``, a float or a one-element tensor (gradients flow to it); SigLIP
             initialises it to 10.
         logit_bias: the bias ``b``, a finite float or a one-element tensor (gradients flow to it); SigLIP
             initialises it to −10. Checked like ``logit_scale``, without the sign.
+        text_labels: ``[M]`` integer labels of the texts, as in `unicl_loss`: every one of the ``N·M`` pairs is a
+            term, positive or negative, so an image without a positive still has its ``ℓ_i``.
         backend: as in `unicl_loss`.
         reduction: ``"mean"``: ``Σ_i ℓ_i / N`` (SigLIP's normalisation); ``"sum"``: ``Σ_i ℓ_i``; ``"none"``: the
             vector ``ℓ`` of shape ``[N]``.
@@ -207,5 +231,5 @@ def unicl_sigmoid_loss(
     check_options(backend, reduction, chunk_size)
     return batch_loss(
         image_features, text_features, labels, logit_scale, backend, reduction, normalize, chunk_size, SIGMOID,
-        logit_bias,
+        logit_bias, text_labels,
     )  # fmt: skip

@@ -82,9 +82,10 @@ class UniCLLoss(nn.Module):
         text_features: torch.Tensor,
         labels: torch.Tensor | None = None,
         logit_scale: torch.Tensor | float = DEFAULT_LOGIT_SCALE,
+        text_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of one batch; shapes as in `unicl.unicl_loss`."""
-        return self._batch_loss(image_features, text_features, labels, logit_scale, SOFTMAX, None)
+        return self._batch_loss(image_features, text_features, labels, logit_scale, SOFTMAX, None, text_labels)
 
     def _batch_loss(
         self,
@@ -94,15 +95,18 @@ class UniCLLoss(nn.Module):
         logit_scale: torch.Tensor | float,
         objective: Objective,
         logit_bias: torch.Tensor | float | None,
+        text_labels: torch.Tensor | None,
     ) -> torch.Tensor:
         options = (self.backend, self.reduction, self.normalize, self.chunk_size)
         if self.gather_distributed:
             return gathered_batch_loss(
                 image_features, text_features, labels, logit_scale, *options,
                 group=self.group, local_loss=self.local_loss, equal_batches=self.equal_batches, options_checked=True,
-                objective=objective, logit_bias=logit_bias,
+                objective=objective, logit_bias=logit_bias, text_labels=text_labels,
             )  # fmt: skip
-        return batch_loss(image_features, text_features, labels, logit_scale, *options, objective, logit_bias)
+        return batch_loss(
+            image_features, text_features, labels, logit_scale, *options, objective, logit_bias, text_labels
+        )
 
     def extra_repr(self) -> str:
         """Every option the module was built with, so a printed model says how its loss is computed."""
@@ -139,6 +143,7 @@ class UniCLSigmoidLoss(UniCLLoss):
         labels: torch.Tensor | None = None,
         logit_scale: torch.Tensor | float = SIGMOID_LOGIT_SCALE,
         logit_bias: torch.Tensor | float = SIGMOID_LOGIT_BIAS,
+        text_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of one batch; shapes as in `unicl.unicl_sigmoid_loss`."""
-        return self._batch_loss(image_features, text_features, labels, logit_scale, SIGMOID, logit_bias)
+        return self._batch_loss(image_features, text_features, labels, logit_scale, SIGMOID, logit_bias, text_labels)

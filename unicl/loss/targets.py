@@ -44,6 +44,54 @@ def target_keys(labels: torch.Tensor | None, num_samples: int, device: torch.dev
     return torch.where(labels >= 0, labels, pair_keys)
 
 
+def text_target_keys(
+    text_labels: torch.Tensor, num_texts: int, device: torch.device, num_images: int, offset: int = 0
+) -> torch.Tensor:
+    """Target keys of texts that carry labels of their own (a batch of ``N`` images and ``M`` texts).
+
+    A text with a label ``>= 0`` is a positive of every image of that class; a text with a negative label (a hard
+    negative) is a positive of none, so its key is unique and below every image's key.
+
+    Args:
+        text_labels: ``[M]`` integer labels.
+        num_texts: ``M``.
+        device: device of the result.
+        num_images: ``N``, the images of the (global) batch: the texts' unique keys start below theirs.
+        offset: global index of the first text.
+
+    Returns:
+        ``[M]`` int64 keys: the label where it is ``>= 0``, else ``-1 - num_images - global_index``.
+    """
+    return target_keys(text_labels, num_texts, device, offset + num_images)
+
+
+def batch_targets(
+    labels: torch.Tensor | None,
+    text_labels: torch.Tensor | None,
+    num_images: int,
+    num_texts: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The row and column keys of a batch and, with ``text_labels``, which rows and columns have a positive.
+
+    Args:
+        labels: ``[N]`` image labels, or ``None``.
+        text_labels: ``[M]`` text labels, or ``None`` for a square batch (the texts share the images' labels).
+        num_images: ``N``.
+        num_texts: ``M``.
+        device: device of the results.
+
+    Returns:
+        ``(row_keys [N], col_keys [M], counted)``: ``col_keys`` is ``row_keys`` itself for a square batch, and
+        ``counted`` is ``None`` there (every row and column has a positive), else the ``[N]`` and ``[M]`` booleans.
+    """
+    row_keys = target_keys(labels, num_images, device)
+    if text_labels is None:
+        return row_keys, row_keys, None
+    col_keys = text_target_keys(text_labels, num_texts, device, num_images)
+    return row_keys, col_keys, (torch.isin(row_keys, col_keys), torch.isin(col_keys, row_keys))
+
+
 def _group_ids(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort ``keys`` and number the distinct values: returns ``(sorted_keys, order, group)`` with ``group [L]`` the
     group id (in ``[0, L)``) of each key in its original position."""
@@ -132,8 +180,10 @@ class KeyGroups:
         acc = accumulation_dtype(values.dtype)
         rows = self.buffer_rows()
         buffer = values.new_zeros(rows, values.shape[1], dtype=acc) if out is None else out[:rows].zero_()
-        scratch = buffer.new_empty(min(ROW_BLOCK, values.shape[0]), values.shape[1])
-        for start in range(0, values.shape[0], ROW_BLOCK):
+        # Without a group of two or more (a batch of unique pairs on the CPU) every key is read from the values.
+        stored_rows = values.shape[0] if self.slots > 0 else 0
+        scratch = buffer.new_empty(min(ROW_BLOCK, stored_rows), values.shape[1])
+        for start in range(0, stored_rows, ROW_BLOCK):
             block = slice(start, start + ROW_BLOCK)
             weighted = scratch[: values[block].shape[0]]
             if weight is None:

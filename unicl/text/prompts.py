@@ -2,8 +2,8 @@
 
 UniCL turns every class label into text. During training each labelled sample gets one prompt drawn at random
 (one template, one synonym of its class); at zero-shot time a class is the average of all its prompts. The draws
-are reproducible for a seed and differ between data-loader workers and epochs: the original code drew the same
-prompts in every worker, so ``num_workers`` copies of one sequence were trained on.
+are reproducible for a seed and differ between data-loader workers and epochs, so no two workers train on copies of
+one sequence.
 
 The package ships ImageNet-1k's class names and the CLIP and UniCL ImageNet templates as data
 (``unicl/text/prompt_sets``, see its README for sources and licences): `imagenet_class_names`, `clip_templates` (80),

@@ -9,47 +9,37 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicl._exports import lazy_exports
-
-#: The module each public name is defined in.
-_PUBLIC_NAMES = {
-    "CheckpointDirectory": "unicl.training.checkpoints",
-    "DamagedCheckpoint": "unicl.training.checkpoints",
-    "UnusableCheckpoint": "unicl.training.checkpoints",
-    "read_checkpoint": "unicl.training.checkpoints",
-    "cached_backward": "unicl.training.gradient_cache",
-    "batch_shares": "unicl.training.mixing",
-    "join_batches": "unicl.training.mixing",
-    "check_options": "unicl.training.options",
-    "TrainingConfig": "unicl.training.config",
-    "Trainer": "unicl.training.trainer",
-    "TrainingError": "unicl.training.errors",
-    "train": "unicl.training.trainer",
-}
+from unicl._exports import lazy_package
 
 if TYPE_CHECKING:
-    from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
-    from unicl.training.config import TrainingConfig
-    from unicl.training.errors import TrainingError
-    from unicl.training.gradient_cache import cached_backward
-    from unicl.training.mixing import batch_shares, join_batches
-    from unicl.training.options import check_options
-    from unicl.training.trainer import Trainer, train
+    from unicl.training.checkpoints import CheckpointDirectory as CheckpointDirectory
+    from unicl.training.checkpoints import DamagedCheckpoint as DamagedCheckpoint
+    from unicl.training.checkpoints import UnusableCheckpoint as UnusableCheckpoint
+    from unicl.training.checkpoints import read_checkpoint as read_checkpoint
+    from unicl.training.config import TrainingConfig as TrainingConfig
+    from unicl.training.errors import TrainingError as TrainingError
+    from unicl.training.gradient_cache import cached_backward as cached_backward
+    from unicl.training.mixing import batch_shares as batch_shares
+    from unicl.training.mixing import join_batches as join_batches
+    from unicl.training.options import check_options as check_options
+    from unicl.training.trainer import Trainer as Trainer
+    from unicl.training.trainer import train as train
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC_NAMES)
-
-__all__ = [
-    "CheckpointDirectory",
-    "DamagedCheckpoint",
-    "Trainer",
-    "TrainingConfig",
-    "TrainingError",
-    "UnusableCheckpoint",
-    "batch_shares",
-    "cached_backward",
-    "check_options",
-    "join_batches",
-    "read_checkpoint",
-    "train",
-]
+__getattr__, __dir__, __all__ = lazy_package(
+    __name__,
+    {
+        "unicl.training.checkpoints": [
+            "CheckpointDirectory",
+            "DamagedCheckpoint",
+            "UnusableCheckpoint",
+            "read_checkpoint",
+        ],
+        "unicl.training.config": ["TrainingConfig"],
+        "unicl.training.errors": ["TrainingError"],
+        "unicl.training.gradient_cache": ["cached_backward"],
+        "unicl.training.mixing": ["batch_shares", "join_batches"],
+        "unicl.training.options": ["check_options"],
+        "unicl.training.trainer": ["Trainer", "train"],
+    },
+)

@@ -9,11 +9,21 @@ Adding an objective: a module here with its `Objective` subclass, its entry in `
 
 from __future__ import annotations
 
-from unicl.loss.objectives.base import Objective, Statistics
+from unicl.loss.objectives.base import Counted, Objective, PositiveSums, Statistics, Terms, Weights
 from unicl.loss.objectives.sigmoid import SIGMOID
 from unicl.loss.objectives.softmax import SOFTMAX
 
 #: Every objective by name.
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (SOFTMAX, SIGMOID)}
 
-__all__ = ["OBJECTIVES", "SIGMOID", "SOFTMAX", "Objective", "Statistics"]
+__all__ = [
+    "OBJECTIVES",
+    "SIGMOID",
+    "SOFTMAX",
+    "Counted",
+    "Objective",
+    "PositiveSums",
+    "Statistics",
+    "Terms",
+    "Weights",
+]

@@ -15,14 +15,39 @@ and the loss's entries for the reduction. The Triton kernels select the entry fu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 
 #: The per-row (and per-column) reductions an engine returns from forward, in the accumulation dtype. Their meaning is
 #: the objective's: the softmax objective's are the row and column log-sum-exp ``(r [M], c [N] or None)``, the sigmoid
 #: objective's the row sums of ``softplus(Z)`` and ``σ(Z)`` (``[M]`` each).
-Statistics = tuple[torch.Tensor, torch.Tensor | None]
+Statistics = tuple[Tensor, Tensor | None]
+#: The upstream weights of the row terms ``g [M]`` and of the column terms ``h [N]``, ``None`` for zero.
+Weights = tuple[Tensor | None, Tensor | None]
+#: The row terms ``[M]`` and the column terms ``[N]`` (``None`` where there are none).
+Terms = tuple[Tensor, Tensor | None]
+#: Which row terms ``[M]`` and column terms ``[N]`` exist, or ``None`` for all (see `Objective.reduce`).
+Counted = tuple[Tensor, Tensor] | None
+
+
+@dataclass(frozen=True)
+class PositiveSums:
+    """What the terms need of the positive sets, from the per-key sums of `unicl.loss.targets.PositiveGroups`.
+
+    Attributes:
+        row: ``[M]`` ``⟨u_i, Σ_{j∈P(i)} v_j⟩``.
+        col: ``[N]`` ``⟨v_j, Σ_{i∈Q(j)} u_i⟩``, or ``None`` when no column terms are wanted.
+        row_count: ``[M]`` ``p_i``, the positives of each row.
+        col_count: ``[N]`` ``q_j``, the positives of each column.
+    """
+
+    row: Tensor
+    col: Tensor | None
+    row_count: Tensor
+    col_count: Tensor
 
 
 class Objective(ABC):
@@ -35,12 +60,19 @@ class Objective(ABC):
         two_sided: whether the objective has column terms (an image-to-text and a text-to-image direction) or row
             terms only.
         has_bias: whether the logits carry a learnable bias ``b``.
+        local_entry_weights: whether the entry weight ``P_ij`` depends on ``Z_ij`` and the row's upstream weight only
+            (no statistic of the whole row or column): then one walk can give the statistics and, for a uniform
+            upstream weight, the products of backward (`block_statistics_and_weights`).
+        block_buffers: how many ``[N, B]`` buffers the chunked engine's walk holds for it (the block and any
+            full-size scratch); the engine sizes ``B`` so that they hold the same memory for every objective.
     """
 
     name: ClassVar[str]
     kernel_code: ClassVar[int]
     two_sided: ClassVar[bool]
     has_bias: ClassVar[bool]
+    local_entry_weights: ClassVar[bool] = False
+    block_buffers: ClassVar[int] = 2
 
     # --- the reference ------------------------------------------------------------------------------------------------
 
@@ -72,77 +104,69 @@ class Objective(ABC):
             columns: whether the column statistics are wanted.
         """
 
+    def new_scratch(self, block: torch.Tensor) -> torch.Tensor:
+        """The forward walk's scratch buffer for blocks like ``block`` (``[N, B]``): a full block by default."""
+        return torch.empty_like(block)
+
     @abstractmethod
-    def add_block_statistics(
-        self,
-        block: torch.Tensor,
-        bias: torch.Tensor | None,
-        rows: slice,
-        statistics: Statistics,
-        scratch: torch.Tensor,
-    ) -> None:
+    def add_block_statistics(self, block: Tensor, rows: slice, statistics: Statistics, scratch: Tensor) -> None:
         """Reduce one block of logits into ``statistics``.
 
         Args:
-            block: ``[N, B]`` ``Sᵀ = (s·U Vᵀ)ᵀ`` of the rows ``rows`` (without the bias), may be overwritten.
-            bias: 0-dim ``b``, or ``None`` for an objective without one.
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), may be overwritten.
             rows: the block's rows.
             statistics: as `new_statistics` made them; updated in place.
-            scratch: ``[N, B]`` buffer of ``block``'s dtype.
+            scratch: the buffer `new_scratch` made, cut to the block.
         """
 
     @abstractmethod
     def block_weights(
-        self,
-        block: torch.Tensor,
-        bias: torch.Tensor | None,
-        rows: slice,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-        scratch: torch.Tensor | None,
-    ) -> torch.Tensor:
+        self, block: Tensor, rows: slice, statistics: Statistics, weights: Weights, scratch: Tensor | None
+    ) -> Tensor:
         """The entry weights ``Pᵀ [N, B]`` of one block, the engine's part of ``∂L/∂Z``.
 
         Args:
-            block: ``[N, B]`` ``Sᵀ = (s·U Vᵀ)ᵀ`` of the rows ``rows`` (without the bias), may be overwritten.
-            bias: 0-dim ``b``, or ``None`` for an objective without one.
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), may be overwritten.
             rows: the block's rows.
             statistics: the forward statistics.
-            row_weight: ``[M]`` upstream weights ``g`` of the row terms, or ``None`` for zero.
-            col_weight: ``[N]`` upstream weights ``h`` of the column terms, or ``None`` for zero.
-            scratch: ``[N, B]`` buffer of ``block``'s dtype, given whenever ``col_weight`` is.
+            weights: the upstream weights ``g`` of the row terms and ``h`` of the column terms.
+            scratch: ``[N, B]`` buffer of ``block``'s dtype, given whenever ``h`` is.
 
         Returns:
             ``Pᵀ``: ``block``, ``scratch`` or a view of one of them.
         """
 
+    def block_statistics_and_weights(
+        self, block: Tensor, rows: slice, statistics: Statistics, scratch: Tensor
+    ) -> Tensor:
+        """`add_block_statistics` and `block_weights` for an upstream weight of one, in one pass over the block; only
+        objectives with `local_entry_weights` have it.
+
+        Args:
+            block: ``[N, B]`` ``Zᵀ`` of the rows ``rows`` (the bias included), overwritten.
+            rows: the block's rows.
+            statistics: as `new_statistics` made them; updated in place.
+            scratch: the buffer `new_scratch` made, cut to the block.
+
+        Returns:
+            ``Pᵀ [N, B]`` for ``g = 1``: ``block``, ``scratch`` or a view of one of them.
+        """
+        raise NotImplementedError(f"the {self.name} objective's entry weights need whole-row statistics")
+
     # --- the target part ----------------------------------------------------------------------------------------------
 
     @abstractmethod
-    def terms(
-        self,
-        statistics: Statistics,
-        row_positive: torch.Tensor,
-        col_positive: torch.Tensor | None,
-        row_count: torch.Tensor,
-        col_count: torch.Tensor,
-        scale: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def terms(self, statistics: Statistics, positives: PositiveSums, scale: Tensor, bias: Tensor | None) -> Terms:
         """The row and column terms from the statistics and the positive sums.
 
         Args:
             statistics: the forward statistics.
-            row_positive: ``[M]`` ``⟨u_i, Σ_{j∈P(i)} v_j⟩``.
-            col_positive: ``[N]`` ``⟨v_j, Σ_{i∈Q(j)} u_i⟩``, or ``None`` when no column terms are wanted.
-            row_count: ``[M]`` ``p_i``, the positives of each row.
-            col_count: ``[N]`` ``q_j``, the positives of each column.
+            positives: the positive sums and counts.
             scale: 0-dim ``s``.
             bias: 0-dim ``b`` or ``None``.
 
         Returns:
-            ``l_row [M]`` and ``l_col [N]`` (``None`` when ``col_positive`` is).
+            ``l_row [M]`` and ``l_col [N]`` (``None`` when ``positives.col`` is).
         """
 
     @abstractmethod
@@ -169,14 +193,17 @@ class Objective(ABC):
     # --- the reduction ------------------------------------------------------------------------------------------------
 
     @abstractmethod
-    def reduce(self, row_terms: torch.Tensor, col_terms: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    def reduce(self, row_terms: Tensor, col_terms: Tensor | None, reduction: str, counted: Counted = None) -> Tensor:
         """Combine the terms of a batch.
 
         Args:
             row_terms: ``[M]``.
             col_terms: ``[N]`` (two-sided objectives), else ``None``.
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+            counted: which row and column terms exist (``[M]`` and ``[N]`` booleans: a term needs a positive), or
+                ``None`` when all do (a square batch).
 
         Returns:
-            A scalar, or a vector for ``"none"``.
+            A scalar, or a vector for ``"none"`` (for a two-sided objective with ``counted``: the row terms, then
+            the column terms).
         """
