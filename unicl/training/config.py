@@ -5,8 +5,8 @@ the field's name with dashes (``batch_size`` is ``--batch-size``), its help the 
 and choices the field's metadata. So the command and the library cannot disagree on an option's name, type, default
 or meaning, and the checks (`unicl.training.options.check_options`) name each option as the command line spells it.
 
-Torch-free (this module imports only the standard library and the loss's torch-free backend names), so the command
-parses and checks its options before loading torch.
+Torch-free (this module imports only the standard library, `unicl._checks` and the loss's torch-free names of its
+backends and objectives), so the command parses and checks its options before loading torch.
 
 Examples:
     >>> config = TrainingConfig(model="unicl_tiny", image_folder=["digits/train"], batch_size=64, steps=400,
