@@ -302,7 +302,7 @@ def gathered_batch_loss(
         # the shape exchange, so that every rank raises instead of the others waiting in a collective.
         if not options_checked:
             check_options(backend, reduction, chunk_size)
-        image, text, labels, scale = prepare_inputs(
+        image, text, labels, scale, _ = prepare_inputs(
             image_features, text_features, labels, logit_scale, allow_no_rows=True
         )
         bias = bias_tensor(logit_bias, image) if objective.has_bias else None
