@@ -28,7 +28,7 @@ from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.loss.backends import BACKENDS
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
-from unicl.train import LOSS_BACKENDS, build_parser, main
+from unicl.train import LOSS_BACKENDS, build_parser, main, parse_config
 from unicl.training import trainer as trainer_module
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
@@ -602,10 +602,10 @@ def test_the_library_entry_trains_and_every_batch_holds_the_shares_of_the_ratio(
 
     arguments = _options(data, tmp_path / "run", "--steps", "2", "--workers", "0", "--captions", data / "captions.csv",
                          "--ratio", "0.75", "--save-every", "0")  # fmt: skip
-    args = build_parser().parse_args(arguments)
-    assert train(args) == tmp_path / "run" / "final"
-    args = build_parser().parse_args(_options(data, tmp_path / "other", *arguments[arguments.index("--steps") :]))
-    trainer = Trainer(check_options(args), start_runtime("cpu"))
+    config = parse_config(arguments)
+    assert train(config) == tmp_path / "run" / "final"
+    config = parse_config(_options(data, tmp_path / "other", *arguments[arguments.index("--steps") :]))
+    trainer = Trainer(check_options(config), start_runtime("cpu"))
     assert trainer.shares == {"labelled": 6, "captioned": 2}
     for _ in range(8):  # 48 labelled images at 6 a step: past one epoch of each source
         labels = next(trainer.batches)["labels"]
@@ -835,3 +835,26 @@ def test_a_missing_data_path_is_refused_by_its_option_before_torch_loads(tmp_pat
             main([*base, *extra])
         assert stopped.value.code == 2
         assert f"error: {option} {missing!r} is not a {kind}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sigmoid_run_with_gradient_caching_resumes_bit_for_bit_and_its_saved_model_evaluates(data, tmp_path, capsys):
+    """--loss sigmoid: the model's logit bias trains (logged, saved), --micro-batch passes it through, a run stopped
+    and resumed equals the uninterrupted one, the options record the objective, and the evaluation command reads
+    the saved run."""
+    from unicl.evaluate import main as evaluate
+
+    sigmoid = ["--steps", "4", "--workers", "0", "--micro-batch", "4", "--loss", "sigmoid", "--captions",
+               data / "captions.csv"]  # fmt: skip
+    whole = main(_options(data, tmp_path / "whole", *sigmoid))
+    main(_options(data, tmp_path / "split", *sigmoid, "--save-every", "2", "--stop-after", "3"))
+    main(_options(data, tmp_path / "split", *sigmoid, "--resume", "auto"))
+    _same_weights(whole, tmp_path / "split" / "final")
+    assert json.loads((whole / "training.json").read_text())["options"]["loss"] == "sigmoid"
+    biases = [record["logit_bias"] for record in _records(tmp_path / "whole", "train")]
+    assert len(biases) == 4 and biases[-1] != -10.0 and all(abs(bias + 10) < 1 for bias in biases)
+    saved = unicl.load_model(whole)
+    assert saved.logit_bias is not None and saved.logit_bias.item() == pytest.approx(biases[-1], rel=1e-6)
+    capsys.readouterr()
+    results = evaluate(["zeroshot", "--model", str(whole), "--data", str(data / "eval"), "--no-progress"])
+    assert results["images"] == 18 and 0 <= results["top1"] <= 1

@@ -24,8 +24,9 @@ BATCH, STEPS = 64, 400
 SECONDS = 240
 
 
-@pytest.mark.slow
-def test_the_default_command_trains_unicl_tiny_on_digits_to_90_percent_zero_shot(tmp_path):
+def _digits_run(tmp_path: Path, *extra: str) -> tuple[list[float], dict, float, Path, Path]:
+    """Write the README's digits and run the training command on them with its defaults and ``extra``; returns the
+    logged losses, the evaluation record, the command's seconds, the run's directory and the held-out folder."""
     # The README's demo writes its data with this script.
     sys.path.insert(0, str(EXAMPLES))
     try:
@@ -37,17 +38,39 @@ def test_the_default_command_trains_unicl_tiny_on_digits_to_90_percent_zero_shot
     command = [
         sys.executable, "-m", "unicl.train", "--model", "unicl_tiny", "--image-folder", str(train),
         "--batch-size", str(BATCH), "--steps", str(STEPS), "--output", str(output), "--device", "cpu",
-        "--eval-folder", str(held_out),
+        "--eval-folder", str(held_out), *extra,
     ]  # fmt: skip
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in records if record["kind"] == "train"]
     (evaluation,) = [record for record in records if record["kind"] == "eval"]
     assert evaluation["step"] == STEPS and evaluation["images"] == 450 and evaluation["classes"] == 10
+    return losses, evaluation, seconds, output, held_out
+
+
+@pytest.mark.slow
+def test_the_default_command_trains_unicl_tiny_on_digits_to_90_percent_zero_shot(tmp_path):
+    losses, evaluation, seconds, _, _ = _digits_run(tmp_path)
     # A collapsed run keeps every embedding alike: its loss stays at ln(batch), its top-1 at chance.
     assert losses[-1] < math.log(BATCH) - 1, losses
     assert evaluation["top1"] >= 0.9, (evaluation, losses)
     assert seconds <= SECONDS, f"{seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_the_sigmoid_objective_with_the_other_defaults_learns_the_digits_and_its_run_evaluates(tmp_path):
+    """``--loss sigmoid`` (SigLIP's start: logit scale 10, bias -10) with the demo's other defaults: held-out top-1
+    0.896 at seed 0 on this machine (0.862 at seed 1), below the softmax objective's 0.958 and below issue 28's bar
+    of 0.9; asserted with room at 0.85, far above chance (0.1). ``python -m unicl.evaluate zeroshot --model
+    RUN/final`` reads the run: the same images and top-1 up to the evaluation's float32 rounding."""
+    losses, evaluation, _, output, held_out = _digits_run(tmp_path, "--loss", "sigmoid")
+    assert evaluation["top1"] >= 0.85, (evaluation, losses)
+    command = [sys.executable, "-m", "unicl.evaluate", "zeroshot", "--model", str(output / "final"),
+               "--data", str(held_out), "--no-progress", "--json", str(tmp_path / "zeroshot.json")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "zeroshot.json").read_text())
+    assert results["images"] == 450 and results["top1"] == pytest.approx(evaluation["top1"], abs=2 / 450), results

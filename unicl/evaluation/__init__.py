@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from unicl.evaluation.retrieval import retrieval_recall as retrieval_recall
     from unicl.evaluation.zeroshot import build_zeroshot_classifier as build_zeroshot_classifier
     from unicl.evaluation.zeroshot import zeroshot_accuracy as zeroshot_accuracy
+    from unicl.evaluation.zeroshot import zeroshot_probabilities as zeroshot_probabilities
     from unicl.evaluation.zeroshot import zeroshot_scores as zeroshot_scores
 
 
@@ -72,6 +73,11 @@ __getattr__, __dir__, __all__ = lazy_package(
         "unicl.evaluation.probe": ["known_targets", "run_linear_probe", "text_head"],
         "unicl.evaluation.protocols": ["check_shots", "few_shot", "linear_probe", "sample_shots", "score_logits"],
         "unicl.evaluation.retrieval": ["retrieval_recall"],
-        "unicl.evaluation.zeroshot": ["build_zeroshot_classifier", "zeroshot_accuracy", "zeroshot_scores"],
+        "unicl.evaluation.zeroshot": [
+            "build_zeroshot_classifier",
+            "zeroshot_accuracy",
+            "zeroshot_probabilities",
+            "zeroshot_scores",
+        ],
     },
 )

@@ -99,6 +99,49 @@ def zeroshot_logits(
     return logit_scale * features @ classifier.to(features.device, features.dtype).T
 
 
+def zeroshot_probabilities(model: UniCLModel, image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Each image's probability of each class under ``model``'s own scale and, if it has one, bias.
+
+    A model trained with the softmax objective (no logit bias) gives ``softmax(s · cos)`` over the classes (each row
+    sums to 1); one trained with the sigmoid objective (``model.logit_bias`` set) gives ``σ(s · cos + b)`` for each
+    class on its own, the probability its training objective fits (rows need not sum to 1). ``s`` is the model's
+    clamped logit scale (`unicl.UniCLModel.clamped_logit_scale`), ``cos`` the cosine of the image and the class
+    embedding. Computed in float32 or the features' wider dtype.
+
+    Args:
+        model: the model (its logit scale and bias).
+        image_features: ``[B, D]``.
+        classifier: ``[C, D]`` from `build_zeroshot_classifier`.
+
+    Returns:
+        ``[B, C]`` probabilities.
+
+    Examples:
+        >>> import torch, unicl
+        >>> from unicl.evaluation.zeroshot import zeroshot_probabilities
+        >>> model = unicl.create_model("unicl_tiny", init_temperature=0.1, logit_bias=-10.0)
+        >>> classifier = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+        >>> probabilities = zeroshot_probabilities(model, classifier, classifier)  # each class's own embedding
+        >>> [round(float(p), 4) for p in probabilities.diagonal()]  # σ(10 · 1 - 10)
+        [0.5, 0.5, 0.5]
+    """
+    if not isinstance(model, UniCLModel):
+        raise TypeError(f"model must be a unicl.UniCLModel; got {type(model).__name__}")
+    if image_features.dim() != 2 or classifier.dim() != 2 or image_features.shape[1] != classifier.shape[1]:
+        raise ValueError(
+            "image_features [B, D] and classifier [C, D] must be 2-D with the same D; "
+            f"got {tuple(image_features.shape)} and {tuple(classifier.shape)}"
+        )
+    dtype = torch.promote_types(image_features.dtype, torch.float32)
+    device = image_features.device
+    scale = model.clamped_logit_scale().detach().to(device, dtype)
+    cosines = F.normalize(image_features.to(dtype), dim=-1) @ classifier.to(device, dtype).T
+    if model.logit_bias is None:
+        return (scale * cosines).softmax(dim=1)
+    bias = model.logit_bias.detach().to(image_features.device, dtype)
+    return torch.sigmoid(scale * cosines + bias)
+
+
 def zeroshot_predict(image_features: torch.Tensor, classifier: torch.Tensor, top_k: int = 1) -> torch.Tensor:
     """The ``top_k`` most likely classes per image, best first: ``[B, top_k]`` (``[B]`` when ``top_k == 1``)."""
     check_positive_int("top_k", top_k)

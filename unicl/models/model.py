@@ -1,4 +1,5 @@
-"""The UniCL model: two towers, two projections and a learnable temperature."""
+"""The UniCL model: two towers, two projections, a learnable temperature and, for the sigmoid objective, a learnable
+logit bias."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class UniCLConfig:
         projection: ``"linear"`` (bias-free, as in UniCL) or ``"mlp"``.
         init_temperature: initial temperature; the logit scale starts at ``1 / init_temperature``.
         max_logit_scale: the exponent of ``logit_scale`` is clamped here in forward.
+        logit_bias: the initial value of a learnable logit bias ``b``, for a model trained with the sigmoid objective
+            (`unicl.UniCLSigmoidLoss`: SigLIP's ``σ(s · cos + b)``; SigLIP starts at ``b = −10`` with the scale at
+            10, ``init_temperature=0.1``); ``None``: no bias (the softmax objective, `unicl.UniCLLoss`).
     """
 
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -37,13 +41,16 @@ class UniCLConfig:
     projection: str = "linear"
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
+    logit_bias: float | None = None
 
 
 class UniCLModel(nn.Module):
     """Image and text towers projected into one space, with a learnable temperature.
 
     ``forward`` returns ``{"image_features", "text_features", "logit_scale"}``, the argument names of
-    `unicl.UniCLLoss`, so a training step is ``loss_fn(**model(images, ids, mask), labels=y)``.
+    `unicl.UniCLLoss`, so a training step is ``loss_fn(**model(images, ids, mask), labels=y)``. A model with a
+    logit bias (``config.logit_bias``, for the sigmoid objective) also returns ``"logit_bias"``, the last argument of
+    `unicl.UniCLSigmoidLoss`, so the same line trains it.
 
     Args:
         config: the `UniCLConfig`.
@@ -65,6 +72,13 @@ class UniCLModel(nn.Module):
         self.text_projection = projection_head(self.text_encoder.num_features, config.embed_dim, config.projection)
         # Stored in log space, as in CLIP: the optimiser then moves the temperature multiplicatively.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+        # Registered as None without a bias, so a softmax model's state dict (and every model saved before the bias
+        # existed) has no such tensor.
+        self.logit_bias: nn.Parameter | None
+        if config.logit_bias is None:
+            self.register_parameter("logit_bias", None)
+        else:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias)))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``[B, C, H, W]`` images to ``[B, embed_dim]`` embeddings (unit rows when ``normalize``)."""
@@ -81,12 +95,16 @@ class UniCLModel(nn.Module):
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """Both embeddings and the current logit scale ``exp(logit_scale)``, clamped at ``max_logit_scale``."""
-        return {
+        """Both embeddings (``[B, embed_dim]``, unit rows), the current logit scale ``exp(logit_scale)`` clamped at
+        ``max_logit_scale`` (0-dim) and, for a model with a bias, the logit bias (0-dim)."""
+        outputs = {
             "image_features": self.encode_image(images),
             "text_features": self.encode_text(input_ids, attention_mask),
             "logit_scale": self.clamped_logit_scale(),
         }
+        if self.logit_bias is not None:
+            outputs["logit_bias"] = self.logit_bias
+        return outputs
 
     def clamped_logit_scale(self) -> torch.Tensor:
         """The 0-dim logit scale ``exp(logit_scale)``, clamped at ``max_logit_scale`` (CLIP's bound of 100).
