@@ -129,3 +129,23 @@ def test_probabilities_refuse_what_is_not_a_unicl_model_or_mismatched_shapes():
     with pytest.raises(ValueError, match=r"same D; got \(2, 64\) and \(3, 32\)"):
         zeroshot_probabilities(model, torch.randn(2, 64), torch.randn(3, 32))
     assert isinstance(model, UniCLModel)
+
+
+def test_softmax_weights_start_a_sigmoid_model_with_its_own_bias(tmp_path):
+    """Fine-tuning a softmax-trained model with the sigmoid objective: every tensor comes from the checkpoint but
+    the bias, which it lacks and which keeps SigLIP's start; anything else missing is still refused."""
+    from unicl.models.serialization import load_pretrained_into
+
+    softmax = unicl.create_model("unicl_tiny")
+    softmax.save_pretrained(tmp_path / "softmax")
+    sigmoid = load_pretrained_into(unicl.create_model("unicl_tiny", **SIGLIP_START), tmp_path / "softmax")
+    assert sigmoid.logit_bias.item() == -10.0
+    loaded = {name: tensor for name, tensor in sigmoid.state_dict().items() if name != "logit_bias"}
+    assert all(torch.equal(tensor, softmax.state_dict()[name]) for name, tensor in loaded.items())
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "softmax" / "model.safetensors"))
+    del tensors["logit_scale"]
+    save_file(tensors, str(tmp_path / "incomplete.safetensors"))
+    with pytest.raises(ValueError, match=r"1 missing: \['logit_scale'\]"):
+        load_pretrained_into(unicl.create_model("unicl_tiny", **SIGLIP_START), tmp_path / "incomplete.safetensors")

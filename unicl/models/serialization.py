@@ -140,6 +140,9 @@ def load_pretrained_into(model: UniCLModel, pretrained: str | os.PathLike[str]) 
     with unicl's tensor names, or a released microsoft/UniCL checkpoint (``.pth``, ``.pt``, ``.bin``; see
     `unicl.models.official`).
 
+    The one tensor a checkpoint may lack is the logit bias of a model built for the sigmoid objective: weights
+    trained with the softmax objective have none, and the model keeps its own initial bias.
+
     Raises:
         FileNotFoundError: nothing at ``pretrained``.
         ValueError: a file in another format, or tensors that do not fit ``model``.
@@ -149,7 +152,7 @@ def load_pretrained_into(model: UniCLModel, pretrained: str | os.PathLike[str]) 
         path = path / WEIGHTS_NAME
     elif path.suffix in OFFICIAL_SUFFIXES:
         tensors = convert_official_state_dict(read_official_checkpoint(path), model)
-        load_weights_strictly(model, tensors, f"{path} (a microsoft/UniCL checkpoint, renamed)")
+        load_weights_strictly(model, _with_own_bias(model, tensors), f"{path} (a microsoft/UniCL checkpoint, renamed)")
         return model
     elif path.is_file() and path.suffix != ".safetensors":
         raise ValueError(
@@ -157,5 +160,12 @@ def load_pretrained_into(model: UniCLModel, pretrained: str | os.PathLike[str]) 
             f"file, or a microsoft/UniCL checkpoint ({', '.join(OFFICIAL_SUFFIXES)}); got a "
             f"{path.suffix or 'suffix-less'} file"
         )
-    load_weights_strictly(model, read_weights(path), str(path))
+    load_weights_strictly(model, _with_own_bias(model, read_weights(path)), str(path))
     return model
+
+
+def _with_own_bias(model: UniCLModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with the model's own logit bias added where the model has one and the checkpoint does not."""
+    if model.logit_bias is None or "logit_bias" in tensors:
+        return tensors
+    return {**tensors, "logit_bias": model.logit_bias.detach().clone()}
