@@ -27,9 +27,6 @@ no statistics read): ``8N²D`` again.
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
@@ -55,16 +52,7 @@ from unicl.loss.kernels.tiles import (
     similarity_tile,
     softmax_arguments,
 )
-from unicl.loss.kernels.tuning import (
-    autotuner,
-    config_table,
-    device_capability,
-    launch,
-    runs_compiled,
-    size_bucket,
-    tile_config,
-    tile_options,
-)
+from unicl.loss.kernels.tuning import KernelSpec, device_capability, runs_compiled, tile_config, tile_options
 from unicl.loss.matmul import mixed_addmm_, mixed_mm
 from unicl.loss.objectives import Objective, Statistics
 
@@ -232,32 +220,8 @@ WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 64, 32, 8, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(64, 64, 32, 8, 2)],
 }
-KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
-TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
-#: One small configuration for the CPU interpreter.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"partials"`` or ``"weights"``) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``:
-    one per bucket, so each size class gets its own tiles; within it the key is ``D``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> dict:
-    """Launch ``kernel_name`` and return the tile sizes it ran with."""
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    return launch(
-        KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
-    )
+PARTIALS = KernelSpec("partials", _lse_partials_kernel, PARTIALS_CONFIGS, objectives=("softmax",), forward=True)
+WEIGHTS = KernelSpec("weights", _softmax_weights_kernel, WEIGHTS_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 def _programs_wanted(device: torch.device) -> int:
@@ -269,8 +233,8 @@ def _programs_wanted(device: torch.device) -> int:
 def smallest_block_m(device: torch.device, dtype: torch.dtype) -> int:
     """The smallest ``BLOCK_M`` the forward kernel may run with here (sizes its partials buffer)."""
     if not runs_compiled(device):
-        return INTERPRETER_CONFIG["BLOCK_M"]
-    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", device_capability(device), dtype))
+        return PARTIALS.interpreter_tiles()["BLOCK_M"]
+    return min(c.kwargs["BLOCK_M"] for c in PARTIALS.configs_for(device_capability(device), dtype))
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
@@ -321,8 +285,7 @@ def one_pass_logsumexp(
         rows = slice(chunk.start, chunk.start + chunk.rows)
         # Contiguous [ranges, rows] for this chunk, as the kernel indexes it (the last chunk may be shorter).
         row_part = row_parts[: ranges * chunk.rows].view(ranges, chunk.rows)
-        tiles = _run(
-            "partials",
+        tiles = PARTIALS.run(
             lambda meta, r=chunk.rows: (cdiv(r, meta["BLOCK_M"]), ranges),
             q.device,
             q.dtype,
@@ -380,8 +343,7 @@ def softmax_weights(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
-    _run(
-        "weights",
+    WEIGHTS.run(
         lambda meta: (weights_programs(q.shape[0], k.shape[0], meta["BLOCK_M"], meta["BLOCK_N"]),),
         q.device,
         q.dtype,

@@ -17,15 +17,12 @@ here and either schedule's module can go alone. Every kernel takes the objective
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
 
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config, tile_options
+from unicl.loss.kernels.tuning import KernelSpec, tile_config, tile_options
 from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
@@ -157,39 +154,19 @@ SIGMOID_LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(128, 64, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
 }
-#: The row kernel's tables by name: ``"lse"`` for the softmax objective, ``"lse_sigmoid"`` for the sigmoid one.
-KERNELS = {"lse": _row_lse_kernel, "lse_sigmoid": _row_lse_kernel}
-TABLES = {"lse": LSE_CONFIGS, "lse_sigmoid": SIGMOID_LSE_CONFIGS}
-#: The table of the row kernel for each objective's kernel code (`row_table`).
-ROW_TABLES = {SOFTMAX.kernel_code: "lse", SIGMOID.kernel_code: "lse_sigmoid"}
-#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"lse_sigmoid"``) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
+#: The row kernel with each objective's table.
+LSE = KernelSpec("lse", _row_lse_kernel, LSE_CONFIGS, objectives=("softmax",), forward=True)
+SIGMOID_LSE = KernelSpec("lse_sigmoid", _row_lse_kernel, SIGMOID_LSE_CONFIGS, objectives=("sigmoid",), forward=True)
+#: The row kernel's spec for each objective's kernel code (`row_spec`).
+ROW_SPECS = {SOFTMAX.kernel_code: LSE, SIGMOID.kernel_code: SIGMOID_LSE}
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
 
 
-def row_table(objective: int) -> str:
-    """The name of the row kernel's tile table for an objective's kernel code (`KERNELS`, `TABLES`)."""
-    return ROW_TABLES.get(objective, "lse")
+def row_spec(objective: int) -> KernelSpec:
+    """The row kernel's spec (its tile table) for an objective's kernel code."""
+    return ROW_SPECS.get(objective, LSE)
 
 
 def _second_length(rows: int, objective: int) -> int:
@@ -244,8 +221,7 @@ def row_statistics(
     first = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
     second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
     scale = scale.float().reshape(1)
-    _run(
-        row_table(objective),
+    row_spec(objective).run(
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
         q.device,
         q.dtype,

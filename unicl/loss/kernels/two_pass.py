@@ -44,9 +44,6 @@ All statistics are fp32. Extra memory: ``r``, ``c``, ``a``, ``b`` (``4N`` floats
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
@@ -61,7 +58,7 @@ from unicl.loss.kernels.tiles import (
     similarity_tile,
     softmax_arguments,
 )
-from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config
+from unicl.loss.kernels.tuning import KernelSpec, tile_config
 from unicl.loss.objectives import Objective, Statistics
 
 
@@ -154,29 +151,7 @@ GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(32, 32, 32, 8, 2, 128), tile_config(32, 32, 32, 4, 2, 64)],
     ("sm90", "fp32"): [tile_config(32, 32, 16, 8, 2, 128), tile_config(32, 32, 16, 4, 2, 64)],
 }  # fmt: skip
-KERNELS = {"grad": _row_softmax_grad_kernel}
-TABLES = {"grad": GRAD_CONFIGS}
-#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"grad"``; the forward's ``"lse"`` is in
-    `unicl.loss.kernels.tiles`) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
+GRAD = KernelSpec("grad", _row_softmax_grad_kernel, GRAD_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 # --- the launcher, registered as a torch.library operator so torch.compile keeps the loss in its graph -------------
@@ -218,8 +193,7 @@ def row_softmax_grad(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    _run(
-        "grad",
+    GRAD.run(
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
         q.device,
         q.dtype,
