@@ -468,8 +468,8 @@ def kernels(args: argparse.Namespace) -> int:
 
     def weights_kernel() -> dict[str, float]:
         arguments = (u[part], v, scale, a[part], b, lse["r"][part], lse["c"], g[part], g)
-        buffers["w"] = one_pass.softmax_weights(*arguments)
-        return with_rate(time_cuda(lambda: one_pass.softmax_weights(*arguments)), flops_chunk)
+        buffers["w"] = one_pass.one_pass_weights(*arguments)
+        return with_rate(time_cuda(lambda: one_pass.one_pass_weights(*arguments)), flops_chunk)
 
     report.measure("one_pass weights kernel (one super-chunk)", weights_kernel)
 
@@ -498,8 +498,8 @@ def kernels(args: argparse.Namespace) -> int:
 
     def rowwise_grad() -> dict[str, float]:
         arguments = (u, v, scale, a, b, lse["r"], lse["c"], g, g)
-        timing = time_cuda(lambda: two_pass.row_softmax_grad(*arguments), warmup=1, repeats=5)
-        chosen = best_config_of(records, two_pass._row_softmax_grad_kernel)
+        timing = time_cuda(lambda: two_pass.two_pass_grad(*arguments), warmup=1, repeats=5)
+        chosen = best_config_of(records, two_pass._two_pass_grad_kernel)
         block_d = chosen[-1].get("BLOCK_D", d) if chosen else d
         # Each of the ceil(D / BLOCK_D) column blocks recomputes S (2N²D) and multiplies P by its BLOCK_D columns.
         return {**with_rate(timing, square * (math.ceil(d / block_d) + 1)), "block_d": block_d}
@@ -510,10 +510,10 @@ def kernels(args: argparse.Namespace) -> int:
     def registers() -> dict[str, Any]:
         found = {}
         for name, fn in [
-            ("partials", one_pass._lse_partials_kernel),
-            ("weights", one_pass._softmax_weights_kernel),
-            ("lse", tiles._row_lse_kernel),
-            ("grad", two_pass._row_softmax_grad_kernel),
+            ("partials", one_pass._one_pass_partials_kernel),
+            ("weights", one_pass._one_pass_weights_kernel),
+            ("lse", tiles._row_statistics_kernel),
+            ("grad", two_pass._two_pass_grad_kernel),
         ]:
             variants, where = compiled_kernels(_jit_function(fn))
             chosen = best_config_of(records, fn)

@@ -148,8 +148,8 @@ def test_super_chunks_and_column_ranges_on_the_cuda_plan(monkeypatch, capability
         rows, cols_per_range = OnePassEngine(128).forward_plan(sim)
         assert (rows, cdiv(300, cols_per_range)) == (128, 2)
         got = _loss_and_grads(image, text, labels, scale, "triton", chunk_size=128)
-    assert sum(name == "_lse_partials_kernel" for name, _ in gpu.picked) == 3
-    assert sum(name == "_softmax_weights_kernel" for name, _ in gpu.picked) == 3
+    assert sum(name == "_one_pass_partials_kernel" for name, _ in gpu.picked) == 3
+    assert sum(name == "_one_pass_weights_kernel" for name, _ in gpu.picked) == 3
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
@@ -238,11 +238,11 @@ def test_autotuners_are_kept_per_size_bucket(monkeypatch):
     with fake_cuda(monkeypatch, (9, 0), timing) as gpu:
         picks = []
         for n, favourite in [(37, candidates[1]), (300, candidates[0]), (40, candidates[0])]:
-            preferred["_lse_partials_kernel"] = favourite.kwargs
+            preferred["_one_pass_partials_kernel"] = favourite.kwargs
             image, text, _ = _batch(n, 64, torch.bfloat16)
             gpu.picked.clear()
             unicl_loss(image.detach(), text.detach(), None, scale, backend="triton")
-            picks.append(next(c for name, c in gpu.picked if name == "_lse_partials_kernel"))
+            picks.append(next(c for name, c in gpu.picked if name == "_one_pass_partials_kernel"))
     # N = 40 shares N = 37's bucket (64), so it keeps the tile timed there although the timings changed.
     assert picks == [candidates[1].kwargs, candidates[0].kwargs, candidates[1].kwargs]
 
@@ -346,9 +346,9 @@ def test_the_objectives_are_tuned_apart(monkeypatch):
     image, text, labels = _batch(N, D, torch.bfloat16)
     with fake_cuda(monkeypatch, (9, 0)) as gpu:
         unicl_loss(image.detach(), text.detach(), labels, 10.0, backend="triton_rowwise")
-        softmax_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+        softmax_timed = sum(name == "_row_statistics_kernel" for name, _ in gpu.timed)
         unicl_sigmoid_loss(image.detach(), text.detach(), labels, backend="triton_rowwise")
-        both_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+        both_timed = sum(name == "_row_statistics_kernel" for name, _ in gpu.timed)
     prune = prune_for((9, 0), torch.bfloat16)
     survivors = prune(tiles.LSE.configs_for((9, 0), torch.bfloat16), {"D": D})
     sigmoid_survivors = prune(tiles.SIGMOID_LSE.configs_for((9, 0), torch.bfloat16), {"D": D})
@@ -391,7 +391,7 @@ def test_sigmoid_backward_super_chunks_on_the_cuda_plan(monkeypatch, capability,
     scale, bias = _sigmoid_leaves()
     with fake_cuda(monkeypatch, capability) as gpu:
         got = _sigmoid_loss_and_grads(image, text, labels, scale, bias, "triton", chunk_size=32)
-    assert sum(name == "_row_lse_kernel" for name, _ in gpu.picked) == 1
-    assert sum(name == "_softmax_weights_kernel" for name, _ in gpu.picked) == 3
-    assert not any(name == "_lse_partials_kernel" for name, _ in gpu.picked)
+    assert sum(name == "_row_statistics_kernel" for name, _ in gpu.picked) == 1
+    assert sum(name == "_one_pass_weights_kernel" for name, _ in gpu.picked) == 3
+    assert not any(name == "_one_pass_partials_kernel" for name, _ in gpu.picked)
     assert_matches_float64(got, _float64_sigmoid(image, text, labels, scale, bias), dtype, SIGMOID_NAMES)

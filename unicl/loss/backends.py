@@ -93,9 +93,9 @@ def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
 
         return OnePassEngine(chunk_size)
     if backend == "triton_rowwise":
-        from unicl.loss.kernels.two_pass import TritonEngine
+        from unicl.loss.kernels.two_pass import TwoPassEngine
 
-        return TritonEngine()
+        return TwoPassEngine()
     return ChunkedEngine(chunk_size)
 
 

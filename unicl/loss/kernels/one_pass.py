@@ -1,7 +1,7 @@
 """The one-pass Triton schedule of the UniCL loss: ``8N²D`` matrix-product flops for forward and backward, the
 minimum, deterministic, and no ``N × N`` tensor (``backend="triton"``).
 
-Forward (1 pass over ``S``): ``_lse_partials_kernel`` gives each program ``BLOCK_M`` rows and a range of columns.
+Forward (1 pass over ``S``): ``_one_pass_partials_kernel`` gives each program ``BLOCK_M`` rows and a range of columns.
 It computes every ``S`` tile of that rectangle once and keeps two statistics of it: the online (running-max)
 log-sum-exp of its rows over its column range, in registers, and, for every tile, the log-sum-exp of the tile's
 columns over its ``BLOCK_M`` rows, written to a ``⌈R / BLOCK_M⌉ × N`` float32 buffer. Both partials are merged
@@ -9,7 +9,7 @@ exactly afterwards by a log-sum-exp over the partials, in a fixed order, so resu
 atomics are needed. Rows go in super-chunks of ``R`` rows so the buffer stays within a workspace budget at any N
 (`unicl.loss.kernels.plan`). Two exponentials per entry, one per direction, as the two-pass schedule.
 
-Backward (3 passes' worth of products): ``_softmax_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
+Backward (3 passes' worth of products): ``_one_pass_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
 writes ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` in the features' dtype (statistics in float32);
 then ``a ⊙ (W V)`` and ``Wᵀ (a ⊙ U)`` run as tensor-core GEMMs with float32 accumulation and float32 results
 (``torch.mm(..., out_dtype=torch.float32)`` on CUDA). ``W`` is rounded to the features' dtype exactly where the
@@ -46,11 +46,11 @@ from unicl.loss.kernels.plan import (
 from unicl.loss.kernels.tiles import (
     LN2,
     LOG2E,
+    entry_weight_arguments,
     factors,
     rows_only_statistics,
     sigmoid_base2,
     similarity_tile,
-    softmax_arguments,
 )
 from unicl.loss.kernels.tuning import KernelSpec, device_capability, runs_compiled, tile_config, tile_options
 from unicl.loss.matmul import mixed_addmm_, mixed_mm
@@ -73,7 +73,7 @@ def _lse_merge(max_a, sum_a, max_b, sum_b):
 
 
 @triton.jit
-def _lse_partials_kernel(
+def _one_pass_partials_kernel(
     q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, row_part_ptr, col_part_ptr,
     M, N, D, stride_q, stride_k, cols_per_range,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -139,7 +139,7 @@ def _lse_partials_kernel(
 
 
 @triton.jit
-def _softmax_weights_kernel(
+def _one_pass_weights_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
     w_ptr, M, N, D, stride_q, stride_k, stride_w,
     HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
@@ -220,8 +220,8 @@ WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 64, 32, 8, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(64, 64, 32, 8, 2)],
 }
-PARTIALS = KernelSpec("partials", _lse_partials_kernel, PARTIALS_CONFIGS, objectives=("softmax",), forward=True)
-WEIGHTS = KernelSpec("weights", _softmax_weights_kernel, WEIGHTS_CONFIGS, objectives=("softmax", "sigmoid"))
+PARTIALS = KernelSpec("partials", _one_pass_partials_kernel, PARTIALS_CONFIGS, objectives=("softmax",), forward=True)
+WEIGHTS = KernelSpec("weights", _one_pass_weights_kernel, WEIGHTS_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 def _programs_wanted(device: torch.device) -> int:
@@ -307,8 +307,8 @@ def _one_pass_logsumexp_fake(q, k, scale, q_scale, k_scale, rows_per_chunk, cols
     return q.new_empty(q.shape[0], dtype=torch.float32), q.new_empty(k.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("unicl::softmax_weights", mutates_args=())
-def softmax_weights(
+@torch.library.custom_op("unicl::one_pass_weights", mutates_args=())
+def one_pass_weights(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
@@ -349,13 +349,13 @@ def softmax_weights(
         q.dtype,
         w_ptr=out,
         stride_w=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
     )
     return out
 
 
-@softmax_weights.register_fake
-def _softmax_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
+@one_pass_weights.register_fake
+def _one_pass_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
     return q.new_empty(q.shape[0], k.shape[0])
 
 
@@ -414,7 +414,7 @@ class OnePassEngine:
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         for chunk in super_chunks(u.shape[0], self.backward_rows(sim)):
             rows = slice(chunk.start, chunk.start + chunk.rows)
-            weights = softmax_weights(
+            weights = one_pass_weights(
                 u[rows], v, sim.scale, row_scale[rows], col_scale, row_lse[rows], col_lse,
                 None if row_weight is None else row_weight[rows], col_weight, sim.bias, objective.kernel_code,
             )  # fmt: skip

@@ -9,8 +9,8 @@ here and either schedule's module can go alone. Every kernel takes the objective
 
 * ``similarity_tile``: ``Q[rows] · K[cols]ᵀ`` as a float32 tile, summed over ``D`` in ``BLOCK_K`` steps; every kernel
   of both schedules builds its ``S`` tiles with it.
-* ``_row_lse_kernel`` (launched by `row_logsumexp` and `row_statistics`): a program owns ``BLOCK_M`` rows of ``Q``,
-  walks every ``BLOCK_N`` tile of ``K`` and keeps in registers, in base 2 with ``log2(e)`` folded into the scale,
+* ``_row_statistics_kernel`` (launched by `row_logsumexp` and `row_statistics`): a program owns ``BLOCK_M`` rows of
+  ``Q``, walks every ``BLOCK_N`` tile of ``K`` and keeps in registers, in base 2 with ``log2(e)`` folded into the scale,
   an online (running-max) log-sum-exp (softmax) or the sums of ``softplus(Z)`` and ``σ(Z)`` (sigmoid: one
   exponential and two reciprocals per entry, `softplus_and_sigmoid`).
 """
@@ -79,7 +79,7 @@ def softplus_and_sigmoid(z2):
 
 
 @triton.jit
-def _row_lse_kernel(
+def _row_statistics_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, second_ptr, M, N, D, stride_q, stride_k,
     OBJECTIVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -155,8 +155,10 @@ SIGMOID_LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
 }
 #: The row kernel with each objective's table.
-LSE = KernelSpec("lse", _row_lse_kernel, LSE_CONFIGS, objectives=("softmax",), forward=True)
-SIGMOID_LSE = KernelSpec("lse_sigmoid", _row_lse_kernel, SIGMOID_LSE_CONFIGS, objectives=("sigmoid",), forward=True)
+LSE = KernelSpec("lse", _row_statistics_kernel, LSE_CONFIGS, objectives=("softmax",), forward=True)
+SIGMOID_LSE = KernelSpec(
+    "lse_sigmoid", _row_statistics_kernel, SIGMOID_LSE_CONFIGS, objectives=("sigmoid",), forward=True
+)
 #: The row kernel's spec for each objective's kernel code (`row_spec`).
 ROW_SPECS = {SOFTMAX.kernel_code: LSE, SIGMOID.kernel_code: SIGMOID_LSE}
 
@@ -248,7 +250,7 @@ def rows_only_statistics(sim: Similarity, objective: Objective) -> Statistics:
     return first, (second if objective.kernel_code != SOFTMAX.kernel_code else None)
 
 
-def softmax_arguments(
+def entry_weight_arguments(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,

@@ -13,11 +13,11 @@ only the softmax part of ``G = ∂L/∂S`` multiplied with the features. Everyth
 
 Both directions use one pair of kernels, because the column problem of ``S`` is the row problem of ``Sᵀ = s·V Uᵀ``:
 
-* ``_row_lse_kernel(Q, K)`` (in `unicl.loss.kernels.tiles`, which the one-pass schedule shares): a program owns
+* ``_row_statistics_kernel(Q, K)`` (in `unicl.loss.kernels.tiles`, which the one-pass schedule shares): a program owns
   ``BLOCK_M`` rows of ``Q``, walks every ``BLOCK_N`` tile of ``K`` (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K``
   steps, fp32), and keeps an online (running-max) log-sum-exp in registers, in base 2 with ``log2(e)`` folded into
   the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
-* ``_row_softmax_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
+* ``_two_pass_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
   each ``S`` tile and accumulates ``(P·b) K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``; the
   launcher scales the rows by ``a``. Backward launches it on ``(U, V)`` and on ``(V, U)`` (``P`` is symmetric in
   the roles).
@@ -51,19 +51,19 @@ import triton.language as tl
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tiles import (
     LOG2E,
+    entry_weight_arguments,
     factors,
     row_logsumexp,
     rows_only_statistics,
     sigmoid_base2,
     similarity_tile,
-    softmax_arguments,
 )
 from unicl.loss.kernels.tuning import KernelSpec, tile_config
 from unicl.loss.objectives import Objective, Statistics
 
 
 @triton.jit
-def _row_softmax_grad_kernel(
+def _two_pass_grad_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
     out_ptr, M, N, D, stride_q, stride_k, stride_out,
     HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
@@ -151,14 +151,14 @@ GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(32, 32, 32, 8, 2, 128), tile_config(32, 32, 32, 4, 2, 64)],
     ("sm90", "fp32"): [tile_config(32, 32, 16, 8, 2, 128), tile_config(32, 32, 16, 4, 2, 64)],
 }  # fmt: skip
-GRAD = KernelSpec("grad", _row_softmax_grad_kernel, GRAD_CONFIGS, objectives=("softmax", "sigmoid"))
+GRAD = KernelSpec("grad", _two_pass_grad_kernel, GRAD_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 # --- the launcher, registered as a torch.library operator so torch.compile keeps the loss in its graph -------------
 
 
-@torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
-def row_softmax_grad(
+@torch.library.custom_op("unicl::two_pass_grad", mutates_args=())
+def two_pass_grad(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
@@ -198,21 +198,21 @@ def row_softmax_grad(
         q.device,
         q.dtype,
         out_ptr=out, stride_out=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
     # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
     return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
-@row_softmax_grad.register_fake
-def _row_softmax_grad_fake(
+@two_pass_grad.register_fake
+def _two_pass_grad_fake(
     q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0
 ) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
-class TritonEngine:
+class TwoPassEngine:
     """The fused-kernel engine behind ``backend="triton_rowwise"`` (see the module docstring for the design)."""
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
@@ -241,6 +241,6 @@ class TritonEngine:
         row_scale, col_scale = factors(sim)
         u, v, scale, bias, code = sim.u, sim.v, sim.scale, sim.bias, objective.kernel_code
         return (
-            row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
-            row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
+            two_pass_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
+            two_pass_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
         )
