@@ -191,16 +191,17 @@ def _one_pass_weights_kernel(
     tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
-#: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision, each
-#: compiled without register spills for every chip of that family at a launch's specialisation (divisibility 16,
-#: pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile that fits sm_80
-#: may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not); configurations that need
-#: more shared memory than a chip has are pruned for it at launch (`unicl.loss.kernels.tuning.prune_for`).
-#: The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
-#: of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
-#: (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed. Every
-#: entry holds under both supported compilers (Triton 3.6's older ptxas spills 8-16 bytes in fp32 64 x 64 x 16 forward
-#: tiles at 4 warps on sm_86/sm_89 and in 32 x 64 x 32 weights tiles at 4 warps on sm_80/sm_86: those take 8 warps).
+# Each entry is compiled without register spills for every chip of that family at a launch's specialisation
+# (divisibility 16, pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile
+# that fits sm_80 may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not);
+# configurations that need more shared memory than a chip has are pruned for it at launch
+# (`unicl.loss.kernels.tuning.prune_for`).
+# The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
+# of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
+# (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed. Every
+# entry holds under both supported compilers (Triton 3.6's older ptxas spills 8-16 bytes in fp32 64 x 64 x 16 forward
+# tiles at 4 warps on sm_86/sm_89 and in 32 x 64 x 32 weights tiles at 4 warps on sm_80/sm_86: those take 8 warps).
+#: Autotune candidates of the forward (partials) kernel, per chip family and operand precision.
 PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(128, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
@@ -210,8 +211,9 @@ PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "fp32"): [tile_config(64, 64, 16, 8, 2), tile_config(64, 128, 16, 8, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 16, 4, 2), tile_config(64, 128, 16, 8, 2)],
 }
-#: The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
-#: so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
+# The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
+# so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
+#: Autotune candidates of the weights kernel, per chip family and operand precision.
 WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 64, 8, 3), tile_config(64, 64, 64, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],

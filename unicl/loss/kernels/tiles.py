@@ -37,7 +37,7 @@ def similarity_tile(
 ):  # fmt: skip
     """``Q[row_start:+BLOCK_M] · K[col_start:+BLOCK_N]ᵀ`` as a ``[BLOCK_M, BLOCK_N]`` fp32 tile, summed over ``D``."""
     # Block pointers keep one base address per tile instead of one 64-bit pointer per element: the element-pointer
-    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump, 2026-11).
+    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump).
     q_block = tl.make_block_ptr(q_ptr, (M, D), (stride_q, 1), (row_start, 0), (BLOCK_M, BLOCK_K), (1, 0))
     k_block = tl.make_block_ptr(k_ptr, (D, N), (1, stride_k), (0, col_start), (BLOCK_K, BLOCK_N), (0, 1))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -67,7 +67,7 @@ def softplus_and_sigmoid(z2):
     ``softplus(z) = max(z, 0) + log1p(e)`` and ``σ(z) = (1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``
     in ``(0, 1]``. Triton has no portable ``log1p``; ``log(1 + e)`` would lose the relative precision of a small ``e``
     (``1 + e`` keeps 24 bits of the sum, about 1e-3 of ``log1p(e)`` at ``e ≈ 4.5e-5``, a logit near −10, SigLIP's
-    initial bias), and ``tl.log`` compiles to libdevice's software logarithm (17 FFMAs), which made the sigmoid row
+    initial bias), and ``tl.log`` compiles to libdevice's software logarithm (17 FFMAs), which makes the sigmoid row
     kernel spill on the large tiles. So ``log1p(e) = 2·atanh(t)`` with ``t = e / (2 + e)`` in ``[0, 1/3]``, summed as
     ``2t·(1 + t²/3 + t⁴/5 + … + t¹⁰/11)``: relative error below ``t¹²/13 ≤ 1.5e-7`` for every ``e``, small or not.
     """
@@ -129,11 +129,12 @@ def _row_statistics_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
-#: Autotune candidates of the row kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
-#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
-#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
-#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
-#: thousands of registers. Hopper's half-precision tiles are issued as wgmma.
+# Half precision runs on tensor cores, fp32 as exact fp32 products; sm_86/sm_89 have their own half tiles because
+# two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+# register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+# thousands of registers. Hopper's half-precision tiles are issued as wgmma.
+#: Autotune candidates of the row kernel for the softmax objective, per chip family
+#: (`unicl.loss.kernels.tuning.chip_family`) and operand precision (``"half"`` for bf16/fp16, ``"fp32"``).
 LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [
         tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 32, 4, 3), tile_config(64, 64, 64, 4, 3)
@@ -145,16 +146,18 @@ LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
 }  # fmt: skip
-#: The sigmoid objective's row kernel holds more per entry (its ``log1p`` series and two reciprocals), and Ampere's and
-#: Ada's widest half tiles spilled with it (sm_80: 128 x 128 x 64 at 8 warps and 128 x 64 x 32 at 4, sm_86/sm_89:
-#: 128 x 128 x 32 at 8 warps; 255 registers and 450-570 bytes each): its own half tiles there, none wider than
-#: 128 x 64 or 64 x 128 at 8 warps. Hopper's, Blackwell's and every fp32 tile are the softmax's, and spill-free.
+# The sigmoid objective's row kernel holds more per entry (its ``log1p`` series and two reciprocals), and Ampere's and
+# Ada's widest half tiles spilled with it (sm_80: 128 x 128 x 64 at 8 warps and 128 x 64 x 32 at 4, sm_86/sm_89:
+# 128 x 128 x 32 at 8 warps; 255 registers and 450-570 bytes each): its own half tiles there, none wider than
+# 128 x 64 or 64 x 128 at 8 warps. Hopper's, Blackwell's and every fp32 tile are the softmax's, and spill-free.
+#: The row kernel's autotune candidates for the sigmoid objective (`LSE_CONFIGS` with its own Ampere and Ada half
+#: tiles).
 SIGMOID_LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     **LSE_CONFIGS,
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(128, 64, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
 }
-#: The row kernel with each objective's table.
+#: The row kernel with each objective's table (`LSE_CONFIGS`, `SIGMOID_LSE_CONFIGS`).
 LSE = KernelSpec("lse", _row_statistics_kernel, LSE_CONFIGS, objectives=("softmax",), forward=True)
 SIGMOID_LSE = KernelSpec(
     "lse_sigmoid", _row_statistics_kernel, SIGMOID_LSE_CONFIGS, objectives=("sigmoid",), forward=True

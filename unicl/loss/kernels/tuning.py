@@ -116,7 +116,7 @@ def prune_for(capability: tuple[int, int], dtype: torch.dtype) -> Callable[..., 
 def tile_options(dtype: torch.dtype) -> dict[str, object]:
     """``INPUT_PRECISION`` and ``UPCAST_DOT`` for features of ``dtype``.
 
-    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (2026-09, Triton 3.x; see
+    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (Triton 3.x; see
     https://github.com/triton-lang/triton/issues/11584, "not supported yet"), so under it the operands are upcast
     to float32 after loading; compiled kernels never take that branch. float32 features use exact products unless
     ``torch.backends.cuda.matmul.allow_tf32`` is on, as torch's own matmul does.

@@ -26,10 +26,10 @@ Cost, in units of ``F = 2N²D``: forward 2F (one ``S`` per direction), backward 
 recomputes ``S`` and multiplies ``P`` by a feature block), ``2F·(1 + ⌈D/BLOCK_D⌉)`` otherwise. The minimum is 4F
 (one forward pass for ``r`` and ``c`` together, one backward pass with ``dV`` accumulated across programs). Both
 savings need cross-program reductions: atomics (non-deterministic, and unsafe for a log-sum-exp without a
-per-column running max) or ``O(N²/BLOCK)`` partial buffers (64 GB at N = 2^20). This first version takes the
-deterministic 6F design: no atomics, results identical run to run, and the same code for both directions. Which
-one-pass variant pays on Hopper is to be decided by measurement (``benchmarks/gpu_check.sh``); none was possible
-when this was written (no GPU).
+per-column running max) or ``O(N²/BLOCK)`` partial buffers (64 GB at N = 2^20). This schedule takes the
+deterministic 6F design: no atomics, results identical run to run, and the same code for both directions; the
+one-pass schedule (`unicl.loss.kernels.one_pass`) takes the buffers and reaches the minimum. Which schedule pays where
+is measured by ``benchmarks/gpu_check.sh``.
 
 The sigmoid objective runs the row kernel once (its statistics are per row only: 1F) and the gradient kernel in both
 directions with ``P_ij = (g_i + h_j)·σ(Z_ij)``, the launch for ``Hᵀ U`` receiving the rows' ``g`` as column weights.
@@ -129,15 +129,16 @@ def _two_pass_grad_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
+# Half precision runs on tensor cores, fp32 as exact fp32 products; sm_86/sm_89 have their own half tiles because
+# two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+# register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+# thousands of registers, and with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps
+# instead of 4 and Hopper's narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them
+# (divisibility 16, pipelined loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
+# Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
+# Ampere's fp32 tile with BLOCK_D = 128 takes 8 warps: at 4, Triton 3.6's ptxas spills 8 bytes (3.8's does not).
 #: Autotune candidates of the gradient kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
-#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
-#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
-#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
-#: thousands of registers, and with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps
-#: instead of 4 and Hopper's narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them
-#: (divisibility 16, pipelined loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
-#: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
-#: Ampere's fp32 tile with BLOCK_D = 128 takes 8 warps: at 4, Triton 3.6's ptxas spills 8 bytes (3.8's does not).
+#: precision (``"half"`` for bf16/fp16, ``"fp32"``).
 GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [
         tile_config(128, 64, 32, 8, 2, 128), tile_config(64, 64, 32, 8, 2, 256), tile_config(64, 32, 32, 8, 2, 256)
@@ -201,7 +202,7 @@ def two_pass_grad(
         **entry_weight_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
-    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
+    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump).
     return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
