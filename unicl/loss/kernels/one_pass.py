@@ -46,6 +46,8 @@ from unicl.loss.kernels.plan import (
 from unicl.loss.kernels.tiles import (
     LN2,
     LOG2E,
+    BackwardInputs,
+    FusedEngine,
     entry_weight_arguments,
     factors,
     rows_only_statistics,
@@ -351,7 +353,9 @@ def one_pass_weights(
         q.dtype,
         w_ptr=out,
         stride_w=out.stride(0),
-        **entry_weight_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(
+            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
+        ),
     )
     return out
 
@@ -361,7 +365,7 @@ def _one_pass_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight
     return q.new_empty(q.shape[0], k.shape[0])
 
 
-class OnePassEngine:
+class OnePassEngine(FusedEngine):
     """The engine behind ``backend="triton"`` (see the module docstring for the schedule).
 
     Args:
@@ -396,21 +400,9 @@ class OnePassEngine:
         num_rows, num_cols = sim.u.shape[0], sim.v.shape[0]
         return backward_rows(num_rows, num_cols, sim.u.element_size(), self.chunk_size, self.workspace_bytes)
 
-    def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_lse, col_lse = statistics
-        # The kernel reads the statistics as the softmax objective's r and c; without column weights (and for the
-        # sigmoid objective, which reads none) an uninitialised placeholder stands in for c.
-        if col_lse is None or not objective.two_sided:
-            col_lse = row_lse.new_empty(sim.v.shape[0])
-        row_scale, col_scale = factors(sim)
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U`` per backward super-chunk: the weights kernel, then two tensor-core products."""
+        code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight = inputs
         u, v = sim.u, sim.v
         grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
@@ -418,7 +410,7 @@ class OnePassEngine:
             rows = slice(chunk.start, chunk.start + chunk.rows)
             weights = one_pass_weights(
                 u[rows], v, sim.scale, row_scale[rows], col_scale, row_lse[rows], col_lse,
-                None if row_weight is None else row_weight[rows], col_weight, sim.bias, objective.kernel_code,
+                None if row_weight is None else row_weight[rows], col_weight, sim.bias, code,
             )  # fmt: skip
             # (H V)_i = a_i·Σ_j W_ij v_j and (Hᵀ U)_j = Σ_i W_ij·a_i u_i, float32 results of tensor-core products.
             mixed_mm(weights, v, out=grad_u[rows]).mul_(row_scale[rows, None])

@@ -17,6 +17,8 @@ here and either schedule's module can go alone. Every kernel takes the objective
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -254,21 +256,13 @@ def rows_only_statistics(sim: Similarity, objective: Objective) -> Statistics:
 
 
 def entry_weight_arguments(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-    bias: torch.Tensor | None = None,
-    objective: int = 0,
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inputs: BackwardInputs
 ) -> dict[str, object]:
-    """The kernel arguments of an entry-weight launch (both schedules' backward kernels take them): contiguous
-    features, float32 statistics and bias, the objective's kernel code, and the flags for absent weights, whose
-    pointers then go unread (as are the statistics for the sigmoid objective and the bias for the softmax one)."""
+    """The kernel arguments of an entry-weight launch (both schedules' backward kernels take them) with rows ``q``
+    and columns ``k``: contiguous features, float32 factors, statistics and bias, the objective's kernel code, and
+    the flags for absent weights, whose pointers then go unread (as are the statistics for the sigmoid objective and
+    the bias for the softmax one)."""
+    objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight = inputs
     placeholder = q_lse  # never read when its HAS_* flag is off
     return dict(
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
@@ -293,3 +287,44 @@ def factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
         ones(sim.u) if sim.row_scale is None else sim.row_scale,
         ones(sim.v) if sim.col_scale is None else sim.col_scale,
     )
+
+
+class BackwardInputs(NamedTuple):
+    """What an entry-weight launch reads besides the features: the objective's kernel code, the factors ``a`` and
+    ``b``, the statistics ``r`` and ``c`` (an uninitialised placeholder for ``c`` where the kernels read none) and
+    the weights ``g`` and ``h`` (``None`` for zero)."""
+
+    code: int
+    row_scale: torch.Tensor
+    col_scale: torch.Tensor
+    row_lse: torch.Tensor
+    col_lse: torch.Tensor
+    row_weight: torch.Tensor | None
+    col_weight: torch.Tensor | None
+
+
+class FusedEngine:
+    """What both Triton engines share: `weighted_products` prepares the `BackwardInputs`, and each schedule's
+    `entry_products` runs its kernels on them."""
+
+    def weighted_products(
+        self,
+        sim: Similarity,
+        objective: Objective,
+        statistics: Statistics,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
+        row_lse, col_lse = statistics
+        # The kernels read the statistics as the softmax objective's r and c; without column weights (and for a
+        # one-sided objective, whose kernels read none) an uninitialised placeholder stands in for c.
+        if col_lse is None or not objective.two_sided:
+            col_lse = row_lse.new_empty(sim.v.shape[0])
+        row_scale, col_scale = factors(sim)
+        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight)
+        return self.entry_products(sim, inputs)
+
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U`` from the prepared inputs: the schedule's own kernels."""
+        raise NotImplementedError

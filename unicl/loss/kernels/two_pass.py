@@ -51,6 +51,8 @@ import triton.language as tl
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tiles import (
     LOG2E,
+    BackwardInputs,
+    FusedEngine,
     entry_weight_arguments,
     factors,
     row_logsumexp,
@@ -199,7 +201,9 @@ def two_pass_grad(
         q.device,
         q.dtype,
         out_ptr=out, stride_out=out.stride(0),
-        **entry_weight_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(
+            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
+        ),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
     # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump).
@@ -213,7 +217,7 @@ def _two_pass_grad_fake(
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
-class TwoPassEngine:
+class TwoPassEngine(FusedEngine):
     """The fused-kernel engine behind ``backend="triton_rowwise"`` (see the module docstring for the design)."""
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
@@ -224,23 +228,11 @@ class TwoPassEngine:
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
 
-    def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_lse, col_lse = statistics
-        # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
-        # weights (and for a one-sided objective, whose kernels read no statistics) an uninitialised placeholder
-        # stands in for the column statistics.
-        if col_lse is None or not objective.two_sided:
-            col_lse = row_lse.new_empty(sim.v.shape[0])
-        row_scale, col_scale = factors(sim)
-        u, v, scale, bias, code = sim.u, sim.v, sim.scale, sim.bias, objective.kernel_code
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U``, one gradient launch each: ``Hᵀ`` has the same form with the roles swapped (rows
+        are texts, with their own statistics ``c`` and weights ``h``)."""
+        code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight = inputs
+        u, v, scale, bias = sim.u, sim.v, sim.scale, sim.bias
         return (
             two_pass_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
             two_pass_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
