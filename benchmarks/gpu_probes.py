@@ -536,7 +536,7 @@ def kernels(args: argparse.Namespace) -> int:
 
 def _autotuners_by_scan() -> list[tuple[str, tuple, Any]]:
     """Every live Triton autotuner over a unicl kernel, found by the garbage collector: the fallback when the
-    launchers did not go through the recorded ``_tuned`` (a refactor that bound it early)."""
+    launchers did not go through the recorded `unicl.loss.kernels.tuning.tuned` (a refactor that bound it early)."""
     import triton
 
     from unicl.loss.kernels import one_pass, tiles, two_pass
