@@ -359,16 +359,16 @@ def all_plans(n: int, d: int, dtype: torch.dtype, chip: Chip = CHIPS["H200"]) ->
     """Every backend's plan at one size; the Triton ones with the first tiles of their Hopper tables."""
     from unicl.loss.kernels import one_pass, tiles, two_pass
 
-    def first(module, name: str) -> dict:
-        return dict(module.configs_for(name, (9, 0), dtype)[0].kwargs)
+    def first(spec) -> dict:
+        return dict(spec.configs_for((9, 0), dtype)[0].kwargs)
 
     programs = PROGRAMS_PER_SM * chip.sms
-    smallest = min(c.kwargs["BLOCK_M"] for c in one_pass.configs_for("partials", (9, 0), dtype))
+    smallest = min(c.kwargs["BLOCK_M"] for c in one_pass.PARTIALS.configs_for((9, 0), dtype))
     return [
         dense_plan(n, d, dtype),
         chunked_plan(n, d, dtype),
-        rowwise_plan(n, d, dtype, first(tiles, "lse"), first(two_pass, "grad")),
-        one_pass_plan(n, d, dtype, first(one_pass, "partials"), first(one_pass, "weights"), programs, smallest),
+        rowwise_plan(n, d, dtype, first(tiles.LSE), first(two_pass.GRAD)),
+        one_pass_plan(n, d, dtype, first(one_pass.PARTIALS), first(one_pass.WEIGHTS), programs, smallest),
         inf_cl_plan(n, d),
     ]
 

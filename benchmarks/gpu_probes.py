@@ -258,33 +258,27 @@ def ceilings(args: argparse.Namespace) -> int:
 
 
 def install_recorders() -> list[tuple[str, tuple, Any]]:
-    """Wrap ``_tuned`` of the kernel modules (both schedules and the row kernel they share) so every autotuner they
-    hand out is recorded with the arguments it was made for (whatever those are: ``(kernel, capability, dtype)`` or
-    with a size bucket after it). The launchers look ``_tuned`` up at call time, so the wrapper sees every launch."""
-    from unicl.loss.kernels import one_pass, tiles, two_pass
+    """Wrap `unicl.loss.kernels.tuning.tuned` so every autotuner it hands out is recorded with the name of its
+    kernel spec and the arguments it was made for ``(spec, capability, dtype, buckets)``. The launches look
+    ``tuned`` up at call time, so the wrapper sees every launch."""
+    from unicl.loss.kernels import tuning
 
-    modules = (one_pass, tiles, two_pass)
-    # One list for both modules, kept on the wrappers so a second call extends it instead of wrapping twice.
-    records: list[tuple[str, tuple, Any]] = next(
-        (m._tuned.records for m in modules if getattr(m._tuned, "records", None) is not None), []
-    )
-    for module in modules:
-        original = module._tuned
-        if getattr(original, "records", None) is not None:
-            continue
+    original = tuning.tuned
+    existing = getattr(original, "records", None)
+    if existing is not None:  # a second call extends the same list instead of wrapping twice
+        return existing
+    records: list[tuple[str, tuple, Any]] = []
 
-        def recording(
-            *args: Any, _original: Callable = original, _module: str = module.__name__, _records: list = records
-        ) -> Any:
-            tuner = _original(*args)
-            if not any(tuner is recorded for _, _, recorded in _records):
-                _records.append((_module, args, tuner))
-            return tuner
+    def recording(*args: Any) -> Any:
+        tuner = original(*args)
+        if not any(tuner is recorded for _, _, recorded in records):
+            records.append((getattr(args[0], "name", str(args[0])), args, tuner))
+        return tuner
 
-        recording.records = records  # type: ignore[attr-defined]
-        recording.cache_info = getattr(original, "cache_info", None)  # type: ignore[attr-defined]
-        recording.cache_clear = getattr(original, "cache_clear", None)  # type: ignore[attr-defined]
-        module._tuned = recording
+    recording.records = records  # type: ignore[attr-defined]
+    recording.cache_info = getattr(original, "cache_info", None)  # type: ignore[attr-defined]
+    recording.cache_clear = getattr(original, "cache_clear", None)  # type: ignore[attr-defined]
+    tuning.tuned = recording  # type: ignore[assignment]
     return records
 
 
@@ -310,12 +304,12 @@ def describe_autotuners(records: list[tuple[str, tuple, Any]]) -> list[dict[str,
     """For every recorded autotuner: the arguments it was made for, the configuration it chose last, every key it
     tuned with its choice, and the candidates' timings of its last tuning (where this Triton keeps them)."""
     described = []
-    for module, args, tuner in records:
+    for spec_name, args, tuner in records:
         best = getattr(tuner, "best_config", None)
         timings = getattr(tuner, "configs_timings", None) or {}
         described.append(
             {
-                "module": module,
+                "spec": spec_name,
                 "kernel": getattr(_jit_function(tuner), "__name__", str(tuner)),
                 "made_for": [str(arg) for arg in args],
                 "best_config": None if best is None else describe_config(best),
@@ -474,8 +468,8 @@ def kernels(args: argparse.Namespace) -> int:
 
     def weights_kernel() -> dict[str, float]:
         arguments = (u[part], v, scale, a[part], b, lse["r"][part], lse["c"], g[part], g)
-        buffers["w"] = one_pass.softmax_weights(*arguments)
-        return with_rate(time_cuda(lambda: one_pass.softmax_weights(*arguments)), flops_chunk)
+        buffers["w"] = one_pass.one_pass_weights(*arguments)
+        return with_rate(time_cuda(lambda: one_pass.one_pass_weights(*arguments)), flops_chunk)
 
     report.measure("one_pass weights kernel (one super-chunk)", weights_kernel)
 
@@ -504,8 +498,8 @@ def kernels(args: argparse.Namespace) -> int:
 
     def rowwise_grad() -> dict[str, float]:
         arguments = (u, v, scale, a, b, lse["r"], lse["c"], g, g)
-        timing = time_cuda(lambda: two_pass.row_softmax_grad(*arguments), warmup=1, repeats=5)
-        chosen = best_config_of(records, two_pass._row_softmax_grad_kernel)
+        timing = time_cuda(lambda: two_pass.two_pass_grad(*arguments), warmup=1, repeats=5)
+        chosen = best_config_of(records, two_pass._two_pass_grad_kernel)
         block_d = chosen[-1].get("BLOCK_D", d) if chosen else d
         # Each of the ceil(D / BLOCK_D) column blocks recomputes S (2N²D) and multiplies P by its BLOCK_D columns.
         return {**with_rate(timing, square * (math.ceil(d / block_d) + 1)), "block_d": block_d}
@@ -516,10 +510,10 @@ def kernels(args: argparse.Namespace) -> int:
     def registers() -> dict[str, Any]:
         found = {}
         for name, fn in [
-            ("partials", one_pass._lse_partials_kernel),
-            ("weights", one_pass._softmax_weights_kernel),
-            ("lse", tiles._row_lse_kernel),
-            ("grad", two_pass._row_softmax_grad_kernel),
+            ("partials", one_pass._one_pass_partials_kernel),
+            ("weights", one_pass._one_pass_weights_kernel),
+            ("lse", tiles._row_statistics_kernel),
+            ("grad", two_pass._two_pass_grad_kernel),
         ]:
             variants, where = compiled_kernels(_jit_function(fn))
             chosen = best_config_of(records, fn)
@@ -542,12 +536,12 @@ def kernels(args: argparse.Namespace) -> int:
 
 def _autotuners_by_scan() -> list[tuple[str, tuple, Any]]:
     """Every live Triton autotuner over a unicl kernel, found by the garbage collector: the fallback when the
-    launchers did not go through the recorded ``_tuned`` (a refactor that bound it early)."""
+    launchers did not go through the recorded `unicl.loss.kernels.tuning.tuned` (a refactor that bound it early)."""
     import triton
 
     from unicl.loss.kernels import one_pass, tiles, two_pass
 
-    ours = {id(fn) for module in (one_pass, tiles, two_pass) for fn in module.KERNELS.values()}
+    ours = {id(spec.kernel) for spec in (one_pass.PARTIALS, one_pass.WEIGHTS, tiles.LSE, two_pass.GRAD)}
     autotuner = getattr(triton.runtime, "Autotuner", None)
     return [
         ("scan", (), obj)

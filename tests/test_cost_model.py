@@ -67,10 +67,10 @@ def test_dense_flops_equal_the_flop_counter():
 @needs_interpreter
 @pytest.mark.parametrize(("n", "d", "chunk_size"), [(96, 40, None), (130, 72, None), (130, 40, 48)])
 def test_one_pass_counts_equal_what_the_interpreter_runs(n, d, chunk_size):
-    from unicl.loss.kernels.one_pass import INTERPRETER_CONFIG
+    from unicl.loss.kernels.one_pass import PARTIALS
 
     torch_flops, counts = _counted("triton", n, d, chunk_size)
-    tiles = INTERPRETER_CONFIG
+    tiles = PARTIALS.interpreter_tiles()
     plan = cost_model.one_pass_plan(n, d, torch.float32, tiles, tiles, 1, tiles["BLOCK_M"], chunk_size)
     assert _split(plan) == (torch_flops, counts["dot_flops"], counts["exp2"])
 
@@ -82,7 +82,9 @@ def test_rowwise_counts_equal_what_the_interpreter_runs(n, d):
     from unicl.loss.kernels import tiles, two_pass
 
     torch_flops, counts = _counted("triton_rowwise", n, d)
-    plan = cost_model.rowwise_plan(n, d, torch.float32, tiles.INTERPRETER_CONFIG, two_pass.INTERPRETER_CONFIG)
+    plan = cost_model.rowwise_plan(
+        n, d, torch.float32, tiles.LSE.interpreter_tiles(), two_pass.GRAD.interpreter_tiles()
+    )
     assert _split(plan) == (torch_flops, counts["dot_flops"], counts["exp2"])
 
 

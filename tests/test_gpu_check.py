@@ -267,20 +267,18 @@ def test_compiled_kernels_are_found_in_each_triton_cache_layout(layout):
 
 
 def test_recorders_see_every_autotuner_the_launchers_ask_for(monkeypatch):
-    from unicl.loss.kernels import one_pass, two_pass
+    from unicl.loss.kernels import one_pass, tuning, two_pass
 
     tuners: dict[tuple, object] = {}  # stands in for functools.cache: one autotuner per argument tuple
-    for module in (one_pass, two_pass):
-        monkeypatch.setattr(module, "_tuned", lambda *args, _m=module.__name__: tuners.setdefault((_m, args), object()))
+    monkeypatch.setattr(tuning, "tuned", lambda *args: tuners.setdefault(args, object()))
     records = gpu_probes.install_recorders()
     assert gpu_probes.install_recorders() is records  # a second call wraps nothing twice
-    # With and without the size buckets: the wrapper passes on whatever the launchers give.
-    one_pass._tuned("partials", (9, 0), torch.bfloat16, (65536, 65536))
-    two_pass._tuned("grad", (9, 0), torch.bfloat16)
-    one_pass._tuned("partials", (9, 0), torch.bfloat16, (65536, 65536))
-    assert [(module.rsplit(".", 1)[-1], args) for module, args, _ in records] == [
-        ("one_pass", ("partials", (9, 0), torch.bfloat16, (65536, 65536))),
-        ("two_pass", ("grad", (9, 0), torch.bfloat16)),
+    tuning.tuned(one_pass.PARTIALS, (9, 0), torch.bfloat16, (65536, 65536))
+    tuning.tuned(two_pass.GRAD, (9, 0), torch.bfloat16, (64, 64))
+    tuning.tuned(one_pass.PARTIALS, (9, 0), torch.bfloat16, (65536, 65536))
+    assert [(module, args) for module, args, _ in records] == [
+        ("partials", (one_pass.PARTIALS, (9, 0), torch.bfloat16, (65536, 65536))),
+        ("grad", (two_pass.GRAD, (9, 0), torch.bfloat16, (64, 64))),
     ]
     assert [tuner for *_, tuner in records] == list(tuners.values())
 

@@ -207,9 +207,9 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
     weight absent in turn: the one-pass statistics over several super-chunks (of 100 rows) and column ranges (of 80
     columns, not a whole number of tiles), and the softmax weights; the two-pass row log-sum-exp and softmax
     gradient."""
-    from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+    from unicl.loss.kernels.one_pass import one_pass_logsumexp, one_pass_weights
     from unicl.loss.kernels.tiles import row_logsumexp
-    from unicl.loss.kernels.two_pass import row_softmax_grad
+    from unicl.loss.kernels.two_pass import two_pass_grad
 
     q, k, q_scale, k_scale, scale, g, h, sim, q_lse, k_lse = _rectangular_block(dtype, normalized)
     statistic_bound, grad_bound = BOUNDS[dtype]
@@ -227,30 +227,30 @@ def test_launchers_on_rectangular_blocks_match_float64(schedule, dtype, normaliz
         arguments = (q, k, scale, q_scale, k_scale, q_lse.float(), k_lse.float(), row_weight, col_weight)
         what = f"weights g={row_weight is not None} h={col_weight is not None}"
         if schedule == "onepass":
-            weights = softmax_weights(*arguments)
+            weights = one_pass_weights(*arguments)
             assert weights.dtype == dtype
-            assert_relative_close(weights, expected, grad_bound, f"softmax_weights {what}")
+            assert_relative_close(weights, expected, grad_bound, f"one_pass_weights {what}")
         else:
             expected = q_scale.double()[:, None] * (expected @ k.double())
-            assert_relative_close(row_softmax_grad(*arguments), expected, grad_bound, f"row_softmax_grad {what}")
+            assert_relative_close(two_pass_grad(*arguments), expected, grad_bound, f"two_pass_grad {what}")
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_operators_pass_opcheck_on_cuda(schedule):
     """Schema, fake (meta) implementation and dispatch of the torch.library operators on CUDA tensors."""
-    from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+    from unicl.loss.kernels.one_pass import one_pass_logsumexp, one_pass_weights
     from unicl.loss.kernels.tiles import row_logsumexp
-    from unicl.loss.kernels.two_pass import row_softmax_grad
+    from unicl.loss.kernels.two_pass import two_pass_grad
 
     q, k, q_scale, k_scale, scale, g, h, _, q_lse, k_lse = _rectangular_block(torch.float32, True)
     q_lse, k_lse = q_lse.float(), k_lse.float()
     utils = ("test_schema", "test_faketensor")
     if schedule == "onepass":
         torch.library.opcheck(one_pass_logsumexp, (q, k, scale, q_scale, k_scale, 100, 256), test_utils=utils)
-        gradient_op = softmax_weights
+        gradient_op = one_pass_weights
     else:
         torch.library.opcheck(row_logsumexp, (q, k, scale, q_scale, k_scale), test_utils=utils)
-        gradient_op = row_softmax_grad
+        gradient_op = two_pass_grad
     for weights in [(g, h), (g, None), (None, h)]:
         torch.library.opcheck(gradient_op, (q, k, scale, q_scale, k_scale, q_lse, k_lse, *weights), test_utils=utils)
 

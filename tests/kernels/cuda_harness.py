@@ -32,7 +32,6 @@ from triton.runtime.autotuner import Autotuner
 
 import unicl.loss.kernels.tuning as tuning
 import unicl.loss.matmul as matmul
-from unicl.loss.kernels import one_pass, tiles, two_pass
 
 #: Streaming multiprocessors of the chip under test, per compute capability (A100, RTX 3090, RTX 4090, H100, B200).
 MULTIPROCESSORS = {(8, 0): 108, (8, 6): 82, (8, 9): 128, (9, 0): 132, (10, 0): 148}
@@ -67,8 +66,7 @@ def _cpu_mixed_products(library: torch.library.Library) -> None:
 
 
 def _clear_autotuners() -> None:
-    for module in (one_pass, tiles, two_pass):
-        module._tuned.cache_clear()
+    tuning.tuned.cache_clear()
 
 
 @contextlib.contextmanager

@@ -59,14 +59,10 @@ def _name(report: dict) -> str:
 def test_every_configuration_was_compiled(reports):
     import torch
 
-    from unicl.loss.kernels import one_pass, tiles, two_pass
+    from unicl.loss.kernels.compile_report import KERNELS as SPECS
 
-    module = {"partials": one_pass, "weights": one_pass, "lse": tiles, "lse_sigmoid": tiles, "grad": two_pass}
-    # The one-pass forward is the softmax's only; the row kernel has a table per objective; the backward kernels one
-    # table for both.
-    objectives = {"partials": 1, "weights": 2, "lse": 1, "lse_sigmoid": 1, "grad": 2}
     expected = sum(
-        objectives[kernel] * len(module[kernel].configs_for(kernel, divmod(capability, 10), getattr(torch, dtype)))
+        len(SPECS[kernel].objectives) * len(SPECS[kernel].configs_for(divmod(capability, 10), getattr(torch, dtype)))
         for kernel in KERNELS
         for capability in CAPABILITIES
         for dtype in DTYPES

@@ -37,19 +37,15 @@ pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_I
 
 CAPABILITIES = [divmod(c, 10) for c in sorted(SHARED_MEMORY_LIMIT)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-#: Kernels of each schedule, by the name their tables know them, with the module that holds the table and the
-#: function name the autotuner reports (the two-pass forward is the row kernel both schedules share).
-SCHEDULES = {
-    "triton": {"partials": (one_pass, "_lse_partials_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
-    "triton_rowwise": {"lse": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
-}
+#: Kernels of each schedule (the two-pass forward is the row kernel both schedules share).
+SCHEDULES = {"triton": (one_pass.PARTIALS, one_pass.WEIGHTS), "triton_rowwise": (tiles.LSE, two_pass.GRAD)}
 #: Wide enough that no tile is pruned for width (BLOCK_K and BLOCK_D up to 256), ragged in N.
 N, D = 37, 200
 #: Largest number of candidates any (kernel, chip, dtype) has.
 MOST_CANDIDATES = max(
-    len(module.configs_for(kernel, capability, dtype))
-    for kernels in SCHEDULES.values()
-    for kernel, (module, _) in kernels.items()
+    len(spec.configs_for(capability, dtype))
+    for specs in SCHEDULES.values()
+    for spec in specs
     for capability in CAPABILITIES
     for dtype in DTYPES
 )
@@ -68,14 +64,15 @@ def _loss_and_grads(image, text, labels, scale, backend, **options):
     return (loss, *torch.autograd.grad(loss, [image, text, scale]))
 
 
-def _with_each_kernel_picking(monkeypatch, capability, dtype, kernels, index, run):
-    """``run()`` on the fake chip with the autotuner of every kernel of ``kernels`` (``{table: (module, function)}``)
-    made to pick its ``index``-th candidate (the last one where there are fewer); asserts that each launched with it
-    (where pruning kept it) and returns what ``run`` returned."""
-    wanted = {}
-    for table_name, (module, function_name) in kernels.items():
-        candidates = module.configs_for(table_name, capability, dtype)
-        wanted[function_name] = candidates[min(index, len(candidates) - 1)].kwargs
+def _with_each_kernel_picking(monkeypatch, capability, dtype, specs, index, run):
+    """``run()`` on the fake chip with the autotuner of every kernel of ``specs`` made to pick its ``index``-th
+    candidate (the last one where there are fewer); asserts that each launched with it (where pruning kept it) and
+    returns what ``run`` returned."""
+    wanted, by_function = {}, {}
+    for spec in specs:
+        candidates = spec.configs_for(capability, dtype)
+        by_function[spec.kernel.__name__] = spec
+        wanted[spec.kernel.__name__] = candidates[min(index, len(candidates) - 1)].kwargs
 
     def timing(function_name, config):
         return 0.5 if config == wanted[function_name] else 1.0
@@ -83,11 +80,8 @@ def _with_each_kernel_picking(monkeypatch, capability, dtype, kernels, index, ru
     with fake_cuda(monkeypatch, capability, timing) as gpu:
         result = run()
     for function_name, config in wanted.items():
-        table_name = _table_name(kernels, function_name)
-        module = kernels[table_name][0]
-        survivors = [
-            c.kwargs for c in prune_for(capability, dtype)(module.configs_for(table_name, capability, dtype), {"D": D})
-        ]
+        candidates = by_function[function_name].configs_for(capability, dtype)
+        survivors = [c.kwargs for c in prune_for(capability, dtype)(candidates, {"D": D})]
         ran = {tuple(sorted(c.items())) for name, c in gpu.picked if name == function_name}
         assert ran, f"{function_name} never launched"
         if config in survivors:
@@ -110,10 +104,6 @@ def test_every_configuration_runs_through_the_autotuner(monkeypatch, capability,
         lambda: _loss_and_grads(image, text, labels, scale, schedule),
     )  # fmt: skip
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
-
-
-def _table_name(kernels: dict[str, tuple[object, str]], function_name: str) -> str:
-    return next(table for table, (_, name) in kernels.items() if name == function_name)
 
 
 def _record_pruning_inputs(monkeypatch) -> list[dict]:
@@ -158,8 +148,8 @@ def test_super_chunks_and_column_ranges_on_the_cuda_plan(monkeypatch, capability
         rows, cols_per_range = OnePassEngine(128).forward_plan(sim)
         assert (rows, cdiv(300, cols_per_range)) == (128, 2)
         got = _loss_and_grads(image, text, labels, scale, "triton", chunk_size=128)
-    assert sum(name == "_lse_partials_kernel" for name, _ in gpu.picked) == 3
-    assert sum(name == "_softmax_weights_kernel" for name, _ in gpu.picked) == 3
+    assert sum(name == "_one_pass_partials_kernel" for name, _ in gpu.picked) == 3
+    assert sum(name == "_one_pass_weights_kernel" for name, _ in gpu.picked) == 3
     assert_matches_float64(got, float64_loss_and_grads(image, text, labels, scale), dtype)
 
 
@@ -243,16 +233,16 @@ def test_autotuners_are_kept_per_size_bucket(monkeypatch):
     def timing(function_name, config):
         return 0.5 if config == preferred.get(function_name) else 1.0
 
-    candidates = one_pass.configs_for("partials", (9, 0), torch.bfloat16)
+    candidates = one_pass.PARTIALS.configs_for((9, 0), torch.bfloat16)
     scale = torch.tensor(10.0)
     with fake_cuda(monkeypatch, (9, 0), timing) as gpu:
         picks = []
         for n, favourite in [(37, candidates[1]), (300, candidates[0]), (40, candidates[0])]:
-            preferred["_lse_partials_kernel"] = favourite.kwargs
+            preferred["_one_pass_partials_kernel"] = favourite.kwargs
             image, text, _ = _batch(n, 64, torch.bfloat16)
             gpu.picked.clear()
             unicl_loss(image.detach(), text.detach(), None, scale, backend="triton")
-            picks.append(next(c for name, c in gpu.picked if name == "_lse_partials_kernel"))
+            picks.append(next(c for name, c in gpu.picked if name == "_one_pass_partials_kernel"))
     # N = 40 shares N = 37's bucket (64), so it keeps the tile timed there although the timings changed.
     assert picks == [candidates[1].kwargs, candidates[0].kwargs, candidates[1].kwargs]
 
@@ -272,14 +262,14 @@ def test_grids_launch_at_n_2_to_the_24(monkeypatch, capability, dtype):
         backward_rows = engine.backward_rows(sim)
     ranges = cdiv(n, cols_per_range)
     assert ranges < 1 << 16
-    for config in one_pass.configs_for("partials", capability, dtype):
+    for config in one_pass.PARTIALS.configs_for(capability, dtype):
         assert cdiv(forward_rows, config.kwargs["BLOCK_M"]) < 1 << 31
-    for config in one_pass.configs_for("weights", capability, dtype):
+    for config in one_pass.WEIGHTS.configs_for(capability, dtype):
         assert weights_programs(backward_rows, n, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) < 1 << 31
-    for table in ("lse", "lse_sigmoid"):  # the row kernel: the two-pass forward, and the sigmoid's in both schedules
-        for config in tiles.configs_for(table, capability, dtype):
+    for spec in (tiles.LSE, tiles.SIGMOID_LSE):  # the row kernel: the two-pass forward, and the sigmoid's in both
+        for config in spec.configs_for(capability, dtype):
             assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31
-    for config in two_pass.configs_for("grad", capability, dtype):
+    for config in two_pass.GRAD.configs_for(capability, dtype):
         assert cdiv(n, config.kwargs["BLOCK_M"]) < 1 << 31 and cdiv(d, config.kwargs["BLOCK_D"]) < 1 << 16
     assert sum(chunk.rows for chunk in super_chunks(n, backward_rows)) == n
     # The weights kernel's tiles at this N would need 2^18 programs in a second grid dimension (the old layout).
@@ -297,8 +287,8 @@ def test_auto_uses_the_chunked_backend_on_cuda_until_a_gpu_run_is_recorded():
 
 #: Kernels of each schedule for the sigmoid objective: the row kernel is both schedules' forward (rows only).
 SIGMOID_SCHEDULES = {
-    "triton": {"lse_sigmoid": (tiles, "_row_lse_kernel"), "weights": (one_pass, "_softmax_weights_kernel")},
-    "triton_rowwise": {"lse_sigmoid": (tiles, "_row_lse_kernel"), "grad": (two_pass, "_row_softmax_grad_kernel")},
+    "triton": (tiles.SIGMOID_LSE, one_pass.WEIGHTS),
+    "triton_rowwise": (tiles.SIGMOID_LSE, two_pass.GRAD),
 }
 SIGMOID_NAMES = ("loss", "grad image", "grad text", "grad scale", "grad bias")
 
@@ -347,7 +337,7 @@ def test_sigmoid_launches_pass_the_objective_by_position(monkeypatch, backend):
         unicl_sigmoid_loss(image, text, labels, scale, bias, backend=backend).backward()
     assert seen and all({"M", "N", "D", "stride_q", "stride_k", "OBJECTIVE"} <= set(args) for args in seen)
     assert {args["OBJECTIVE"] for args in seen} == {SIGMOID.kernel_code}
-    assert {name for name, _ in gpu.picked} == {name for _, name in SIGMOID_SCHEDULES[backend].values()}
+    assert {name for name, _ in gpu.picked} == {spec.kernel.__name__ for spec in SIGMOID_SCHEDULES[backend]}
 
 
 def test_the_objectives_are_tuned_apart(monkeypatch):
@@ -356,12 +346,12 @@ def test_the_objectives_are_tuned_apart(monkeypatch):
     image, text, labels = _batch(N, D, torch.bfloat16)
     with fake_cuda(monkeypatch, (9, 0)) as gpu:
         unicl_loss(image.detach(), text.detach(), labels, 10.0, backend="triton_rowwise")
-        softmax_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+        softmax_timed = sum(name == "_row_statistics_kernel" for name, _ in gpu.timed)
         unicl_sigmoid_loss(image.detach(), text.detach(), labels, backend="triton_rowwise")
-        both_timed = sum(name == "_row_lse_kernel" for name, _ in gpu.timed)
+        both_timed = sum(name == "_row_statistics_kernel" for name, _ in gpu.timed)
     prune = prune_for((9, 0), torch.bfloat16)
-    survivors = prune(tiles.configs_for("lse", (9, 0), torch.bfloat16), {"D": D})
-    sigmoid_survivors = prune(tiles.configs_for("lse_sigmoid", (9, 0), torch.bfloat16), {"D": D})
+    survivors = prune(tiles.LSE.configs_for((9, 0), torch.bfloat16), {"D": D})
+    sigmoid_survivors = prune(tiles.SIGMOID_LSE.configs_for((9, 0), torch.bfloat16), {"D": D})
     assert softmax_timed == len(survivors) > 1
     assert both_timed == softmax_timed + len(sigmoid_survivors)
 
@@ -401,7 +391,7 @@ def test_sigmoid_backward_super_chunks_on_the_cuda_plan(monkeypatch, capability,
     scale, bias = _sigmoid_leaves()
     with fake_cuda(monkeypatch, capability) as gpu:
         got = _sigmoid_loss_and_grads(image, text, labels, scale, bias, "triton", chunk_size=32)
-    assert sum(name == "_row_lse_kernel" for name, _ in gpu.picked) == 1
-    assert sum(name == "_softmax_weights_kernel" for name, _ in gpu.picked) == 3
-    assert not any(name == "_lse_partials_kernel" for name, _ in gpu.picked)
+    assert sum(name == "_row_statistics_kernel" for name, _ in gpu.picked) == 1
+    assert sum(name == "_one_pass_weights_kernel" for name, _ in gpu.picked) == 3
+    assert not any(name == "_one_pass_partials_kernel" for name, _ in gpu.picked)
     assert_matches_float64(got, _float64_sigmoid(image, text, labels, scale, bias), dtype, SIGMOID_NAMES)

@@ -17,9 +17,9 @@ from reference import (
 from unicl import unicl_sigmoid_loss
 from unicl.loss.backends import block_terms
 from unicl.loss.kernels.availability import interpreter_active
-from unicl.loss.kernels.one_pass import softmax_weights
+from unicl.loss.kernels.one_pass import one_pass_weights
 from unicl.loss.kernels.tiles import row_statistics
-from unicl.loss.kernels.two_pass import row_softmax_grad
+from unicl.loss.kernels.two_pass import two_pass_grad
 from unicl.loss.objectives import SIGMOID, SOFTMAX
 from unicl.loss.targets import target_keys
 
@@ -172,11 +172,11 @@ def test_entry_weight_launchers_match_their_formula(dtype, weights):
     # The statistics are not read by the sigmoid objective: NaNs stand in for them.
     unread_rows, unread_cols = torch.full((13,), float("nan")), torch.full((45,), float("nan"))
     arguments = (q, k, scale, q_scale, k_scale, unread_rows, unread_cols, g, h, bias, SIGMOID.kernel_code)
-    got = softmax_weights(*arguments)
+    got = one_pass_weights(*arguments)
     assert got.dtype == dtype
     bound = 1e-6 if dtype == torch.float32 else 2**-8
     assert_relative_close(got, expected, bound, "one-pass weights")
-    product = row_softmax_grad(*arguments)
+    product = two_pass_grad(*arguments)
     assert_relative_close(product, q_scale.double()[:, None] * (expected @ k.double()), bound, "two-pass product")
 
 
@@ -196,8 +196,8 @@ def test_operators_pass_opcheck(weights):
     g = torch.rand(9, generator=generator) if weights != "columns" else None
     h = torch.rand(7, generator=generator) if weights != "rows" else None
     arguments = (q, k, scale, q_scale, k_scale, q_stat, k_stat, g, h, bias, SIGMOID.kernel_code)
-    torch.library.opcheck(row_softmax_grad, arguments, test_utils=utils)
-    torch.library.opcheck(softmax_weights, arguments, test_utils=utils)
+    torch.library.opcheck(two_pass_grad, arguments, test_utils=utils)
+    torch.library.opcheck(one_pass_weights, arguments, test_utils=utils)
 
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS)

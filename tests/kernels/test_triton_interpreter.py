@@ -8,9 +8,9 @@ from reference import assert_matches_float64, float64_loss_and_grads, reference_
 
 from unicl import unicl_loss
 from unicl.loss.kernels.availability import interpreter_active
-from unicl.loss.kernels.one_pass import one_pass_logsumexp, softmax_weights
+from unicl.loss.kernels.one_pass import one_pass_logsumexp, one_pass_weights
 from unicl.loss.kernels.tiles import row_logsumexp
-from unicl.loss.kernels.two_pass import row_softmax_grad
+from unicl.loss.kernels.two_pass import two_pass_grad
 
 # tests/conftest.py turns the interpreter on where there is no GPU; on a GPU, tests/gpu covers the compiled kernels.
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
@@ -123,8 +123,8 @@ def test_operators_pass_opcheck():
     torch.library.opcheck(one_pass_logsumexp, (q, k, scale, q_scale, k_scale, 4, 32), test_utils=utils)
     for weights in [(torch.rand(9), torch.rand(7)), (torch.rand(9), None), (None, torch.rand(7))]:
         arguments = (q, k, scale, q_scale, k_scale, q_lse, k_lse, *weights)
-        torch.library.opcheck(row_softmax_grad, arguments, test_utils=utils)
-        torch.library.opcheck(softmax_weights, arguments, test_utils=utils)
+        torch.library.opcheck(two_pass_grad, arguments, test_utils=utils)
+        torch.library.opcheck(one_pass_weights, arguments, test_utils=utils)
 
 
 @pytest.mark.parametrize("normalized", [False, True], ids=["raw", "inverse-norms"])
@@ -143,7 +143,7 @@ def test_rectangular_blocks_match_dense_formula(normalized):
     g, h = torch.rand(11, generator=generator), torch.rand(37, generator=generator)
     weights = g[:, None] * torch.exp(sim - q_lse[:, None]) + h[None, :] * torch.exp(sim - k_lse[None, :])
     expected = q_scale[:, None] * (weights @ (k_scale[:, None] * k))
-    got = row_softmax_grad(q, k, scale, q_scale, k_scale, q_lse, k_lse, g, h)
+    got = two_pass_grad(q, k, scale, q_scale, k_scale, q_lse, k_lse, g, h)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -201,7 +201,7 @@ def test_column_ranges_need_not_be_whole_tiles():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_softmax_weights_match_their_formula(dtype):
+def test_one_pass_weights_match_their_formula(dtype):
     generator = torch.Generator().manual_seed(8)
     q, k = torch.randn(13, 40, generator=generator).to(dtype), torch.randn(45, 40, generator=generator).to(dtype)
     scale = torch.tensor(6.0)
@@ -210,7 +210,7 @@ def test_softmax_weights_match_their_formula(dtype):
     q_lse, k_lse = torch.logsumexp(sim, 1), torch.logsumexp(sim, 0)
     g, h = torch.rand(13, generator=generator), torch.rand(45, generator=generator)
     expected = (g[:, None] * torch.exp(sim - q_lse[:, None]) + h[None, :] * torch.exp(sim - k_lse[None, :])) * k_scale
-    got = softmax_weights(q, k, scale, q_scale, k_scale, q_lse.float(), k_lse.float(), g, h)
+    got = one_pass_weights(q, k, scale, q_scale, k_scale, q_lse.float(), k_lse.float(), g, h)
     assert got.dtype == dtype
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2**-8, "atol": 1e-4}
     torch.testing.assert_close(got.double(), expected, **tolerance)

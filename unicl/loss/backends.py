@@ -4,8 +4,8 @@
 * ``"chunked"``: `unicl.loss.chunked.ChunkedEngine` behind the shared autograd function; any device.
 * ``"triton"``: the one-pass fused kernels of `unicl.loss.kernels.one_pass` (``8N²D`` flops, the minimum); CUDA,
   or the CPU under ``TRITON_INTERPRET=1``.
-* ``"triton_rowwise"``: the earlier two-pass kernels of `unicl.loss.kernels.two_pass` (``12N²D`` flops), kept
-  selectable until GPU measurements settle which schedule wins where.
+* ``"triton_rowwise"``: the two-pass fused kernels of `unicl.loss.kernels.two_pass` (``12N²D`` flops,
+  deterministic without partial buffers); CUDA, or the CPU under ``TRITON_INTERPRET=1``.
 * ``"auto"``: ``"chunked"`` on CUDA (see `AUTO_PREFERS_TRITON_ON_CUDA`), elsewhere ``"dense"`` up to
   1,024 × 1,024 entries and ``"chunked"`` above.
 """
@@ -93,9 +93,9 @@ def make_engine(backend: str, chunk_size: int | None) -> SimilarityEngine:
 
         return OnePassEngine(chunk_size)
     if backend == "triton_rowwise":
-        from unicl.loss.kernels.two_pass import TritonEngine
+        from unicl.loss.kernels.two_pass import TwoPassEngine
 
-        return TritonEngine()
+        return TwoPassEngine()
     return ChunkedEngine(chunk_size)
 
 

@@ -4,7 +4,7 @@ Runs on any torch device. A block of ``B`` rows is held transposed, as ``Sᵀ[:,
 then every product of the walk has the long side ``N`` as its leading dimension (``V·u_rowsᵀ``, ``P·V`` as
 ``(Pᵀ)ᵀV`` and ``Pᵀ·U_rows``), which BLAS runs near its large-matrix rate. Held the other way round, the ``B × D``
 by ``D × N`` product re-packs all of ``V`` for every block: 58 against 90 GFLOP/s at B = 128, N = 8,192, D = 512 on
-a 2-core EPYC (2026-11-30), where one large product reaches about 95.
+a 2-core EPYC, where one large product reaches about 95.
 
 Precision: float32 and float64 features are multiplied as they are. Half-precision features on the CPU are upcast
 to float32 block by block. On CUDA they go to the products as they are, on tensor cores with float32 accumulation

@@ -94,7 +94,7 @@ _ALL_REDUCE = funcol.all_reduce
 
 class _GatherWithGradient(torch.autograd.Function):
     """All-gather of equal-sized blocks whose backward sums every rank's gradient of each block and returns this
-    rank's: the collective ``torch.distributed.nn.functional.all_gather`` did, which torch now deprecates."""
+    rank's, as ``torch.distributed.nn.functional.all_gather`` (deprecated by torch) does."""
 
     @staticmethod
     def forward(ctx, block: torch.Tensor, group: dist.ProcessGroup | None, world_size: int, rank: int):

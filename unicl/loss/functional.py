@@ -57,7 +57,7 @@ def unicl_loss(
             finite and positive; a tensor on an accelerator is not (that would stall the stream).
         backend: ``"dense"`` (reference, holds ``N × N`` tensors), ``"chunked"`` (memory-efficient PyTorch, any
             device), ``"triton"`` (fused CUDA kernels, one pass over ``S`` in forward), ``"triton_rowwise"`` (the
-            earlier two-pass kernels) or ``"auto"`` (the best available here).
+            two-pass fused kernels) or ``"auto"`` (the best available here).
         text_labels: ``[M]`` integer labels of the texts, for a batch of ``N`` images and ``M`` texts (several
             captions per image, hard negatives, a class-prompt bank; `unicl.loss.shapes` builds them). Image ``i``
             and text ``j`` are positives exactly when ``labels[i] == text_labels[j] >= 0``; a negative label is an

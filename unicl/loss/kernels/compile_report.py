@@ -53,16 +53,10 @@ from unicl.loss.kernels.tuning import SHARED_MEMORY_LIMIT, estimated_shared_byte
 from unicl.loss.objectives import OBJECTIVES
 
 TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-#: Every kernel by name, with the module whose configuration table it uses.
+#: Every kernel by the name of its tile table.
 KERNELS = {
-    "partials": (one_pass._lse_partials_kernel, one_pass),
-    "weights": (one_pass._softmax_weights_kernel, one_pass),
-    "lse": (tiles._row_lse_kernel, tiles),
-    "lse_sigmoid": (tiles._row_lse_kernel, tiles),
-    "grad": (two_pass._row_softmax_grad_kernel, two_pass),
+    spec.name: spec for spec in (one_pass.PARTIALS, one_pass.WEIGHTS, tiles.LSE, tiles.SIGMOID_LSE, two_pass.GRAD)
 }
-#: The forward kernels, whose column loop is counted per ``S`` entry.
-FORWARD_KERNELS = ("partials", "lse", "lse_sigmoid")
 #: Pointers to feature-dtype data; every other pointer is float32.
 FEATURE_POINTERS = {"q_ptr", "k_ptr", "w_ptr"}
 #: The PTX of a tensor-core product per chip family.
@@ -72,19 +66,6 @@ TENSOR_CORE_PTX = {8: r"\bmma\.sync\.", 9: r"\bwgmma\.", 10: r"\btcgen05\.mma"}
 SM_COUNT = {80: 108, 86: 82, 89: 142, 90: 132, 100: 148}
 #: The bytes one ``STL``/``LDL`` moves, by width suffix (none: 32 bits).
 LOCAL_ACCESS_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
-
-
-def objectives_of(kernel_name: str) -> list[str]:
-    """The objectives ``kernel_name`` is compiled for: the one its table serves where the kernel has a table per
-    objective (the row kernel's ``lse`` and ``lse_sigmoid``), all of them where it takes an ``OBJECTIVE`` constant
-    and has one table, else the softmax objective alone (the one-pass forward)."""
-    by_table = {table: [name for name, o in OBJECTIVES.items() if o.kernel_code == code]
-                for code, table in tiles.ROW_TABLES.items()}  # fmt: skip
-    if kernel_name in by_table:
-        return by_table[kernel_name]
-    if "OBJECTIVE" in KERNELS[kernel_name][0].arg_names:
-        return list(OBJECTIVES)
-    return ["softmax"]
 
 
 @dataclass(frozen=True)
@@ -167,8 +148,7 @@ class KernelReport:
 
 
 def _configs(kernel_name: str, capability: int, dtype: str) -> list[triton.Config]:
-    module = KERNELS[kernel_name][1]
-    return module.configs_for(kernel_name, divmod(capability, 10), getattr(torch, dtype))
+    return KERNELS[kernel_name].configs_for(divmod(capability, 10), getattr(torch, dtype))
 
 
 def launch_arguments(
@@ -181,7 +161,7 @@ def launch_arguments(
     Raises:
         KeyError: a kernel parameter this module does not know a launch value for (a new argument needs one here).
     """
-    kernel = KERNELS[kernel_name][0]
+    kernel = KERNELS[kernel_name].kernel
     integers = launch.integers(kernel_name, capability, dtype)
     flags = {
         # What tuning.tile_options passes compiled launches, and the weighted variant of the backward kernels.
@@ -331,7 +311,7 @@ def compile_kernel(
 ) -> KernelReport:
     """Compile one kernel configuration for ``sm_<capability>`` and ``objective`` at ``launch``'s specialisation and
     inspect it."""
-    kernel = KERNELS[kernel_name][0]
+    kernel = KERNELS[kernel_name].kernel
     target = GPUTarget("cuda", capability, 32)
     arguments = launch_arguments(kernel_name, capability, dtype, config, launch, objective)
     signature, constexprs, attrs, options = specialise(kernel, target, arguments)
@@ -343,14 +323,14 @@ def compile_kernel(
     divisible = [names[path[0]] for path, values in attrs.items() if ["tt.divisibility", 16] in values]
     ones = [names[p[0]] for p, value in constexprs.items() if value == 1 and not kernel.params[p[0]].is_constexpr]
     ptx = compiled.asm["ptx"]
-    dump = _dump_cubin(compiled.asm["cubin"], sass=kernel_name in FORWARD_KERNELS)
-    if kernel_name not in FORWARD_KERNELS and (_resource(dump, "STACK") or _resource(dump, "LOCAL")):
+    dump = _dump_cubin(compiled.asm["cubin"], sass=KERNELS[kernel_name].forward)
+    if not KERNELS[kernel_name].forward and (_resource(dump, "STACK") or _resource(dump, "LOCAL")):
         # ptxas spills to the stack frame, so only a kernel with one needs its SASS read for the spill bytes.
         dump = _dump_cubin(compiled.asm["cubin"])
     sass = _sass_instructions(dump)
     meta = config.kwargs
     loop = None
-    if kernel_name in FORWARD_KERNELS:
+    if KERNELS[kernel_name].forward:
         loop = loop_counts(dump, meta["BLOCK_M"] * meta["BLOCK_N"] / (32 * config.num_warps))
     return KernelReport(
         kernel=kernel_name,
@@ -401,12 +381,12 @@ def compile_all(
         for capability in capabilities
         for dtype in dtypes
         for name in kernels or KERNELS
-        for objective in objectives_of(name)
+        for objective in KERNELS[name].objectives
         if objective in wanted
         for index in range(len(_configs(name, capability, dtype)))
     ]
     # The slowest compiles first, so the pool does not end on one long partials kernel.
-    order = sorted(range(len(tasks)), key=lambda i: tasks[i][0] not in FORWARD_KERNELS)
+    order = sorted(range(len(tasks)), key=lambda i: not KERNELS[tasks[i][0]].forward)
     if jobs <= 1:
         results = {i: _compile_task(tasks[i]) for i in order}
     else:

@@ -1,7 +1,7 @@
 """The one-pass Triton schedule of the UniCL loss: ``8N²D`` matrix-product flops for forward and backward, the
 minimum, deterministic, and no ``N × N`` tensor (``backend="triton"``).
 
-Forward (1 pass over ``S``): ``_lse_partials_kernel`` gives each program ``BLOCK_M`` rows and a range of columns.
+Forward (1 pass over ``S``): ``_one_pass_partials_kernel`` gives each program ``BLOCK_M`` rows and a range of columns.
 It computes every ``S`` tile of that rectangle once and keeps two statistics of it: the online (running-max)
 log-sum-exp of its rows over its column range, in registers, and, for every tile, the log-sum-exp of the tile's
 columns over its ``BLOCK_M`` rows, written to a ``⌈R / BLOCK_M⌉ × N`` float32 buffer. Both partials are merged
@@ -9,7 +9,7 @@ exactly afterwards by a log-sum-exp over the partials, in a fixed order, so resu
 atomics are needed. Rows go in super-chunks of ``R`` rows so the buffer stays within a workspace budget at any N
 (`unicl.loss.kernels.plan`). Two exponentials per entry, one per direction, as the two-pass schedule.
 
-Backward (3 passes' worth of products): ``_softmax_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
+Backward (3 passes' worth of products): ``_one_pass_weights_kernel`` recomputes each ``S`` tile of a super-chunk and
 writes ``W_ij = (g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j))·b_j`` in the features' dtype (statistics in float32);
 then ``a ⊙ (W V)`` and ``Wᵀ (a ⊙ U)`` run as tensor-core GEMMs with float32 accumulation and float32 results
 (``torch.mm(..., out_dtype=torch.float32)`` on CUDA). ``W`` is rounded to the features' dtype exactly where the
@@ -26,9 +26,6 @@ no statistics read): ``8N²D`` again.
 """
 
 from __future__ import annotations
-
-import functools
-from typing import Any
 
 import torch
 import triton
@@ -49,22 +46,15 @@ from unicl.loss.kernels.plan import (
 from unicl.loss.kernels.tiles import (
     LN2,
     LOG2E,
+    BackwardInputs,
+    FusedEngine,
+    entry_weight_arguments,
     factors,
     rows_only_statistics,
     sigmoid_base2,
     similarity_tile,
-    softmax_arguments,
 )
-from unicl.loss.kernels.tuning import (
-    autotuner,
-    config_table,
-    device_capability,
-    launch,
-    runs_compiled,
-    size_bucket,
-    tile_config,
-    tile_options,
-)
+from unicl.loss.kernels.tuning import KernelSpec, device_capability, runs_compiled, tile_config, tile_options
 from unicl.loss.matmul import mixed_addmm_, mixed_mm
 from unicl.loss.objectives import Objective, Statistics
 
@@ -85,7 +75,7 @@ def _lse_merge(max_a, sum_a, max_b, sum_b):
 
 
 @triton.jit
-def _lse_partials_kernel(
+def _one_pass_partials_kernel(
     q_ptr, k_ptr, scale_ptr, q_scale_ptr, k_scale_ptr, row_part_ptr, col_part_ptr,
     M, N, D, stride_q, stride_k, cols_per_range,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -151,7 +141,7 @@ def _lse_partials_kernel(
 
 
 @triton.jit
-def _softmax_weights_kernel(
+def _one_pass_weights_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
     w_ptr, M, N, D, stride_q, stride_k, stride_w,
     HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
@@ -203,16 +193,17 @@ def _softmax_weights_kernel(
     tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
-#: Autotune candidates per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand precision, each
-#: compiled without register spills for every chip of that family at a launch's specialisation (divisibility 16,
-#: pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile that fits sm_80
-#: may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not); configurations that need
-#: more shared memory than a chip has are pruned for it at launch (`unicl.loss.kernels.tuning.prune_for`).
-#: The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
-#: of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
-#: (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed. Every
-#: entry holds under both supported compilers (Triton 3.6's older ptxas spills 8-16 bytes in fp32 64 x 64 x 16 forward
-#: tiles at 4 warps on sm_86/sm_89 and in 32 x 64 x 32 weights tiles at 4 warps on sm_80/sm_86: those take 8 warps).
+# Each entry is compiled without register spills for every chip of that family at a launch's specialisation
+# (divisibility 16, pipelined loads: tests/kernels/test_compile_for_gpus.py; ptxas spills non-monotonically: a tile
+# that fits sm_80 may spill on sm_86 or sm_100, and a smaller one may spill where a larger one does not);
+# configurations that need more shared memory than a chip has are pruned for it at launch
+# (`unicl.loss.kernels.tuning.prune_for`).
+# The forward's ``BLOCK_N`` is the tensor-core product's row count (it computes ``Sᵀ`` tiles); 4-warp Ampere tiles
+# of 128 x 64 spill at 255 registers, and fp32 tiles of 32 x 32 issue over twice the row kernel's SASS per entry
+# (``python -m unicl.loss.kernels.compile_report --kernel partials lse --table``), so neither is listed. Every
+# entry holds under both supported compilers (Triton 3.6's older ptxas spills 8-16 bytes in fp32 64 x 64 x 16 forward
+# tiles at 4 warps on sm_86/sm_89 and in 32 x 64 x 32 weights tiles at 4 warps on sm_80/sm_86: those take 8 warps).
+#: Autotune candidates of the forward (partials) kernel, per chip family and operand precision.
 PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(128, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
@@ -222,8 +213,9 @@ PARTIALS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "fp32"): [tile_config(64, 64, 16, 8, 2), tile_config(64, 128, 16, 8, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 16, 4, 2), tile_config(64, 128, 16, 8, 2)],
 }
-#: The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
-#: so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
+# The weights kernel's epilogue holds three per-column vectors in the product's register layout besides the tile,
+# so 128-wide square tiles spill (sm_80 and sm_90) and 8 warps share the 64 x 128 ones.
+#: Autotune candidates of the weights kernel, per chip family and operand precision.
 WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(64, 128, 64, 8, 3), tile_config(64, 64, 64, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 32, 4, 3)],
@@ -232,32 +224,8 @@ WEIGHTS_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm86", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 64, 32, 8, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(64, 64, 32, 8, 2)],
 }
-KERNELS = {"partials": _lse_partials_kernel, "weights": _softmax_weights_kernel}
-TABLES = {"partials": PARTIALS_CONFIGS, "weights": WEIGHTS_CONFIGS}
-#: One small configuration for the CPU interpreter.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"partials"`` or ``"weights"``) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``:
-    one per bucket, so each size class gets its own tiles; within it the key is ``D``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> dict:
-    """Launch ``kernel_name`` and return the tile sizes it ran with."""
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    return launch(
-        KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments
-    )
+PARTIALS = KernelSpec("partials", _one_pass_partials_kernel, PARTIALS_CONFIGS, objectives=("softmax",), forward=True)
+WEIGHTS = KernelSpec("weights", _one_pass_weights_kernel, WEIGHTS_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 def _programs_wanted(device: torch.device) -> int:
@@ -269,8 +237,8 @@ def _programs_wanted(device: torch.device) -> int:
 def smallest_block_m(device: torch.device, dtype: torch.dtype) -> int:
     """The smallest ``BLOCK_M`` the forward kernel may run with here (sizes its partials buffer)."""
     if not runs_compiled(device):
-        return INTERPRETER_CONFIG["BLOCK_M"]
-    return min(c.kwargs["BLOCK_M"] for c in configs_for("partials", device_capability(device), dtype))
+        return PARTIALS.interpreter_tiles()["BLOCK_M"]
+    return min(c.kwargs["BLOCK_M"] for c in PARTIALS.configs_for(device_capability(device), dtype))
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
@@ -321,8 +289,7 @@ def one_pass_logsumexp(
         rows = slice(chunk.start, chunk.start + chunk.rows)
         # Contiguous [ranges, rows] for this chunk, as the kernel indexes it (the last chunk may be shorter).
         row_part = row_parts[: ranges * chunk.rows].view(ranges, chunk.rows)
-        tiles = _run(
-            "partials",
+        tiles = PARTIALS.run(
             lambda meta, r=chunk.rows: (cdiv(r, meta["BLOCK_M"]), ranges),
             q.device,
             q.dtype,
@@ -344,8 +311,8 @@ def _one_pass_logsumexp_fake(q, k, scale, q_scale, k_scale, rows_per_chunk, cols
     return q.new_empty(q.shape[0], dtype=torch.float32), q.new_empty(k.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("unicl::softmax_weights", mutates_args=())
-def softmax_weights(
+@torch.library.custom_op("unicl::one_pass_weights", mutates_args=())
+def one_pass_weights(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
@@ -380,24 +347,25 @@ def softmax_weights(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
-    _run(
-        "weights",
+    WEIGHTS.run(
         lambda meta: (weights_programs(q.shape[0], k.shape[0], meta["BLOCK_M"], meta["BLOCK_N"]),),
         q.device,
         q.dtype,
         w_ptr=out,
         stride_w=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(
+            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
+        ),
     )
     return out
 
 
-@softmax_weights.register_fake
-def _softmax_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
+@one_pass_weights.register_fake
+def _one_pass_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
     return q.new_empty(q.shape[0], k.shape[0])
 
 
-class OnePassEngine:
+class OnePassEngine(FusedEngine):
     """The engine behind ``backend="triton"`` (see the module docstring for the schedule).
 
     Args:
@@ -432,29 +400,17 @@ class OnePassEngine:
         num_rows, num_cols = sim.u.shape[0], sim.v.shape[0]
         return backward_rows(num_rows, num_cols, sim.u.element_size(), self.chunk_size, self.workspace_bytes)
 
-    def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_lse, col_lse = statistics
-        # The kernel reads the statistics as the softmax objective's r and c; without column weights (and for the
-        # sigmoid objective, which reads none) an uninitialised placeholder stands in for c.
-        if col_lse is None or not objective.two_sided:
-            col_lse = row_lse.new_empty(sim.v.shape[0])
-        row_scale, col_scale = factors(sim)
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U`` per backward super-chunk: the weights kernel, then two tensor-core products."""
+        code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight = inputs
         u, v = sim.u, sim.v
         grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         for chunk in super_chunks(u.shape[0], self.backward_rows(sim)):
             rows = slice(chunk.start, chunk.start + chunk.rows)
-            weights = softmax_weights(
+            weights = one_pass_weights(
                 u[rows], v, sim.scale, row_scale[rows], col_scale, row_lse[rows], col_lse,
-                None if row_weight is None else row_weight[rows], col_weight, sim.bias, objective.kernel_code,
+                None if row_weight is None else row_weight[rows], col_weight, sim.bias, code,
             )  # fmt: skip
             # (H V)_i = a_i·Σ_j W_ij v_j and (Hᵀ U)_j = Σ_i W_ij·a_i u_i, float32 results of tensor-core products.
             mixed_mm(weights, v, out=grad_u[rows]).mul_(row_scale[rows, None])

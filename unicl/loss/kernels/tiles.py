@@ -9,23 +9,22 @@ here and either schedule's module can go alone. Every kernel takes the objective
 
 * ``similarity_tile``: ``Q[rows] · K[cols]ᵀ`` as a float32 tile, summed over ``D`` in ``BLOCK_K`` steps; every kernel
   of both schedules builds its ``S`` tiles with it.
-* ``_row_lse_kernel`` (launched by `row_logsumexp` and `row_statistics`): a program owns ``BLOCK_M`` rows of ``Q``,
-  walks every ``BLOCK_N`` tile of ``K`` and keeps in registers, in base 2 with ``log2(e)`` folded into the scale,
+* ``_row_statistics_kernel`` (launched by `row_logsumexp` and `row_statistics`): a program owns ``BLOCK_M`` rows of
+  ``Q``, walks every ``BLOCK_N`` tile of ``K`` and keeps in registers, in base 2 with ``log2(e)`` folded into the scale,
   an online (running-max) log-sum-exp (softmax) or the sums of ``softplus(Z)`` and ``σ(Z)`` (sigmoid: one
   exponential and two reciprocals per entry, `softplus_and_sigmoid`).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from unicl.loss.engine import Similarity
-from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config, tile_options
+from unicl.loss.kernels.tuning import KernelSpec, tile_config, tile_options
 from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
@@ -40,7 +39,7 @@ def similarity_tile(
 ):  # fmt: skip
     """``Q[row_start:+BLOCK_M] · K[col_start:+BLOCK_N]ᵀ`` as a ``[BLOCK_M, BLOCK_N]`` fp32 tile, summed over ``D``."""
     # Block pointers keep one base address per tile instead of one 64-bit pointer per element: the element-pointer
-    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump, 2026-11).
+    # form of this loop spilled hundreds of registers to local memory on sm_80 and sm_90 (cuobjdump).
     q_block = tl.make_block_ptr(q_ptr, (M, D), (stride_q, 1), (row_start, 0), (BLOCK_M, BLOCK_K), (1, 0))
     k_block = tl.make_block_ptr(k_ptr, (D, N), (1, stride_k), (0, col_start), (BLOCK_K, BLOCK_N), (0, 1))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -70,7 +69,7 @@ def softplus_and_sigmoid(z2):
     ``softplus(z) = max(z, 0) + log1p(e)`` and ``σ(z) = (1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``
     in ``(0, 1]``. Triton has no portable ``log1p``; ``log(1 + e)`` would lose the relative precision of a small ``e``
     (``1 + e`` keeps 24 bits of the sum, about 1e-3 of ``log1p(e)`` at ``e ≈ 4.5e-5``, a logit near −10, SigLIP's
-    initial bias), and ``tl.log`` compiles to libdevice's software logarithm (17 FFMAs), which made the sigmoid row
+    initial bias), and ``tl.log`` compiles to libdevice's software logarithm (17 FFMAs), which makes the sigmoid row
     kernel spill on the large tiles. So ``log1p(e) = 2·atanh(t)`` with ``t = e / (2 + e)`` in ``[0, 1/3]``, summed as
     ``2t·(1 + t²/3 + t⁴/5 + … + t¹⁰/11)``: relative error below ``t¹²/13 ≤ 1.5e-7`` for every ``e``, small or not.
     """
@@ -82,7 +81,7 @@ def softplus_and_sigmoid(z2):
 
 
 @triton.jit
-def _row_lse_kernel(
+def _row_statistics_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, lse_ptr, second_ptr, M, N, D, stride_q, stride_k,
     OBJECTIVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -132,11 +131,12 @@ def _row_lse_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
-#: Autotune candidates of the row kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
-#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
-#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
-#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
-#: thousands of registers. Hopper's half-precision tiles are issued as wgmma.
+# Half precision runs on tensor cores, fp32 as exact fp32 products; sm_86/sm_89 have their own half tiles because
+# two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+# register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+# thousands of registers. Hopper's half-precision tiles are issued as wgmma.
+#: Autotune candidates of the row kernel for the softmax objective, per chip family
+#: (`unicl.loss.kernels.tuning.chip_family`) and operand precision (``"half"`` for bf16/fp16, ``"fp32"``).
 LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [
         tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 32, 4, 3), tile_config(64, 64, 64, 4, 3)
@@ -148,48 +148,32 @@ LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
     ("sm90", "fp32"): [tile_config(64, 64, 32, 4, 2), tile_config(32, 32, 32, 4, 2)],
 }  # fmt: skip
-#: The sigmoid objective's row kernel holds more per entry (its ``log1p`` series and two reciprocals), and Ampere's and
-#: Ada's widest half tiles spilled with it (sm_80: 128 x 128 x 64 at 8 warps and 128 x 64 x 32 at 4, sm_86/sm_89:
-#: 128 x 128 x 32 at 8 warps; 255 registers and 450-570 bytes each): its own half tiles there, none wider than
-#: 128 x 64 or 64 x 128 at 8 warps. Hopper's, Blackwell's and every fp32 tile are the softmax's, and spill-free.
+# The sigmoid objective's row kernel holds more per entry (its ``log1p`` series and two reciprocals), and Ampere's and
+# Ada's widest half tiles spilled with it (sm_80: 128 x 128 x 64 at 8 warps and 128 x 64 x 32 at 4, sm_86/sm_89:
+# 128 x 128 x 32 at 8 warps; 255 registers and 450-570 bytes each): its own half tiles there, none wider than
+# 128 x 64 or 64 x 128 at 8 warps. Hopper's, Blackwell's and every fp32 tile are the softmax's, and spill-free.
+#: The row kernel's autotune candidates for the sigmoid objective (`LSE_CONFIGS` with its own Ampere and Ada half
+#: tiles).
 SIGMOID_LSE_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     **LSE_CONFIGS,
     ("sm80", "half"): [tile_config(128, 64, 64, 8, 3), tile_config(128, 64, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
     ("sm86", "half"): [tile_config(128, 64, 32, 8, 3), tile_config(64, 128, 32, 8, 3), tile_config(64, 64, 64, 4, 3)],
 }
-#: The row kernel's tables by name: ``"lse"`` for the softmax objective, ``"lse_sigmoid"`` for the sigmoid one.
-KERNELS = {"lse": _row_lse_kernel, "lse_sigmoid": _row_lse_kernel}
-TABLES = {"lse": LSE_CONFIGS, "lse_sigmoid": SIGMOID_LSE_CONFIGS}
-#: The table of the row kernel for each objective's kernel code (`row_table`).
-ROW_TABLES = {SOFTMAX.kernel_code: "lse", SIGMOID.kernel_code: "lse_sigmoid"}
-#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"lse"`` or ``"lse_sigmoid"``) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
+#: The row kernel with each objective's table (`LSE_CONFIGS`, `SIGMOID_LSE_CONFIGS`).
+LSE = KernelSpec("lse", _row_statistics_kernel, LSE_CONFIGS, objectives=("softmax",), forward=True)
+SIGMOID_LSE = KernelSpec(
+    "lse_sigmoid", _row_statistics_kernel, SIGMOID_LSE_CONFIGS, objectives=("sigmoid",), forward=True
+)
+#: The row kernel's spec for each objective's kernel code (`row_spec`).
+ROW_SPECS = {SOFTMAX.kernel_code: LSE, SIGMOID.kernel_code: SIGMOID_LSE}
 
 
 # --- launchers, registered as torch.library operators so torch.compile keeps the loss in its graph -----------------
 
 
-def row_table(objective: int) -> str:
-    """The name of the row kernel's tile table for an objective's kernel code (`KERNELS`, `TABLES`)."""
-    return ROW_TABLES.get(objective, "lse")
+def row_spec(objective: int) -> KernelSpec:
+    """The row kernel's spec (its tile table) for an objective's kernel code."""
+    return ROW_SPECS.get(objective, LSE)
 
 
 def _second_length(rows: int, objective: int) -> int:
@@ -244,8 +228,7 @@ def row_statistics(
     first = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
     second = torch.empty(_second_length(q.shape[0], objective), dtype=torch.float32, device=q.device)
     scale = scale.float().reshape(1)
-    _run(
-        row_table(objective),
+    row_spec(objective).run(
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]),),
         q.device,
         q.dtype,
@@ -272,22 +255,14 @@ def rows_only_statistics(sim: Similarity, objective: Objective) -> Statistics:
     return first, (second if objective.kernel_code != SOFTMAX.kernel_code else None)
 
 
-def softmax_arguments(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-    bias: torch.Tensor | None = None,
-    objective: int = 0,
+def entry_weight_arguments(
+    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, inputs: BackwardInputs
 ) -> dict[str, object]:
-    """The kernel arguments of an entry-weight launch (both schedules' backward kernels take them): contiguous
-    features, float32 statistics and bias, the objective's kernel code, and the flags for absent weights, whose
-    pointers then go unread (as are the statistics for the sigmoid objective and the bias for the softmax one)."""
+    """The kernel arguments of an entry-weight launch (both schedules' backward kernels take them) with rows ``q``
+    and columns ``k``: contiguous features, float32 factors, statistics and bias, the objective's kernel code, and
+    the flags for absent weights, whose pointers then go unread (as are the statistics for the sigmoid objective and
+    the bias for the softmax one)."""
+    objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight = inputs
     placeholder = q_lse  # never read when its HAS_* flag is off
     return dict(
         q_ptr=q, k_ptr=k, scale_ptr=scale.float().reshape(1),
@@ -312,3 +287,44 @@ def factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
         ones(sim.u) if sim.row_scale is None else sim.row_scale,
         ones(sim.v) if sim.col_scale is None else sim.col_scale,
     )
+
+
+class BackwardInputs(NamedTuple):
+    """What an entry-weight launch reads besides the features: the objective's kernel code, the factors ``a`` and
+    ``b``, the statistics ``r`` and ``c`` (an uninitialised placeholder for ``c`` where the kernels read none) and
+    the weights ``g`` and ``h`` (``None`` for zero)."""
+
+    code: int
+    row_scale: torch.Tensor
+    col_scale: torch.Tensor
+    row_lse: torch.Tensor
+    col_lse: torch.Tensor
+    row_weight: torch.Tensor | None
+    col_weight: torch.Tensor | None
+
+
+class FusedEngine:
+    """What both Triton engines share: `weighted_products` prepares the `BackwardInputs`, and each schedule's
+    `entry_products` runs its kernels on them."""
+
+    def weighted_products(
+        self,
+        sim: Similarity,
+        objective: Objective,
+        statistics: Statistics,
+        row_weight: torch.Tensor | None,
+        col_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
+        row_lse, col_lse = statistics
+        # The kernels read the statistics as the softmax objective's r and c; without column weights (and for a
+        # one-sided objective, whose kernels read none) an uninitialised placeholder stands in for c.
+        if col_lse is None or not objective.two_sided:
+            col_lse = row_lse.new_empty(sim.v.shape[0])
+        row_scale, col_scale = factors(sim)
+        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight)
+        return self.entry_products(sim, inputs)
+
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U`` from the prepared inputs: the schedule's own kernels."""
+        raise NotImplementedError

@@ -3,8 +3,11 @@ of a dtype, and one launch path for the CPU interpreter and for autotuned CUDA k
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -66,8 +69,8 @@ def autotuner(
 ) -> triton.runtime.Autotuner:
     """The autotuner of ``kernel`` over its configuration ``table`` (`config_table`) for a chip and feature dtype:
     keyed on ``D`` and, for a kernel that computes several objectives, its ``OBJECTIVE`` constant (each objective's
-    entry functions cost their own time per tile), its candidates pruned by `prune_for`. Each kernel module caches
-    one per chip, dtype and size bucket (its ``_tuned``)."""
+    entry functions cost their own time per tile), its candidates pruned by `prune_for`. `tuned` caches one per
+    kernel, chip, dtype and size bucket."""
     return triton.autotune(
         configs=config_table(table, capability, dtype),
         # Triton's autotuner skips key names the kernel does not take (the one-pass forward has no OBJECTIVE).
@@ -113,7 +116,7 @@ def prune_for(capability: tuple[int, int], dtype: torch.dtype) -> Callable[..., 
 def tile_options(dtype: torch.dtype) -> dict[str, object]:
     """``INPUT_PRECISION`` and ``UPCAST_DOT`` for features of ``dtype``.
 
-    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (2026-09, Triton 3.x; see
+    The interpreter multiplies the raw bit patterns of bfloat16 ``tl.dot`` operands (Triton 3.x; see
     https://github.com/triton-lang/triton/issues/11584, "not supported yet"), so under it the operands are upcast
     to float32 after loading; compiled kernels never take that branch. float32 features use exact products unless
     ``torch.backends.cuda.matmul.allow_tf32`` is on, as torch's own matmul does.
@@ -141,45 +144,80 @@ def device_capability(device: torch.device) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def launch(
-    kernel: triton.JITFunction,
-    interpreter_config: dict[str, int],
-    tuned: Callable[..., triton.runtime.Autotuner],
-    kernel_name: str,
-    grid_fn: Callable[[dict], tuple[int, ...]],
-    device: torch.device,
-    dtype: torch.dtype,
-    buckets: tuple[int, ...],
-    **arguments: object,
-) -> dict[str, int]:
-    """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA; returns the tile sizes used.
+#: Tiles under the CPU interpreter, where autotuning is impossible and tiles cost Python time (a kernel drops the
+#: sizes it does not take).
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 
-    Args:
-        kernel: the kernel, for the interpreter.
-        interpreter_config: tile sizes under the interpreter (those the kernel does not take are dropped).
-        tuned: ``(kernel_name, capability, dtype, buckets) -> autotuner`` for CUDA.
-        kernel_name: the name ``tuned`` knows the kernel by.
-        grid_fn: the grid from the tile sizes.
-        device: where the tensors are.
-        dtype: the features' dtype.
-        buckets: `size_bucket` of the launch's row and column counts (part of the autotune key).
-        **arguments: the kernel's other arguments, by name.
+
+@dataclass(frozen=True, eq=False, repr=False)
+class KernelSpec:
+    """One Triton kernel as its launchers, the compile report, the tests and the benchmarks know it.
+
+    Attributes:
+        name: the name its tile table goes by (``"partials"``, ``"weights"``, ``"lse"``, ``"lse_sigmoid"``,
+            ``"grad"``); a kernel with a table per objective has one spec per table.
+        kernel: the ``@triton.jit`` function.
+        table: autotune candidates per chip family and operand precision (`config_table`).
+        objectives: the names of the objectives the kernel computes with this table (compiled for each of them).
+        forward: whether it is a forward kernel, whose column loop the compile report counts per ``S`` entry.
     """
-    with warnings.catch_warnings():
-        # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
-        # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
-        warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
-        if not runs_compiled(device):
-            meta = {name: size for name, size in interpreter_config.items() if name in kernel.arg_names}
-            kernel[grid_fn(meta)](**arguments, **meta)
-            return meta
-        autotuner = tuned(kernel_name, device_capability(device), dtype, buckets)
-        # Triton's Autotuner builds the arguments its key and early_config_prune read from the positional ones
-        # only (Autotuner.run: ``nargs = dict(zip(arg_names, args))``), so everything before the first tuned
-        # parameter goes by position; all of the kernels' keys and pruning inputs are among those.
-        tuned_names = set(autotuner.configs[0].kwargs)
-        leading = next(i for i, name in enumerate(kernel.arg_names) if name in tuned_names)
-        positional = [arguments.pop(name) for name in kernel.arg_names[:leading]]
-        with torch.cuda.device(device):
-            autotuner[grid_fn](*positional, **arguments)
-        return dict(autotuner.best_config.kwargs)
+
+    name: str
+    kernel: triton.JITFunction
+    table: dict[tuple[str, str], list[triton.Config]]
+    objectives: tuple[str, ...]
+    forward: bool = False
+
+    def __repr__(self) -> str:
+        return f"KernelSpec({self.name!r})"
+
+    def interpreter_tiles(self) -> dict[str, int]:
+        """The tile sizes the kernel takes under the CPU interpreter (those of `INTERPRETER_CONFIG` it has)."""
+        return {name: size for name, size in INTERPRETER_CONFIG.items() if name in self.kernel.arg_names}
+
+    def configs_for(self, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
+        """Autotune candidates for a chip and feature dtype (`config_table`)."""
+        return config_table(self.table, capability, dtype)
+
+    def run(
+        self, grid_fn: Callable[..., tuple[int, ...]], device: torch.device, dtype: torch.dtype, **arguments: Any
+    ) -> dict[str, int]:
+        """Launch with the interpreter's fixed tiles on the CPU, or autotuned tiles on CUDA; returns the tile sizes
+        used.
+
+        Args:
+            grid_fn: the grid from the tile sizes.
+            device: where the tensors are.
+            dtype: the features' dtype.
+            **arguments: the kernel's other arguments, by name (``M`` and ``N`` among them: their `size_bucket`
+                is part of the autotune key).
+        """
+        with warnings.catch_warnings():
+            # Triton 3.4+ calls block pointers deprecated in favour of tensor descriptors, which need 16-byte aligned
+            # rows (D a multiple of 8 in bf16) and a device allocator; block pointers take any D. Revisit with a GPU.
+            warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+            if not runs_compiled(device):
+                meta = self.interpreter_tiles()
+                self.kernel[grid_fn(meta)](**arguments, **meta)
+                return meta
+            buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
+            # Looked up at call time, so benchmarks/gpu_probes.py can record every autotuner handed out.
+            autotuner = tuned(self, device_capability(device), dtype, buckets)
+            # Triton's Autotuner builds the arguments its key and early_config_prune read from the positional ones
+            # only (Autotuner.run: ``nargs = dict(zip(arg_names, args))``), so everything before the first tuned
+            # parameter goes by position; all of the kernels' keys and pruning inputs are among those.
+            tuned_names = set(autotuner.configs[0].kwargs)
+            leading = next(i for i, name in enumerate(self.kernel.arg_names) if name in tuned_names)
+            positional = [arguments.pop(name) for name in self.kernel.arg_names[:leading]]
+            with torch.cuda.device(device):
+                autotuner[grid_fn](*positional, **arguments)
+            return dict(autotuner.best_config.kwargs)
+
+
+@functools.cache
+def tuned(
+    spec: KernelSpec, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
+) -> triton.runtime.Autotuner:
+    """The autotuner of one kernel for a chip, dtype and `size_bucket` of ``(M, N)``: one per bucket, so each size
+    class gets its own tiles; within it the key is ``D`` (and ``OBJECTIVE``)."""
+    return autotuner(spec.kernel, spec.table, capability, dtype)

@@ -13,11 +13,11 @@ only the softmax part of ``G = ∂L/∂S`` multiplied with the features. Everyth
 
 Both directions use one pair of kernels, because the column problem of ``S`` is the row problem of ``Sᵀ = s·V Uᵀ``:
 
-* ``_row_lse_kernel(Q, K)`` (in `unicl.loss.kernels.tiles`, which the one-pass schedule shares): a program owns
+* ``_row_statistics_kernel(Q, K)`` (in `unicl.loss.kernels.tiles`, which the one-pass schedule shares): a program owns
   ``BLOCK_M`` rows of ``Q``, walks every ``BLOCK_N`` tile of ``K`` (``Q Kᵀ`` accumulated over ``D`` in ``BLOCK_K``
   steps, fp32), and keeps an online (running-max) log-sum-exp in registers, in base 2 with ``log2(e)`` folded into
   the scale. Forward launches it on ``(U, V)`` and ``(V, U)``.
-* ``_row_softmax_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
+* ``_two_pass_grad_kernel(Q, K)``: a program owns ``BLOCK_M`` rows and ``BLOCK_D`` output features, recomputes
   each ``S`` tile and accumulates ``(P·b) K`` with ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``; the
   launcher scales the rows by ``a``. Backward launches it on ``(U, V)`` and on ``(V, U)`` (``P`` is symmetric in
   the roles).
@@ -26,10 +26,10 @@ Cost, in units of ``F = 2N²D``: forward 2F (one ``S`` per direction), backward 
 recomputes ``S`` and multiplies ``P`` by a feature block), ``2F·(1 + ⌈D/BLOCK_D⌉)`` otherwise. The minimum is 4F
 (one forward pass for ``r`` and ``c`` together, one backward pass with ``dV`` accumulated across programs). Both
 savings need cross-program reductions: atomics (non-deterministic, and unsafe for a log-sum-exp without a
-per-column running max) or ``O(N²/BLOCK)`` partial buffers (64 GB at N = 2^20). This first version takes the
-deterministic 6F design: no atomics, results identical run to run, and the same code for both directions. Which
-one-pass variant pays on Hopper is to be decided by measurement (``benchmarks/gpu_check.sh``); none was possible
-when this was written (no GPU).
+per-column running max) or ``O(N²/BLOCK)`` partial buffers (64 GB at N = 2^20). This schedule takes the
+deterministic 6F design: no atomics, results identical run to run, and the same code for both directions; the
+one-pass schedule (`unicl.loss.kernels.one_pass`) takes the buffers and reaches the minimum. Which schedule pays where
+is measured by ``benchmarks/gpu_check.sh``.
 
 The sigmoid objective runs the row kernel once (its statistics are per row only: 1F) and the gradient kernel in both
 directions with ``P_ij = (g_i + h_j)·σ(Z_ij)``, the launch for ``Hᵀ U`` receiving the rows' ``g`` as column weights.
@@ -44,9 +44,6 @@ All statistics are fp32. Extra memory: ``r``, ``c``, ``a``, ``b`` (``4N`` floats
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
@@ -54,19 +51,21 @@ import triton.language as tl
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tiles import (
     LOG2E,
+    BackwardInputs,
+    FusedEngine,
+    entry_weight_arguments,
     factors,
     row_logsumexp,
     rows_only_statistics,
     sigmoid_base2,
     similarity_tile,
-    softmax_arguments,
 )
-from unicl.loss.kernels.tuning import autotuner, config_table, launch, size_bucket, tile_config
+from unicl.loss.kernels.tuning import KernelSpec, tile_config
 from unicl.loss.objectives import Objective, Statistics
 
 
 @triton.jit
-def _row_softmax_grad_kernel(
+def _two_pass_grad_kernel(
     q_ptr, k_ptr, scale_ptr, bias_ptr, q_scale_ptr, k_scale_ptr, q_lse_ptr, k_lse_ptr, q_weight_ptr, k_weight_ptr,
     out_ptr, M, N, D, stride_q, stride_k, stride_out,
     HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
@@ -132,15 +131,16 @@ def _row_softmax_grad_kernel(
 # --- launch configurations ------------------------------------------------------------------------------------------
 
 
+# Half precision runs on tensor cores, fp32 as exact fp32 products; sm_86/sm_89 have their own half tiles because
+# two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
+# register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
+# thousands of registers, and with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps
+# instead of 4 and Hopper's narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them
+# (divisibility 16, pipelined loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
+# Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
+# Ampere's fp32 tile with BLOCK_D = 128 takes 8 warps: at 4, Triton 3.6's ptxas spills 8 bytes (3.8's does not).
 #: Autotune candidates of the gradient kernel per chip family (`unicl.loss.kernels.tuning.chip_family`) and operand
-#: precision ("half" for bf16/fp16 on tensor cores, "fp32" for exact fp32 products); sm_86/sm_89 have their own half
-#: tiles because two of sm_80's spill there, sm_100 takes Hopper's. Every entry compiles for its chips without
-#: register spills (SASS read with cuobjdump, tests/kernels/test_compile_for_gpus.py): wider tiles spilled, in fp32 by
-#: thousands of registers, and with the inverse-norm factors in the loop Ampere's 64 x 32 x 256 half tile needs 8 warps
-#: instead of 4 and Hopper's narrow fp32 tile BLOCK_K = 16 instead of 32; compiled as launches specialise them
-#: (divisibility 16, pipelined loads), Hopper's fp32 gradient tile with BLOCK_D = 128 spills at 4 warps and takes 8.
-#: Hopper's half-precision tiles are issued as wgmma; BLOCK_D = 256 halves the backward's recomputation for D > 128.
-#: Ampere's fp32 tile with BLOCK_D = 128 takes 8 warps: at 4, Triton 3.6's ptxas spills 8 bytes (3.8's does not).
+#: precision (``"half"`` for bf16/fp16, ``"fp32"``).
 GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "half"): [
         tile_config(128, 64, 32, 8, 2, 128), tile_config(64, 64, 32, 8, 2, 256), tile_config(64, 32, 32, 8, 2, 256)
@@ -154,36 +154,14 @@ GRAD_CONFIGS: dict[tuple[str, str], list[triton.Config]] = {
     ("sm80", "fp32"): [tile_config(32, 32, 32, 8, 2, 128), tile_config(32, 32, 32, 4, 2, 64)],
     ("sm90", "fp32"): [tile_config(32, 32, 16, 8, 2, 128), tile_config(32, 32, 16, 4, 2, 64)],
 }  # fmt: skip
-KERNELS = {"grad": _row_softmax_grad_kernel}
-TABLES = {"grad": GRAD_CONFIGS}
-#: One small configuration for the CPU interpreter, where autotuning is impossible and tiles cost Python time.
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
-
-
-def configs_for(kernel_name: str, capability: tuple[int, int], dtype: torch.dtype) -> list[triton.Config]:
-    """Autotune candidates of ``kernel_name`` (``"grad"``; the forward's ``"lse"`` is in
-    `unicl.loss.kernels.tiles`) for a chip and feature dtype."""
-    return config_table(TABLES[kernel_name], capability, dtype)
-
-
-@functools.cache
-def _tuned(
-    kernel_name: str, capability: tuple[int, int], dtype: torch.dtype, buckets: tuple[int, ...]
-) -> triton.runtime.Autotuner:
-    """The autotuner of one kernel for a chip, dtype and `unicl.loss.kernels.tuning.size_bucket` of ``(M, N)``."""
-    return autotuner(KERNELS[kernel_name], TABLES[kernel_name], capability, dtype)
-
-
-def _run(kernel_name: str, grid_fn, device: torch.device, dtype: torch.dtype, **arguments: Any) -> None:
-    buckets = (size_bucket(int(arguments["M"])), size_bucket(int(arguments["N"])))
-    launch(KERNELS[kernel_name], INTERPRETER_CONFIG, _tuned, kernel_name, grid_fn, device, dtype, buckets, **arguments)
+GRAD = KernelSpec("grad", _two_pass_grad_kernel, GRAD_CONFIGS, objectives=("softmax", "sigmoid"))
 
 
 # --- the launcher, registered as a torch.library operator so torch.compile keeps the loss in its graph -------------
 
 
-@torch.library.custom_op("unicl::row_softmax_grad", mutates_args=())
-def row_softmax_grad(
+@torch.library.custom_op("unicl::two_pass_grad", mutates_args=())
+def two_pass_grad(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: torch.Tensor,
@@ -218,27 +196,28 @@ def row_softmax_grad(
     """
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    _run(
-        "grad",
+    GRAD.run(
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
         q.device,
         q.dtype,
         out_ptr=out, stride_out=out.stride(0),
-        **softmax_arguments(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias, objective),
+        **entry_weight_arguments(
+            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
+        ),
     )  # fmt: skip
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
-    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump, 2026-11-30).
+    # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump).
     return out.mul_(q_scale.to(out.dtype)[:, None])
 
 
-@row_softmax_grad.register_fake
-def _row_softmax_grad_fake(
+@two_pass_grad.register_fake
+def _two_pass_grad_fake(
     q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0
 ) -> torch.Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
-class TritonEngine:
+class TwoPassEngine(FusedEngine):
     """The fused-kernel engine behind ``backend="triton_rowwise"`` (see the module docstring for the design)."""
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
@@ -249,24 +228,12 @@ class TritonEngine:
         row_lse = row_logsumexp(sim.u, sim.v, sim.scale, row_scale, col_scale)
         return row_lse, row_logsumexp(sim.v, sim.u, sim.scale, col_scale, row_scale) if columns else None
 
-    def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        row_lse, col_lse = statistics
-        # Hᵀ has the same form with the roles swapped: rows are texts, own statistics c and g^c. Without column
-        # weights (and for a one-sided objective, whose kernels read no statistics) an uninitialised placeholder
-        # stands in for the column statistics.
-        if col_lse is None or not objective.two_sided:
-            col_lse = row_lse.new_empty(sim.v.shape[0])
-        row_scale, col_scale = factors(sim)
-        u, v, scale, bias, code = sim.u, sim.v, sim.scale, sim.bias, objective.kernel_code
+    def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H V`` and ``Hᵀ U``, one gradient launch each: ``Hᵀ`` has the same form with the roles swapped (rows
+        are texts, with their own statistics ``c`` and weights ``h``)."""
+        code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight = inputs
+        u, v, scale, bias = sim.u, sim.v, sim.scale, sim.bias
         return (
-            row_softmax_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
-            row_softmax_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
+            two_pass_grad(u, v, scale, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight, bias, code),
+            two_pass_grad(v, u, scale, col_scale, row_scale, col_lse, row_lse, col_weight, row_weight, bias, code),
         )
