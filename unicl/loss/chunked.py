@@ -113,16 +113,14 @@ class ChunkedEngine:
         self.chunk_size = chunk_size
         self.native_half = native_half
 
-    def _blocks(self, sim: Similarity, objective: Objective) -> _Blocks:
-        # Every objective's walk holds the memory of two default blocks, in as many buffers as it needs.
-        entries = 2 * DEFAULT_BLOCK_ENTRIES // objective.block_buffers
-        rows = block_rows(sim.u.shape[0], sim.v.shape[0], self.chunk_size, entries)
+    def _blocks(self, sim: Similarity) -> _Blocks:
+        rows = block_rows(sim.u.shape[0], sim.v.shape[0], self.chunk_size)
         native = uses_tensor_core_products(sim.u) if self.native_half is None else self.native_half
         return _Blocks(sim, rows, native and sim.u.dtype in HALF_DTYPES)
 
     def statistics(self, sim: Similarity, objective: Objective, columns: bool = True) -> Statistics:
         """The objective's forward statistics of ``Z``; see `unicl.loss.engine.SimilarityEngine`."""
-        blocks = self._blocks(sim, objective)
+        blocks = self._blocks(sim)
         statistics = objective.new_statistics(sim.u.shape[0], sim.v.shape[0], blocks.tile_buffer, columns)
         scratch_buffer = objective.new_scratch(blocks.tile_buffer)
         for rows, _, tile in blocks:
@@ -135,7 +133,7 @@ class ChunkedEngine:
         """The forward statistics and, in the same walk, ``H V`` and ``Hᵀ U`` for row weights of one, for an
         objective with ``local_entry_weights`` (see `unicl.loss.objectives.base.Objective`): backward then needs
         no second walk when its upstream weight is the same for every row (a mean or summed loss)."""
-        blocks = self._blocks(sim, objective)
+        blocks = self._blocks(sim)
         statistics = objective.new_statistics(sim.u.shape[0], sim.v.shape[0], blocks.tile_buffer, True)
         scratch_buffer = objective.new_scratch(blocks.tile_buffer)
 
@@ -155,7 +153,7 @@ class ChunkedEngine:
         col_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
-        blocks = self._blocks(sim, objective)
+        blocks = self._blocks(sim)
         # Only the column part of a two-sided objective's weights needs a second block.
         column_buffer = None if col_weight is None else torch.empty_like(blocks.tile_buffer)
 

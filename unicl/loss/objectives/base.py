@@ -63,8 +63,6 @@ class Objective(ABC):
         local_entry_weights: whether the entry weight ``P_ij`` depends on ``Z_ij`` and the row's upstream weight only
             (no statistic of the whole row or column): then one walk can give the statistics and, for a uniform
             upstream weight, the products of backward (`block_statistics_and_weights`).
-        block_buffers: how many ``[N, B]`` buffers the chunked engine's walk holds for it (the block and any
-            full-size scratch); the engine sizes ``B`` so that they hold the same memory for every objective.
     """
 
     name: ClassVar[str]
@@ -72,7 +70,6 @@ class Objective(ABC):
     two_sided: ClassVar[bool]
     has_bias: ClassVar[bool]
     local_entry_weights: ClassVar[bool] = False
-    block_buffers: ClassVar[int] = 2
 
     # --- the reference ------------------------------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ class SigmoidObjective(Objective):
     two_sided = False
     has_bias = True
     local_entry_weights = True
-    block_buffers = 1
 
     def dense_terms(
         self, logits: torch.Tensor, targets: torch.Tensor, columns: bool
