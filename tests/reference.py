@@ -17,6 +17,17 @@ def reference_targets(labels: list[int]) -> torch.Tensor:
     return (same_class | torch.eye(len(y), dtype=torch.bool)).to(torch.float64)
 
 
+def _unit_pairs_and_targets(image, text, labels, normalize):
+    """The features in float64 (divided by their norms when ``normalize``) and the square ``T``; ``labels=None``
+    makes every pair unique."""
+    image, text = image.double(), text.double()
+    if normalize:
+        image = image / image.norm(dim=1, keepdim=True)
+        text = text / text.norm(dim=1, keepdim=True)
+    n = image.shape[0]
+    return image, text, reference_targets(list(range(-1, -n - 1, -1)) if labels is None else labels)
+
+
 def reference_terms(
     image: torch.Tensor,
     text: torch.Tensor,
@@ -26,13 +37,7 @@ def reference_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(l_i2t [N], l_t2i [N])`` in float64, differentiable by autograd: each row's (column's) log-sum-exp of
     ``S`` minus the mean of its positive logits, with ``T`` built entry by entry from the labels."""
-    image, text = image.double(), text.double()
-    if normalize:
-        image = image / image.norm(dim=1, keepdim=True)
-        text = text / text.norm(dim=1, keepdim=True)
-    n = image.shape[0]
-    labels = list(range(-1, -n - 1, -1)) if labels is None else labels
-    targets = reference_targets(labels)
+    image, text, targets = _unit_pairs_and_targets(image, text, labels, normalize)
     logits = scale * image @ text.T
     i2t = torch.logsumexp(logits, 1) - (logits * targets).sum(1) / targets.sum(1)
     t2i = torch.logsumexp(logits, 0) - (logits * targets).sum(0) / targets.sum(0)
@@ -119,13 +124,8 @@ def reference_sigmoid_terms(
 ) -> torch.Tensor:
     """``ℓ [N]`` in float64, differentiable by autograd: each image's ``−Σ_j log σ(t_ij·Z_ij)`` with
     ``Z = s·Û V̂ᵀ + b`` and ``t = 2T − 1``, ``T`` built entry by entry from the labels."""
-    image, text = image.double(), text.double()
-    if normalize:
-        image = image / image.norm(dim=1, keepdim=True)
-        text = text / text.norm(dim=1, keepdim=True)
-    n = image.shape[0]
-    labels = list(range(-1, -n - 1, -1)) if labels is None else labels
-    signs = 2 * reference_targets(labels) - 1
+    image, text, targets = _unit_pairs_and_targets(image, text, labels, normalize)
+    signs = 2 * targets - 1
     logits = scale * image @ text.T + bias
     return -torch.nn.functional.logsigmoid(signs * logits).sum(1)
 
