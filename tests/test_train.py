@@ -256,11 +256,13 @@ def test_a_preemption_signal_checkpoints_the_current_step_and_resume_goes_on(dat
 
 
 def _start_in_a_group(command: list[str], log: Path) -> subprocess.Popen:
-    """``command`` as the leader of its own process group (as SLURM's job step or a terminal's foreground job)."""
+    """``command`` as the leader of its own process group (as SLURM's job step or a terminal's foreground job), with
+    Ctrl-C's default disposition even where the test runner was started as a background job (which ignores it)."""
     with log.open("w") as stream:
         return subprocess.Popen(
             command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
 
 
