@@ -756,6 +756,7 @@ def test_an_unreadable_training_image_is_one_line_naming_its_option_and_file(dat
     assert f"cannot identify image file {str(broken)!r}" in error[-1] and "BufferedReader" not in error[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("source", ["folder", "captions"])
 def test_a_truncated_training_image_is_named_with_its_source(data, tmp_path, capsys, workers, source):
