@@ -25,7 +25,7 @@ import triton.language as tl
 
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tuning import KernelSpec, tile_config, tile_options
-from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics
+from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics, Weights
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -308,12 +308,7 @@ class FusedEngine:
     `entry_products` runs its kernels on them."""
 
     def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
+        self, sim: Similarity, objective: Objective, statistics: Statistics, weights: Weights
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         row_lse, col_lse = statistics
@@ -322,7 +317,7 @@ class FusedEngine:
         if col_lse is None or not objective.two_sided:
             col_lse = row_lse.new_empty(sim.v.shape[0])
         row_scale, col_scale = factors(sim)
-        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight)
+        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, *weights)
         return self.entry_products(sim, inputs)
 
     def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:
