@@ -262,7 +262,7 @@ def _within(filename: object, directory: Path) -> bool:
 
 
 def _load_model(args: argparse.Namespace) -> UniCLModel:
-    from unicl.models.presets import create_model, list_models
+    from unicl.models.presets import create_model, is_model_name, list_models
     from unicl.models.serialization import load_model
 
     source = Path(args.model)
@@ -271,9 +271,9 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
             _usage("--pretrained", args.pretrained, "goes with a preset name; --model is already a model directory")
         try:
             return load_model(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, ImportError) as error:
             _usage("--model", args.model, error)
-    if args.model not in list_models():
+    if not is_model_name(args.model):
         _usage(
             "--model", args.model,
             f"is neither a model directory (save_pretrained, or a training run's final/) nor a preset "
@@ -281,8 +281,9 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
         )  # fmt: skip
     try:
         return create_model(args.model, pretrained=args.pretrained)
-    except (OSError, ValueError) as error:
-        _usage("--pretrained", args.pretrained, error)
+    except (OSError, ValueError, ImportError) as error:
+        # A bad checkpoint file is --pretrained's fault; an adapter's missing library or directory is --model's.
+        _usage("--pretrained" if args.pretrained is not None else "--model", args.pretrained or args.model, error)
 
 
 def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
