@@ -89,8 +89,8 @@ def hf_tokenizer(directory: str | os.PathLike[str], context_length: int | None =
         FileNotFoundError: no such directory.
         ValueError: a tokenizer without a ``tokenizers`` backend, or one that adds more than a start and an end token.
     """
-    path = _directory(directory)
     transformers = _transformers()
+    path = _directory(directory)
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         loaded = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -135,8 +135,8 @@ def create_hf(directory: str | os.PathLike[str], **overrides: Any) -> HFAdapter:
         FileNotFoundError: no such directory.
         ValueError: a model type other than CLIP or SigLIP, files transformers cannot read, an override.
     """
-    path = _directory(directory)
     transformers = _transformers()
+    path = _directory(directory)
     name = f"hf:{directory}"
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -175,13 +175,8 @@ def _adapter(name: str, model: Any, processor: Any, tokenizer: Tokenizer, overri
     if check_overrides(name, model, overrides):
         model.gradient_checkpointing_enable()
     config = model.config
-    size = processor.size
-    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-    crop = getattr(processor, "crop_size", None)
-    if isinstance(crop, dict) and getattr(processor, "do_center_crop", False):
-        side = crop.get("height", side)
     described = describe(
-        image_size=int(side),
+        image_size=config.vision_config.image_size,
         vocab_size=config.text_config.vocab_size,
         context_length=tokenizer.context_length,
         width=config.text_config.hidden_size,
