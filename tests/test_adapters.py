@@ -315,5 +315,6 @@ def test_training_and_evaluation_commands(kind, tmp_path, open_clip_file, clip_d
     report = evaluate(["zeroshot", "--model", str(run / "final"), "--data", str(eval_folder), "--workers", "0",
                        "--device", "cpu", "--no-progress"])  # fmt: skip
     assert 0.0 <= report["top1"] <= 100.0
-    assert type(unicl.load_model(run / "final")) is type(unicl.create_model(*map(str, model[:1]), **(
-        {"pretrained": open_clip_file} if kind == "open_clip" else {})))
+    assert type(unicl.load_model(run / "final")) is type(
+        unicl.create_model(*map(str, model[:1]), **({"pretrained": open_clip_file} if kind == "open_clip" else {}))
+    )

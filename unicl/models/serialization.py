@@ -72,7 +72,9 @@ def read_config(directory: str | os.PathLike[str]) -> UniCLConfig:
     """
     saved, path = _read_saved(directory)
     if "model" not in saved:
-        raise ValueError(f"{path} holds the model of another library ({saved[ADAPTER_KEY].get('kind')!r}), not a UniCLConfig")
+        raise ValueError(
+            f"{path} holds the model of another library ({saved[ADAPTER_KEY].get('kind')!r}), not a UniCLConfig"
+        )
     return _config_from_dict(saved["model"], path)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from unicl.data.datasets import read_caption_file
-from unicl.models.adapters import AdapterModel
 from unicl.models import UniCLModel, check_tokenizer_fits, get_tokenizer, model_tokenizer, preset_tokenizer
+from unicl.models.adapters import AdapterModel
 from unicl.models.presets import TRAINED_TOKENIZER
 from unicl.text.prompts import LabelToPrompt
 from unicl.text.tokenizer import Tokenizer

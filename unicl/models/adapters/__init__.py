@@ -42,7 +42,9 @@ def is_adapter_name(name: object) -> bool:
 def _split(name: str) -> tuple[str, str]:
     kind, _, rest = name.partition(":")
     if not rest:
-        raise ValueError(f"model {name!r} names no {'architecture' if kind == 'open_clip' else 'directory'} after '{kind}:'")
+        raise ValueError(
+            f"model {name!r} names no {'architecture' if kind == 'open_clip' else 'directory'} after '{kind}:'"
+        )
     return kind, rest
 
 
@@ -64,7 +66,9 @@ def create_adapter(name: str, pretrained: str | os.PathLike[str] | None = None, 
     if kind == "open_clip":
         return create_open_clip(rest, pretrained, **overrides)
     if pretrained is not None:
-        raise ValueError(f"pretrained goes with open_clip: names; {name} holds its own weights (got {str(pretrained)!r})")
+        raise ValueError(
+            f"pretrained goes with open_clip: names; {name} holds its own weights (got {str(pretrained)!r})"
+        )
     return create_hf(rest, **overrides)
 
 

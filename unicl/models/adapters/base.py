@@ -76,13 +76,13 @@ class AdapterModel(UniCLModel):
         self.tokenizer = tokenizer
         self.transforms = transforms
 
-    @property  # type: ignore[override]
-    def logit_scale(self) -> nn.Parameter:
+    @property
+    def logit_scale(self) -> nn.Parameter:  # type: ignore[override]  # the wrapped model holds it
         """The wrapped model's logit scale (log space, 0-dim)."""
         return self.model.logit_scale  # type: ignore[return-value]
 
-    @property  # type: ignore[override]
-    def logit_bias(self) -> nn.Parameter | None:
+    @property
+    def logit_bias(self) -> nn.Parameter | None:  # type: ignore[override]  # the wrapped model holds it
         """The wrapped model's logit bias (0-dim or ``[1]``), or ``None`` for a model without one."""
         return getattr(self.model, "logit_bias", None)
 

@@ -118,9 +118,7 @@ def open_clip_tokenizer(arch: str, context_length: int | None = None) -> Tokeniz
     return Tokenizer.clip(context_length or config.get("text_cfg", {}).get("context_length", 77))
 
 
-def create_open_clip(
-    arch: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any
-) -> OpenCLIPAdapter:
+def create_open_clip(arch: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> OpenCLIPAdapter:
     """open_clip's architecture ``arch`` with the weights of the local file ``pretrained`` (random weights without).
 
     Args:
@@ -146,7 +144,9 @@ def create_open_clip(
         try:
             open_clip.load_checkpoint(model, str(pretrained), strict=True)
         except (RuntimeError, KeyError, ValueError, OSError) as error:
-            raise ValueError(f"pretrained={str(pretrained)!r} does not fit open_clip:{arch}: {first_line(error)}") from None
+            raise ValueError(
+                f"pretrained={str(pretrained)!r} does not fit open_clip:{arch}: {first_line(error)}"
+            ) from None
     preprocess = dict(model.visual.preprocess_cfg)
     return _adapter(arch, model, config, preprocess, overrides)
 
@@ -171,7 +171,6 @@ def load_open_clip(directory: Path, spec: dict[str, Any]) -> OpenCLIPAdapter:
 def _adapter(
     arch: str, model: torch.nn.Module, config: dict[str, Any], preprocess: dict[str, Any], overrides: dict[str, Any]
 ) -> OpenCLIPAdapter:
-    open_clip = _open_clip()
     name = PREFIX + arch
     if check_overrides(name, model, overrides):
         model.set_grad_checkpointing(True)  # type: ignore[operator]
@@ -192,4 +191,3 @@ def _adapter(
     )
     spec = {"kind": "open_clip", "arch": arch, "model_cfg": copy.deepcopy(config), "preprocess_cfg": preprocess}
     return OpenCLIPAdapter(model, described, spec, tokenizer, transforms)
-
