@@ -238,6 +238,24 @@ def test_forward_scale_bias_and_groups_follow_the_wrapped_model(case):
     assert all(p.dim() >= 2 for p in groups[0]["params"])
 
 
+@torch.no_grad()
+def test_backbone_features_are_the_towers_output_before_its_projection(case):
+    name, arguments, own_images, _, _ = case
+    model, _, transform = unicl.create_model_and_transforms(name, **arguments)
+    model.eval()
+    images = _images(2)
+    backbone = model.image_encoder(torch.stack([transform(image) for image in images]))
+    wrapped = model.model
+    if name.startswith("open_clip:"):
+        projected = backbone @ wrapped.visual.proj
+    elif hasattr(wrapped, "visual_projection"):
+        projected = wrapped.visual_projection(backbone)
+    else:
+        projected = backbone  # SigLIP's head output is its image embedding
+    assert backbone.shape[1] != 16 or projected is backbone
+    assert relative_error(projected, own_images(images)) <= RELATIVE
+
+
 def test_list_models_shows_the_adapter_families():
     assert unicl.list_models("open_clip:*") == ["open_clip:<arch>"]
     assert "hf:<dir>" in unicl.list_models()

@@ -43,6 +43,12 @@ class HFAdapter(AdapterModel):
     def _image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values=images).pooler_output  # type: ignore[operator]
 
+    def image_encoder(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # features, not a tower
+        """``[B, 3, S, S]`` images to the vision tower's ``pooler_output`` (``[B, width]``): CLIP's before its visual
+        projection (what CLIP's linear probes fit), SigLIP's attention-pooling head's (its image embedding, as SigLIP
+        has no projection). The ``backbone`` features of `unicl.evaluation.features`."""
+        return self.model.vision_model(pixel_values=images).pooler_output  # type: ignore[operator]
+
     def _text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.spec["config"]["model_type"] == "siglip":
             attention_mask = None

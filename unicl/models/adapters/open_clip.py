@@ -53,6 +53,22 @@ class OpenCLIPAdapter(AdapterModel):
     def _text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.model.encode_text(input_ids)  # type: ignore[operator]
 
+    def image_encoder(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # features, not a tower
+        """``[B, 3, S, S]`` images to the ViT's pooled ``[B, width]`` features before its projection (what CLIP's
+        linear probes fit; the ``backbone`` features of `unicl.evaluation.features`).
+
+        Raises:
+            ValueError: an image tower other than open_clip's ``VisionTransformer`` (a timm or ResNet tower).
+        """
+        visual: Any = self.model.visual
+        if not all(hasattr(visual, part) for part in ("_embeds", "transformer", "_pool")):
+            raise ValueError(
+                f"open_clip:{self.spec['arch']}'s image tower ({type(visual).__name__}) gives no features before its "
+                "projection here: use the projected features"
+            )
+        # VisionTransformer.forward without its last step, the projection (open_clip's own parts, in its order).
+        return visual._pool(visual.transformer(visual._embeds(images)))[0]
+
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
         """`AdapterModel.save_pretrained`, and open_clip's ``open_clip_config.json`` beside it: the directory is also
         ``open_clip.create_model("local-dir:DIR")``'s, which `unicl.load_model` uses to rebuild the model."""
