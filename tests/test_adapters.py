@@ -203,6 +203,7 @@ def test_token_ids_are_the_librarys_own(case):
     assert torch.equal(tokenizer(TEXTS)["input_ids"], own_ids(TEXTS))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_saved_model_reloads_without_the_original_files(case, tmp_path):
     name, arguments, _, _, _ = case
@@ -219,6 +220,7 @@ def test_saved_model_reloads_without_the_original_files(case, tmp_path):
     assert torch.equal(again.clamped_logit_scale(), model.clamped_logit_scale())
 
 
+@pytest.mark.slow
 def test_forward_scale_bias_and_groups_follow_the_wrapped_model(case):
     name, arguments, _, _, _ = case
     model = unicl.create_model(name, **arguments)
@@ -238,6 +240,7 @@ def test_forward_scale_bias_and_groups_follow_the_wrapped_model(case):
     assert all(p.dim() >= 2 for p in groups[0]["params"])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_backbone_features_are_the_towers_output_before_its_projection(case):
     name, arguments, own_images, _, _ = case

@@ -53,7 +53,8 @@ class AdapterModel(UniCLModel):
             a ``logit_bias`` (SigLIP's).
         config: the `unicl.UniCLConfig` that describes it (see the module docstring).
         spec: the JSON-ready description `unicl.load_model` rebuilds the wrapped model from (no checkpoint file).
-        tokenizer: the tokenizer its text tower reads, saved with it.
+        tokenizer: the tokenizer its text tower reads, saved with it, or a function that makes it (called once, on
+            first use: CLIP's BPE takes a second to build).
         transforms: ``(train, eval)`` callables from a PIL image to a ``[3, S, S]`` float tensor.
     """
 
@@ -65,7 +66,7 @@ class AdapterModel(UniCLModel):
         model: nn.Module,
         config: UniCLConfig,
         spec: dict[str, Any],
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | Callable[[], Tokenizer],
         transforms: tuple[Callable, Callable],
     ) -> None:
         # UniCLModel's own towers are not built: the wrapped model's are used.
@@ -73,8 +74,15 @@ class AdapterModel(UniCLModel):
         self.config = config
         self.model = model
         self.spec = spec
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
         self.transforms = transforms
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the wrapped model's text tower reads (its library's token ids)."""
+        if not isinstance(self._tokenizer, Tokenizer):
+            self._tokenizer = self._tokenizer()
+        return self._tokenizer
 
     @property
     def logit_scale(self) -> nn.Parameter:  # type: ignore[override]  # the wrapped model holds it

@@ -196,14 +196,14 @@ def _adapter(
     cfg = transform.PreprocessCfg(**{**preprocess, "size": size if isinstance(size, int) else tuple(size)})
     transforms = (transform.image_transform_v2(cfg, is_train=True), transform.image_transform_v2(cfg, is_train=False))
     text = config.get("text_cfg", {})
-    tokenizer = Tokenizer.clip(text.get("context_length", 77))
+    context_length = text.get("context_length", 77)
     described = describe(
         image_size=size if isinstance(size, int) else int(size[0]),
         vocab_size=text.get("vocab_size", 49408),
-        context_length=text.get("context_length", 77),
+        context_length=context_length,
         width=text.get("width", 512),
         embed_dim=config["embed_dim"],
         has_bias=getattr(model, "logit_bias", None) is not None,
     )
     spec = {"kind": "open_clip", "arch": arch, "model_cfg": copy.deepcopy(config), "preprocess_cfg": preprocess}
-    return OpenCLIPAdapter(model, described, spec, tokenizer, transforms)
+    return OpenCLIPAdapter(model, described, spec, lambda: Tokenizer.clip(context_length), transforms)
