@@ -276,7 +276,7 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
     if not is_model_name(args.model):
         _usage(
             "--model", args.model,
-            f"is neither a model directory (save_pretrained, or a training run's final/) nor a preset "
+            f"is neither a model directory (save_pretrained, or a training run's final/) nor a model name "
             f"({', '.join(list_models())})",
         )  # fmt: skip
     try:
@@ -424,7 +424,10 @@ def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandPa
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = Parser(add_help=False)
     common.add_argument(
-        "--model", required=True, help="a preset name, or a directory written by save_pretrained or unicl.train"
+        "--model",
+        required=True,
+        help="a preset name, a directory written by save_pretrained or unicl.train, open_clip:ARCH (with --pretrained "
+        "FILE) or hf:DIR (a transformers CLIPModel or SiglipModel directory)",
     )
     common.add_argument(
         "--pretrained", help="weights for the preset: a release's tag (unicl.list_pretrained, read from "
