@@ -339,3 +339,24 @@ def test_training_and_evaluation_commands(kind, tmp_path, open_clip_file, clip_d
     assert type(unicl.load_model(run / "final")) is type(
         unicl.create_model(*map(str, model[:1]), **({"pretrained": open_clip_file} if kind == "open_clip" else {}))
     )
+
+
+def test_training_a_siglip_model_with_the_softmax_objective_is_refused(tmp_path, siglip_dir, capsys):
+    from unicl.train import main as train
+
+    folder = _image_folder(tmp_path / "train", 1)
+    with pytest.raises(SystemExit):
+        train(["--model", f"hf:{siglip_dir}", "--image-folder", str(folder), "--steps", "1", "--batch-size", "2",
+               "--output", str(tmp_path / "run"), "--workers", "0", "--no-progress", "--no-tensorboard"])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--loss" in error and "--loss sigmoid" in error
+
+
+def test_commands_name_the_model_argument_for_a_missing_directory(tmp_path, capsys):
+    from unicl.evaluate import main as evaluate
+
+    data = _image_folder(tmp_path / "eval", 1)
+    with pytest.raises(SystemExit):
+        evaluate(["zeroshot", "--model", f"hf:{tmp_path / 'gone'}", "--data", str(data), "--device", "cpu"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--model" in error and "gone" in error
