@@ -184,13 +184,18 @@ def case(request, open_clip_file, clip_dir, siglip_dir):
     return _hf_case(clip_dir, True) if request.param == "hf-clip" else _hf_case(siglip_dir, False)
 
 
+def _adapter_and_pixels(name, arguments, images):
+    """The adapter model (in eval mode) and ``images`` through its own evaluation transform, ``[B, 3, S, S]``."""
+    model, _, transform = unicl.create_model_and_transforms(name, **arguments)
+    return model.eval(), torch.stack([transform(image) for image in images])
+
+
 @torch.no_grad()
 def test_features_and_zeroshot_head_equal_the_librarys_own(case):
     name, arguments, own_images, own_texts, _ = case
-    model, _, transform = unicl.create_model_and_transforms(name, **arguments)
-    model.eval()
     images = _images(3)
-    adapter_images = model.encode_image(torch.stack([transform(image) for image in images]), normalize=False)
+    model, pixels = _adapter_and_pixels(name, arguments, images)
+    adapter_images = model.encode_image(pixels, normalize=False)
     assert relative_error(adapter_images, own_images(images)) <= RELATIVE
     head = build_zeroshot_classifier(model, unicl.get_tokenizer(name), NAMES, TEMPLATES)
     assert head.dtype == torch.float32
@@ -244,10 +249,9 @@ def test_forward_scale_bias_and_groups_follow_the_wrapped_model(case):
 @torch.no_grad()
 def test_backbone_features_are_the_towers_output_before_its_projection(case):
     name, arguments, own_images, _, _ = case
-    model, _, transform = unicl.create_model_and_transforms(name, **arguments)
-    model.eval()
     images = _images(2)
-    backbone = model.image_encoder(torch.stack([transform(image) for image in images]))
+    model, pixels = _adapter_and_pixels(name, arguments, images)
+    backbone = model.image_encoder(pixels)
     wrapped = model.model
     if name.startswith("open_clip:"):
         projected = backbone @ wrapped.visual.proj
