@@ -364,3 +364,17 @@ def test_commands_name_the_model_argument_for_a_missing_directory(tmp_path, caps
         evaluate(["zeroshot", "--model", f"hf:{tmp_path / 'gone'}", "--data", str(data), "--device", "cpu"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--model" in error and "gone" in error
+
+
+@pytest.mark.slow
+def test_gradient_caching_and_resume_train_an_adapter(tmp_path, clip_dir):
+    from unicl.train import main as train
+
+    folder = _image_folder(tmp_path / "train", 2)
+    run = tmp_path / "run"
+    common = ["--model", f"hf:{clip_dir}", "--image-folder", str(folder), "--batch-size", "4", "--micro-batch", "2",
+              "--output", str(run), "--workers", "0", "--no-progress", "--no-tensorboard", "--save-every", "1"]  # fmt: skip
+    train([*common, "--steps", "3", "--stop-after", "1"])
+    final = train([*common, "--steps", "3", "--resume", "auto"])
+    assert final is not None and type(unicl.load_model(final)).__name__ == "HFAdapter"
+    assert json.loads((run / "final" / "training.json").read_text())["step"] == 3
