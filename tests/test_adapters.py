@@ -372,8 +372,9 @@ def test_gradient_caching_and_resume_train_an_adapter(tmp_path, clip_dir):
 
     folder = _image_folder(tmp_path / "train", 2)
     run = tmp_path / "run"
-    common = ["--model", f"hf:{clip_dir}", "--image-folder", str(folder), "--batch-size", "4", "--micro-batch",
-              "2", "--output", str(run), "--workers", "0", "--no-progress", "--no-tensorboard", "--save-every", "1"]  # fmt: skip
+    common = ["--model", f"hf:{clip_dir}", "--image-folder", str(folder), "--batch-size", "4", "--micro-batch", "2",
+              "--output", str(run), "--workers", "0", "--no-progress", "--no-tensorboard",
+              "--save-every", "1"]  # fmt: skip
     train([*common, "--steps", "3", "--stop-after", "1"])
     final = train([*common, "--steps", "3", "--resume", "auto"])
     assert final is not None and type(unicl.load_model(final)).__name__ == "HFAdapter"
