@@ -106,7 +106,8 @@ def model_config(arch: str) -> dict[str, Any]:
         known = open_clip.list_models()
         raise ValueError(
             f"unknown open_clip architecture {arch!r}; open_clip knows {len(known)}, e.g. "
-            f"{', '.join(name for name in known if name.startswith('ViT-B'))[:200]} (open_clip.list_models())"
+            f"{', '.join([name for name in known if name.startswith('ViT-B') and 'SigLIP' not in name][:6])} "
+            "(open_clip.list_models())"
         )
     config = open_clip.get_model_config(arch)
     text = config.get("text_cfg", {})
