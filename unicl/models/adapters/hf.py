@@ -41,7 +41,7 @@ class HFAdapter(AdapterModel):
     kind = "hf"
 
     def _image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values=images).pooler_output  # type: ignore[operator]
+        return _pooled(self.model.get_image_features(pixel_values=images))  # type: ignore[operator]
 
     def image_encoder(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # features, not a tower
         """``[B, 3, S, S]`` images to the vision tower's ``pooler_output`` (``[B, width]``): CLIP's before its visual
@@ -53,7 +53,13 @@ class HFAdapter(AdapterModel):
         if self.spec["config"]["model_type"] == "siglip":
             attention_mask = None
         outputs = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)  # type: ignore[operator]
-        return outputs.pooler_output
+        return _pooled(outputs)
+
+
+def _pooled(outputs: Any) -> torch.Tensor:
+    """The projected features of ``get_image_features``/``get_text_features``: transformers 5 returns them as the
+    output's ``pooler_output``, transformers 4 as a tensor."""
+    return outputs if isinstance(outputs, torch.Tensor) else outputs.pooler_output
 
 
 class ProcessorTransform:
@@ -148,7 +154,8 @@ def create_hf(directory: str | os.PathLike[str], **overrides: Any) -> HFAdapter:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         if config.model_type not in MODEL_TYPES:
             raise ValueError(f"{name} is a {config.model_type!r} model; the hf adapter takes {', '.join(MODEL_TYPES)}")
-        model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        # Trained in float32 whatever the file's dtype (the optimiser keeps float32 weights; autocast lowers them).
+        model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True).float()
         processor = transformers.AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
     except OSError as error:
         raise ValueError(f"{name}: {first_line(error)}") from None
@@ -172,7 +179,7 @@ def load_hf(directory: Path, spec: dict[str, Any], tokenizer: Tokenizer) -> HFAd
     except (KeyError, TypeError, AttributeError):
         raise ValueError(f"{directory}: the hf specification lacks its config or image processor") from None
     config = transformers.AutoConfig.for_model(model_type, **fields)
-    model = transformers.AutoModel.from_config(config, dtype=torch.float32)
+    model = transformers.AutoModel.from_config(config).float()
     processor = processor_class.from_dict(processor_fields)
     return _adapter(f"hf:{directory}", model, processor, tokenizer, {})
 
