@@ -10,16 +10,19 @@ mean of the library's own normalised prompt features.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unicl
 from unicl.evaluation.zeroshot import build_zeroshot_classifier
-from unicl.text.tokenizer import CLIP_NUM_MERGES, bytes_to_unicode, find_clip_merges
+from unicl.text.tokenizer import CLIP_NUM_MERGES, Tokenizer, bytes_to_unicode, find_clip_merges
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
@@ -138,6 +141,18 @@ def siglip_dir(folder) -> Path:
     tokenizer.save_pretrained(directory)
     transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
+
+
+@functools.cache
+def _tokenizers(directory: Path):
+    """transformers' own tokenizer of a model directory, read once."""
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+@functools.cache
+def _ours(directory: Path) -> Tokenizer:
+    """unicl's tokenizer of a model directory, read once."""
+    return unicl.get_tokenizer(f"hf:{directory}")
 
 
 def _open_clip_case(open_clip_file):
@@ -261,6 +276,24 @@ def test_backbone_features_are_the_towers_output_before_its_projection(case):
         projected = backbone  # SigLIP's head output is its image embedding
     assert backbone.shape[1] != 16 or projected is backbone
     assert relative_error(projected, own_images(images)) <= RELATIVE
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(texts=st.lists(st.text(min_size=0, max_size=60), min_size=1, max_size=4))
+def test_ids_equal_transformers_for_any_text(siglip_dir, clip_dir, texts):
+    """Rows without a start token (SigLIP's), with one (CLIP's), truncated or padded: transformers' ids and mask, and
+    the same after the tokenizer's saved state is read back."""
+    for directory in (siglip_dir, clip_dir):
+        ours = _ours(directory)
+        theirs = _tokenizers(directory)(
+            texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt"
+        )
+        encoded = ours(texts)
+        assert torch.equal(encoded["input_ids"], theirs["input_ids"])
+        assert torch.equal(encoded["attention_mask"], theirs["attention_mask"])
+        again = Tokenizer.from_state(ours.to_state())
+        assert torch.equal(again(texts)["input_ids"], encoded["input_ids"])
 
 
 def test_list_models_shows_the_adapter_families():
