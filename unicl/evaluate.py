@@ -262,7 +262,7 @@ def _within(filename: object, directory: Path) -> bool:
 
 
 def _load_model(args: argparse.Namespace) -> UniCLModel:
-    from unicl.models.presets import create_model, list_models
+    from unicl.models.presets import create_model, is_model_name, list_models
     from unicl.models.serialization import load_model
 
     source = Path(args.model)
@@ -271,18 +271,19 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
             _usage("--pretrained", args.pretrained, "goes with a preset name; --model is already a model directory")
         try:
             return load_model(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, ImportError) as error:
             _usage("--model", args.model, error)
-    if args.model not in list_models():
+    if not is_model_name(args.model):
         _usage(
             "--model", args.model,
-            f"is neither a model directory (save_pretrained, or a training run's final/) nor a preset "
+            f"is neither a model directory (save_pretrained, or a training run's final/) nor a model name "
             f"({', '.join(list_models())})",
         )  # fmt: skip
     try:
         return create_model(args.model, pretrained=args.pretrained)
-    except (OSError, ValueError) as error:
-        _usage("--pretrained", args.pretrained, error)
+    except (OSError, ValueError, ImportError) as error:
+        # A bad checkpoint file is --pretrained's fault; an adapter's missing library or directory is --model's.
+        _usage("--pretrained" if args.pretrained is not None else "--model", args.pretrained or args.model, error)
 
 
 def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
@@ -423,7 +424,10 @@ def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandPa
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = Parser(add_help=False)
     common.add_argument(
-        "--model", required=True, help="a preset name, or a directory written by save_pretrained or unicl.train"
+        "--model",
+        required=True,
+        help="a preset name, a directory written by save_pretrained or unicl.train, open_clip:ARCH (with --pretrained "
+        "FILE) or hf:DIR (a transformers CLIPModel or SiglipModel directory)",
     )
     common.add_argument(
         "--pretrained", help="weights for the preset: a release's tag (unicl.list_pretrained, read from "

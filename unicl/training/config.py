@@ -60,10 +60,12 @@ class TrainingConfig:
 
     # --- model -------------------------------------------------------------------------------------------------------
     model: str = field(metadata=_option("model"))
-    """The preset to train (see unicl.list_models())."""
+    """The preset to train (see unicl.list_models()), or an open_clip or transformers model: open_clip:ARCH (with
+    --pretrained FILE) or hf:DIR (a CLIPModel or SiglipModel directory)."""
     pretrained: str | None = field(default=None, metadata=_option("model"))
     """Initial weights for the preset: a release tag of unicl.list_pretrained() (read from $UNICL_HOME/checkpoints),
-    a microsoft/UniCL .pth, a save_pretrained directory or .safetensors."""
+    a microsoft/UniCL .pth, a save_pretrained directory or .safetensors; for open_clip:ARCH, a local open_clip
+    checkpoint file."""
     tokenizer: str | None = field(default=None, metadata=_option("model"))
     """'clip' (CLIP's BPE, found on this machine), a tokenizer.json or a saved model directory; its vocabulary must
     fit the preset's text tower (default: the tokenizer saved with a --pretrained directory, else the preset's own:

@@ -93,6 +93,11 @@ class Trainer:
             # pair begins near σ(-10 ± 10): the many negatives contribute little loss at first.
             overrides.update(init_temperature=1 / SIGMOID_LOGIT_SCALE, logit_bias=SIGMOID_LOGIT_BIAS)
         self.model: UniCLModel = create_model(config.model, pretrained=config.pretrained, **overrides).to(self.device)
+        if config.loss == "softmax" and self.model.logit_bias is not None:
+            # Only a model of another library can come with a bias here (a SigLIP model): its objective is sigmoid.
+            raise TrainingError(
+                f"--loss: {config.model} has a logit bias (a SigLIP model); train it with --loss sigmoid"
+            )
         self.data = RunData(config, runtime, self.model)
         # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
         # forward returns unit features, so the loss does not normalise them again.
