@@ -35,6 +35,7 @@ class Provider:
         same_objective: it computes the UniCL value itself, so the correctness gate applies.
         note: what a reader must know about it.
         objective: ``"softmax"`` or ``"sigmoid"``; a provider is compared and plotted with its objective's others.
+        takes_text_labels: it takes ``text_labels=`` for ``M != N`` texts (the rectangular shapes).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Provider:
     same_objective: bool = True
     note: str = ""
     objective: str = "softmax"
+    takes_text_labels: bool = False
 
 
 def _unicl(backend: str) -> LossFn:
@@ -136,14 +138,21 @@ def _supcon() -> LossFn:
 PROVIDERS: dict[str, Provider] = {
     provider.name: provider
     for provider in [
-        Provider("unicl-dense", functools.partial(_unicl, "dense")),
-        Provider("unicl-chunked", functools.partial(_unicl, "chunked")),
-        Provider("unicl-triton", functools.partial(_unicl, "triton"), gpu_only=True, note="one-pass schedule"),
+        Provider("unicl-dense", functools.partial(_unicl, "dense"), takes_text_labels=True),
+        Provider("unicl-chunked", functools.partial(_unicl, "chunked"), takes_text_labels=True),
+        Provider(
+            "unicl-triton",
+            functools.partial(_unicl, "triton"),
+            gpu_only=True,
+            note="one-pass schedule",
+            takes_text_labels=True,
+        ),
         Provider(
             "unicl-triton-rowwise",
             functools.partial(_unicl, "triton_rowwise"),
             gpu_only=True,
             note="the earlier two-pass schedule",
+            takes_text_labels=True,
         ),
         Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
         Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
@@ -161,16 +170,31 @@ PROVIDERS: dict[str, Provider] = {
             note="pytorch-metric-learning SupConLoss image->text and text->image; SupCon's objective, "
             "which may differ slightly from UniCL's (checked against it, not gated)",
         ),
-        Provider("unicl-sigmoid-dense", functools.partial(_unicl_sigmoid, "dense"), objective="sigmoid"),
-        Provider("unicl-sigmoid-chunked", functools.partial(_unicl_sigmoid, "chunked"), objective="sigmoid"),
         Provider(
-            "unicl-sigmoid-triton", functools.partial(_unicl_sigmoid, "triton"), gpu_only=True, objective="sigmoid"
+            "unicl-sigmoid-dense",
+            functools.partial(_unicl_sigmoid, "dense"),
+            objective="sigmoid",
+            takes_text_labels=True,
+        ),
+        Provider(
+            "unicl-sigmoid-chunked",
+            functools.partial(_unicl_sigmoid, "chunked"),
+            objective="sigmoid",
+            takes_text_labels=True,
+        ),
+        Provider(
+            "unicl-sigmoid-triton",
+            functools.partial(_unicl_sigmoid, "triton"),
+            gpu_only=True,
+            objective="sigmoid",
+            takes_text_labels=True,
         ),
         Provider(
             "unicl-sigmoid-triton-rowwise",
             functools.partial(_unicl_sigmoid, "triton_rowwise"),
             gpu_only=True,
             objective="sigmoid",
+            takes_text_labels=True,
         ),
         Provider("open_clip-SigLipLoss", _open_clip_siglip, unique_labels_only=True, objective="sigmoid"),
     ]

@@ -337,12 +337,17 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _spawn_and_collect_failures(worker, world: int, tmp_path: Path) -> None:
+    """Run ``worker`` on ``world`` gloo ranks and fail with every rank's report of failed checks."""
+    mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
+    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
+    assert not any(failures), "\n".join(failures)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_contract(world, tmp_path):
-    mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
-    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
-    assert not any(failures), "\n".join(failures)
+    _spawn_and_collect_failures(_worker, world, tmp_path)
 
 
 def test_without_a_process_group_it_is_the_single_process_loss():
@@ -506,6 +511,4 @@ def _text_labels_worker(rank: int, world: int, init_file: str, result_dir: str) 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_text_labels(world, tmp_path):
-    mp.spawn(_text_labels_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
-    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
-    assert not any(failures), "\n".join(failures)
+    _spawn_and_collect_failures(_text_labels_worker, world, tmp_path)

@@ -311,8 +311,8 @@ def distributed_unicl_loss(
         chunk_size: as in `unicl.unicl_loss`.
         equal_batches: every rank has the same batch size, and the same number of texts (a training loop with
             full batches on every rank): no size exchange and no host synchronisation, one all-gather of the
-            features per call (see `gather_batch`). ``False`` exchanges sizes first, which allows uneven and empty batches and turns
-            a bad input on any rank into an error on every rank.
+            features per call (see `gather_batch`). ``False`` exchanges sizes first, which allows uneven and empty
+            batches and turns a bad input on any rank into an error on every rank.
 
     Returns:
         A scalar whose mean over ranks is the global loss, or ``[n]`` for ``"none"``. A rank with no samples
