@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,12 @@ def _unicl(backend: str) -> LossFn:
 
 def _unicl_sigmoid(backend: str) -> LossFn:
     return functools.partial(unicl_sigmoid_loss, logit_bias=SIGMOID_BIAS, backend=backend)
+
+
+def _unicl_provider(name: str, backend: str, objective: str = "softmax", **options: Any) -> Provider:
+    """One of unicl's own backends of ``objective``: it takes ``text_labels``."""
+    make = functools.partial(_unicl if objective == "softmax" else _unicl_sigmoid, backend)
+    return Provider(name, make, objective=objective, takes_text_labels=True, **options)
 
 
 def _open_clip_siglip() -> LossFn:
@@ -138,22 +145,10 @@ def _supcon() -> LossFn:
 PROVIDERS: dict[str, Provider] = {
     provider.name: provider
     for provider in [
-        Provider("unicl-dense", functools.partial(_unicl, "dense"), takes_text_labels=True),
-        Provider("unicl-chunked", functools.partial(_unicl, "chunked"), takes_text_labels=True),
-        Provider(
-            "unicl-triton",
-            functools.partial(_unicl, "triton"),
-            gpu_only=True,
-            note="one-pass schedule",
-            takes_text_labels=True,
-        ),
-        Provider(
-            "unicl-triton-rowwise",
-            functools.partial(_unicl, "triton_rowwise"),
-            gpu_only=True,
-            note="the earlier two-pass schedule",
-            takes_text_labels=True,
-        ),
+        _unicl_provider("unicl-dense", "dense"),
+        _unicl_provider("unicl-chunked", "chunked"),
+        _unicl_provider("unicl-triton", "triton", gpu_only=True, note="one-pass schedule"),
+        _unicl_provider("unicl-triton-rowwise", "triton_rowwise", gpu_only=True, note="the earlier two-pass schedule"),
         Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
         Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
         Provider(
@@ -170,32 +165,10 @@ PROVIDERS: dict[str, Provider] = {
             note="pytorch-metric-learning SupConLoss image->text and text->image; SupCon's objective, "
             "which may differ slightly from UniCL's (checked against it, not gated)",
         ),
-        Provider(
-            "unicl-sigmoid-dense",
-            functools.partial(_unicl_sigmoid, "dense"),
-            objective="sigmoid",
-            takes_text_labels=True,
-        ),
-        Provider(
-            "unicl-sigmoid-chunked",
-            functools.partial(_unicl_sigmoid, "chunked"),
-            objective="sigmoid",
-            takes_text_labels=True,
-        ),
-        Provider(
-            "unicl-sigmoid-triton",
-            functools.partial(_unicl_sigmoid, "triton"),
-            gpu_only=True,
-            objective="sigmoid",
-            takes_text_labels=True,
-        ),
-        Provider(
-            "unicl-sigmoid-triton-rowwise",
-            functools.partial(_unicl_sigmoid, "triton_rowwise"),
-            gpu_only=True,
-            objective="sigmoid",
-            takes_text_labels=True,
-        ),
+        _unicl_provider("unicl-sigmoid-dense", "dense", "sigmoid"),
+        _unicl_provider("unicl-sigmoid-chunked", "chunked", "sigmoid"),
+        _unicl_provider("unicl-sigmoid-triton", "triton", "sigmoid", gpu_only=True),
+        _unicl_provider("unicl-sigmoid-triton-rowwise", "triton_rowwise", "sigmoid", gpu_only=True),
         Provider("open_clip-SigLipLoss", _open_clip_siglip, unique_labels_only=True, objective="sigmoid"),
     ]
 }
