@@ -177,7 +177,8 @@ def cached_backward(
             the same number of micro-batches (the same local batch size), as DDP's collectives pair up.
         images: ``[B, C, H, W]`` images.
         texts: ``[B, L]`` token ids, passed to the forward positionally, or a mapping of ``[B, ...]`` tensors
-            (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments.
+            (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments; ``M`` rows instead of ``B``
+            with ``text_labels``.
         labels: ``[B]`` labels for the loss, or ``None``; it sees the whole batch's.
         loss_fn: called as ``loss_fn(**outputs, labels=labels)`` on the whole batch's outputs, e.g.
             `unicl.UniCLLoss`.
