@@ -435,6 +435,8 @@ def test_changed_options_on_resume_are_named(data, tmp_path):
         (["--beta2", "1"], "--beta2 must be in [0, 1); got 1.0"),
         (["--micro-batch", "3"], "--micro-batch must be >= 1 and divide --batch-size (8); got 3"),
         (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:K'; got 'tpu'"),
+        (["--tower-lr", "-1e-5"], "--tower-lr must be >= 0; got -1e-05"),
+        (["--tower-lr", "1e-5", "--freeze-image", "--freeze-text"], "--tower-lr has no tower to train"),
     ],
 )
 def test_bad_options_are_refused_by_name(data, tmp_path, capsys, extra, words):
