@@ -140,7 +140,7 @@ def test_a_suite_scores_every_mix_and_a_rerun_skips_what_it_did(workspace, tmp_p
         {"name": "held-out", "task": "zeroshot", "data": "held-out", "metric": "top5"},
     ]}))  # fmt: skip
     arguments = ["wise-ft", "--model", str(root / "model"), "--fine-tuned", str(root / "tuned"), "--suite",
-                 str(suite), "--alphas", "0,1", "--output", str(tmp_path / "out"), "--no-progress", "--workers", "0"]
+                 str(suite), "--alphas", "0,1", "--output", str(tmp_path / "out"), "--no-progress", "--workers", "0"]  # fmt: skip
     main(arguments)
     rows = list(csv.DictReader((tmp_path / "out" / "wise_ft.csv").open()))
     assert [row["alpha"] for row in rows] == ["0.0", "1.0"] and list(rows[0]) == ["alpha", "digits", "held-out"]
