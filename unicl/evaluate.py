@@ -651,6 +651,26 @@ def _fine_tuned_model(args: argparse.Namespace, initial: UniCLModel) -> UniCLMod
     return fine_tuned
 
 
+def _warn_other_start(args: argparse.Namespace) -> None:
+    """A warning on standard error when the fine-tuning run (its ``training.json``) started from other weights than
+    ``--model`` and ``--pretrained`` name: mixing with another start is allowed, but usually a forgotten option."""
+    try:
+        options = json.loads((args.fine_tuned / "training.json").read_text())["options"]
+        started = (options["model"], options.get("pretrained"))
+    except (OSError, ValueError, KeyError, TypeError):  # not a training run's final/: nothing to compare with
+        return
+
+    def where(path: str | None) -> Path | None:
+        return None if path is None else Path(path).resolve()
+
+    if started[0] != args.model or where(started[1]) != where(args.pretrained):
+        print(
+            f"warning: --fine-tuned {args.fine_tuned} was trained from --model {started[0]} --pretrained {started[1]},"
+            f" not from --model {args.model} --pretrained {args.pretrained}: the mixes start from other weights",
+            file=sys.stderr,
+        )
+
+
 def _run_wise_ft(args: argparse.Namespace) -> dict[str, Any]:
     """WiSE-FT: every ``--alphas`` mix of ``--model`` (the initial weights) and ``--fine-tuned``, evaluated on
     ``--data`` (zero-shot) or by ``--suite``, in one table; ``--save ALPHA`` also writes that mix."""
@@ -672,6 +692,7 @@ def _run_wise_ft(args: argparse.Namespace) -> dict[str, Any]:
         entries, prepared = _prepare_suite(args, args.suite, "--suite")
         fingerprint = {**_fingerprint(args), "fine_tuned": str(args.fine_tuned),
                        "fine_tuned_digest": source_digest(args.fine_tuned)}  # fmt: skip
+    _warn_other_start(args)
     initial = _load_model(args)
     fine_tuned = _fine_tuned_model(args, initial)
     # The fine-tuned run's tokenizer, the one `zeroshot --model RUN/final` uses (a run started from --pretrained
