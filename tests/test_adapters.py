@@ -1,9 +1,9 @@
 """Model adapters (``open_clip:ARCH``, ``hf:DIR``): parity with open_clip's and transformers' own models on the same
 weights and inputs, token ids, save/load round trips, one-line errors, and the training and evaluation commands.
 
-Every model here is small and built on this machine: an open_clip ViT registered from a config dict and saved as a
-state dict file, a transformers ``CLIPModel`` (with CLIP's real BPE, from open_clip's merges file) and a
-``SiglipModel`` (with a fast tokenizer trained here) saved with ``save_pretrained``. Features and zero-shot heads are
+Every model here is small and built on this machine (tests/adapter_models.py): an open_clip ViT registered from a
+config dict and saved as a state dict file, a transformers ``CLIPModel`` and a ``SiglipModel`` saved with
+``save_pretrained``. Features and zero-shot heads are
 compared with a fixed relative bound of 1e-5 in float32; the zero-shot reference head is the float64 normalised
 mean of the library's own normalised prompt features.
 """
@@ -11,7 +11,6 @@ mean of the library's own normalised prompt features.
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 from pathlib import Path
 
@@ -22,32 +21,31 @@ from hypothesis import strategies as st
 
 import unicl
 from unicl.evaluation.zeroshot import build_zeroshot_classifier
-from unicl.text.tokenizer import CLIP_NUM_MERGES, Tokenizer, bytes_to_unicode, find_clip_merges
+from unicl.text.tokenizer import Tokenizer
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
+from adapter_models import (  # noqa: E402
+    ARCH,
+    NAMES,
+    TEMPLATES,
+    TEXTS,
+    build_clip_dir,
+    build_open_clip_file,
+    build_siglip_dir,
+    image_folder,
+    sample_images,
+)
 from PIL import Image  # noqa: E402
-from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
-from tokenizers import models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 #: The parity bound: relative error of the adapter's float32 result against the library's own.
 RELATIVE = 1e-5
-ARCH = "unicl-test-tiny-vit"
-NAMES = ["cat", "dog", "small bird"]
-TEMPLATES = ["a photo of a {}.", "a drawing of the {}"]
-TEXTS = ["a photo of a cat", "Hello World! &amp; a very long caption " * 4, "ÜNICODE  spaces"]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """The largest entry error over the largest entry, in float64."""
     actual, expected = actual.double(), expected.double()
     return float((actual - expected).abs().max() / expected.abs().max())
-
-
-def _images(count: int, size: int = 40) -> list[Image.Image]:
-    generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (count, size, size, 3), generator=generator, dtype=torch.uint8)
-    return [Image.fromarray(p.numpy()) for p in pixels]
 
 
 def _reference_head(encode, class_names, templates) -> torch.Tensor:
@@ -68,79 +66,17 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def open_clip_file(folder) -> Path:
-    """A tiny open_clip ViT registered as ``ARCH``, its random weights saved as a state dict file."""
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-    (folder / "configs").mkdir()
-    (folder / "configs" / f"{ARCH}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / "configs")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH)
-    with torch.no_grad():
-        model.logit_scale.fill_(2.5)  # not the initial value, so loading it is checked
-    torch.save(model.state_dict(), folder / "open_clip.pt")
-    return folder / "open_clip.pt"
-
-
-def _clip_tokenizer():
-    """transformers' CLIPTokenizer on CLIP's real BPE (the merges file open_clip ships)."""
-    with gzip.open(find_clip_merges(), "rt", encoding="utf-8") as handle:
-        merges = [tuple(line.split()) for line in handle.read().split("\n")[1 : CLIP_NUM_MERGES + 1]]
-    characters = list(bytes_to_unicode().values())
-    tokens = characters + [c + "</w>" for c in characters] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    return build_open_clip_file(folder)
 
 
 @pytest.fixture(scope="module")
 def clip_dir(folder) -> Path:
-    torch.manual_seed(1)
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 49406,
-                     "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )  # fmt: skip
-    directory = folder / "clip"
-    transformers.CLIPModel(config).save_pretrained(directory)
-    _clip_tokenizer().save_pretrained(directory)
-    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor.save_pretrained(directory)
-    return directory
+    return build_clip_dir(folder)
 
 
 @pytest.fixture(scope="module")
 def siglip_dir(folder) -> Path:
-    """A SiglipModel with a fast tokenizer trained here: text, then ``</s>``, padded with ``<pad>``."""
-    torch.manual_seed(2)
-    base = HFTokenizer(models.BPE(unk_token="<unk>"))
-    base.normalizer = normalizers.Lowercase()
-    base.pre_tokenizer = pre_tokenizers.Metaspace()
-    corpus = [template.format(name) for template in TEMPLATES for name in NAMES] + TEXTS
-    base.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"]))
-    base.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=base, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=16
-    )
-    config = transformers.SiglipConfig(
-        text_config={"vocab_size": 120, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-    )  # fmt: skip
-    directory = folder / "siglip"
-    model = transformers.SiglipModel(config)
-    with torch.no_grad():
-        model.logit_bias.fill_(-3.0)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
+    return build_siglip_dir(folder)
 
 
 @functools.cache
@@ -208,7 +144,7 @@ def _adapter_and_pixels(name, arguments, images):
 @torch.no_grad()
 def test_features_and_zeroshot_head_equal_the_librarys_own(case):
     name, arguments, own_images, own_texts, _ = case
-    images = _images(3)
+    images = sample_images(3)
     model, pixels = _adapter_and_pixels(name, arguments, images)
     adapter_images = model.encode_image(pixels, normalize=False)
     assert relative_error(adapter_images, own_images(images)) <= RELATIVE
@@ -264,7 +200,7 @@ def test_forward_scale_bias_and_groups_follow_the_wrapped_model(case):
 @torch.no_grad()
 def test_backbone_features_are_the_towers_output_before_its_projection(case):
     name, arguments, own_images, _, _ = case
-    images = _images(2)
+    images = sample_images(2)
     model, pixels = _adapter_and_pixels(name, arguments, images)
     backbone = model.image_encoder(pixels)
     wrapped = model.model
@@ -344,23 +280,13 @@ def test_real_architecture_builds_without_weights():
     assert model.encode_text(ids["input_ids"][:1]).shape == (1, 512)
 
 
-def _image_folder(root: Path, count: int) -> Path:
-    for index, name in enumerate(NAMES):
-        (root / name).mkdir(parents=True)
-        for number, image in enumerate(_images(count, size=32)):
-            # A class-coloured corner, so the classes differ.
-            image.paste((80 * index, 255 - 80 * index, 0), (0, 0, 8, 8))
-            image.save(root / name / f"{number}.png")
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["open_clip", "hf-clip", "hf-siglip"])
 def test_training_and_evaluation_commands(kind, tmp_path, open_clip_file, clip_dir, siglip_dir):
     from unicl.evaluate import main as evaluate
     from unicl.train import main as train
 
-    train_folder, eval_folder = _image_folder(tmp_path / "train", 2), _image_folder(tmp_path / "eval", 1)
+    train_folder, eval_folder = image_folder(tmp_path / "train", 2), image_folder(tmp_path / "eval", 1)
     model = {"open_clip": [f"open_clip:{ARCH}", "--pretrained", open_clip_file],
              "hf-clip": [f"hf:{clip_dir}"], "hf-siglip": [f"hf:{siglip_dir}"]}[kind]  # fmt: skip
     loss = ["--loss", "sigmoid"] if kind == "hf-siglip" else []
@@ -381,7 +307,7 @@ def test_training_and_evaluation_commands(kind, tmp_path, open_clip_file, clip_d
 def test_training_a_siglip_model_with_the_softmax_objective_is_refused(tmp_path, siglip_dir, capsys):
     from unicl.train import main as train
 
-    folder = _image_folder(tmp_path / "train", 1)
+    folder = image_folder(tmp_path / "train", 1)
     with pytest.raises(SystemExit):
         train(["--model", f"hf:{siglip_dir}", "--image-folder", str(folder), "--steps", "1", "--batch-size", "2",
                "--output", str(tmp_path / "run"), "--workers", "0", "--no-progress", "--no-tensorboard"])  # fmt: skip
@@ -392,7 +318,7 @@ def test_training_a_siglip_model_with_the_softmax_objective_is_refused(tmp_path,
 def test_commands_name_the_model_argument_for_a_missing_directory(tmp_path, capsys):
     from unicl.evaluate import main as evaluate
 
-    data = _image_folder(tmp_path / "eval", 1)
+    data = image_folder(tmp_path / "eval", 1)
     with pytest.raises(SystemExit):
         evaluate(["zeroshot", "--model", f"hf:{tmp_path / 'gone'}", "--data", str(data), "--device", "cpu"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -403,7 +329,7 @@ def test_commands_name_the_model_argument_for_a_missing_directory(tmp_path, caps
 def test_gradient_caching_and_resume_train_an_adapter(tmp_path, clip_dir):
     from unicl.train import main as train
 
-    folder = _image_folder(tmp_path / "train", 2)
+    folder = image_folder(tmp_path / "train", 2)
     run = tmp_path / "run"
     common = ["--model", f"hf:{clip_dir}", "--image-folder", str(folder), "--batch-size", "4", "--micro-batch", "2",
               "--output", str(run), "--workers", "0", "--no-progress", "--no-tensorboard",

@@ -1,0 +1,92 @@
+"""Fine-tuning an adapter model end to end, as docs/finetune.md tells a new user: ``unicl-train`` on an
+``open_clip:ARCH --pretrained FILE`` or ``hf:DIR`` model with a frozen text tower and ``--tower-lr``, then
+``python -m unicl.evaluate zeroshot --model RUN/final`` with no other option, then ``python -m unicl.evaluate
+wise-ft`` from the same start, whose ends are the two models' own zero-shot scores.
+
+The models are the tiny ones of tests/adapter_models.py, built here (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from adapter_models import ARCH, build_clip_dir, build_open_clip_file, build_siglip_dir, image_folder
+
+import unicl
+from unicl.evaluation.wise_ft import interpolated_model
+from unicl.training.towers import tower_of
+
+pytest.importorskip("open_clip")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory) -> dict[str, tuple[list[str], dict]]:
+    """Per kind, the ``--model`` (and ``--pretrained``) arguments of the starting model and `unicl.create_model`'s
+    arguments for it."""
+    folder = tmp_path_factory.mktemp("finetune-adapters")
+    checkpoint = build_open_clip_file(folder)
+    return {
+        "open_clip": (["--model", f"open_clip:{ARCH}", "--pretrained", str(checkpoint)],
+                      {"name": f"open_clip:{ARCH}", "pretrained": checkpoint}),
+        "hf-clip": (["--model", f"hf:{build_clip_dir(folder)}"], {"name": f"hf:{folder / 'clip'}"}),
+        "hf-siglip": (["--model", f"hf:{build_siglip_dir(folder)}"], {"name": f"hf:{folder / 'siglip'}"}),
+    }  # fmt: skip
+
+
+def _top1(arguments: list[str], data: Path, capsys) -> float:
+    """``python -m unicl.evaluate zeroshot ARGUMENTS --data DATA``'s top-1, with no model option but ``arguments``."""
+    from unicl.evaluate import main as evaluate
+
+    result = evaluate(["zeroshot", *arguments, "--data", str(data), "--workers", "0", "--no-progress"])
+    capsys.readouterr()
+    return result["top1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["open_clip", "hf-clip", "hf-siglip"])
+def test_a_fine_tune_with_a_frozen_text_tower_and_its_wise_ft_table(kind, starts, tmp_path, capsys):
+    from unicl.evaluate import main as evaluate
+    from unicl.train import main as train
+
+    model_arguments, create = starts[kind]
+    train_folder, eval_folder = image_folder(tmp_path / "train", 2), image_folder(tmp_path / "eval", 2)
+    loss = ["--loss", "sigmoid"] if kind == "hf-siglip" else []
+    run = tmp_path / "run"
+    train([
+        *model_arguments, "--image-folder", str(train_folder), "--eval-folder", str(eval_folder), "--steps", "2",
+        "--batch-size", "4", "--freeze-text", "--tower-lr", "1e-4", *loss, "--output", str(run), "--workers", "0",
+        "--no-progress", "--no-tensorboard",
+    ])  # fmt: skip
+    initial = unicl.create_model(**create)
+    tuned = unicl.load_model(run / "final")
+    assert type(tuned) is type(initial)
+    before, after = dict(initial.named_parameters()), dict(tuned.named_parameters())
+    assert before.keys() == after.keys()
+    # The text tower is as it was given; every image parameter, the logit scale (and SigLIP's bias) moved.
+    for name, parameter in before.items():
+        assert torch.equal(after[name], parameter) == (tower_of(name) == "text"), name
+    assert {tower_of(name) for name in before} == {"image", "text", None}
+
+    pretrained = model_arguments[2:]
+    start_top1 = _top1(model_arguments, eval_folder, capsys)
+    tuned_top1 = _top1(["--model", str(run / "final")], eval_folder, capsys)
+    output = tmp_path / "wise-ft"
+    summary = evaluate([
+        "wise-ft", "--model", model_arguments[1], *pretrained, "--fine-tuned", str(run / "final"), "--data",
+        str(eval_folder), "--alphas", "0,0.5,1", "--output", str(output), "--save", "0.5", "--workers", "0",
+        "--no-progress",
+    ])  # fmt: skip
+    streams = capsys.readouterr()
+    assert "warning" not in streams.err  # the run's own start: nothing to warn about
+    rows = list(csv.DictReader((output / "wise_ft.csv").open()))
+    assert [row["alpha"] for row in rows] == ["0.0", "0.5", "1.0"]
+    assert float(rows[0]["top1"]) == start_top1 and float(rows[2]["top1"]) == tuned_top1
+    saved = unicl.load_model(summary["saved"])
+    assert type(saved) is type(initial)
+    mixed = interpolated_model(initial, tuned, 0.5).state_dict()
+    assert all(torch.equal(tensor, mixed[name]) for name, tensor in saved.state_dict().items())
+    assert float(rows[1]["top1"]) == _top1(["--model", summary["saved"]], eval_folder, capsys)
