@@ -110,3 +110,45 @@ def test_a_tower_the_model_lacks_is_refused_naming_its_option():
     with pytest.raises(ValueError, match=r"towers must be among \('image', 'text'\); got 'audio'"):
         freeze_towers(_tiny(), ["audio"])
     assert TOWERS == ("image", "text")
+
+
+@pytest.fixture(scope="module")
+def adapter_models(tmp_path_factory) -> dict[str, dict]:
+    """`unicl.create_model`'s arguments of a tiny adapter model per library (tests/adapter_models.py)."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("transformers")
+    from adapter_models import ARCH, build_clip_dir, build_open_clip_file, build_siglip_dir
+
+    folder = tmp_path_factory.mktemp("towers")
+    return {
+        "open_clip": {"name": f"open_clip:{ARCH}", "pretrained": build_open_clip_file(folder)},
+        "hf-clip": {"name": f"hf:{build_clip_dir(folder)}"},
+        "hf-siglip": {"name": f"hf:{build_siglip_dir(folder)}"},
+    }
+
+
+def _expected_library_tower(kind: str, name: str) -> str | None:
+    """The tower of the wrapped model's parameter ``name`` by its library's module layout."""
+    if name in ("logit_scale", "logit_bias"):
+        return None
+    if kind == "open_clip":
+        return "image" if name.startswith("visual.") else "text"
+    return {"vision_model": "image", "visual_projection": "image", "text_model": "text",
+            "text_projection": "text"}[name.split(".")[0]]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["open_clip", "hf-clip", "hf-siglip"])
+@pytest.mark.parametrize("frozen", ["image", "text"])
+def test_an_adapters_parameters_are_placed_and_a_frozen_tower_leaves_its_groups(adapter_models, kind, frozen):
+    """The adapter holds the library's model as ``model``: its parameters are ``model.`` and the library's names."""
+    model = unicl.create_model(**adapter_models[kind])
+    names = {id(p): n for n, p in model.named_parameters()}
+    for name in names.values():
+        assert name.startswith("model.") and tower_of(name) == _expected_library_tower(kind, name[6:]), name
+    freeze_towers(model, [frozen])
+    grouped = [names[id(p)] for group in model.param_groups(0.1) for p in group["params"]]
+    assert sorted(grouped) == sorted(n for n in names.values() if tower_of(n) != frozen)
+    groups = optimizer_groups(model, 0.1, tower_lr=1e-5)
+    rates = {names[id(p)]: group.get("lr") for group in groups for p in group["params"]}
+    assert rates == {n: (None if tower_of(n) is None else 1e-5) for n in grouped}
