@@ -9,6 +9,9 @@ The models are the tiny ones of tests/adapter_models.py, built here (nothing is 
 from __future__ import annotations
 
 import csv
+import itertools
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,48 @@ def test_a_fine_tune_with_a_frozen_text_tower_and_its_wise_ft_table(kind, starts
     mixed = interpolated_model(initial, tuned, 0.5).state_dict()
     assert all(torch.equal(tensor, mixed[name]) for name, tensor in saved.state_dict().items())
     assert float(rows[1]["top1"]) == _top1(["--model", summary["saved"]], eval_folder, capsys)
+
+
+def _page_commands() -> list[tuple[str, list[str]]]:
+    """``(program, arguments)`` of every ``unicl-train`` and ``python -m unicl.evaluate`` line of docs/finetune.md's
+    shell blocks, in the page's order (continuations joined)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "finetune.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", page, flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    programs = ("unicl-train", "python -m unicl.evaluate")
+    return [
+        (program, shlex.split(line)[len(program.split()) :])
+        for line in lines
+        for program in programs
+        if line.startswith(program + " ")
+    ]
+
+
+def test_the_pages_command_lines_are_the_commands_options(tmp_path, monkeypatch):
+    """Every ``unicl-train`` and ``python -m unicl.evaluate`` line of the page parses and passes the training
+    command's checks; ``zeroshot`` takes the fine-tuned model with no other option; each ``wise-ft`` starts from the
+    ``--model`` and ``--pretrained`` of the fine-tune before it whose ``RUN/final`` it mixes."""
+    from unicl.evaluate import build_parser
+    from unicl.train import parse_config
+    from unicl.training.options import check_options
+
+    monkeypatch.chdir(tmp_path)  # the page's folders, made here: the checks read them
+    trained: dict[str, tuple] = {}
+    counts = {"unicl-train": 0, "zeroshot": 0, "wise-ft": 0}
+    for program, argv in _page_commands():
+        if program == "unicl-train":
+            for option, value in itertools.pairwise(argv):
+                if option in ("--image-folder", "--eval-folder"):
+                    Path(value).mkdir(parents=True, exist_ok=True)
+            config = check_options(parse_config(argv))
+            trained[f"{config.output}/final"] = (config.model, config.pretrained)
+            counts[program] += 1
+            continue
+        args = build_parser().parse_args(argv)
+        counts[args.command] += 1
+        if args.command == "zeroshot":
+            assert args.model in trained and args.pretrained is None and args.tokenizer is None, argv
+        else:
+            assert trained[str(args.fine_tuned)] == (args.model, args.pretrained), argv
+            assert len(args.alphas.split(",")) >= 3, argv
+    assert counts == {"unicl-train": 4, "zeroshot": 2, "wise-ft": 3}
