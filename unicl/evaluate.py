@@ -664,10 +664,13 @@ def _warn_other_start(args: argparse.Namespace) -> None:
     except (OSError, ValueError, KeyError, TypeError):  # not a training run's final/: nothing to compare with
         return
 
+    from unicl.models.adapters import model_source
+
     def where(path: str | None) -> Path | None:
         return None if path is None else Path(path).resolve()
 
-    if started[0] != args.model or where(started[1]) != where(args.pretrained):
+    # Compared as places, not spellings: hf:DIR (and a model directory) by its resolved directory.
+    if model_source(started[0]) != model_source(args.model) or where(started[1]) != where(args.pretrained):
         print(
             f"warning: --fine-tuned {args.fine_tuned} was trained from --model {started[0]} --pretrained {started[1]},"
             f" not from --model {args.model} --pretrained {args.pretrained}: the mixes start from other weights",

@@ -28,6 +28,7 @@ __all__ = [
     "create_adapter",
     "is_adapter_name",
     "load_adapter",
+    "model_source",
 ]
 
 #: The adapter families as `unicl.list_models` shows them: the form of their model names.
@@ -37,6 +38,20 @@ ADAPTER_FAMILIES = ("hf:<dir>", "open_clip:<arch>")
 def is_adapter_name(name: object) -> bool:
     """Whether ``name`` is an adapter model name (``open_clip:ARCH`` or ``hf:DIR``)."""
     return isinstance(name, str) and name.startswith(("open_clip:", "hf:"))
+
+
+def model_source(name: str) -> str:
+    """``name`` with the directory it names made absolute (``hf:DIR``'s, or a model directory's), so that two
+    spellings of one model compare equal; a preset or ``open_clip:ARCH`` name as it is.
+
+    Examples:
+        >>> import os
+        >>> model_source("hf:.") == f"hf:{os.getcwd()}", model_source("open_clip:ViT-B-32")
+        (True, 'open_clip:ViT-B-32')
+    """
+    if name.startswith("hf:"):
+        return "hf:" + str(Path(name[len("hf:") :]).resolve())
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
 def _split(name: str) -> tuple[str, str]:
