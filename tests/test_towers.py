@@ -146,7 +146,12 @@ def test_an_adapters_parameters_are_placed_and_a_frozen_tower_leaves_its_groups(
     names = {id(p): n for n, p in model.named_parameters()}
     for name in names.values():
         assert name.startswith("model.") and tower_of(name) == _expected_library_tower(kind, name[6:]), name
-    freeze_towers(model, [frozen])
+    modules = freeze_towers(model, [frozen])
+    model.train()
+    hold_frozen_in_eval(modules)
+    for name, module in model.named_modules():
+        if tower_of(name) is not None:
+            assert module.training == (tower_of(name) != frozen), name
     grouped = [names[id(p)] for group in model.param_groups(0.1) for p in group["params"]]
     assert sorted(grouped) == sorted(n for n in names.values() if tower_of(n) != frozen)
     groups = optimizer_groups(model, 0.1, tower_lr=1e-5)
