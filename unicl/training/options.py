@@ -73,6 +73,8 @@ def check_options(config: TrainingConfig) -> TrainingConfig:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ValueError(f"--{name} must be in [0, 1); got {getattr(config, name)}")
+    if config.logit_lr is not None and not config.logit_lr >= 0:
+        raise ValueError(f"--logit-lr must be >= 0; got {config.logit_lr}")
     if config.min_lr > config.lr:
         raise ValueError(f"--min-lr ({config.min_lr}) must not exceed --lr ({config.lr})")
     if config.warmup > config.steps:

@@ -28,7 +28,7 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
-    "micro_batch", "skip_unreadable", "loss",
+    "micro_batch", "skip_unreadable", "loss", "logit_lr",
 )  # fmt: skip
 
 

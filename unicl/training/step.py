@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from unicl.loss.functional import SIGMOID_LOGIT_BIAS
 from unicl.models import UniCLModel
 from unicl.training.config import TrainingConfig
 from unicl.training.errors import TrainingError
@@ -39,6 +40,33 @@ def gradient_norm(parameters: Iterator[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+def logit_learning_rate(config: TrainingConfig) -> float | None:
+    """The peak learning rate of the model's logit scale and bias, or ``None`` where they take ``config.lr``.
+
+    ``config.logit_lr`` when given. Otherwise ``None`` for the softmax objective, and for the sigmoid objective the
+    larger of ``config.lr`` and ``|b₀| / Σₜ m(t)``, with ``b₀ = SIGMOID_LOGIT_BIAS`` (SigLIP's initial bias, -10)
+    and ``m`` the run's learning-rate multipliers (`unicl.training.schedule.warmup_cosine`) over its steps. AdamW
+    moves a scalar by at most about its learning rate per step, so ``lr · Σₜ m(t)`` bounds how far the bias can
+    travel in the run: at ``5e-4`` over a 400-step cosine, 0.1, and the bias stays at its prior of -10 while the
+    features learn. The rule lets it cover its initial distance from zero within the run (SigLIP's runs of some
+    100,000 steps have that reach at their own learning rate, where the rule gives ``config.lr`` itself).
+
+    Examples:
+        >>> from unicl.training.config import TrainingConfig
+        >>> run = TrainingConfig(model="unicl_tiny", batch_size=64, steps=400, output="run", loss="sigmoid")
+        >>> round(logit_learning_rate(run), 4)
+        0.0499
+    """
+    if config.logit_lr is not None:
+        return config.logit_lr
+    if config.loss != "sigmoid":
+        return None
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+    multiplier = warmup_cosine(config.steps, config.warmup, floor)
+    reach = sum(multiplier(step) for step in range(config.steps))
+    return max(config.lr, abs(SIGMOID_LOGIT_BIAS) / reach) if reach > 0 else config.lr
+
+
 def run_precision(precision: str, device: torch.device) -> str:
     """The precision a run computes in: ``precision`` with ``"auto"`` decided (bf16 on CUDA, fp32 elsewhere).
 
@@ -57,7 +85,8 @@ class TrainStep:
     gradient scaler, and the forward and backward pass of ``network`` through ``loss_fn``.
 
     Args:
-        config: the run's options (``lr``, ``min_lr``, ``warmup``, ``steps``, AdamW's, ``grad_clip``,
+        config: the run's options (``lr``, ``logit_lr`` (see `logit_learning_rate`), ``min_lr``, ``warmup``,
+            ``steps``, AdamW's, ``grad_clip``,
             ``micro_batch``, ``precision``).
         model: the model whose parameters are trained.
         loss_fn: the loss, called as ``loss_fn(**network(images, input_ids, attention_mask), labels=labels)``.
@@ -79,7 +108,7 @@ class TrainStep:
         self.micro_batch, self.grad_clip = config.micro_batch, config.grad_clip
         self.precision = run_precision(config.precision, device)
         self.optimizer = torch.optim.AdamW(
-            model.param_groups(config.weight_decay),
+            model.param_groups(config.weight_decay, logit_learning_rate(config)),
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             eps=config.eps,
