@@ -283,11 +283,13 @@ class Trainer:
         epochs = {name: value for name, value in self.data.position(self.step).items() if name.endswith("_epoch")}
         skipped = self._all_skipped()
         bias = self.model.logit_bias
+        # A third group holds the logit scale and bias at their own rate (--logit-lr, the sigmoid run's default).
+        rates = self.train_step.scheduler.get_last_lr()
         record = train_record(
-            losses, lr=self.train_step.scheduler.get_last_lr()[0],
-            logit_scale=float(self.model.clamped_logit_scale().detach()),
+            losses, lr=rates[0], logit_scale=float(self.model.clamped_logit_scale().detach()),
             samples=steps * self.config.batch_size * self.runtime.world_size, seconds=seconds, runtime=self.runtime,
             **({"logit_bias": float(bias.detach())} if bias is not None else {}),
+            **({"logit_lr": rates[2]} if len(rates) > 2 else {}),
             **epochs, **({"unreadable_skipped": skipped} if skipped is not None else {}),
         )  # fmt: skip
         self.log.record(self.step, "train", record)
