@@ -19,10 +19,17 @@ at the rate of one large float32 matmul and of one large in-place ``exp_``, each
 kind of shared machine varies by 10-20% from call to call; 1.0 would be a loss with no overhead beyond those two
 kernels).
 
+Rectangular batches (``--shape``): ``N`` images against ``M != N`` texts with labels of their own, for the providers
+that take ``text_labels`` (unicl's): ``captions`` gives each image ``--captions-per-image`` K captions (``M = K·N``,
+all K its positives), ``class-bank`` contrasts the images (random class labels) with one prompt per class of
+``--classes`` C (``M = C``). The labels column then names the shape (``captions:4``, ``class-bank:21841``), the M
+column holds the texts, and the flop and roofline counts use ``N·M`` entries.
+
 Examples:
     python benchmarks/bench_loss.py --quick --out benchmarks/results/cpu
     python benchmarks/bench_loss.py --objective sigmoid --n 8192 --labels unique --out benchmarks/results/cpu-sigmoid
     python benchmarks/bench_loss.py --device cuda --n 1024 4096 16384 65536 --dtype bfloat16 --out results/h200
+    python benchmarks/bench_loss.py --shape captions --n 4096 --passes forward+backward --out results/rectangular
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from plot_loss import plot_results
 from providers import PROVIDERS, REFERENCE_PROVIDERS, Provider
 
 import unicl
+from unicl.loss.shapes import caption_groups, class_bank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 PASSES = ("forward", "forward+backward")
@@ -81,6 +89,7 @@ class Row:
     provider: str
     objective: str
     n: int
+    m: int
     d: int
     dtype: str
     labels: str
@@ -112,17 +121,51 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
+#: The rectangular shapes of ``--shape``: each labels kind ``"<shape>:<count>"`` names one.
+SHAPES = ("captions", "class-bank")
+
+
+def shape_labels(shape: str, captions_per_image: int, classes: int) -> str:
+    """The labels kind of a rectangular shape: ``"captions:K"`` or ``"class-bank:C"``."""
+    return f"{shape}:{captions_per_image if shape == 'captions' else classes}"
+
+
+def text_count(labels: str, n: int) -> int:
+    """``M``, the texts of a batch of ``n`` images with this labels kind (``n`` for the square kinds)."""
+    shape, _, count = labels.partition(":")
+    if shape == "captions":
+        return int(count) * n
+    return int(count) if shape == "class-bank" else n
+
+
 def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, labels: str, seed: int = 0):
-    """Random features and labels: ``"unique"`` (every pair unique) or ``"mixed"`` (half classes, half pairs)."""
+    """Random features and labels: ``"unique"`` (every pair unique) or ``"mixed"`` (half classes, half pairs), or a
+    rectangular shape (``"captions:K"``, ``"class-bank:C"``, see `SHAPES`), whose labels come back as
+    ``(labels [N], text_labels [M])``."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     image = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
-    text = torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+    text = torch.randn(text_count(labels, n), d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+    shape, _, count = labels.partition(":")
+    if shape == "captions":
+        y, text_y = caption_groups(torch.full((n,), int(count)))
+        return image, text, (y.to(device), text_y.to(device))
+    if shape == "class-bank":
+        y = torch.randint(0, int(count), (n,), generator=generator)
+        return image, text, (y.to(device), class_bank(int(count), device))
     if labels == "unique":
         y = torch.full((n,), -1, dtype=torch.long)
     else:
         y = torch.randint(0, max(1, n // 8), (n,), generator=generator)
         y[torch.rand(n, generator=generator) < 0.5] = -1
     return image, text, y.to(device)
+
+
+def with_text_labels(loss_fn, labels):
+    """``loss_fn`` and the labels to call it with: a rectangular batch's ``(labels, text_labels)`` become the labels
+    argument and a bound ``text_labels=``."""
+    if isinstance(labels, tuple):
+        return functools.partial(loss_fn, text_labels=labels[1]), labels[0]
+    return loss_fn, labels
 
 
 def run_once(loss_fn, image, text, labels, scale: float, with_backward: bool) -> None:
@@ -213,10 +256,12 @@ def _best_seconds(fn, repeats: int = 5, reset=None) -> float:
     return min(times[1:])
 
 
-def cpu_roofline_ms(n: int, d: int, with_backward: bool, objective: str = "softmax") -> float:
+def cpu_roofline_ms(n: int, d: int, with_backward: bool, objective: str = "softmax", m: int | None = None) -> float:
     """The minimum time of the loss on this CPU: its matmul flops at one large float32 matmul's rate plus its
-    transcendentals (`TRANSCENDENTALS`) at one large in-place ``exp_``'s rate, both measured now."""
-    side = min(n, ROOFLINE_PROBE_SIDE)
+    transcendentals (`TRANSCENDENTALS`) at one large in-place ``exp_``'s rate, both measured now; ``m`` texts
+    (``None``: ``n``)."""
+    m = n if m is None else m
+    side = min(max(n, m), ROOFLINE_PROBE_SIDE)
     left, right = torch.randn(side, d), torch.randn(d, side)
     product = torch.empty(side, side)
     matmul_rate = 2 * side * side * d / _best_seconds(functools.partial(torch.mm, left, right, out=product))
@@ -226,21 +271,23 @@ def cpu_roofline_ms(n: int, d: int, with_backward: bool, objective: str = "softm
     exp_rate = side * side / _best_seconds(product.exp_, reset=lambda: product.copy_(source))
     passes = 4 if with_backward else 1
     per_entry = TRANSCENDENTALS[objective]["forward+backward" if with_backward else "forward"]
-    return (passes * 2 * n * n * d / matmul_rate + per_entry * n * n / exp_rate) * 1e3
+    return (passes * 2 * n * m * d / matmul_rate + per_entry * n * m / exp_rate) * 1e3
 
 
 def _measure(provider: Provider, n, d, dtype, device, labels, with_backward, repeats, scale):
     """Build the inputs and measure; returns ``(status, [median, q20, q80] ms, extra MB, roofline ms)``."""
     failed = [math.nan] * 4, math.nan, math.nan
     try:
-        loss_fn = provider.make()
         image, text, y = make_inputs(n, d, dtype, device, labels)
+        loss_fn, y = with_text_labels(provider.make(), y)
         if device.type == "cuda":
             times, extra = measure_cuda(loss_fn, image, text, y, scale, with_backward, repeats)
             return "ok", times, extra, math.nan
         times, extra = measure_cpu(loss_fn, image, text, y, scale, with_backward, repeats)
         del image, text
-        roofline = cpu_roofline_ms(n, d, with_backward, provider.objective) if dtype == torch.float32 else math.nan
+        roofline = math.nan
+        if dtype == torch.float32:
+            roofline = cpu_roofline_ms(n, d, with_backward, provider.objective, text_count(labels, n))
         return "ok", times, extra, roofline
     except torch.OutOfMemoryError:
         return "OOM", *failed
@@ -307,14 +354,16 @@ def correctness_gate(
     reference_fn = PROVIDERS[REFERENCE_PROVIDERS[objective]].make()
     for labels in labels_kinds:
         image, text, y = make_inputs(GATE_N, 64, dtype, device, labels, seed=1)
+        bound_reference, reference_labels = with_text_labels(reference_fn, y)
         with torch.no_grad():
-            reference = float(reference_fn(image, text, y, scale))
+            reference = float(bound_reference(image, text, reference_labels, scale))
         for provider in providers:
             if provider.unique_labels_only and labels != "unique":
                 continue
             try:
+                loss_fn, provider_labels = with_text_labels(provider.make(), y)
                 with torch.no_grad():
-                    value = float(provider.make()(image, text, y, scale))
+                    value = float(loss_fn(image, text, provider_labels, scale))
             except Exception as error:
                 verdicts[provider.name, labels] = f"gate error: {type(error).__name__}: {error}"[:160]
                 continue
@@ -340,6 +389,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", nargs="+", default=None, choices=sorted(DTYPES))
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     parser.add_argument("--labels", nargs="+", default=["mixed", "unique"], choices=["mixed", "unique"])
+    parser.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default=None,
+        help="a rectangular batch instead of --labels: N images against K captions each, or against a class bank",
+    )
+    parser.add_argument("--captions-per-image", type=int, default=4, help="K of --shape captions (M = K·N)")
+    parser.add_argument("--classes", type=int, default=21841, help="C of --shape class-bank (M = C)")
     parser.add_argument("--providers", nargs="+", default=None, choices=sorted(PROVIDERS))
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on the CPU after a warm-up run")
     parser.add_argument(
@@ -374,6 +431,15 @@ def plan(args: argparse.Namespace, device: torch.device) -> tuple[list[Provider]
             if not p.gpu_only and p.name != "torch-compile-dense" and p.objective == args.objective
         ]
     providers = [p for p in providers if device.type == "cuda" or not p.gpu_only]
+    if args.shape:
+        if args.providers and any(not p.takes_text_labels for p in providers):
+            others = " ".join(p.name for p in providers if not p.takes_text_labels)
+            raise SystemExit(f"--providers {others}: takes no text_labels, so no --shape {args.shape}")
+        for name, value in (("--captions-per-image", args.captions_per_image), ("--classes", args.classes)):
+            if value < 1:
+                raise SystemExit(f"{name} must be >= 1; got {value}")
+        providers = [p for p in providers if p.takes_text_labels]
+        args.labels = [shape_labels(args.shape, args.captions_per_image, args.classes)]
     available = []
     for provider in providers:
         try:
@@ -438,6 +504,7 @@ def main(argv=None) -> list[Row]:
                 provider=provider.name,
                 objective=provider.objective,
                 n=n,
+                m=text_count(labels, n),
                 d=d,
                 dtype=dtype_name,
                 labels=labels,
@@ -454,7 +521,7 @@ def main(argv=None) -> list[Row]:
             if row.status == "OOM":
                 skipped_oom.add(key)
             elif row.status == "ok":
-                flops = (8 if pass_ == "forward+backward" else 2) * n * n * d
+                flops = (8 if pass_ == "forward+backward" else 2) * n * row.m * d
                 row.tflops = flops / (row.time_ms * 1e-3) / 1e12
                 if dtype_name in peak:
                     row.peak_fraction = row.tflops / peak[dtype_name]
@@ -482,13 +549,13 @@ def append_csv(row: Any, csv_path: Path) -> None:
 
 def format_table(rows: list[Row]) -> str:
     header = (
-        f"{'provider':<22}{'labels':<8}{'N':>8}{'D':>6} {'dtype':<9}{'pass':<17}"
+        f"{'provider':<22}{'labels':<18}{'N':>8}{'M':>8}{'D':>6} {'dtype':<9}{'pass':<17}"
         f"{'time ms':>10}{'extra MB':>10}{'TFLOP/s':>9}{'roofline':>9}  status"
     )
     lines = [f"device: {rows[0].device}; torch {rows[0].torch}, triton {rows[0].triton}" if rows else "", header]
     for r in rows:
         lines.append(
-            f"{r.provider:<22}{r.labels:<8}{r.n:>8}{r.d:>6} {r.dtype:<9}{r.pass_:<17}{r.time_ms:>10.2f}"
+            f"{r.provider:<22}{r.labels:<18}{r.n:>8}{r.m:>8}{r.d:>6} {r.dtype:<9}{r.pass_:<17}{r.time_ms:>10.2f}"
             f"{r.extra_memory_mb:>10.1f}{r.tflops:>9.3f}{r.roofline_fraction:>9.2f}  {r.status}"
         )
     notes = sorted({f"{r.provider} ({r.labels} labels): {r.note}" for r in rows if r.note})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ class Provider:
         same_objective: it computes the UniCL value itself, so the correctness gate applies.
         note: what a reader must know about it.
         objective: ``"softmax"`` or ``"sigmoid"``; a provider is compared and plotted with its objective's others.
+        takes_text_labels: it takes ``text_labels=`` for ``M != N`` texts (the rectangular shapes).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Provider:
     same_objective: bool = True
     note: str = ""
     objective: str = "softmax"
+    takes_text_labels: bool = False
 
 
 def _unicl(backend: str) -> LossFn:
@@ -52,6 +55,12 @@ def _unicl(backend: str) -> LossFn:
 
 def _unicl_sigmoid(backend: str) -> LossFn:
     return functools.partial(unicl_sigmoid_loss, logit_bias=SIGMOID_BIAS, backend=backend)
+
+
+def _unicl_provider(name: str, backend: str, objective: str = "softmax", **options: Any) -> Provider:
+    """One of unicl's own backends of ``objective``: it takes ``text_labels``."""
+    make = functools.partial(_unicl if objective == "softmax" else _unicl_sigmoid, backend)
+    return Provider(name, make, objective=objective, takes_text_labels=True, **options)
 
 
 def _open_clip_siglip() -> LossFn:
@@ -136,15 +145,10 @@ def _supcon() -> LossFn:
 PROVIDERS: dict[str, Provider] = {
     provider.name: provider
     for provider in [
-        Provider("unicl-dense", functools.partial(_unicl, "dense")),
-        Provider("unicl-chunked", functools.partial(_unicl, "chunked")),
-        Provider("unicl-triton", functools.partial(_unicl, "triton"), gpu_only=True, note="one-pass schedule"),
-        Provider(
-            "unicl-triton-rowwise",
-            functools.partial(_unicl, "triton_rowwise"),
-            gpu_only=True,
-            note="the earlier two-pass schedule",
-        ),
+        _unicl_provider("unicl-dense", "dense"),
+        _unicl_provider("unicl-chunked", "chunked"),
+        _unicl_provider("unicl-triton", "triton", gpu_only=True, note="one-pass schedule"),
+        _unicl_provider("unicl-triton-rowwise", "triton_rowwise", gpu_only=True, note="the earlier two-pass schedule"),
         Provider("torch-compile-dense", _compiled_dense, note="torch.compile of unicl's dense backend"),
         Provider("open_clip-ClipLoss", _open_clip, unique_labels_only=True),
         Provider(
@@ -161,17 +165,10 @@ PROVIDERS: dict[str, Provider] = {
             note="pytorch-metric-learning SupConLoss image->text and text->image; SupCon's objective, "
             "which may differ slightly from UniCL's (checked against it, not gated)",
         ),
-        Provider("unicl-sigmoid-dense", functools.partial(_unicl_sigmoid, "dense"), objective="sigmoid"),
-        Provider("unicl-sigmoid-chunked", functools.partial(_unicl_sigmoid, "chunked"), objective="sigmoid"),
-        Provider(
-            "unicl-sigmoid-triton", functools.partial(_unicl_sigmoid, "triton"), gpu_only=True, objective="sigmoid"
-        ),
-        Provider(
-            "unicl-sigmoid-triton-rowwise",
-            functools.partial(_unicl_sigmoid, "triton_rowwise"),
-            gpu_only=True,
-            objective="sigmoid",
-        ),
+        _unicl_provider("unicl-sigmoid-dense", "dense", "sigmoid"),
+        _unicl_provider("unicl-sigmoid-chunked", "chunked", "sigmoid"),
+        _unicl_provider("unicl-sigmoid-triton", "triton", "sigmoid", gpu_only=True),
+        _unicl_provider("unicl-sigmoid-triton-rowwise", "triton_rowwise", "sigmoid", gpu_only=True),
         Provider("open_clip-SigLipLoss", _open_clip_siglip, unique_labels_only=True, objective="sigmoid"),
     ]
 }

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reference import reference_loss, reference_sigmoid_loss
+from reference import assert_relative_close, reference_loss, reference_rectangular_loss, reference_sigmoid_loss
 
 from unicl import UniCLLoss, UniCLSigmoidLoss, caption_labels, distributed_unicl_loss, unicl_loss
 from unicl.loss.kernels.availability import interpreter_active
@@ -337,12 +337,17 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _spawn_and_collect_failures(worker, world: int, tmp_path: Path) -> None:
+    """Run ``worker`` on ``world`` gloo ranks and fail with every rank's report of failed checks."""
+    mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
+    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
+    assert not any(failures), "\n".join(failures)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_contract(world, tmp_path):
-    mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
-    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
-    assert not any(failures), "\n".join(failures)
+    _spawn_and_collect_failures(_worker, world, tmp_path)
 
 
 def test_without_a_process_group_it_is_the_single_process_loss():
@@ -403,3 +408,107 @@ def test_the_exchange_uses_the_features_gpu_not_the_current_one(monkeypatch):
 def test_equal_batches_needs_gather_distributed():
     with pytest.raises(ValueError, match="equal_batches=True needs gather_distributed=True"):
         UniCLLoss(equal_batches=True)
+
+
+def _rectangular_batch(sizes: list[int], text_sizes: list[int], seed: int):
+    """A global batch of ``N`` images and ``M`` texts (float64) with image labels and text labels that leave some
+    images and texts without a positive (negative labels, classes only one side has)."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(sum(sizes), D, generator=generator, dtype=torch.float64)
+    text = torch.randn(sum(text_sizes), D, generator=generator, dtype=torch.float64)
+    labels = torch.randint(-1, 4, (sum(sizes),), generator=generator)
+    text_labels = torch.randint(-1, 5, (sum(text_sizes),), generator=generator)
+    return image, text, labels, text_labels
+
+
+def _check_text_labels_contract(
+    rank, world, sizes, text_sizes, objective, local, backend, reduction="mean", equal_batches=False
+) -> None:
+    """Each rank its own images and texts with their labels: the mean over ranks of the returned loss and of the
+    scale's (and bias's) gradients is the loss of the concatenated batch, each rank's feature gradients ``W ×``
+    the global ones of its images and texts; ``"none"`` gives its images' and texts' terms."""
+    image, text, labels, text_labels = _rectangular_batch(sizes, text_sizes, seed=sum(sizes) * 7 + sum(text_sizes))
+    rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    text_rows = slice(sum(text_sizes[:rank]), sum(text_sizes[: rank + 1]))
+    dtype = torch.float32 if backend.startswith("triton") else torch.float64
+    sigmoid = objective == "sigmoid"
+    leaves = [image[rows].to(dtype).requires_grad_(), text[text_rows].to(dtype).requires_grad_()]
+    leaves += [torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)]
+    leaves += [torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)] if sigmoid else []
+    options = {"backend": backend, "reduction": reduction, "gather_distributed": True, "local_loss": local,
+               "equal_batches": equal_batches}  # fmt: skip
+    loss_fn = UniCLSigmoidLoss(**options) if sigmoid else UniCLLoss(**options)
+    loss = loss_fn(*leaves[:2], labels[rows], *leaves[2:], text_labels=text_labels[text_rows])
+    exact = [image.clone().requires_grad_(), text.clone().requires_grad_()]
+    exact += [torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)]
+    exact += [torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)] if sigmoid else []
+    expected = reference_rectangular_loss(
+        exact[0], exact[1], labels.tolist(), text_labels.tolist(), exact[2], exact[3] if sigmoid else None, reduction
+    )
+    bound = 2e-4 if dtype == torch.float32 else 1e-9
+    if reduction == "none":
+        mine = expected[rows] if sigmoid else torch.cat([expected[rows], expected[sum(sizes) :][text_rows]])
+        assert torch.equal(loss.isnan(), mine.isnan()), (loss, mine)
+        assert_relative_close(loss[~mine.isnan()], mine[~mine.isnan()], bound, "terms")
+        return
+    grads = torch.autograd.grad(loss, leaves)
+    shared = torch.stack([loss.detach().double(), *(grad.double() for grad in grads[2:])])
+    dist.all_reduce(shared)
+    shared /= world
+    expected_grads = torch.autograd.grad(expected, exact)
+    assert_relative_close(shared, torch.stack([expected, *expected_grads[2:]]).detach(), bound, "loss, d scale, d bias")
+    for name, got, want in zip(
+        ("d image", "d text"), grads[:2], (expected_grads[0][rows], expected_grads[1][text_rows])
+    ):
+        assert got.shape == want.shape
+        if want.numel():
+            assert_relative_close(got.double(), world * want, bound, name)
+
+
+def _check_text_labels_errors(rank: int) -> None:
+    """Ranks that disagree on whether texts have labels, or hold no text at all, are refused on every rank."""
+    features, labels = torch.randn(3, D), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="same text_labels given"):
+        distributed_unicl_loss(features, features, labels, text_labels=labels if rank == 0 else None)
+    with pytest.raises(ValueError, match="no rank has a text"):
+        distributed_unicl_loss(features, torch.randn(0, D), labels, text_labels=labels[:0])
+
+
+def _text_labels_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # Uneven images and texts; on 3 ranks one rank has no texts, and another no images.
+    shapes = [([3, 2], [5, 1]), ([0, 3], [4, 2])] if world == 2 else [([3, 1, 2], [4, 0, 6]), ([0, 3, 2], [2, 3, 1])]
+    cases = [
+        (sizes, text_sizes, objective, local, backend, reduction)
+        for sizes, text_sizes in shapes
+        for objective in ("softmax", "sigmoid")
+        for local in (False, True)
+        for backend, reduction in (("dense", "mean"), ("chunked", "mean"), ("chunked", "sum"), ("chunked", "none"))
+    ]
+    checks = [(f"text labels {case}", lambda case=case: _check_text_labels_contract(rank, world, *case))
+              for case in cases]  # fmt: skip
+    for objective in ("softmax", "sigmoid"):
+        for local in (False, True):
+            case = ([3] * world, [4] * world, objective, local, "chunked", "mean", True)
+            checks.append(
+                (f"text labels, equal batches {case}", lambda c=case: _check_text_labels_contract(rank, world, *c))
+            )
+    if interpreter_active():
+        for objective in ("softmax", "sigmoid"):
+            case = (*shapes[0], objective, True, "triton", "mean")
+            checks.append((f"text labels {case}", lambda c=case: _check_text_labels_contract(rank, world, *c)))
+    checks.append(("text labels, bad input", lambda: _check_text_labels_errors(rank)))
+    failures = []
+    for name, check in checks:
+        try:
+            check()
+        except Exception:
+            failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
+    Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_text_labels(world, tmp_path):
+    _spawn_and_collect_failures(_text_labels_worker, world, tmp_path)

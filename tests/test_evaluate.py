@@ -633,7 +633,7 @@ def test_a_bad_input_prints_one_line_from_the_shell(workspace, tmp_path):
 
 def test_help_explains_every_option():
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"zeroshot", "retrieval", "linear-probe", "suite"}
+    assert set(commands.choices) == {"zeroshot", "retrieval", "linear-probe", "suite", "wise-ft"}
     for name, command in commands.choices.items():
         for action in command._actions:
             if action.dest != "help":

@@ -14,7 +14,8 @@ from torch import nn
 
 import unicl
 import unicl.loss.distributed
-from unicl import UniCLLoss
+from unicl import UniCLLoss, UniCLSigmoidLoss
+from unicl.loss.shapes import caption_groups, with_hard_negatives
 from unicl.training import cached_backward
 
 TOLERANCE = 1e-5
@@ -248,6 +249,42 @@ def test_texts_must_have_the_images_rows():
     with pytest.raises(ValueError, match="texts"):
         cached_backward(_ResNetStyle(), torch.randn(3, 3, 8, 8), torch.zeros(2, 5, dtype=torch.long),
                         loss_fn=UniCLLoss(), micro_batch=2)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("num_images", "captions", "negatives", "loss_fn"),
+    [
+        (4, [3, 1, 0, 4], 5, UniCLLoss(backend="dense")),  # M = 13 > N: micro-batches with no image rows
+        (4, [3, 1, 0, 4], 5, UniCLSigmoidLoss(backend="chunked")),
+        (7, [1, 0, 0, 1, 0, 0, 0], 0, UniCLLoss(backend="chunked")),  # M = 2 < N: micro-batches with no texts
+    ],
+    ids=["more texts, softmax", "more texts, sigmoid", "fewer texts, softmax"],
+)
+def test_text_labels_match_the_plain_full_batch_step(num_images, captions, negatives, loss_fn):
+    """N images and M != N texts with labels of their own: images and texts go through the towers in separate
+    micro-batches, and the gradients are those of the plain full-batch step."""
+    model = _tiny()
+    plain = copy.deepcopy(model)
+    labels, text_labels = caption_groups(torch.tensor(captions))
+    text_labels = with_hard_negatives(text_labels, negatives)
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(num_images, 3, 32, 32, generator=generator)
+    texts = {
+        "input_ids": torch.randint(1, 1000, (len(text_labels), 16), generator=generator),
+        "attention_mask": torch.ones(len(text_labels), 16, dtype=torch.long),
+    }
+    expected = loss_fn(**plain(images, **texts), labels=labels, text_labels=text_labels)
+    expected.backward()
+    loss = cached_backward(model, images, texts, labels, loss_fn=loss_fn, micro_batch=3, text_labels=text_labels)
+    assert _relative_error(loss, expected.detach()) <= TOLERANCE
+    _assert_same_grads(model, plain)
+
+
+def test_text_tensors_must_agree_in_rows_with_text_labels():
+    texts = {"input_ids": torch.zeros(5, 4, dtype=torch.long), "attention_mask": torch.ones(4, 4, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"texts must be \[M, \.\.\.\] tensors with the same M = 5 rows each"):
+        cached_backward(_ResNetStyle(), torch.randn(3, 3, 8, 8), texts, torch.arange(3), loss_fn=UniCLLoss(),
+                        micro_batch=2, text_labels=torch.arange(5))  # fmt: skip
 
 
 # --- DDP on 2 gloo ranks, with the global-batch loss ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from reference import assert_relative_close, reference_rectangular_loss
 
 from unicl import UniCLLoss, UniCLSigmoidLoss, unicl_loss, unicl_sigmoid_loss
+from unicl.loss.kernels.availability import interpreter_active
 from unicl.loss.shapes import caption_groups, class_bank, with_hard_negatives
 
 CPU_BACKENDS = ["dense", "chunked"]
@@ -41,7 +42,7 @@ def loss_and_grads(function, image, text, scale, bias=None):
     return (value, *torch.autograd.grad(value.sum(), leaves))
 
 
-def check(objective, backend, dtype, labels, text_labels, reduction="mean", d=12, seed=0, scale=9.0):
+def check(objective, backend, dtype, labels, text_labels, reduction="mean", d=12, seed=0, scale=9.0, chunk_size=5):
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(len(labels), d, generator=generator, dtype=torch.float64).to(dtype)
     text = torch.randn(len(text_labels), d, generator=generator, dtype=torch.float64).to(dtype)
@@ -51,11 +52,12 @@ def check(objective, backend, dtype, labels, text_labels, reduction="mean", d=12
 
         def ours(u, v, s, b):
             return unicl_sigmoid_loss(u, v, y, s, b, text_labels=z, backend=backend, reduction=reduction,
-                                      chunk_size=5).double()  # fmt: skip
+                                      chunk_size=chunk_size).double()  # fmt: skip
     else:
 
         def ours(u, v, s):
-            return unicl_loss(u, v, y, s, text_labels=z, backend=backend, reduction=reduction, chunk_size=5).double()
+            return unicl_loss(u, v, y, s, text_labels=z, backend=backend, reduction=reduction,
+                              chunk_size=chunk_size).double()  # fmt: skip
 
     def exact(u, v, s, b=None):
         return reference_rectangular_loss(u, v, labels, text_labels, s, b, reduction)
@@ -164,3 +166,38 @@ def test_shape_helpers_refuse_bad_input():
         with_hard_negatives(torch.tensor([0]), -1)
     with pytest.raises(ValueError, match="num_classes"):
         class_bank(0)
+
+
+# --- the Triton kernels under the interpreter (float32) -------------------------------------------------------------
+
+#: ``(N, M)`` launches of the kernels: ragged against their 32-wide interpreter tiles, M ≫ N and N ≫ M (the slow tier
+#: holds the sizes that take the interpreter seconds).
+TRITON_SHAPES = [
+    (3, 41),
+    (37, 2),
+    pytest.param(5, 130, marks=pytest.mark.slow),
+    pytest.param(130, 6, marks=pytest.mark.slow),
+    pytest.param(70, 97, marks=pytest.mark.slow),
+]
+
+
+def ragged_case(n: int, m: int, seed: int) -> tuple[list[int], list[int]]:
+    """``(labels [N], text_labels [M])`` with classes both sides share, hard negatives and orphan images."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-1, 4, (n,), generator=generator)
+    return labels.tolist(), torch.randint(-1, 5, (m,), generator=generator).tolist()
+
+
+@pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("backend", ["triton", "triton_rowwise"])
+@pytest.mark.parametrize(("n", "m"), TRITON_SHAPES)
+def test_triton_ragged_launches_match_the_float64_reference(objective, backend, n, m):
+    check(objective, backend, torch.float32, *ragged_case(n, m, seed=n * 1000 + m), d=40, chunk_size=32)
+
+
+@pytest.mark.skipif(not interpreter_active(), reason="needs TRITON_INTERPRET=1 set before importing triton")
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("kind", ["captions", "hard negatives", "class bank", "orphans"])
+def test_triton_takes_every_shape(objective, kind):
+    check(objective, "triton", torch.float32, *shape_case(kind, 13, seed=13))

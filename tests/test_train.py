@@ -31,6 +31,7 @@ from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
 from unicl.train import LOSS_BACKENDS, build_parser, main, parse_config
 from unicl.training import trainer as trainer_module
+from unicl.training.towers import tower_of
 
 NAMES = ["zero", "one", "two", "three", "four", "five"]
 #: The option names the issue asks for; scripts rely on them.
@@ -436,6 +437,8 @@ def test_changed_options_on_resume_are_named(data, tmp_path):
         (["--beta2", "1"], "--beta2 must be in [0, 1); got 1.0"),
         (["--micro-batch", "3"], "--micro-batch must be >= 1 and divide --batch-size (8); got 3"),
         (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:K'; got 'tpu'"),
+        (["--tower-lr=-0.5"], "--tower-lr must be >= 0; got -0.5"),
+        (["--tower-lr", "1e-5", "--freeze-image", "--freeze-text"], "--tower-lr has no tower to train"),
     ],
 )
 def test_bad_options_are_refused_by_name(data, tmp_path, capsys, extra, words):
@@ -866,3 +869,35 @@ def test_a_sigmoid_run_with_gradient_caching_resumes_bit_for_bit_and_its_saved_m
     capsys.readouterr()
     results = evaluate(["zeroshot", "--model", str(whole), "--data", str(data / "eval"), "--no-progress"])
     assert results["images"] == 18 and 0 <= results["top1"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("frozen", "extra"),
+    [("image", ["--micro-batch", "4"]), ("text", ["--captions", "CAPTIONS"])],
+    ids=["cached", "plain"],
+)
+def test_a_fine_tune_with_a_frozen_tower_and_a_tower_lr_resumes_bit_for_bit(data, tmp_path, frozen, extra):
+    """--freeze-image/--freeze-text keep that tower's weights those of --pretrained; --tower-lr trains the other
+    tower at its rate and the logit scale at --lr; a run stopped and resumed (with gradient caching too) equals the
+    uninterrupted one; a resume with other frozen towers or groups is refused in one line."""
+    source = tmp_path / "source"
+    torch.manual_seed(3)
+    unicl.create_model("unicl_tiny").save_pretrained(source, Tokenizer.from_file(data / "tokenizer.json", 16))
+    extra = [str(data / "captions.csv") if word == "CAPTIONS" else word for word in extra]
+    tuning = ["--steps", "4", "--workers", "0", "--pretrained", source, f"--freeze-{frozen}", "--tower-lr", "1e-4",
+              "--lr", "1e-2", *extra]  # fmt: skip
+    whole = main(_without_tokenizer(_options(data, tmp_path / "whole", *tuning)))
+    main(_without_tokenizer(_options(data, tmp_path / "split", *tuning, "--save-every", "2", "--stop-after", "3")))
+    main(_without_tokenizer(_options(data, tmp_path / "split", *tuning, "--resume", "auto")))
+    _same_weights(whole, tmp_path / "split" / "final")
+    start, tuned = load_file(source / "model.safetensors"), load_file(whole / "model.safetensors")
+    for name, tensor in start.items():
+        assert torch.equal(tensor, tuned[name]) == (tower_of(name) == frozen), name
+    records = _records(tmp_path / "whole", "train")
+    assert records[0]["lr"] == pytest.approx(1e-4)  # the first group's: the trained tower's
+    checkpoint = torch.load(sorted((tmp_path / "split" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert sorted({group["initial_lr"] for group in checkpoint["optimizer"]["param_groups"]}) == [1e-4, 1e-2]
+    with pytest.raises(SystemExit, match=rf"the checkpoint's run had --freeze-{frozen} and --tower-lr, this one no"):
+        main(_without_tokenizer(_options(data, tmp_path / "split", "--steps", "4", "--workers", "0", "--pretrained",
+                                         source, "--resume", "auto", *extra)))  # fmt: skip

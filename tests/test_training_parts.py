@@ -301,9 +301,11 @@ def test_a_run_trains_the_logit_scale_and_bias_at_their_learning_rate_on_the_run
     scalars = [model.logit_scale] if loss == "softmax" else [model.logit_scale, model.logit_bias]
     if loss == "softmax":
         assert len(groups) == 2 and any(p is model.logit_scale for p in groups[1]["params"])
+        assert step.logit_group is None
         assert [group["initial_lr"] for group in groups] == [5e-4, 5e-4]
     else:
         assert len(groups) == 3 and [id(p) for p in groups[2]["params"]] == [id(p) for p in scalars]
+        assert step.logit_group == 2
         assert groups[2]["weight_decay"] == 0.0
         assert groups[2]["initial_lr"] == pytest.approx(10 / sum(warmup_cosine(40, 4)(t) for t in range(40)))
         assert all(not any(p is q for q in scalars) for group in groups[:2] for p in group["params"])

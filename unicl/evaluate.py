@@ -9,6 +9,8 @@ Python, `unicl.evaluation.zeroshot.zeroshot_accuracy`, `unicl.evaluation.retriev
     python -m unicl.evaluate linear-probe --model runs/x/final --train cifar10/train --test cifar10/test
     python -m unicl.evaluate linear-probe --model runs/x/final --train T --test V --shots 5 --seeds 0 1 2
     python -m unicl.evaluate suite examples/elevater_suite.json --model runs/x/final --output results/
+    python -m unicl.evaluate wise-ft --model unicl_tiny --pretrained runs/start/final --fine-tuned runs/x/final \\
+        --data digits/eval --alphas 0,0.5,1 --output results/wise-ft
 
 ``--model`` is a preset (with ``--pretrained`` weights) or a directory written by ``save_pretrained`` or by the
 training command (``RUN/final``); the tokenizer is the model's own unless ``--tokenizer`` names another, and its
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -262,7 +265,7 @@ def _within(filename: object, directory: Path) -> bool:
 
 
 def _load_model(args: argparse.Namespace) -> UniCLModel:
-    from unicl.models.presets import create_model, list_models
+    from unicl.models.presets import create_model, is_model_name, list_models
     from unicl.models.serialization import load_model
 
     source = Path(args.model)
@@ -271,18 +274,19 @@ def _load_model(args: argparse.Namespace) -> UniCLModel:
             _usage("--pretrained", args.pretrained, "goes with a preset name; --model is already a model directory")
         try:
             return load_model(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, ImportError) as error:
             _usage("--model", args.model, error)
-    if args.model not in list_models():
+    if not is_model_name(args.model):
         _usage(
             "--model", args.model,
-            f"is neither a model directory (save_pretrained, or a training run's final/) nor a preset "
+            f"is neither a model directory (save_pretrained, or a training run's final/) nor a model name "
             f"({', '.join(list_models())})",
         )  # fmt: skip
     try:
         return create_model(args.model, pretrained=args.pretrained)
-    except (OSError, ValueError) as error:
-        _usage("--pretrained", args.pretrained, error)
+    except (OSError, ValueError, ImportError) as error:
+        # A bad checkpoint file is --pretrained's fault; an adapter's missing library or directory is --model's.
+        _usage("--pretrained" if args.pretrained is not None else "--model", args.pretrained or args.model, error)
 
 
 def _tokenizer(args: argparse.Namespace, model: UniCLModel) -> Tokenizer:
@@ -423,7 +427,10 @@ def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandPa
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = Parser(add_help=False)
     common.add_argument(
-        "--model", required=True, help="a preset name, or a directory written by save_pretrained or unicl.train"
+        "--model",
+        required=True,
+        help="a preset name, a directory written by save_pretrained or unicl.train, open_clip:ARCH (with --pretrained "
+        "FILE) or hf:DIR (a transformers CLIPModel or SiglipModel directory)",
     )
     common.add_argument(
         "--pretrained", help="weights for the preset: a release's tag (unicl.list_pretrained, read from "
@@ -520,16 +527,43 @@ def build_parser(parser_class: type[CommandParser] = CommandParser) -> CommandPa
     suite.add_argument("--root", type=Path, help="where relative dataset paths start (default: the config's 'root', "
                        "else its folder)")  # fmt: skip
     suite.add_argument("--force", action="store_true", help="redo entries whose results exist")
+
+    wise_ft = commands.add_parser(
+        "wise-ft", parents=[common, names, metric],
+        help="WiSE-FT: mixes of the initial and the fine-tuned weights, each evaluated, in one table",
+        description="WiSE-FT (weight-space ensembles): for each coefficient α of --alphas, the weights (1 − α)·initial "
+        "+ α·fine-tuned (floating-point parameters and buffers; other buffers the fine-tuned's), with --model "
+        "(and --pretrained) the initial weights, as the fine-tuning run was given them, and --fine-tuned its "
+        "final/ directory; each mix is evaluated zero-shot on --data or by a --suite, and OUTPUT gets wise_ft.md, "
+        "wise_ft.csv and wise_ft.json, one row per α. The tokenizer is the fine-tuned directory's.",
+    )  # fmt: skip
+    wise_ft.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned model: a training run's "
+                         "final/ or a save_pretrained directory of --model's architecture")  # fmt: skip
+    wise_ft.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="the mixing coefficients, comma-separated: 0 "
+                         "is the initial model, 1 the fine-tuned (default: 0,0.25,0.5,0.75,1)")  # fmt: skip
+    wise_ft.add_argument("--data", type=Path, help="zero-shot evaluation: an ImageFolder root, or a CSV of image and "
+                         "';'-separated labels")  # fmt: skip
+    wise_ft.add_argument("--suite", type=Path, help="evaluate each mix by this suite config (.json or .toml) "
+                         "instead, its results in OUTPUT/alpha-A/")  # fmt: skip
+    wise_ft.add_argument("--root", type=Path, help="where the suite's relative dataset paths start (default: the "
+                         "config's 'root', else its folder)")  # fmt: skip
+    wise_ft.add_argument("--output", required=True, type=Path, help="the directory of the table (and of the suites' "
+                         "results)")  # fmt: skip
+    wise_ft.add_argument("--save", type=float, metavar="ALPHA", help="also write the mix of this coefficient to "
+                         "OUTPUT/model-alpha-ALPHA (save_pretrained, with the tokenizer)")  # fmt: skip
+    wise_ft.add_argument("--force", action="store_true", help="redo suite entries whose results exist")
     return parser
 
 
-def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
-    from unicl.evaluation.suite import ForeignResultsError, model_fingerprint, read_suite, run_suite
+def _prepare_suite(args: argparse.Namespace, config: Path, argument: str) -> tuple[list, list]:
+    """Read the suite ``config`` (named ``argument`` in errors) and check every entry before the first one runs:
+    ``(entries, [(entry, its parsed arguments, its checked inputs), ...])``."""
+    from unicl.evaluation.suite import read_suite
 
     try:
-        entries = read_suite(args.config, root=args.root)
+        entries = read_suite(config, root=args.root)
     except (OSError, ValueError) as error:
-        _usage("config", args.config, error)
+        _usage(argument, config, error)
     common = [
         "--model", args.model, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
         "--device", args.device, "--precision", args.precision,
@@ -539,38 +573,168 @@ def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     parser = build_parser(_EntryParser)
     prepared = []
-    for number, entry in enumerate(entries, 1):  # every entry is checked before the first one runs
+    for number, entry in enumerate(entries, 1):
         try:
             entry_args = parser.parse_args([entry.task, *common, *entry.arguments()])
             prepared.append((entry, entry_args, INPUTS[entry.task](entry_args)))
         except _UsageError as error:
-            _usage("config", args.config, f"entry {number} ({entry.name!r}): {error}")
+            _usage(argument, config, f"entry {number} ({entry.name!r}): {error}")
+    return entries, prepared
+
+
+def _suite_runner(
+    config: Path, argument: str, prepared: list, load: Callable[[], UniCLModel],
+    tokenizer_of: Callable[[UniCLModel], Tokenizer],
+) -> Callable[[int], dict[str, Any]]:  # fmt: skip
+    """The suite's ``run_entry``: the model loads (``load``) when the first entry needs it (a rerun with every entry
+    done loads nothing), the tokenizer (``tokenizer_of``) when the first entry that encodes text does."""
     loaded: dict[str, Any] = {}
 
     def run_entry(index: int) -> dict[str, Any]:
-        # The model loads when the first entry needs it (a rerun with every entry done loads nothing), the tokenizer
-        # when the first entry that encodes text does.
         if "model" not in loaded:
-            loaded["model"] = _load_model(args)
+            loaded["model"] = load()
         entry, entry_args, inputs = prepared[index]
         if "tokenizer" not in loaded and _needs_text(entry_args):
-            loaded["tokenizer"] = _tokenizer(args, loaded["model"])
+            loaded["tokenizer"] = tokenizer_of(loaded["model"])
         try:
             return _run_task(entry_args, inputs, loaded["model"], loaded.get("tokenizer"))
         except (OSError, ValueError) as error:  # the entries before it are saved: a rerun resumes at this one
             message = str(error) if isinstance(error, _UsageError) else first_line(error, limit=MESSAGE_LIMIT)
-            _usage("config", args.config, f"entry {index + 1} ({entry.name!r}): {message}")
+            _usage(argument, config, f"entry {index + 1} ({entry.name!r}): {message}")
 
-    # The results depend on the files behind these arguments, hashed without loading the model (a finished
-    # suite's rerun stays instant).
+    return run_entry
+
+
+def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    """`unicl.evaluation.suite.model_fingerprint` of the command's model, hashed without loading it (a finished
+    suite's rerun stays instant)."""
+    from unicl.evaluation.suite import model_fingerprint
+
     try:
-        fingerprint = model_fingerprint(args.model, args.pretrained, args.tokenizer, args.precision)
+        return model_fingerprint(args.model, args.pretrained, args.tokenizer, args.precision)
     except OSError as error:
         _usage("--model/--pretrained/--tokenizer", error.filename, error)
+
+
+def _run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    from unicl.evaluation.suite import ForeignResultsError, run_suite
+
+    entries, prepared = _prepare_suite(args, args.config, "config")
+    run_entry = _suite_runner(args.config, "config", prepared, lambda: _load_model(args), lambda m: _tokenizer(args, m))
+    fingerprint = _fingerprint(args)
     try:
         return run_suite(entries, args.output, run_entry, force=args.force, log=sys.stderr, fingerprint=fingerprint)
     except ForeignResultsError as error:
         _usage("--output", args.output, error)
+
+
+def _alphas(value: str) -> list[float]:
+    """``--alphas``: distinct finite numbers, separated by commas."""
+    try:
+        alphas = [float(part) for part in value.split(",")]
+    except ValueError:
+        _usage("--alphas", value, "expected numbers separated by commas, such as 0,0.25,0.5,0.75,1")
+    if not all(math.isfinite(alpha) for alpha in alphas) or len(set(alphas)) != len(alphas):
+        _usage("--alphas", value, "expected distinct finite numbers, such as 0,0.25,0.5,0.75,1")
+    return alphas
+
+
+def _fine_tuned_model(args: argparse.Namespace, initial: UniCLModel) -> UniCLModel:
+    """``--fine-tuned``: a model directory of ``--model``'s architecture."""
+    from unicl.evaluation.wise_ft import check_interpolable
+    from unicl.models.serialization import load_model
+
+    try:
+        fine_tuned = load_model(args.fine_tuned)
+    except (OSError, ValueError) as error:
+        _usage("--fine-tuned", args.fine_tuned, error)
+    try:
+        check_interpolable(initial, fine_tuned)
+    except ValueError as error:
+        _usage("--fine-tuned", args.fine_tuned, f"cannot be mixed with --model {args.model}: {error}")
+    return fine_tuned
+
+
+def _warn_other_start(args: argparse.Namespace) -> None:
+    """A warning on standard error when the fine-tuning run (its ``training.json``) started from other weights than
+    ``--model`` and ``--pretrained`` name: mixing with another start is allowed, but usually a forgotten option."""
+    try:
+        options = json.loads((args.fine_tuned / "training.json").read_text())["options"]
+        started = (options["model"], options.get("pretrained"))
+    except (OSError, ValueError, KeyError, TypeError):  # not a training run's final/: nothing to compare with
+        return
+
+    def where(path: str | None) -> Path | None:
+        return None if path is None else Path(path).resolve()
+
+    if started[0] != args.model or where(started[1]) != where(args.pretrained):
+        print(
+            f"warning: --fine-tuned {args.fine_tuned} was trained from --model {started[0]} --pretrained {started[1]},"
+            f" not from --model {args.model} --pretrained {args.pretrained}: the mixes start from other weights",
+            file=sys.stderr,
+        )
+
+
+def _run_wise_ft(args: argparse.Namespace) -> dict[str, Any]:
+    """WiSE-FT: every ``--alphas`` mix of ``--model`` (the initial weights) and ``--fine-tuned``, evaluated on
+    ``--data`` (zero-shot) or by ``--suite``, in one table; ``--save ALPHA`` also writes that mix."""
+    from unicl.evaluation.suite import ForeignResultsError, run_suite, source_digest
+    from unicl.evaluation.wise_ft import interpolated_model, write_wise_ft_tables
+
+    alphas = _alphas(args.alphas)
+    if args.save is not None and not math.isfinite(args.save):
+        _usage("--save", args.save, "must be a finite mixing coefficient")
+    if not args.fine_tuned.is_dir():
+        _usage("--fine-tuned", args.fine_tuned, "is not a directory (a training run's final/ or save_pretrained's)")
+    if (args.data is None) == (args.suite is None):
+        _stop("give the evaluation as --data (an ImageFolder or labels CSV, zero-shot) or as --suite (a suite config)")
+    if args.suite is not None and (args.classnames, args.templates, args.metric) != (None, None, None):
+        _usage("--suite", args.suite, "its entries name their own --classnames, --templates and --metric")
+    if args.data is not None:
+        inputs = _zeroshot_inputs(args)
+    else:
+        entries, prepared = _prepare_suite(args, args.suite, "--suite")
+        fingerprint = {**_fingerprint(args), "fine_tuned": str(args.fine_tuned),
+                       "fine_tuned_digest": source_digest(args.fine_tuned)}  # fmt: skip
+    _warn_other_start(args)
+    initial = _load_model(args)
+    fine_tuned = _fine_tuned_model(args, initial)
+    # The fine-tuned run's tokenizer, the one `zeroshot --model RUN/final` uses (a run started from --pretrained
+    # weights keeps theirs), unless --tokenizer names another.
+    tokenizer = _tokenizer(argparse.Namespace(model=str(args.fine_tuned), pretrained=None, tokenizer=args.tokenizer),
+                           fine_tuned)  # fmt: skip
+    results: list[tuple[float, dict[str, float]]] = []
+    for alpha in alphas:
+        started = time.perf_counter()
+        model = interpolated_model(initial, fine_tuned, alpha)
+        if args.data is not None:
+            scored = _run_task(argparse.Namespace(**{**vars(args), "command": "zeroshot"}), inputs, model, tokenizer)
+            scores = {name: float(scored[name]) for name in ("top1", "top5", scored["metric"]) if name in scored}
+        else:
+            # Called within this iteration, so the lambdas see this α's model.
+            run_entry = _suite_runner(args.suite, "--suite", prepared, lambda: model, lambda _: tokenizer)  # noqa: B023
+            try:
+                run_suite(entries, args.output / f"alpha-{alpha:g}", run_entry, force=args.force, log=sys.stderr,
+                          fingerprint={**fingerprint, "alpha": alpha})  # fmt: skip
+            except ForeignResultsError as error:
+                _usage("--output", args.output, error)
+            records = [json.loads((args.output / f"alpha-{alpha:g}" / f"{e.name}.json").read_text()) for e in entries]
+            scores = {record["name"]: float(record["score"]) for record in records}
+        results.append((alpha, scores))
+        shown = " ".join(f"{name}={score:.4f}" for name, score in scores.items())
+        print(f"alpha={alpha:g}: {shown} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    details = {
+        "model": args.model, "pretrained": args.pretrained, "fine_tuned": str(args.fine_tuned),
+        "evaluation": {"data": str(args.data)} if args.data is not None else {"suite": str(args.suite)},
+    }  # fmt: skip
+    paths = write_wise_ft_tables(results, args.output, details)
+    summary: dict[str, Any] = {name: str(path) for name, path in paths.items()}
+    if args.save is not None:
+        saved = args.output / f"model-alpha-{args.save:g}"
+        interpolated_model(initial, fine_tuned, args.save).save_pretrained(saved, tokenizer=tokenizer)
+        summary["saved"] = str(saved)
+        print(f"alpha={args.save:g} saved in {saved}", file=sys.stderr)
+    return summary
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -589,8 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         _check_common(args)
-        if args.command == "suite":
-            summary = _run_suite(args)
+        if args.command in ("suite", "wise-ft"):
+            summary = _run_suite(args) if args.command == "suite" else _run_wise_ft(args)
             print(Path(summary["markdown"]).read_text(), end="")
             return summary
         inputs = INPUTS[args.command](args)

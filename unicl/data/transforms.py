@@ -20,6 +20,7 @@ from timm.data import create_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
+from unicl.models.adapters import AdapterModel
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.presets import get_config
@@ -44,7 +45,8 @@ def image_transform(name_or_model: str | UniCLModel | UniCLConfig | ImageConfig,
     """The transform from a PIL image to the ``[3, S, S]`` tensor a model takes.
 
     Args:
-        name_or_model: a preset name (``"unicl_swin_tiny"``), a model, or its (image) configuration.
+        name_or_model: a preset name (``"unicl_swin_tiny"``), a model, or its (image) configuration. An adapter
+            model (`unicl.models.adapters`) gives its own library's transforms.
         train: the training augmentation instead of the evaluation transform.
 
     Returns:
@@ -60,6 +62,9 @@ def image_transform(name_or_model: str | UniCLModel | UniCLConfig | ImageConfig,
         >>> transform(Image.new("RGB", (320, 240))).shape
         torch.Size([3, 224, 224])
     """
+    if isinstance(name_or_model, AdapterModel):
+        # An open_clip or transformers model is read with its own library's transforms.
+        return name_or_model.image_transform(train)
     config = _image_config(name_or_model)
     if config.in_chans != 3:
         raise ValueError(f"image_transform makes RGB tensors; this image tower takes {config.in_chans} channels")

@@ -29,15 +29,6 @@ import torch.nn.functional as F
 
 from unicl._checks import check_positive_int
 
-__all__ = [
-    "DEFAULT_L2_GRID",
-    "LogisticHead",
-    "StandardizedFeatures",
-    "choose_l2",
-    "fit_logistic_regression",
-    "stratified_split",
-]
-
 #: The coarse sweep: one λ per decade from 1e-6 to 1e2 (refined around the best afterwards, see `choose_l2`).
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0**e for e in range(-6, 3))
 #: Refinement steps of `choose_l2`, in decades: each tries the best λ times 10^(±step) and keeps the best.

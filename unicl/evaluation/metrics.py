@@ -29,17 +29,6 @@ import torch
 
 from unicl.evaluation.names import DEFAULT_METRIC, METRIC_NAMES, MULTILABEL_METRIC, TOP_K
 
-__all__ = [
-    "METRICS",
-    "check_metric_fits",
-    "classification_results",
-    "compute_metric",
-    "mean_average_precision_11_point",
-    "mean_per_class_recall",
-    "roc_auc",
-    "top_k_accuracy",
-]
-
 
 def _check_scores(scores: object, dims: tuple[int, ...] = (2,)) -> torch.Tensor:
     expected = " or ".join({1: "[N]", 2: "[N, C]"}[d] for d in dims)

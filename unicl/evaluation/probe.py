@@ -19,8 +19,6 @@ from unicl.models import UniCLModel
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
 
-__all__ = ["known_targets", "run_linear_probe", "text_head"]
-
 
 @torch.no_grad()
 def text_head(

@@ -18,8 +18,6 @@ from unicl._checks import check_positive_int
 from unicl.evaluation.logistic import DEFAULT_L2_GRID, REFINE_STEPS, choose_l2, fit_logistic_regression
 from unicl.evaluation.metrics import METRICS, compute_metric
 
-__all__ = ["check_shots", "few_shot", "linear_probe", "sample_shots", "score_logits"]
-
 
 def score_logits(metric: str, logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The metric ``metric`` of ``[N, C]`` logits against ``[N]`` class ids.

@@ -226,8 +226,8 @@ def zeroshot_accuracy(
             ``map_11_point`` for multi-label data).
         batch_size: images per batch.
         workers: data-loading processes.
-        device: where to run.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
+        device: where to encode the class prompts and the images.
+        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only), for the prompts and the images alike.
         progress: show a progress bar on standard error.
 
     Returns:

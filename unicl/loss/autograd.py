@@ -192,10 +192,10 @@ def _first_order_backward(
         e_x, e_y = (product.mul_(uniform_weight) for product in ctx.products)
         ctx.products = None
     elif weight_scale is None:
-        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, row_grad, col_grad)
+        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, (row_grad, col_grad))
     else:
-        scaled = [None if grad is None else grad * weight_scale for grad in (row_grad, col_grad)]
-        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, *scaled)
+        row_scaled, col_scaled = (None if grad is None else grad * weight_scale for grad in (row_grad, col_grad))
+        e_x, e_y = ctx.engine.weighted_products(sim, objective, statistics, (row_scaled, col_scaled))
         inverse = weight_scale.reciprocal()
         e_x.mul_(inverse)
         e_y.mul_(inverse)

@@ -27,7 +27,7 @@ import torch
 from unicl.loss.dtypes import accumulation_dtype
 from unicl.loss.engine import Similarity
 from unicl.loss.matmul import HALF_DTYPES, mixed_addmm_, mixed_mm, uses_tensor_core_products
-from unicl.loss.objectives import Objective, Statistics
+from unicl.loss.objectives import Objective, Statistics, Weights
 
 #: Entries of ``S`` per block when ``chunk_size`` is not given: 2^21 float32 entries are 8 MiB a buffer, large
 #: enough for efficient matrix products (at N = 8,192 on a 2-core EPYC the 256-row block's ``V·u_rowsᵀ`` ran at 89
@@ -145,21 +145,16 @@ class ChunkedEngine:
         return statistics, grad_u, grad_v
 
     def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
+        self, sim: Similarity, objective: Objective, statistics: Statistics, weights: Weights
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         blocks = self._blocks(sim)
         # Only the column part of a two-sided objective's weights needs a second block.
-        column_buffer = None if col_weight is None else torch.empty_like(blocks.tile_buffer)
+        column_buffer = None if weights[1] is None else torch.empty_like(blocks.tile_buffer)
 
         def weights_of(rows: slice, tile: torch.Tensor) -> torch.Tensor:
             scratch = None if column_buffer is None else column_buffer[:, : tile.shape[1]]
-            return objective.block_weights(tile, rows, statistics, (row_weight, col_weight), scratch)
+            return objective.block_weights(tile, rows, statistics, weights, scratch)
 
         return self._products(sim, blocks, weights_of)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from unicl.loss.objectives import Objective, Statistics
+from unicl.loss.objectives import Objective, Statistics, Weights
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,7 @@ class SimilarityEngine(Protocol):
         ...
 
     def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
+        self, sim: Similarity, objective: Objective, statistics: Statistics, weights: Weights
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Products of ``H_ij = a_i·P_ij·b_j`` with the features, where ``P`` is the objective's entry weight:
         ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``g_i·σ(Z_ij)`` for the
@@ -77,8 +72,7 @@ class SimilarityEngine(Protocol):
             sim: the logits ``Z`` (``M × N``).
             objective: the objective.
             statistics: as `statistics` returned them.
-            row_weight: ``[M]`` ``g``, or ``None`` for zero.
-            col_weight: ``[N]`` ``h``, or ``None`` for zero (read by two-sided objectives only).
+            weights: ``(g [M], h [N])``, each ``None`` for zero (``h`` read by two-sided objectives only).
 
         Returns:
             ``H V [M, D]`` and ``Hᵀ U [N, D]`` in the accumulation dtype.

@@ -30,14 +30,15 @@ class UniCLLoss(nn.Module):
         normalize: L2-normalise the features first.
         chunk_size: rows per block for the chunked backend, per super-chunk for ``"triton"`` (``None``: automatic).
         gather_distributed: gather features and labels from every rank of ``group`` and compute the loss of the
-            global batch (see `unicl.loss.distributed` for the gradient convention). Without an initialised process
+            global batch (see `unicl.loss.distributed` for the gradient convention); with ``text_labels`` each rank's
+            texts are gathered with their labels, however many each rank has. Without an initialised process
             group, or with one rank, the loss is the single-process one.
         local_loss: with ``gather_distributed``, compute only this rank's rows and columns against the global batch
             (``W`` times less work and memory per rank, same gradients).
         group: the process group (``None``: the default group).
-        equal_batches: with ``gather_distributed``, every rank declares the same batch size, so the loss skips the
-            size exchange (a collective and a host synchronisation per call); see
-            `unicl.loss.distributed.distributed_unicl_loss`.
+        equal_batches: with ``gather_distributed``, every rank declares the same batch size (and, with
+            ``text_labels``, the same number of texts), so the loss skips the size exchange (a collective and a host
+            synchronisation per call); see `unicl.loss.distributed.distributed_unicl_loss`.
 
     Examples:
         >>> import torch

@@ -31,6 +31,7 @@ def write_model_directory(
     state_dict: dict[str, torch.Tensor],
     config: dict[str, Any],
     tokenizer: Tokenizer | None = None,
+    key: str = "model",
 ) -> Path:
     """Write a model's tensors, its configuration and its tokenizer (if given) to ``directory`` (created if needed).
 
@@ -43,6 +44,8 @@ def write_model_directory(
         state_dict: the tensors, by name.
         config: the configuration as plain JSON values (``dataclasses.asdict`` of a `unicl.models.model.UniCLConfig`).
         tokenizer: the tokenizer the model was trained with.
+        key: the entry of ``config.json`` that holds ``config``: ``"model"`` for a `unicl.UniCLModel`,
+            ``"adapter"`` for the model of another library (`unicl.models.adapters`).
 
     Returns:
         The directory.
@@ -57,7 +60,7 @@ def write_model_directory(
     if tokenizer is not None:
         tokenizer.save(target)
     tensors = {name: tensor.detach().contiguous() for name, tensor in state_dict.items()}
-    saved = {"format_version": FORMAT_VERSION, "model": config}
+    saved = {"format_version": FORMAT_VERSION, key: config}
     with replacing(target / WEIGHTS_NAME) as temporary:
         # One metadata entry: safetensors writes metadata from a hash map in a random order, and a single entry
         # keeps the file's bytes a function of the weights (two runs that agree compare equal with cmp).

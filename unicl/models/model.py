@@ -138,14 +138,8 @@ class UniCLModel(nn.Module):
         """
         return write_model_directory(directory, self.state_dict(), asdict(self.config), tokenizer)
 
-    def param_groups(self, weight_decay: float, logit_lr: float | None = None) -> list[dict]:
+    def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimiser groups: weight decay on matrices, none on norms, biases, embeddings and the temperature.
-
-        Args:
-            weight_decay: the decay of the weight matrices.
-            logit_lr: a learning rate of its own for the logit scale and logit bias (the objective's scalars): they
-                then form a third group, without weight decay. ``None``: they share the optimiser's learning rate,
-                in the group without decay.
 
         Examples:
             >>> import torch, unicl
@@ -154,18 +148,10 @@ class UniCLModel(nn.Module):
         """
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
-        logits: list[nn.Parameter] = []
         embeddings = {id(self.text_encoder.token_embedding.weight), id(self.text_encoder.positional_embedding)}
-        scalars = {id(self.logit_scale)} | ({id(self.logit_bias)} if self.logit_bias is not None else set())
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            if logit_lr is not None and id(parameter) in scalars:
-                logits.append(parameter)
-                continue
             exempt = parameter.dim() < 2 or id(parameter) in embeddings or "pos_embed" in name or "cls_token" in name
             (no_decay if exempt else decay).append(parameter)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if logit_lr is not None:
-            groups.append({"params": logits, "weight_decay": 0.0, "lr": logit_lr})
-        return groups
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

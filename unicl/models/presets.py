@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from unicl.models.adapters import ADAPTER_FAMILIES, create_adapter, is_adapter_name
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
 from unicl.models.pretrained import resolve_pretrained
@@ -162,8 +163,22 @@ register_model(
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Preset names matching a shell-style ``pattern``, sorted."""
-    return sorted(name for name in _PRESETS if fnmatch.fnmatch(name, pattern))
+    """Preset names matching a shell-style ``pattern``, sorted, then the adapter families that match it:
+    ``"hf:<dir>"`` (a transformers CLIP or SigLIP directory) and ``"open_clip:<arch>"`` (an open_clip
+    architecture), whose models `create_model` builds by name (``"open_clip:ViT-B-32"``; see
+    `unicl.models.adapters`).
+
+    Examples:
+        >>> list_models("unicl_swin*"), list_models("open_clip:*")
+        (['unicl_swin_base', 'unicl_swin_tiny'], ['open_clip:<arch>'])
+    """
+    presets = sorted(name for name in _PRESETS if fnmatch.fnmatch(name, pattern))
+    return presets + [family for family in ADAPTER_FAMILIES if fnmatch.fnmatch(family, pattern)]
+
+
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` is a preset's name or an adapter model's (``open_clip:ARCH``, ``hf:DIR``)."""
+    return is_adapter_name(name) or (isinstance(name, str) and name in _PRESETS)
 
 
 def get_config(name: str, **overrides: Any) -> UniCLConfig:
@@ -211,27 +226,33 @@ def _replace(config: Any, changes: dict[str, Any], where: str) -> Any:
 
 
 def create_model(name: str, pretrained: str | os.PathLike[str] | None = None, **overrides: Any) -> UniCLModel:
-    """Build preset ``name`` (see `list_models`) with ``overrides`` (see `get_config`), and load its weights.
+    """Build preset ``name`` (see `list_models`) with ``overrides`` (see `get_config`), and load its weights; or the
+    adapter model ``open_clip:ARCH`` / ``hf:DIR`` (`unicl.models.adapters.create_adapter`).
 
     Args:
-        name: the preset.
+        name: the preset, or an adapter model name.
         pretrained: weights to load strictly into it: the tag of a released checkpoint (see `unicl.list_pretrained`;
             read from `unicl.models.pretrained.checkpoint_dir`, checked against its SHA-256 where known), a
             directory written by ``model.save_pretrained``, a ``.safetensors`` file with the same tensor names, or a
             release file (``.pth``, ``.pt``, ``.bin``; see `unicl.models.serialization`).
-        **overrides: configuration changes.
+            For ``open_clip:ARCH``: a local checkpoint file of open_clip's; ``hf:DIR`` takes none.
+        **overrides: configuration changes (an adapter takes only those of
+            `unicl.models.adapters.base.check_overrides`).
 
     Raises:
         ValueError: an unknown preset or field, a tag of another preset, a file in another format or not the
             release's, or weights that do not fit the model (missing, unexpected and mis-shaped tensors are named).
         FileNotFoundError: nothing at ``pretrained`` (for a tag: the path looked at and the URL to fetch it from).
+        ImportError: an adapter model whose library is not installed (the extra to install is named).
 
     Examples:
         >>> import unicl
         >>> unicl.list_models()
-        ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny']
+        ['unicl_resnet50', 'unicl_swin_base', 'unicl_swin_tiny', 'unicl_tiny', 'hf:<dir>', 'open_clip:<arch>']
         >>> model = unicl.create_model("unicl_tiny", embed_dim=32, text={"layers": 1})
     """
+    if is_adapter_name(name):
+        return create_adapter(name, pretrained, **overrides)
     config = get_config(name, **overrides)
     # The weights' path first: a missing or unchecked file fails before the (slow) model is built.
     source = None if pretrained is None else resolve_pretrained(name, pretrained)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from unicl.models.adapters import ADAPTER_KEY, load_adapter
 from unicl.models.files import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, load_weights_strictly, read_weights
 from unicl.models.image import ImageConfig
 from unicl.models.model import UniCLConfig, UniCLModel
@@ -66,8 +67,19 @@ def read_config(directory: str | os.PathLike[str]) -> UniCLConfig:
 
     Raises:
         FileNotFoundError: no such directory or file.
-        ValueError: the file is not a unicl configuration of a known format version.
+        ValueError: the file is not a unicl configuration of a known format version, or is an adapter model's
+            (`unicl.models.adapters`, whose configuration is its library's).
     """
+    saved, path = _read_saved(directory)
+    if "model" not in saved:
+        raise ValueError(
+            f"{path} holds the model of another library ({saved[ADAPTER_KEY].get('kind')!r}), not a UniCLConfig"
+        )
+    return _config_from_dict(saved["model"], path)
+
+
+def _read_saved(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """``config.json`` of a saved directory, checked: a unicl model's (``"model"``) or an adapter's (``"adapter"``)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: expected a directory written by save_pretrained")
@@ -75,12 +87,16 @@ def read_config(directory: str | os.PathLike[str]) -> UniCLConfig:
         saved = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); was it written by save_pretrained?") from error
-    if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION or "model" not in saved:
+    if (
+        not isinstance(saved, dict)
+        or saved.get("format_version") != FORMAT_VERSION
+        or not ("model" in saved or isinstance(saved.get(ADAPTER_KEY), dict))
+    ):
         raise ValueError(
             f"{path} is not a unicl model configuration of format version {FORMAT_VERSION} "
             f"(found format_version={saved.get('format_version') if isinstance(saved, dict) else None!r})"
         )
-    return _config_from_dict(saved["model"], path)
+    return saved, path
 
 
 def _config_from_dict(fields: Any, path: Path) -> UniCLConfig:
@@ -108,6 +124,9 @@ def _build(kind: type, values: Any, where: str) -> Any:
 def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> UniCLModel:
     """The model saved by `save_pretrained` in ``directory``, bit for bit.
 
+    An adapter model's directory (``open_clip:``, ``hf:``; `unicl.models.adapters`) is rebuilt from the
+    configuration, weights and tokenizer saved in it, without the original checkpoint or model directory.
+
     Args:
         directory: written by `save_pretrained` (or ``UniCLModel.save_pretrained``).
         device: where to put the model.
@@ -115,6 +134,7 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
     Raises:
         FileNotFoundError: the directory or one of its files is missing.
         ValueError: a corrupt, truncated or foreign file, or tensors that do not fit the saved configuration.
+        ImportError: an adapter model whose library is not installed.
 
     Examples:
         >>> import tempfile, torch, unicl
@@ -125,9 +145,15 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
         >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
         True
     """
-    config = read_config(directory)
-    model = UniCLModel(config)
-    load_weights_strictly(model, read_weights(Path(directory) / WEIGHTS_NAME), str(Path(directory) / WEIGHTS_NAME))
+    saved, _ = _read_saved(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if ADAPTER_KEY in saved:
+        # An adapter model is rebuilt from its library's stored configuration and its saved tokenizer alone.
+        adapter = load_adapter(Path(directory), saved[ADAPTER_KEY], Tokenizer.from_pretrained(directory))
+        load_weights_strictly(adapter.model, read_weights(weights), str(weights))
+        return adapter.to(device)
+    model = UniCLModel(read_config(directory))
+    load_weights_strictly(model, read_weights(weights), str(weights))
     return model.to(device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from unicl.models.adapters import adapter_tokenizer, is_adapter_name
 from unicl.models.files import CONFIG_NAME
 from unicl.models.model import UniCLConfig
 from unicl.models.presets import TRAINED_TOKENIZER, get_config, list_models, preset_tokenizer
@@ -26,6 +27,8 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
               with it; a model directory saved without one is read with CLIP's BPE when its text tower embeds CLIP's
               49,408 ids;
             - a preset name: the tokenizer the preset names (CLIP's BPE for the paper presets);
+            - an adapter model name (``open_clip:ARCH``, ``hf:DIR``; `unicl.models.adapters`): the ids its library
+              gives (open_clip's ``SimpleTokenizer``, the directory's transformers tokenizer);
             - ``"clip"``: CLIP's BPE, found on this machine (see ``Tokenizer.clip``);
             - a ``tokenizer.json`` file (with the settings of a ``tokenizer_config.json`` beside it when the file is
               named ``tokenizer.json``).
@@ -40,6 +43,7 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
         FileNotFoundError: ``source`` is none of the above.
         ValueError: a preset whose tokenizer is trained per run (``unicl_tiny``), a model directory with no
             tokenizer that CLIP's BPE cannot be, or unreadable files.
+        ImportError: an adapter model whose library is not installed.
 
     Examples:
         >>> import tempfile, unicl
@@ -55,6 +59,8 @@ def get_tokenizer(source: str | os.PathLike[str], context_length: int | None = N
     path = Path(source)
     if path.is_dir():
         return _saved_tokenizer(path, context_length)
+    if is_adapter_name(text):
+        return adapter_tokenizer(text, context_length)
     if text == "clip":
         return Tokenizer.clip(context_length or 77)
     if text in list_models():
@@ -96,7 +102,8 @@ def model_tokenizer(
             tokenizer saved with them, or a preset name alone for such a preset.
         FileNotFoundError: ``model`` is neither a directory nor a preset.
     """
-    if Path(model).is_dir():
+    if Path(model).is_dir() or is_adapter_name(model):
+        # An adapter's tokenizer is its library's, whatever its checkpoint file.
         return get_tokenizer(model, context_length)
     if pretrained is not None and not _is_release(pretrained):
         weights = Path(pretrained)

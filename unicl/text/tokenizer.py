@@ -95,7 +95,8 @@ class Tokenizer:
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` (its own post-processing and padding are not used).
         context_length: ``L``, tokens per row including start and end, ``>= 2``.
-        start_token: the start token's string (in the vocabulary).
+        start_token: the start token's string (in the vocabulary), or ``None`` for rows without one (SigLIP's:
+            the text, then the end token).
         end_token: the end token's string (in the vocabulary).
         pad_id: id written after the end token (masked out).
         clean: optional text clean-up applied before encoding (e.g. `clip_clean`).
@@ -114,7 +115,7 @@ class Tokenizer:
         self,
         tokenizer: HFTokenizer,
         context_length: int = 77,
-        start_token: str = "<|startoftext|>",
+        start_token: str | None = "<|startoftext|>",
         end_token: str = "<|endoftext|>",
         pad_id: int = 0,
         clean: Callable[[str], str] | None = None,
@@ -123,13 +124,14 @@ class Tokenizer:
             raise TypeError(f"tokenizer must be a tokenizers.Tokenizer; got {type(tokenizer).__name__}")
         self.context_length = check_positive_int("context_length", context_length, minimum=2)
         self.tokenizer = tokenizer
-        ids = []
+        ids: list[int | None] = []
         for name, token in (("start_token", start_token), ("end_token", end_token)):
-            token_id = tokenizer.token_to_id(token)
-            if token_id is None:
+            token_id = None if token is None and name == "start_token" else tokenizer.token_to_id(str(token))
+            if token_id is None and token is not None:
                 raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
             ids.append(token_id)
-        self.start_id, self.end_id = ids
+        self.start_id: int | None = ids[0]
+        self.end_id: int = ids[1]  # type: ignore[assignment]  # never None: checked above
         self.pad_id = check_positive_int("pad_id", pad_id, minimum=0)
         self.clean = clean
 
@@ -244,7 +246,7 @@ class Tokenizer:
             raise ValueError("only a tokenizer without clean-up or with clip_clean can be saved; got a custom clean")
         return {
             "context_length": self.context_length,
-            "start_token": self.tokenizer.id_to_token(self.start_id),
+            "start_token": None if self.start_id is None else self.tokenizer.id_to_token(self.start_id),
             "end_token": self.tokenizer.id_to_token(self.end_id),
             "pad_id": self.pad_id,
             "clean": None if self.clean is None else "clip",
@@ -344,11 +346,12 @@ class Tokenizer:
         if self.clean is not None:
             batch = [self.clean(text) for text in batch]
         encodings = self.tokenizer.encode_batch(batch, add_special_tokens=False)
-        room = self.context_length - 2
+        start = [] if self.start_id is None else [self.start_id]
+        room = self.context_length - 1 - len(start)
         input_ids = torch.full((len(batch), self.context_length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), self.context_length), dtype=torch.long)
         for row, encoding in enumerate(encodings):
-            ids = [self.start_id, *encoding.ids[:room], self.end_id]
+            ids = [*start, *encoding.ids[:room], self.end_id]
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}

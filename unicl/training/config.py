@@ -60,10 +60,12 @@ class TrainingConfig:
 
     # --- model -------------------------------------------------------------------------------------------------------
     model: str = field(metadata=_option("model"))
-    """The preset to train (see unicl.list_models())."""
+    """The preset to train (see unicl.list_models()), or an open_clip or transformers model: open_clip:ARCH (with
+    --pretrained FILE) or hf:DIR (a CLIPModel or SiglipModel directory)."""
     pretrained: str | None = field(default=None, metadata=_option("model"))
     """Initial weights for the preset: a release tag of unicl.list_pretrained() (read from $UNICL_HOME/checkpoints),
-    a microsoft/UniCL .pth, a save_pretrained directory or .safetensors."""
+    a microsoft/UniCL .pth, a save_pretrained directory or .safetensors; for open_clip:ARCH, a local open_clip
+    checkpoint file."""
     tokenizer: str | None = field(default=None, metadata=_option("model"))
     """'clip' (CLIP's BPE, found on this machine), a tokenizer.json or a saved model directory; its vocabulary must
     fit the preset's text tower (default: the tokenizer saved with a --pretrained directory, else the preset's own:
@@ -75,6 +77,13 @@ class TrainingConfig:
     those of the whole batch (unicl.training.cached_backward; default: the whole batch at once)."""
     grad_checkpointing: bool = field(default=False, metadata=_option("model"))
     """Recompute the image and text blocks in backward: much less activation memory, about 30% more compute."""
+    freeze_image: bool = field(default=False, metadata=_option("model"))
+    """Fine-tuning: freeze the image tower (its encoder and projection): its parameters get no gradient, stay out of
+    the optimiser and keep their values, and it runs in evaluation mode (no dropout or drop-path, BatchNorm
+    statistics kept); LiT's locked image tower."""
+    freeze_text: bool = field(default=False, metadata=_option("model"))
+    """Fine-tuning: freeze the text tower (its encoder, embeddings and projection), as --freeze-image does the image
+    tower."""
 
     # --- data --------------------------------------------------------------------------------------------------------
     image_folder: list[Path] = field(default_factory=list, metadata=_option("data", "DIR"))
@@ -117,6 +126,12 @@ class TrainingConfig:
     """Optimizer steps; the learning-rate schedule spans them."""
     lr: float = field(default=5e-4, metadata=_option("optimisation"))
     """Peak learning rate of AdamW (default: 5e-4)."""
+    tower_lr: float | None = field(default=None, metadata=_option("optimisation", "LR"))
+    """Fine-tuning: the peak learning rate of the image and text towers (the pretrained weights), lower than --lr,
+    which then trains only the logit scale and the logit bias (new in a --loss sigmoid run from softmax weights;
+    at --logit-lr when that is given or decided);
+    the towers follow the same warm-up and decay, to --min-lr × tower-lr / lr (default: --lr for every
+    parameter)."""
     warmup: int = field(default=0, metadata=_option("optimisation", "STEPS"))
     """Linear warm-up steps before the cosine decay."""
     min_lr: float = field(default=0.0, metadata=_option("optimisation"))

@@ -57,19 +57,41 @@ def _slices(batch_size: int, micro_batch: int) -> list[slice]:
     return [slice(start, min(start + micro_batch, batch_size)) for start in range(0, batch_size, micro_batch)]
 
 
+def _even_slices(size: int, parts: int) -> list[slice]:
+    """``parts`` consecutive slices of ``range(size)`` whose lengths differ by at most one (empty when
+    ``size < parts``)."""
+    return [slice(part * size // parts, (part + 1) * size // parts) for part in range(parts)]
+
+
+def _micro_batches(num_images: int, num_texts: int, micro_batch: int) -> list[tuple[slice, slice]]:
+    """``(image rows, text rows)`` of each micro-batch: both sides split into as many parts as the larger side needs
+    for at most ``micro_batch`` rows a part, evenly, so that no part of either side has more."""
+    if num_images == num_texts:
+        return [(rows, rows) for rows in _slices(num_images, micro_batch)]
+    parts = max(-(-num_images // micro_batch), -(-num_texts // micro_batch), 1)
+    return list(zip(_even_slices(num_images, parts), _even_slices(num_texts, parts), strict=True))
+
+
 def _text_rows(texts: torch.Tensor | Mapping[str, torch.Tensor], rows: slice) -> Any:
     if isinstance(texts, Mapping):
         return {name: value[rows] for name, value in texts.items()}
     return texts[rows]
 
 
-def _batch_size(images: torch.Tensor, texts: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
+def _text_count(
+    images: torch.Tensor, texts: torch.Tensor | Mapping[str, torch.Tensor], text_labels: torch.Tensor | None
+) -> int:
+    """The number of texts: ``B``, the images', or with ``text_labels`` the ``M`` rows every text tensor has."""
+    tensors = list(texts.values()) if isinstance(texts, Mapping) else [texts]
     size = images.shape[0]
-    tensors = texts.values() if isinstance(texts, Mapping) else [texts]
+    if text_labels is not None and tensors and isinstance(tensors[0], torch.Tensor) and tensors[0].dim() > 0:
+        size = tensors[0].shape[0]
     for value in tensors:
         if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != size:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"texts must be [B, ...] tensors with B = {size} rows like images; got {shape}")
+            if text_labels is None:
+                raise ValueError(f"texts must be [B, ...] tensors with B = {size} rows like images; got {shape}")
+            raise ValueError(f"texts must be [M, ...] tensors with the same M = {size} rows each; got {shape}")
     return size
 
 
@@ -126,6 +148,7 @@ def cached_backward(
     loss_fn: Callable[..., torch.Tensor],
     micro_batch: int,
     scaler: torch.amp.GradScaler | None = None,
+    text_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Back-propagate ``loss_fn(**model(images, texts), labels=labels)`` micro-batch by micro-batch.
 
@@ -154,11 +177,16 @@ def cached_backward(
             the same number of micro-batches (the same local batch size), as DDP's collectives pair up.
         images: ``[B, C, H, W]`` images.
         texts: ``[B, L]`` token ids, passed to the forward positionally, or a mapping of ``[B, ...]`` tensors
-            (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments.
+            (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments; ``M`` rows instead of ``B``
+            with ``text_labels``.
         labels: ``[B]`` labels for the loss, or ``None``; it sees the whole batch's.
         loss_fn: called as ``loss_fn(**outputs, labels=labels)`` on the whole batch's outputs, e.g.
             `unicl.UniCLLoss`.
         micro_batch: rows per micro-batch, a positive int; ``B`` need not be a multiple of it.
+        text_labels: ``[M]`` labels of ``M`` texts (``texts`` then has ``M`` rows, any number): passed on as
+            ``loss_fn(..., text_labels=text_labels)``. Images and texts are split into the same number of
+            micro-batches, as many as the larger side needs, each side evenly; a side with fewer rows than there are
+            micro-batches gives the model zero rows of it in some (unicl's models and open_clip's take them).
         scaler: a gradient scaler for fp16 autocast (``torch.amp.GradScaler`` or ``torch.cuda.amp.GradScaler``):
             pass 1's loss backward is ``scaler.scale(loss).backward()``, so the cached feature gradients and hence
             the parameter gradients are scaled exactly as in the plain ``scaler.scale(loss).backward()``; then call
@@ -169,7 +197,8 @@ def cached_backward(
         The loss (detached, unscaled).
 
     Raises:
-        ValueError: ``micro_batch`` is not a positive int, or ``texts`` does not have ``B`` rows.
+        ValueError: ``micro_batch`` is not a positive int, or ``texts`` does not have ``B`` rows (without
+            ``text_labels``) or a common number of rows (with them).
         TypeError: the model's forward returns neither form above.
 
     Notes:
@@ -200,8 +229,7 @@ def cached_backward(
         (False, True)
     """
     micro_batch = _check_micro_batch(micro_batch)
-    batch_size = _batch_size(images, texts)
-    parts = _slices(batch_size, micro_batch)
+    parts = _micro_batches(images.shape[0], _text_count(images, texts, text_labels), micro_batch)
     tensors = [images, *(texts.values() if isinstance(texts, Mapping) else [texts])]
     devices = _cuda_devices(*tensors)
     is_ddp = isinstance(model, DistributedDataParallel)
@@ -211,9 +239,9 @@ def cached_backward(
     features: dict[str, list[torch.Tensor]] = {name: [] for name in _PER_SAMPLE}
     shared: dict[str, Any] = {}
     with _frozen_batch_norm_statistics(model), torch.no_grad():
-        for rows in parts:
+        for rows, text_rows in parts:
             states.append(_random_state(devices))
-            outputs = _call(model, images[rows], _text_rows(texts, rows))
+            outputs = _call(model, images[rows], _text_rows(texts, text_rows))
             for name in _PER_SAMPLE:
                 features[name].append(outputs.pop(name))
             if not shared:
@@ -232,24 +260,24 @@ def cached_backward(
             inputs[name] = value
     del features
     with torch.enable_grad():
-        loss = loss_fn(**inputs, labels=labels)
+        loss = loss_fn(**inputs, labels=labels, **({} if text_labels is None else {"text_labels": text_labels}))
         (scaler.scale(loss) if scaler is not None else loss).backward()
     grads = {name: leaf.grad for name, leaf in leaves.items()}
     del leaves, inputs
 
     # Pass 2: each micro-batch with a graph, back-propagating its slice of the cached gradients.
-    for index, (rows, state) in enumerate(zip(parts, states)):
+    for index, ((rows, text_rows), state) in enumerate(zip(parts, states)):
         last = index == len(parts) - 1
         sync = model.no_sync() if is_ddp and not last else contextlib.nullcontext()  # type: ignore[operator]
         with sync, _replayed_random_state(state, devices), torch.enable_grad():
-            outputs = _call(model, images[rows], _text_rows(texts, rows))
+            outputs = _call(model, images[rows], _text_rows(texts, text_rows))
             roots: list[torch.Tensor] = []
             root_grads: list[torch.Tensor] = []
-            for name in _PER_SAMPLE:
+            for name, name_rows in zip(_PER_SAMPLE, (rows, text_rows), strict=True):
                 grad = grads[name]
                 if grad is not None and outputs[name].requires_grad:
                     roots.append(outputs[name])
-                    root_grads.append(grad[rows])
+                    root_grads.append(grad[name_rows])
             if last:
                 for name, value in outputs.items():
                     grad = grads.get(name) if name not in _PER_SAMPLE else None

@@ -7,6 +7,7 @@ from typing import Any
 
 from unicl.data.datasets import read_caption_file
 from unicl.models import UniCLModel, check_tokenizer_fits, get_tokenizer, model_tokenizer, preset_tokenizer
+from unicl.models.adapters import AdapterModel
 from unicl.models.presets import TRAINED_TOKENIZER
 from unicl.text.prompts import LabelToPrompt
 from unicl.text.tokenizer import Tokenizer
@@ -48,6 +49,9 @@ def run_tokenizer(
         argument = "the checkpoint's tokenizer"
     elif requested is not None:
         tokenizer, argument = requested, "--tokenizer"
+    elif isinstance(model, AdapterModel):
+        # An open_clip or transformers model reads its own library's tokenizer, whatever its checkpoint file.
+        tokenizer, argument = model.tokenizer, f"{config.model}'s tokenizer"
     elif (saved := _pretrained_tokenizer(config, model)) is not None:
         tokenizer, argument = saved, f"--pretrained {config.pretrained!r}'s tokenizer"
     elif preset_tokenizer(config.model) == TRAINED_TOKENIZER:

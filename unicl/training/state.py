@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from unicl.training.checkpoints import CheckpointDirectory, DamagedCheckpoint, UnusableCheckpoint, read_checkpoint
-from unicl.training.config import TrainingConfig
+from unicl.training.config import TrainingConfig, flag
 from unicl.training.errors import TrainingError
 from unicl.training.runtime import Runtime
 
@@ -28,7 +28,7 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
-    "micro_batch", "skip_unreadable", "loss", "logit_lr",
+    "micro_batch", "skip_unreadable", "loss", "freeze_image", "freeze_text", "tower_lr", "logit_lr",
 )  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def check_resumable(state: dict[str, Any], config: TrainingConfig) -> None:
     """Stop unless ``state`` is a checkpoint of this format training ``config.model``.
 
     Raises:
-        TrainingError: another format or another preset.
+        TrainingError: another format, another preset, or other frozen towers or learning-rate groups.
     """
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(
@@ -124,6 +124,20 @@ def check_resumable(state: dict[str, Any], config: TrainingConfig) -> None:
     stored = state["config"]
     if stored.get("model") != config.model:
         raise TrainingError(f"the checkpoint trains {stored.get('model')!r}, not --model {config.model!r}")
+    then, now = _optimizer_layout(stored), _optimizer_layout(run_configuration(config))
+    if then != now:
+        raise TrainingError(
+            f"the checkpoint's run had {then}, this one {now}: resume with the checkpoint's (they decide the "
+            "optimiser's parameter groups)"
+        )
+
+
+def _optimizer_layout(options: dict[str, Any]) -> str:
+    """What of a run's options decides its optimiser's parameter groups, as the command line spells it (an option
+    newer than a checkpoint had its default)."""
+    frozen = [flag(name) for name in ("freeze_image", "freeze_text") if options.get(name, False)]
+    tower_lr = "--tower-lr" if options.get("tower_lr") is not None else "no --tower-lr"
+    return " ".join(frozen or ["no frozen tower"]) + f" and {tower_lr}"
 
 
 def changed_options(state: dict[str, Any], config: TrainingConfig, world_size: int) -> list[str]:

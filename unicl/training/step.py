@@ -20,6 +20,7 @@ from unicl.training.errors import TrainingError
 from unicl.training.gradient_cache import cached_backward
 from unicl.training.runtime import Runtime
 from unicl.training.schedule import warmup_cosine
+from unicl.training.towers import TOWERS, freeze_towers, hold_frozen_in_eval, optimizer_groups
 
 
 def diverged(step: int) -> str:
@@ -81,23 +82,28 @@ def run_precision(precision: str, device: torch.device) -> str:
 
 
 class TrainStep:
-    """The optimiser step of a run: AdamW over ``model.param_groups``, the warm-up and cosine schedule, the fp16
+    """The optimiser step of a run: AdamW over ``model.param_groups`` (less the frozen towers; the towers at their
+    own learning rate with ``tower_lr``, see `unicl.training.towers`), the warm-up and cosine schedule, the fp16
     gradient scaler, and the forward and backward pass of ``network`` through ``loss_fn``.
 
     Args:
-        config: the run's options (``lr``, ``logit_lr`` (see `logit_learning_rate`), ``min_lr``, ``warmup``,
-            ``steps``, AdamW's, ``grad_clip``,
-            ``micro_batch``, ``precision``).
+        config: the run's options (``lr``, ``tower_lr``, ``logit_lr`` (see `logit_learning_rate`), ``min_lr``,
+            ``warmup``, ``steps``, AdamW's, ``grad_clip``, ``micro_batch``, ``precision``, ``freeze_image``,
+            ``freeze_text``).
         model: the model whose parameters are trained.
         loss_fn: the loss, called as ``loss_fn(**network(images, input_ids, attention_mask), labels=labels)``.
         device: where the batches go.
 
     Attributes:
+        logit_group: the index of the optimiser's group of the logit scale and bias when they train at a rate of
+            their own (`logit_learning_rate`), else ``None``.
         network: what computes the forward pass: ``model``, until the run wraps it for distributed data parallelism
             (once the weights are loaded, since the wrapper sends rank 0's to the others).
+        frozen_modules: the outermost modules of the frozen towers, held in evaluation mode.
 
     Raises:
         TrainingError: fp16 off CUDA.
+        ValueError: a tower to freeze that the model has none of.
     """
 
     def __init__(
@@ -107,8 +113,18 @@ class TrainStep:
         self.network: torch.nn.Module = model
         self.micro_batch, self.grad_clip = config.micro_batch, config.grad_clip
         self.precision = run_precision(config.precision, device)
+        # Frozen towers (--freeze-image, --freeze-text) stay out of the optimiser, and their modules in evaluation
+        # mode at every step (the run and its held-out evaluations put the model in training mode).
+        frozen = [tower for tower in TOWERS if getattr(config, f"freeze_{tower}")]
+        self.frozen_modules = freeze_towers(model, frozen) if frozen else []
+        logit_lr = logit_learning_rate(config)
+        groups = optimizer_groups(model, config.weight_decay, config.tower_lr, logit_lr)
+        # The group of the logit scale (and bias) when it has a rate of its own; its rate is logged.
+        self.logit_group = next(
+            (index for index, group in enumerate(groups) if any(p is model.logit_scale for p in group["params"])), None
+        ) if logit_lr is not None else None  # fmt: skip
         self.optimizer = torch.optim.AdamW(
-            model.param_groups(config.weight_decay, logit_learning_rate(config)),
+            groups,
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             eps=config.eps,
@@ -132,6 +148,7 @@ class TrainStep:
         """One optimiser step on ``batch`` (``images: [B, 3, H, W]``, ``input_ids`` and ``attention_mask: [B, L]``,
         ``labels: [B]``), the run's step ``step`` (counted from 1); returns this rank's loss (detached)."""
         moved = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        hold_frozen_in_eval(self.frozen_modules)
         if self.micro_batch is not None:
             texts = {"input_ids": moved["input_ids"], "attention_mask": moved["attention_mask"]}
             with self.autocast():

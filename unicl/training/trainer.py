@@ -93,6 +93,11 @@ class Trainer:
             # pair begins near σ(-10 ± 10): the many negatives contribute little loss at first.
             overrides.update(init_temperature=1 / SIGMOID_LOGIT_SCALE, logit_bias=SIGMOID_LOGIT_BIAS)
         self.model: UniCLModel = create_model(config.model, pretrained=config.pretrained, **overrides).to(self.device)
+        if config.loss == "softmax" and self.model.logit_bias is not None:
+            # Only a model of another library can come with a bias here (a SigLIP model): its objective is sigmoid.
+            raise TrainingError(
+                f"--loss: {config.model} has a logit bias (a SigLIP model); train it with --loss sigmoid"
+            )
         self.data = RunData(config, runtime, self.model)
         # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
         # forward returns unit features, so the loss does not normalise them again.
@@ -283,13 +288,12 @@ class Trainer:
         epochs = {name: value for name, value in self.data.position(self.step).items() if name.endswith("_epoch")}
         skipped = self._all_skipped()
         bias = self.model.logit_bias
-        # A third group holds the logit scale and bias at their own rate (--logit-lr, the sigmoid run's default).
-        rates = self.train_step.scheduler.get_last_lr()
+        rates, logits = self.train_step.scheduler.get_last_lr(), self.train_step.logit_group
         record = train_record(
             losses, lr=rates[0], logit_scale=float(self.model.clamped_logit_scale().detach()),
             samples=steps * self.config.batch_size * self.runtime.world_size, seconds=seconds, runtime=self.runtime,
             **({"logit_bias": float(bias.detach())} if bias is not None else {}),
-            **({"logit_lr": rates[2]} if len(rates) > 2 else {}),
+            **({"logit_lr": rates[logits]} if logits is not None else {}),
             **epochs, **({"unreadable_skipped": skipped} if skipped is not None else {}),
         )  # fmt: skip
         self.log.record(self.step, "train", record)

@@ -48,7 +48,7 @@ from unicl.loss.kernels.tiles import (
     LOG2E,
     BackwardInputs,
     FusedEngine,
-    entry_weight_arguments,
+    entry_weight_op,
     factors,
     rows_only_statistics,
     sigmoid_base2,
@@ -312,41 +312,9 @@ def _one_pass_logsumexp_fake(q, k, scale, q_scale, k_scale, rows_per_chunk, cols
     return q.new_empty(q.shape[0], dtype=torch.float32), q.new_empty(k.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("unicl::one_pass_weights", mutates_args=())
-def one_pass_weights(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-    bias: torch.Tensor | None = None,
-    objective: int = 0,
+def _launch_weights(
+    q: torch.Tensor, k: torch.Tensor, inputs: BackwardInputs, arguments: dict[str, object]
 ) -> torch.Tensor:
-    """The entry weights times the column factors, ``W_ij = P_ij·b_j``, with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``:
-    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``(g_i + h_j)·σ(S_ij + β)``
-    for the sigmoid one.
-
-    Args:
-        q: ``[M, D]`` row features (one super-chunk of them).
-        k: ``[N, D]`` column features, same dtype.
-        scale: one-element tensor ``s``.
-        q_scale: ``[M]`` row factors ``a``.
-        k_scale: ``[N]`` column factors ``b``.
-        q_lse: ``[M]`` row log-sum-exp ``r`` (read by the softmax objective only).
-        k_lse: ``[N]`` column log-sum-exp ``c`` (likewise).
-        q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
-        k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
-        bias: one-element tensor ``β`` of an objective with a bias, else ``None``.
-        objective: the objective's `unicl.loss.objectives.base.Objective.kernel_code` (0: softmax).
-
-    Returns:
-        ``[M, N]`` in the features' dtype.
-    """
-    q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape[0], k.shape[0], dtype=q.dtype, device=q.device)
     WEIGHTS.run(
         lambda meta: (weights_programs(q.shape[0], k.shape[0], meta["BLOCK_M"], meta["BLOCK_N"]),),
@@ -354,16 +322,17 @@ def one_pass_weights(
         q.dtype,
         w_ptr=out,
         stride_w=out.stride(0),
-        **entry_weight_arguments(
-            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
-        ),
+        **arguments,
     )
     return out
 
 
-@one_pass_weights.register_fake
-def _one_pass_weights_fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
-    return q.new_empty(q.shape[0], k.shape[0])
+one_pass_weights = entry_weight_op(
+    "one_pass_weights", _launch_weights, lambda q, k: q.new_empty(q.shape[0], k.shape[0])
+)
+"""The entry weights times the column factors, ``W_ij = P_ij·b_j``, of one super-chunk of rows ``q``: the operator
+`unicl.loss.kernels.tiles.entry_weight_op` describes, with its arguments. Returns ``[M, N]`` in the features'
+dtype."""
 
 
 class OnePassEngine(FusedEngine):

@@ -1,5 +1,5 @@
-"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the arguments of
-an entry-weight launch, the sigmoid objective's entry functions, and the row kernel.
+"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the backward
+launchers' operator and arguments (`entry_weight_op`), the sigmoid objective's entry functions, and the row kernel.
 
 The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction), the
 one-pass schedule's rows-only forward (`unicl.loss.kernels.one_pass`, distributed local mode, where no column
@@ -17,6 +17,7 @@ here and either schedule's module can go alone. Every kernel takes the objective
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -25,7 +26,7 @@ import triton.language as tl
 
 from unicl.loss.engine import Similarity
 from unicl.loss.kernels.tuning import KernelSpec, tile_config, tile_options
-from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics
+from unicl.loss.objectives import SIGMOID, SOFTMAX, Objective, Statistics, Weights
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
@@ -277,6 +278,71 @@ def entry_weight_arguments(
     )  # fmt: skip
 
 
+#: One schedule's entry-weight launch: ``launch(q, k, inputs, arguments)`` runs its kernel on the contiguous rows
+#: ``q`` and columns ``k`` with the `entry_weight_arguments` ``arguments`` (the `BackwardInputs` ``inputs`` they
+#: were made from, for what the schedule applies outside its kernel) and returns the kernel's output.
+EntryLaunch = Callable[[torch.Tensor, torch.Tensor, "BackwardInputs", dict[str, object]], torch.Tensor]
+
+
+def entry_weight_op(
+    name: str, launch: EntryLaunch, output_like: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.library.CustomOpDef:
+    """A schedule's backward launcher, registered as the torch.library operator ``unicl::<name>`` so torch.compile
+    keeps the loss in its graph. Both schedules' backward kernels read the entry weights ``P`` of
+    ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩``: ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective,
+    ``(g_i + h_j)·σ(S_ij + β)`` for the sigmoid one, so their operators take the same arguments.
+
+    The operator's arguments:
+
+    * ``q``: ``[M, D]`` row features (float16, bfloat16 or float32).
+    * ``k``: ``[N, D]`` column features, same dtype.
+    * ``scale``: one-element tensor ``s``.
+    * ``q_scale``: ``[M]`` row factors ``a``.
+    * ``k_scale``: ``[N]`` column factors ``b``.
+    * ``q_lse``: ``[M]`` row log-sum-exp ``r`` (read by the softmax objective only).
+    * ``k_lse``: ``[N]`` column log-sum-exp ``c`` (likewise).
+    * ``q_weight``: ``[M]`` row weights ``g``, or ``None`` for zero.
+    * ``k_weight``: ``[N]`` column weights ``h``, or ``None`` for zero.
+    * ``bias``: one-element tensor ``β`` of an objective with a bias, else ``None`` (default).
+    * ``objective``: the objective's `unicl.loss.objectives.base.Objective.kernel_code` (default 0: softmax).
+
+    Args:
+        name: the operator's name in the ``unicl`` namespace.
+        launch: the schedule's launch (`EntryLaunch`).
+        output_like: ``output_like(q, k)``, an empty tensor of the output's shape and dtype (for torch.compile's
+            tracing, which runs no kernel).
+
+    Returns:
+        The operator, called with the arguments above.
+    """
+
+    def launcher(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        scale: torch.Tensor,
+        q_scale: torch.Tensor,
+        k_scale: torch.Tensor,
+        q_lse: torch.Tensor,
+        k_lse: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        bias: torch.Tensor | None = None,
+        objective: int = 0,
+    ) -> torch.Tensor:
+        q, k = q.contiguous(), k.contiguous()
+        inputs = BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
+        return launch(q, k, inputs, entry_weight_arguments(q, k, scale, bias, inputs))
+
+    launcher.__name__ = launcher.__qualname__ = name
+    operator = torch.library.custom_op(f"unicl::{name}", launcher, mutates_args=())
+
+    @operator.register_fake
+    def _fake(q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0):
+        return output_like(q, k)
+
+    return operator
+
+
 def factors(sim: Similarity) -> tuple[torch.Tensor, torch.Tensor]:
     """``a`` and ``b`` of ``sim``, with ones (``M + N`` floats) where it has none."""
 
@@ -308,12 +374,7 @@ class FusedEngine:
     `entry_products` runs its kernels on them."""
 
     def weighted_products(
-        self,
-        sim: Similarity,
-        objective: Objective,
-        statistics: Statistics,
-        row_weight: torch.Tensor | None,
-        col_weight: torch.Tensor | None,
+        self, sim: Similarity, objective: Objective, statistics: Statistics, weights: Weights
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``H V`` and ``Hᵀ U``; see `unicl.loss.engine.SimilarityEngine`."""
         row_lse, col_lse = statistics
@@ -322,7 +383,7 @@ class FusedEngine:
         if col_lse is None or not objective.two_sided:
             col_lse = row_lse.new_empty(sim.v.shape[0])
         row_scale, col_scale = factors(sim)
-        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, row_weight, col_weight)
+        inputs = BackwardInputs(objective.kernel_code, row_scale, col_scale, row_lse, col_lse, *weights)
         return self.entry_products(sim, inputs)
 
     def entry_products(self, sim: Similarity, inputs: BackwardInputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ from unicl.loss.kernels.tiles import (
     LOG2E,
     BackwardInputs,
     FusedEngine,
-    entry_weight_arguments,
+    entry_weight_op,
     factors,
     row_logsumexp,
     rows_only_statistics,
@@ -160,61 +160,26 @@ GRAD = KernelSpec("grad", _two_pass_grad_kernel, GRAD_CONFIGS, objectives=("soft
 # --- the launcher, registered as a torch.library operator so torch.compile keeps the loss in its graph -------------
 
 
-@torch.library.custom_op("unicl::two_pass_grad", mutates_args=())
-def two_pass_grad(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_scale: torch.Tensor,
-    q_lse: torch.Tensor,
-    k_lse: torch.Tensor,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-    bias: torch.Tensor | None = None,
-    objective: int = 0,
+def _launch_grad(
+    q: torch.Tensor, k: torch.Tensor, inputs: BackwardInputs, arguments: dict[str, object]
 ) -> torch.Tensor:
-    """``out_i = a_i·Σ_j P_ij·b_j·k_j`` with ``S_ij = s·a_i·b_j·⟨q_i, k_j⟩`` and the objective's entry weights:
-    ``P_ij = g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)`` for the softmax objective, ``(g_i + h_j)·σ(S_ij + β)`` for
-    the sigmoid one.
-
-    Args:
-        q: ``[M, D]`` row features.
-        k: ``[N, D]`` column features, same dtype.
-        scale: one-element tensor ``s``.
-        q_scale: ``[M]`` row factors ``a``.
-        k_scale: ``[N]`` column factors ``b``.
-        q_lse: ``[M]`` row log-sum-exp ``r`` (read by the softmax objective only).
-        k_lse: ``[N]`` column log-sum-exp ``c`` (likewise).
-        q_weight: ``[M]`` row weights ``g``, or ``None`` for zero.
-        k_weight: ``[N]`` column weights ``h``, or ``None`` for zero.
-        bias: one-element tensor ``β`` of an objective with a bias, else ``None``.
-        objective: the objective's `unicl.loss.objectives.base.Objective.kernel_code` (0: softmax).
-
-    Returns:
-        ``[M, D]`` float32.
-    """
-    q, k = q.contiguous(), k.contiguous()
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     GRAD.run(
         lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_M"]), triton.cdiv(q.shape[1], meta["BLOCK_D"])),
         q.device,
         q.dtype,
-        out_ptr=out, stride_out=out.stride(0),
-        **entry_weight_arguments(
-            q, k, scale, bias, BackwardInputs(objective, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight)
-        ),
-    )  # fmt: skip
+        out_ptr=out,
+        stride_out=out.stride(0),
+        **arguments,
+    )
     # a_i scales whole output rows, so it is applied here: inside the kernel the extra multiply before the store
     # made the 128 x 128 accumulator spill registers on sm_80 (cuobjdump).
-    return out.mul_(q_scale.to(out.dtype)[:, None])
+    return out.mul_(inputs.row_scale.to(out.dtype)[:, None])
 
 
-@two_pass_grad.register_fake
-def _two_pass_grad_fake(
-    q, k, scale, q_scale, k_scale, q_lse, k_lse, q_weight, k_weight, bias=None, objective=0
-) -> torch.Tensor:
-    return q.new_empty(q.shape, dtype=torch.float32)
+two_pass_grad = entry_weight_op("two_pass_grad", _launch_grad, lambda q, k: q.new_empty(q.shape, dtype=torch.float32))
+"""``out_i = a_i·Σ_j P_ij·b_j·k_j``: the operator `unicl.loss.kernels.tiles.entry_weight_op` describes, with its
+arguments. Returns ``[M, D]`` float32."""
 
 
 class TwoPassEngine(FusedEngine):
