@@ -104,6 +104,18 @@ def test_tower_lr_gives_the_towers_their_rate_and_the_scale_and_bias_the_optimis
     assert sorted({group["lr"] for group in optimizer.param_groups}) == [1e-5, 1e-3]
 
 
+@pytest.mark.parametrize("tower_lr", [None, 1e-5])
+def test_logit_lr_gives_the_scale_and_bias_their_rate_beside_the_towers(tower_lr):
+    model = unicl.create_model("unicl_tiny", embed_dim=16, text={"layers": 1}, logit_bias=-10.0)
+    groups = optimizer_groups(model, 0.05, tower_lr=tower_lr, logit_lr=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rates = {names[id(p)]: group.get("lr") for group in groups for p in group["params"]}
+    assert set(rates) == set(names.values())
+    assert {name for name, rate in rates.items() if rate == 0.05} == {"logit_scale", "logit_bias"}
+    assert all(rate == tower_lr for name, rate in rates.items() if tower_of(name) is not None)
+    assert all(group["weight_decay"] == 0.0 for group in groups if group.get("lr") == 0.05)
+
+
 def test_a_tower_the_model_lacks_is_refused_naming_its_option():
     with pytest.raises(ValueError, match=r"^--freeze-image: Linear has no parameter of the image tower"):
         freeze_towers(torch.nn.Linear(2, 2), ["image"])

@@ -127,3 +127,11 @@ def test_a_checkpoint_from_before_the_loss_option_resumes_as_the_softmax_run_it_
     state = {"config": stored, "world_size": 1}
     assert changed_options(state, config, world_size=1) == []
     assert changed_options(state, dataclasses.replace(config, loss="sigmoid"), world_size=1) == ["loss"]
+
+
+def test_the_logit_learning_rate_is_an_option_unset_by_default(tmp_path):
+    assert parse_config(REQUIRED).logit_lr is None
+    assert parse_config([*REQUIRED, "--logit-lr", "0.02"]).logit_lr == 0.02
+    config = TrainingConfig(model="unicl_tiny", batch_size=8, steps=2, output=tmp_path, image_folder=[tmp_path])
+    with pytest.raises(ValueError, match=r"^--logit-lr must be >= 0; got -0\.1$"):
+        check_options(dataclasses.replace(config, logit_lr=-0.1))

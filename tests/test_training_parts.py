@@ -3,6 +3,7 @@ space of several ImageFolders, caption files, the schedule and the logs."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -25,15 +26,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+import unicl
 from unicl.data.datasets import CaptionPairs, LabelledFolders, read_caption_file
 from unicl.data.workers import worker_ignores_stop_signals
 from unicl.text.prompts import LabelToPrompt
+from unicl.training.config import TrainingConfig
 from unicl.training.logs import RunLog
 from unicl.training.mixing import batch_shares, join_batches
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed, seeded_sample
 from unicl.training.schedule import warmup_cosine
 from unicl.training.shards import ShardedCaptions
 from unicl.training.signals import StopSignals
+from unicl.training.step import TrainStep, logit_learning_rate
 
 # --- mixing sources --------------------------------------------------------------------------------------------------
 
@@ -275,6 +279,43 @@ def test_the_schedule_warms_up_then_decays_to_its_floor(steps, warmup_share, flo
         assert values[warmup - 1] == 1.0
 
 
+@given(steps=st.integers(1, 2000))
+def test_the_sigmoid_runs_logit_learning_rate_lets_the_bias_travel_its_initial_distance(steps):
+    """Without warm-up or floor the cosine's multipliers sum to ``(steps + 1) / 2`` (``Σ_{t<n} cos(πt/n) = 1``), so
+    AdamW's reach of about one learning rate a step covers the bias's 10 at ``20 / (steps + 1)``; never below --lr
+    (here 0.02, which the rule gives from 999 steps on)."""
+    config = TrainingConfig(model="unicl_tiny", batch_size=8, steps=steps, output="run", loss="sigmoid", lr=0.02)
+    assert logit_learning_rate(config) == pytest.approx(max(0.02, 20 / (steps + 1)), rel=1e-9)
+    assert logit_learning_rate(dataclasses.replace(config, loss="softmax")) is None
+    assert logit_learning_rate(dataclasses.replace(config, logit_lr=0.02)) == 0.02
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_a_run_trains_the_logit_scale_and_bias_at_their_learning_rate_on_the_runs_schedule(tmp_path, loss):
+    """--loss sigmoid puts the scale and the bias in a group of their own at `logit_learning_rate`'s rate; --loss
+    softmax keeps the model's two groups, the scale at --lr (its optimiser as it always was)."""
+    config = TrainingConfig(model="unicl_tiny", batch_size=8, steps=40, warmup=4, output=tmp_path, loss=loss)
+    model = unicl.create_model("unicl_tiny", **({"logit_bias": -10.0} if loss == "sigmoid" else {}))
+    step = TrainStep(config, model, torch.nn.Identity(), torch.device("cpu"))
+    groups = step.optimizer.param_groups
+    scalars = [model.logit_scale] if loss == "softmax" else [model.logit_scale, model.logit_bias]
+    if loss == "softmax":
+        assert len(groups) == 2 and any(p is model.logit_scale for p in groups[1]["params"])
+        assert step.logit_group is None
+        assert [group["initial_lr"] for group in groups] == [5e-4, 5e-4]
+    else:
+        assert len(groups) == 3 and [id(p) for p in groups[2]["params"]] == [id(p) for p in scalars]
+        assert step.logit_group == 2
+        assert groups[2]["weight_decay"] == 0.0
+        assert groups[2]["initial_lr"] == pytest.approx(10 / sum(warmup_cosine(40, 4)(t) for t in range(40)))
+        assert all(not any(p is q for q in scalars) for group in groups[:2] for p in group["params"])
+    for _ in range(7):  # the warm-up and the decay scale every group alike
+        step.optimizer.step()  # no gradients: nothing moves, and the scheduler sees the order it expects
+        step.scheduler.step()
+        ratios = [group["lr"] / group["initial_lr"] for group in groups]
+        assert ratios == pytest.approx([warmup_cosine(40, 4)(step.scheduler.last_epoch)] * len(groups), rel=1e-12)
+
+
 def test_the_log_writes_jsonl_and_tensorboard_scalars(tmp_path, monkeypatch):
     scalars = []
 
@@ -316,7 +357,7 @@ def test_without_tensorboard_the_log_is_silent_unless_it_was_asked_for(tmp_path,
 
 TRAINING_MODULES = [
     "unicl.data.batches", "unicl.training.checkpoints", "unicl.training.gradient_cache", "unicl.training.mixing",
-    "unicl.training.schedule",
+    "unicl.training.schedule", "unicl.training.step",
 ]  # fmt: skip
 
 

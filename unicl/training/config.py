@@ -128,13 +128,19 @@ class TrainingConfig:
     """Peak learning rate of AdamW (default: 5e-4)."""
     tower_lr: float | None = field(default=None, metadata=_option("optimisation", "LR"))
     """Fine-tuning: the peak learning rate of the image and text towers (the pretrained weights), lower than --lr,
-    which then trains only the logit scale and the logit bias (new in a --loss sigmoid run from softmax weights);
+    which then trains only the logit scale and the logit bias (new in a --loss sigmoid run from softmax weights;
+    at --logit-lr when that is given or decided);
     the towers follow the same warm-up and decay, to --min-lr × tower-lr / lr (default: --lr for every
     parameter)."""
     warmup: int = field(default=0, metadata=_option("optimisation", "STEPS"))
     """Linear warm-up steps before the cosine decay."""
     min_lr: float = field(default=0.0, metadata=_option("optimisation"))
     """Learning rate at the end of the cosine decay (default: 0)."""
+    logit_lr: float | None = field(default=None, metadata=_option("optimisation"))
+    """Peak learning rate of the logit scale (and the sigmoid objective's logit bias), on the same warm-up and cosine
+    schedule (default: --lr with --loss softmax; with --loss sigmoid, the larger of --lr and 10 divided by the sum of
+    the schedule's multipliers over --steps, the rate at which AdamW's steps of about one learning rate each can
+    carry the bias its initial distance of 10 from zero within the run: 0.05 for 400 steps without warm-up)."""
     weight_decay: float = field(default=0.05, metadata=_option("optimisation"))
     """AdamW weight decay of weight matrices; norms, biases, embeddings and the temperature get none (default:
     0.05)."""

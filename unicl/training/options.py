@@ -73,8 +73,9 @@ def check_options(config: TrainingConfig) -> TrainingConfig:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ValueError(f"--{name} must be in [0, 1); got {getattr(config, name)}")
-    if config.tower_lr is not None and not config.tower_lr >= 0:
-        raise ValueError(f"--tower-lr must be >= 0; got {config.tower_lr}")
+    for name in ("tower_lr", "logit_lr"):
+        if getattr(config, name) is not None and not getattr(config, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(config, name)}")
     if config.tower_lr is not None and config.freeze_image and config.freeze_text:
         raise ValueError("--tower-lr has no tower to train: --freeze-image and --freeze-text freeze both")
     if config.min_lr > config.lr:

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from unicl.loss.functional import SIGMOID_LOGIT_BIAS
 from unicl.models import UniCLModel
 from unicl.training.config import TrainingConfig
 from unicl.training.errors import TrainingError
@@ -40,6 +41,33 @@ def gradient_norm(parameters: Iterator[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+def logit_learning_rate(config: TrainingConfig) -> float | None:
+    """The peak learning rate of the model's logit scale and bias, or ``None`` where they take ``config.lr``.
+
+    ``config.logit_lr`` when given. Otherwise ``None`` for the softmax objective, and for the sigmoid objective the
+    larger of ``config.lr`` and ``|b₀| / Σₜ m(t)``, with ``b₀ = SIGMOID_LOGIT_BIAS`` (SigLIP's initial bias, -10)
+    and ``m`` the run's learning-rate multipliers (`unicl.training.schedule.warmup_cosine`) over its steps. AdamW
+    moves a scalar by at most about its learning rate per step, so ``lr · Σₜ m(t)`` bounds how far the bias can
+    travel in the run: at ``5e-4`` over a 400-step cosine, 0.1, and the bias stays at its prior of -10 while the
+    features learn. The rule lets it cover its initial distance from zero within the run (SigLIP's runs of some
+    100,000 steps have that reach at their own learning rate, where the rule gives ``config.lr`` itself).
+
+    Examples:
+        >>> from unicl.training.config import TrainingConfig
+        >>> run = TrainingConfig(model="unicl_tiny", batch_size=64, steps=400, output="run", loss="sigmoid")
+        >>> round(logit_learning_rate(run), 4)
+        0.0499
+    """
+    if config.logit_lr is not None:
+        return config.logit_lr
+    if config.loss != "sigmoid":
+        return None
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+    multiplier = warmup_cosine(config.steps, config.warmup, floor)
+    reach = sum(multiplier(step) for step in range(config.steps))
+    return max(config.lr, abs(SIGMOID_LOGIT_BIAS) / reach) if reach > 0 else config.lr
+
+
 def run_precision(precision: str, device: torch.device) -> str:
     """The precision a run computes in: ``precision`` with ``"auto"`` decided (bf16 on CUDA, fp32 elsewhere).
 
@@ -59,13 +87,16 @@ class TrainStep:
     gradient scaler, and the forward and backward pass of ``network`` through ``loss_fn``.
 
     Args:
-        config: the run's options (``lr``, ``tower_lr``, ``min_lr``, ``warmup``, ``steps``, AdamW's,
-            ``grad_clip``, ``micro_batch``, ``precision``, ``freeze_image``, ``freeze_text``).
+        config: the run's options (``lr``, ``tower_lr``, ``logit_lr`` (see `logit_learning_rate`), ``min_lr``,
+            ``warmup``, ``steps``, AdamW's, ``grad_clip``, ``micro_batch``, ``precision``, ``freeze_image``,
+            ``freeze_text``).
         model: the model whose parameters are trained.
         loss_fn: the loss, called as ``loss_fn(**network(images, input_ids, attention_mask), labels=labels)``.
         device: where the batches go.
 
     Attributes:
+        logit_group: the index of the optimiser's group of the logit scale and bias when they train at a rate of
+            their own (`logit_learning_rate`), else ``None``.
         network: what computes the forward pass: ``model``, until the run wraps it for distributed data parallelism
             (once the weights are loaded, since the wrapper sends rank 0's to the others).
         frozen_modules: the outermost modules of the frozen towers, held in evaluation mode.
@@ -86,8 +117,14 @@ class TrainStep:
         # mode at every step (the run and its held-out evaluations put the model in training mode).
         frozen = [tower for tower in TOWERS if getattr(config, f"freeze_{tower}")]
         self.frozen_modules = freeze_towers(model, frozen) if frozen else []
+        logit_lr = logit_learning_rate(config)
+        groups = optimizer_groups(model, config.weight_decay, config.tower_lr, logit_lr)
+        # The group of the logit scale (and bias) when it has a rate of its own; its rate is logged.
+        self.logit_group = next(
+            (index for index, group in enumerate(groups) if any(p is model.logit_scale for p in group["params"])), None
+        ) if logit_lr is not None else None  # fmt: skip
         self.optimizer = torch.optim.AdamW(
-            optimizer_groups(model, config.weight_decay, config.tower_lr),
+            groups,
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             eps=config.eps,

@@ -7,7 +7,8 @@ text tower's ``transformer``, ``token_embedding``, ``positional_embedding``, ``l
 ``text``) and transformers' ``CLIPModel`` and ``SiglipModel`` (``vision_model``, ``visual_projection``;
 ``text_model``, ``text_projection``), wrapped under any prefix. The image parts are looked for first (open_clip's
 image tower holds a ``transformer`` too). Everything else (the logit scale and, for the sigmoid objective, the logit
-bias) belongs to neither tower and always trains at ``--lr``.
+bias) belongs to neither tower and trains at ``--lr``, or at ``--logit-lr`` (the sigmoid run's default, see
+`unicl.training.step.logit_learning_rate`).
 """
 
 from __future__ import annotations
@@ -88,31 +89,36 @@ def hold_frozen_in_eval(modules: Iterable[nn.Module]) -> None:
         module.eval()
 
 
-def optimizer_groups(model: UniCLModel, weight_decay: float, tower_lr: float | None = None) -> list[dict]:
+def optimizer_groups(
+    model: UniCLModel, weight_decay: float, tower_lr: float | None = None, logit_lr: float | None = None
+) -> list[dict]:
     """The optimiser's parameter groups: the model's own (``model.param_groups(weight_decay)``: weight decay on
-    matrices only) without frozen parameters, each split by tower when ``tower_lr`` is given.
+    matrices only) without frozen parameters, each split by tower when ``tower_lr`` or ``logit_lr`` is given.
 
     Args:
         model: has ``param_groups(weight_decay) -> list[dict]`` (unicl's models and its adapters) and
             ``named_parameters``.
         weight_decay: AdamW's weight decay of the decayed group.
-        tower_lr: the learning rate of the two towers' parameters (``None``: the optimiser's for every group); the
-            logit scale and bias keep the optimiser's.
+        tower_lr: the learning rate of the two towers' parameters (``None``: the optimiser's).
+        logit_lr: the learning rate of the parameters of neither tower, the logit scale and bias (``None``: the
+            optimiser's; `unicl.training.step.logit_learning_rate` decides it for a run).
 
     Returns:
-        The groups, in the model's order, empty ones left out; with ``tower_lr``, each model group's tower parameters
-        (with ``"lr": tower_lr``) come before its other parameters. With neither frozen parameters nor
-        ``tower_lr``, the model's groups as they are.
+        The groups, in the model's order, empty ones left out; with ``tower_lr`` or ``logit_lr``, each model group's
+        tower parameters (with ``"lr": tower_lr`` when given) come before its other parameters (with ``"lr":
+        logit_lr`` when given). With neither frozen parameters nor either rate, the model's groups as they are.
     """
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     groups = []
     for group in model.param_groups(weight_decay):
         trained = [parameter for parameter in group["params"] if parameter.requires_grad]
-        if tower_lr is None:
+        if tower_lr is None and logit_lr is None:
             parts = [{**group, "params": trained}]
         else:
             in_towers = [parameter for parameter in trained if tower_of(names[id(parameter)]) is not None]
             others = [parameter for parameter in trained if tower_of(names[id(parameter)]) is None]
-            parts = [{**group, "params": in_towers, "lr": tower_lr}, {**group, "params": others}]
+            towers = {"lr": tower_lr} if tower_lr is not None else {}
+            logits = {"lr": logit_lr} if logit_lr is not None else {}
+            parts = [{**group, "params": in_towers, **towers}, {**group, "params": others, **logits}]
         groups += [part for part in parts if part["params"]]
     return groups

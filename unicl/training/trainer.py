@@ -288,11 +288,12 @@ class Trainer:
         epochs = {name: value for name, value in self.data.position(self.step).items() if name.endswith("_epoch")}
         skipped = self._all_skipped()
         bias = self.model.logit_bias
+        rates, logits = self.train_step.scheduler.get_last_lr(), self.train_step.logit_group
         record = train_record(
-            losses, lr=self.train_step.scheduler.get_last_lr()[0],
-            logit_scale=float(self.model.clamped_logit_scale().detach()),
+            losses, lr=rates[0], logit_scale=float(self.model.clamped_logit_scale().detach()),
             samples=steps * self.config.batch_size * self.runtime.world_size, seconds=seconds, runtime=self.runtime,
             **({"logit_bias": float(bias.detach())} if bias is not None else {}),
+            **({"logit_lr": rates[logits]} if logits is not None else {}),
             **epochs, **({"unreadable_skipped": skipped} if skipped is not None else {}),
         )  # fmt: skip
         self.log.record(self.step, "train", record)
