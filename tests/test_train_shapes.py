@@ -40,8 +40,8 @@ def data(tmp_path_factory) -> Path:
     for class_id, name in enumerate(NAMES):
         (root / "train" / name).mkdir(parents=True)
         for index in range(4):
-            pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8)
-            pixels[:, class_id * 5 : class_id * 5 + 5] = 255  # a class-specific bar, so the classes are learnable
+            pixels = (torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8)
+            pixels[:, class_id * 10 : class_id * 10 + 10] = 255  # a class-specific bar, so the classes are learnable
             Image.fromarray(pixels.numpy()).save(root / "train" / name / f"{index}.png")
             for caption in range(3):
                 negative = f"not a {name} {caption}" if caption < 2 else ""
