@@ -86,12 +86,20 @@ def test_a_class_bank_appends_one_prompt_of_every_class(tokenizer):
     batch = UnifiedCollate(tokenizer, prompts, text_labels=True)([(_image(0), 2), (_image(1), 0)])
     assert batch["input_ids"].shape == (0, 8)
     banked = append_class_bank(batch, prompts, tokenizer, random.Random(3))
-    rng = random.Random(3)
-    drawn = [prompts.draw(class_id, rng) for class_id in range(3)]
-    assert all(text == TEMPLATES[0].format(n) or text == TEMPLATES[1].format(n) for text, n in zip(drawn, NAMES))
     assert banked["text_labels"].tolist() == [0, 1, 2]
-    assert torch.equal(banked["input_ids"], tokenizer(drawn)["input_ids"])
     assert banked["labels"].tolist() == [2, 0]
+    # Each class's prompt is one of its two: decode by comparing with every candidate's tokens.
+    for row, name in enumerate(NAMES):
+        candidates = tokenizer([template.format(name) for template in TEMPLATES])["input_ids"]
+        assert any(torch.equal(banked["input_ids"][row], candidate) for candidate in candidates)
+    both = append_class_bank(batch, prompts, tokenizer, random.Random(3), per_class=5)  # more than there are
+    assert both["text_labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    expected = [template.format(name) for name in NAMES for template in TEMPLATES]
+    assert sorted(map(tuple, both["input_ids"].tolist())) == sorted(
+        map(tuple, tokenizer(expected)["input_ids"].tolist())
+    )
+    with pytest.raises(ValueError, match="per_class must be an int >= 1; got 0"):
+        append_class_bank(batch, prompts, tokenizer, random.Random(0), per_class=0)
     with pytest.raises(ValueError, match="batch must carry text_labels"):
         append_class_bank({"labels": torch.zeros(1)}, prompts, tokenizer, random.Random(0))
 

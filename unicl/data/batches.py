@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
+from unicl._checks import check_positive_int
 from unicl.loss.shapes import caption_groups, class_bank, with_hard_negatives
 from unicl.text.captions import caption_labels
 from unicl.text.prompts import LabelToPrompt
@@ -165,26 +166,34 @@ class UnifiedCollate:
 
 
 def append_class_bank(
-    batch: dict[str, torch.Tensor], prompts: LabelToPrompt, tokenizer: Tokenizer, rng: random.Random
+    batch: dict[str, torch.Tensor],
+    prompts: LabelToPrompt,
+    tokenizer: Tokenizer,
+    rng: random.Random,
+    per_class: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """``batch`` with one prompt of every class appended to its texts: each image is contrasted with all ``C``
-    classes, its own class's prompt its positive (`unicl.loss.shapes.class_bank`).
+    """``batch`` with prompts of every class appended to its texts: each image is contrasted with all ``C``
+    classes, its own class's prompts its positives (`unicl.loss.shapes.class_bank`).
 
     Args:
         batch: a `UnifiedCollate` batch with ``text_labels`` (``input_ids``, ``attention_mask`` ``[M, L]``,
             ``text_labels [M]``).
-        prompts: the classes and their templates; class ``c``'s prompt is drawn with one template.
+        prompts: the classes and their templates.
         tokenizer: the run's tokenizer.
-        rng: the generator the ``C`` templates are drawn from (seeded by the step in training, so a resumed run
-            draws the same bank).
+        rng: the generator the prompts are drawn from (seeded by the step in training, so a resumed run draws the
+            same bank).
+        per_class: ``P``, distinct prompts drawn per class (all of a class's prompts where it has fewer).
 
     Returns:
-        A new batch with ``M + C`` texts, ``text_labels`` ending in ``0 … C−1``.
+        A new batch with ``M + C·P`` texts, ``text_labels`` followed by each class id ``P`` times.
     """
     if "text_labels" not in batch:
         raise ValueError("batch must carry text_labels (a UnifiedCollate(..., text_labels=True) batch)")
-    bank = tokenizer([prompts.draw(class_id, rng) for class_id in range(prompts.num_classes)])
-    labels = class_bank(prompts.num_classes, device=batch["text_labels"].device)
+    per_class = check_positive_int("per_class", per_class)
+    drawn = [rng.sample(options, min(per_class, len(options))) for options in prompts]
+    bank = tokenizer([prompt for class_prompts in drawn for prompt in class_prompts])
+    counts = torch.tensor([len(class_prompts) for class_prompts in drawn], device=batch["text_labels"].device)
+    labels = class_bank(prompts.num_classes, device=counts.device).repeat_interleave(counts)
     return {
         **batch,
         **{key: torch.cat([batch[key], value.to(batch[key].device)]) for key, value in bank.items()},

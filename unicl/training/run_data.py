@@ -149,12 +149,16 @@ class RunData:
     def _with_class_bank(
         self, batches: Iterator[dict[str, torch.Tensor]], prompts: LabelToPrompt, tokenizer: Tokenizer, step: int
     ) -> Generator[dict[str, torch.Tensor], None, None]:
-        """``--class-bank``: every batch with one prompt of every class appended, the templates drawn from a
-        generator seeded by the run's seed and the batch's step (so a resumed run draws the same bank)."""
+        """``--class-bank``: every batch with prompts of every class appended, drawn from a generator seeded by the
+        run's seed and the batch's step (so a resumed run draws the same bank).
+
+        Each class gets ``⌈labelled share / C⌉`` distinct prompts, so the text tower sees as many prompts per step as
+        it would with one prompt per labelled image (and one per class when the classes outnumber the share)."""
+        per_class = -(-self.shares["labelled"] // prompts.num_classes)
         try:
             for batch in batches:
                 rng = random.Random(derive_seed("class bank", self.config.seed, step))
-                yield append_class_bank(batch, prompts, tokenizer, rng)
+                yield append_class_bank(batch, prompts, tokenizer, rng, per_class)
                 step += 1
         finally:
             # Closing this generator closes the loaders' (join_batches stops their workers).
@@ -162,7 +166,7 @@ class RunData:
             if close is not None:
                 close()
 
-    def _readable(self, dataset: CaptionPairs | LabelledFolders) -> Any:
+    def _readable(self, dataset: CaptionPairs | CaptionGroups | LabelledFolders) -> Any:
         """``dataset`` reporting its unreadable images, or with ``--skip-unreadable`` skipping and counting them."""
         reporting = reporting_unreadable(dataset)
         if not self.config.skip_unreadable:
