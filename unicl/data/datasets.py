@@ -1,13 +1,17 @@
 """Image datasets on local files: caption files of (image, caption) rows and ImageFolder roots with merged classes.
 
 A caption file is a CSV (or, ending in ``.tsv``, a TSV) with a header naming an ``image`` (or ``filepath``) column
-and a ``caption`` (or ``title``) column, open_clip's names. Relative image paths start at the file's folder.
+and a ``caption`` (or ``title``) column, open_clip's names. Relative image paths start at the file's folder. An image
+with several captions is listed on several rows, one caption each (COCO's five captions are five rows); an optional
+``hard_negative`` column holds, per row, a text that describes no image of the file (NegCLIP's swapped caption), empty
+where a row has none.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,17 @@ from unicl.text.prompts import class_synonyms
 
 IMAGE_COLUMNS = ("image", "filepath")
 CAPTION_COLUMNS = ("caption", "title")
+HARD_NEGATIVE_COLUMNS = ("hard_negative",)
+
+
+def _read_table(path: Path, kind: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows of a CSV (or ``.tsv``) file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
 
 
 def read_image_rows(
@@ -40,19 +55,14 @@ def read_image_rows(
         ValueError: no header with an image and a value column, or no rows.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-        fields = reader.fieldnames or []
-        image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
-        value_column = next((c for c in value_columns if c in fields), None)
-        if image_column is None or value_column is None:
-            raise ValueError(
-                f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and {value_description}; "
-                f"got {fields}"
-            )
-        rows = [(row[image_column] or "", row[value_column] or "") for row in reader]
+    fields, table = _read_table(path, kind)
+    image_column = next((c for c in IMAGE_COLUMNS if c in fields), None)
+    value_column = next((c for c in value_columns if c in fields), None)
+    if image_column is None or value_column is None:
+        raise ValueError(
+            f"{str(path)!r} needs a header with an image column {IMAGE_COLUMNS} and {value_description}; got {fields}"
+        )
+    rows = [(row[image_column] or "", row[value_column] or "") for row in table]
     if not rows:
         raise ValueError(f"{str(path)!r} has no rows")
     resolved = []
@@ -74,6 +84,21 @@ def read_caption_file(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     return read_image_rows(path, CAPTION_COLUMNS, "caption", f"a caption column {CAPTION_COLUMNS}")
 
 
+def read_hard_negatives(path: str | os.PathLike[str]) -> list[str]:
+    """Every row's hard-negative text of a caption file (``""`` where a row has none), in row order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no ``hard_negative`` column in the header.
+    """
+    path = Path(path)
+    fields, table = _read_table(path, "caption")
+    column = next((c for c in HARD_NEGATIVE_COLUMNS if c in fields), None)
+    if column is None:
+        raise ValueError(f"{str(path)!r} needs a hard-negative column {HARD_NEGATIVE_COLUMNS}; got {fields}")
+    return [(row[column] or "").strip() for row in table]
+
+
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """The image at ``path`` as an RGB PIL image (the file is closed afterwards)."""
     with Image.open(path) as image:
@@ -92,16 +117,19 @@ class CaptionPairs(Dataset):
         transform: turns the PIL image into a tensor; ``None`` until set (a command checks its files before it has
             a model, hence its transform).
         loader: reads an image file (default `load_rgb`), as torchvision's ``ImageFolder`` has it.
+        hard_negatives: also read every row's ``hard_negative`` column (`read_hard_negatives`).
 
     Attributes:
         rows: every row's ``(resolved image path, caption)``, file by file.
+        hard_negatives: every row's hard-negative text (``""``: none), or ``None`` unless asked for.
         listed: each distinct image's first ``(caption file, row)`` (rows counted from 1 after the header).
         captions: every row's caption.
         image_paths: the distinct images, in first-seen order.
         image_index: ``[rows]`` which distinct image each row's caption describes.
 
     Raises:
-        FileNotFoundError, ValueError: as `read_caption_file`; ValueError also for an empty sequence of paths.
+        FileNotFoundError, ValueError: as `read_caption_file`; ValueError also for an empty sequence of paths, and
+            with ``hard_negatives`` for a file without the column.
     """
 
     def __init__(
@@ -109,6 +137,7 @@ class CaptionPairs(Dataset):
         paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         transform: Callable[[Image.Image], Any] | None = None,
         loader: Callable[[Path], Image.Image] = load_rgb,
+        hard_negatives: bool = False,
     ) -> None:
         files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not files:
@@ -120,6 +149,7 @@ class CaptionPairs(Dataset):
             for number, (image_path, _) in enumerate(rows, start=1):
                 self.listed.setdefault(image_path, (Path(path), number))
             self.rows += rows
+        self.hard_negatives = [text for path in files for text in read_hard_negatives(path)] if hard_negatives else None
         index_of: dict[Path, int] = {}
         self.image_index: list[int] = [index_of.setdefault(image_path, len(index_of)) for image_path, _ in self.rows]
         self.image_paths = list(index_of)
@@ -168,6 +198,46 @@ class CaptionImages(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.pairs.image(self.pairs.image_paths[index])
+
+
+class CaptionGroups(Dataset):
+    """The distinct images of a `CaptionPairs`, each with up to ``K`` of its captions: one sample per image, for a
+    batch that holds several positive captions of one image.
+
+    Sample ``i`` is ``(image, captions, negatives, i)``: image ``i``'s tensor, the captions of (at most
+    ``captions_per_image``) of its rows, the hard negatives of those rows (without
+    ``CaptionPairs.hard_negatives``, none) and its index, which labels it in the batch
+    (`unicl.data.batches.UnifiedCollate`). An image with more rows than ``captions_per_image`` has that many drawn
+    from Python's ``random`` (seeded per sample in training, `unicl.training.sampling.KeyedSamples`), kept in row
+    order.
+
+    Args:
+        pairs: the caption rows.
+        captions_per_image: ``K >= 1``.
+    """
+
+    def __init__(self, pairs: CaptionPairs, captions_per_image: int) -> None:
+        if isinstance(captions_per_image, bool) or not isinstance(captions_per_image, int) or captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be an int >= 1; got {captions_per_image!r}")
+        self.pairs, self.captions_per_image = pairs, captions_per_image
+        self.rows_of: list[list[int]] = [[] for _ in pairs.image_paths]
+        for row, image in enumerate(pairs.image_index):
+            self.rows_of[image].append(row)
+
+    def __len__(self) -> int:
+        return len(self.rows_of)
+
+    def __getitem__(self, index: int) -> tuple[Any, list[str], list[str], int]:
+        rows = self.rows_of[index]
+        if len(rows) > self.captions_per_image:
+            rows = sorted(random.sample(rows, self.captions_per_image))
+        negatives = self.pairs.hard_negatives
+        return (
+            self.pairs.image(self.pairs.image_paths[index]),
+            [self.pairs.captions[row] for row in rows],
+            [] if negatives is None else [negatives[row] for row in rows if negatives[row]],
+            index,
+        )
 
 
 def read_class_names(path: str | os.PathLike[str], classes: int | None = None) -> list[str]:

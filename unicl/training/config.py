@@ -101,6 +101,18 @@ class TrainingConfig:
     ratio: float | None = field(default=None, metadata=_option("data", "R"))
     """Share of each batch taken from the image-label data, in [0, 1] (default: 0.5 with both kinds of data, else all
     of the one given)."""
+    captions_per_image: int = field(default=1, metadata=_option("data", "K"))
+    """Sample --captions by image, each image with up to K of its captions (rows naming the same image), all of
+    them its positives, the image encoded once (default: 1, each row one sample); the batch then has --batch-size
+    images and up to K times as many texts."""
+    hard_negatives: bool = field(default=False, metadata=_option("data"))
+    """Add each sampled --captions row's 'hard_negative' column (empty: none) to the batch's texts as a text with
+    no positive, which every image is contrasted against (NegCLIP's hard negatives; samples the captions by image,
+    as --captions-per-image does)."""
+    class_bank: bool = field(default=False, metadata=_option("data"))
+    """Contrast every --image-folder image with one prompt of every class of the folders (a template drawn per
+    class and step, encoded each step) instead of one prompt per image: its own class's prompt is its positive,
+    the other classes' its negatives, whatever classes the batch holds."""
     hash_captions: bool = field(default=False, metadata=_option("data"))
     """Identical captions (up to case and spaces) get one label, so they are positives of each other on every rank;
     by default each image-text pair is positive only with its own text."""

@@ -36,6 +36,12 @@ def _check_types(config: TrainingConfig) -> None:
             raise TypeError(f"{flag(item.name)} must be {wanted}; got {value!r}")
 
 
+def text_labelled(config: TrainingConfig) -> bool:
+    """Whether the run's batches hold other texts than one per image, and so carry ``text_labels``:
+    ``--class-bank``, ``--captions-per-image`` above 1 or ``--hard-negatives``."""
+    return config.class_bank or config.captions_per_image > 1 or config.hard_negatives
+
+
 def check_options(config: TrainingConfig) -> TrainingConfig:
     """Check the options of a run, and fill in the ones whose default depends on others (``ratio``).
 
@@ -114,6 +120,26 @@ def check_options(config: TrainingConfig) -> TrainingConfig:
         raise ValueError(
             f"--ratio {ratio} of --batch-size {config.batch_size} leaves no room for one kind of data; "
             "change either, or drop the data that gets no share"
+        )
+    if config.captions_per_image < 1:
+        raise ValueError(f"--captions-per-image must be >= 1; got {config.captions_per_image}")
+    grouped = config.captions_per_image > 1 or config.hard_negatives
+    if grouped and not config.captions:
+        option = "--captions-per-image" if config.captions_per_image > 1 else "--hard-negatives"
+        raise ValueError(f"{option} samples --captions files by image; give --captions (WebDataset pairs are single)")
+    if config.class_bank and not (labelled and ratio > 0):
+        raise ValueError("--class-bank contrasts --image-folder images with every class: give --image-folder data")
+    if config.class_bank and config.webdataset and ratio < 1:
+        raise ValueError("--class-bank takes image-text data as --captions files; --webdataset pairs do not combine")
+    if (grouped or config.class_bank) and config.hash_captions:
+        raise ValueError(
+            "--hash-captions does not combine with --class-bank, --captions-per-image or --hard-negatives (a caption's "
+            "label there is its image's)"
+        )
+    if (grouped or config.class_bank) and config.micro_batch is not None:
+        raise ValueError(
+            "--micro-batch (gradient caching) takes one text per image; it does not combine yet with --class-bank, "
+            "--captions-per-image or --hard-negatives"
         )
     if config.eval_classnames is not None and config.eval_folder is None:
         raise ValueError("--eval-classnames needs --eval-folder")

@@ -9,8 +9,9 @@ run whose data changed on disk.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from unicl.data.batches import UnifiedCollate
-from unicl.data.datasets import CaptionPairs, LabelledFolders, read_class_names
+from unicl.data.batches import UnifiedCollate, append_class_bank
+from unicl.data.datasets import CaptionGroups, CaptionPairs, LabelledFolders, read_class_names
 from unicl.data.headers import check_image_headers
 from unicl.data.transforms import image_transform
 from unicl.data.unreadable import SkippingUnreadable, reporting_unreadable
@@ -31,6 +32,7 @@ from unicl.training.config import TrainingConfig
 from unicl.training.errors import TrainingError
 from unicl.training.logs import RunLog
 from unicl.training.mixing import batch_shares, join_batches
+from unicl.training.options import text_labelled
 from unicl.training.runtime import Runtime
 from unicl.training.sampling import KeyedSamples, StepBatchSampler, derive_seed
 from unicl.training.shards import ShardedCaptions
@@ -121,7 +123,7 @@ class RunData:
         if "labelled" in self.shares:
             folders = self.labelled()
             prompts = LabelToPrompt(folders.class_names, seed=config.seed)
-            keyed = KeyedSamples(self._readable(folders), config.seed, prompts)
+            keyed = KeyedSamples(self._readable(folders), config.seed, prompts, draw_prompts=not config.class_bank)
             loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts, tokenizer, step)
         if "captioned" in self.shares:
             if config.webdataset:
@@ -129,13 +131,42 @@ class RunData:
                     config.webdataset, transform, self.shares["captioned"], config.seed,
                     runtime.rank, runtime.world_size, config.workers, start_step=step,
                 )  # fmt: skip
+            elif text_labelled(config):
+                # Sampled by image: the image is read and encoded once, its captions are all its positives.
+                pairs = CaptionPairs(config.captions, transform, hard_negatives=config.hard_negatives)
+                pairs = reporting_unreadable(pairs)
+                groups = CaptionGroups(pairs, config.captions_per_image)
+                captioned = KeyedSamples(self._readable(groups), config.seed)
             else:
                 captioned = KeyedSamples(self._readable(CaptionPairs(config.captions, transform)), config.seed)
             loaders["captioned"] = self._loader(captioned, self.shares["captioned"], prompts, tokenizer, step)
         self.loaders = loaders
-        return join_batches(iter(loader) for loader in loaders.values())
+        batches = join_batches(iter(loader) for loader in loaders.values())
+        if config.class_bank:
+            return self._with_class_bank(batches, cast(LabelToPrompt, prompts), tokenizer, step)
+        return batches
 
-    def _readable(self, dataset: CaptionPairs | LabelledFolders) -> Any:
+    def _with_class_bank(
+        self, batches: Iterator[dict[str, torch.Tensor]], prompts: LabelToPrompt, tokenizer: Tokenizer, step: int
+    ) -> Generator[dict[str, torch.Tensor], None, None]:
+        """``--class-bank``: every batch with prompts of every class appended, drawn from a generator seeded by the
+        run's seed and the batch's step (so a resumed run draws the same bank).
+
+        Each class gets ``⌈labelled share / C⌉`` distinct prompts, so the text tower sees as many prompts per step as
+        it would with one prompt per labelled image (and one per class when the classes outnumber the share)."""
+        per_class = -(-self.shares["labelled"] // prompts.num_classes)
+        try:
+            for batch in batches:
+                rng = random.Random(derive_seed("class bank", self.config.seed, step))
+                yield append_class_bank(batch, prompts, tokenizer, rng, per_class)
+                step += 1
+        finally:
+            # Closing this generator closes the loaders' (join_batches stops their workers).
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    def _readable(self, dataset: CaptionPairs | CaptionGroups | LabelledFolders) -> Any:
         """``dataset`` reporting its unreadable images, or with ``--skip-unreadable`` skipping and counting them."""
         reporting = reporting_unreadable(dataset)
         if not self.config.skip_unreadable:
@@ -154,7 +185,9 @@ class RunData:
         config, runtime = self.config, self.runtime
         options: dict[str, Any] = {
             "num_workers": config.workers,
-            "collate_fn": UnifiedCollate(tokenizer, prompts, hash_captions=config.hash_captions),
+            "collate_fn": UnifiedCollate(
+                tokenizer, prompts, hash_captions=config.hash_captions, text_labels=text_labelled(config)
+            ),
             "pin_memory": runtime.device.type == "cuda",
             # The loader's own generator: creating it does not advance the global one the checkpoint restores.
             "generator": torch.Generator().manual_seed(derive_seed("loader", config.seed, runtime.rank)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unicl.data.datasets import read_caption_file
+from unicl.data.datasets import read_caption_file, read_hard_negatives
 from unicl.models import UniCLModel, check_tokenizer_fits, get_tokenizer, model_tokenizer, preset_tokenizer
 from unicl.models.adapters import AdapterModel
 from unicl.models.presets import TRAINED_TOKENIZER
@@ -88,6 +88,8 @@ def _trained_tokenizer(config: TrainingConfig, model: UniCLModel, runtime: Runti
                 corpus += [prompt for class_prompts in prompts for prompt in class_prompts]
             for path in config.captions:
                 corpus += [caption for _, caption in read_caption_file(path)]
+                if config.hard_negatives:
+                    corpus += [text for text in read_hard_negatives(path) if text]
             if config.webdataset:
                 corpus += read_captions(config.webdataset, TOKENIZER_CAPTIONS)
             tokenizer = Tokenizer.train(corpus, vocab_size=text.vocab_size, context_length=text.context_length)

@@ -145,8 +145,9 @@ class TrainStep:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-        """One optimiser step on ``batch`` (``images: [B, 3, H, W]``, ``input_ids`` and ``attention_mask: [B, L]``,
-        ``labels: [B]``), the run's step ``step`` (counted from 1); returns this rank's loss (detached)."""
+        """One optimiser step on ``batch`` (``images: [B, 3, H, W]``, ``input_ids`` and ``attention_mask: [M, L]``,
+        ``labels: [B]``, and where ``M`` may differ from ``B`` ``text_labels: [M]``), the run's step ``step`` (counted
+        from 1); returns this rank's loss (detached)."""
         moved = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
         hold_frozen_in_eval(self.frozen_modules)
         if self.micro_batch is not None:
@@ -157,9 +158,11 @@ class TrainStep:
                     micro_batch=self.micro_batch, scaler=self.scaler if self.scaler.is_enabled() else None,
                 )  # fmt: skip
         else:
+            # Batches of other texts than one per image carry text_labels (unicl.data.batches.UnifiedCollate).
+            shape = {"text_labels": moved["text_labels"]} if "text_labels" in moved else {}
             with self.autocast():
                 outputs = self.network(moved["images"], moved["input_ids"], moved["attention_mask"])
-                loss = self.loss_fn(**outputs, labels=moved["labels"])
+                loss = self.loss_fn(**outputs, labels=moved["labels"], **shape)
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         if self.grad_clip > 0:
