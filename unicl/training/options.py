@@ -136,11 +136,6 @@ def check_options(config: TrainingConfig) -> TrainingConfig:
             "--hash-captions does not combine with --class-bank, --captions-per-image or --hard-negatives (a caption's "
             "label there is its image's)"
         )
-    if (grouped or config.class_bank) and config.micro_batch is not None:
-        raise ValueError(
-            "--micro-batch (gradient caching) takes one text per image; it does not combine yet with --class-bank, "
-            "--captions-per-image or --hard-negatives"
-        )
     if config.eval_classnames is not None and config.eval_folder is None:
         raise ValueError("--eval-classnames needs --eval-folder")
     if config.eval_every and config.eval_folder is None:

@@ -156,6 +156,7 @@ class TrainStep:
                 loss = cached_backward(
                     self.network, moved["images"], texts, moved["labels"], loss_fn=self.loss_fn,
                     micro_batch=self.micro_batch, scaler=self.scaler if self.scaler.is_enabled() else None,
+                    text_labels=moved.get("text_labels"),
                 )  # fmt: skip
         else:
             # Batches of other texts than one per image carry text_labels (unicl.data.batches.UnifiedCollate).
