@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from torchvision.datasets import ImageFolder
+from training_runs import assert_cached_run_matches
 
 import unicl
 from unicl.evaluation.zeroshot import zeroshot_accuracy
@@ -485,22 +486,11 @@ def test_a_tokenizer_larger_than_the_text_tower_is_refused(data, tmp_path):
 
 @pytest.mark.slow
 def test_micro_batches_train_the_same_weights_to_float32_rounding(data, tmp_path):
-    """--micro-batch 2 (gradient caching) against the whole batch at once, same seed, unicl_tiny (no BatchNorm):
-    every step's loss agrees to float32 rounding, and so do the weights, up to what AdamW makes of rounding-level
-    gradient differences (its step divides by the gradient's own size, so an entry whose gradient is all rounding
-    can move by a fraction of --lr = 1e-3 per step; the plain and cached gradients are compared directly, to 1e-5,
-    in tests/test_gradient_cache.py)."""
-    finals, losses = [], []
+    """--micro-batch 2 (gradient caching) against the whole batch at once, same seed, unicl_tiny (no BatchNorm): the
+    losses and weights agree as `training_runs.assert_cached_run_matches` says."""
     for name, extra in (("plain", []), ("cached", ["--micro-batch", "2"])):
         main(_options(data, tmp_path / name, "--steps", "3", "--workers", "0", *extra))
-        finals.append(load_file(tmp_path / name / "final" / "model.safetensors"))
-        losses.append([record["loss"] for record in _records(tmp_path / name, "train")])
-    assert len(losses[0]) == 3
-    for plain_loss, cached_loss in zip(*losses):
-        assert abs(cached_loss - plain_loss) <= 1e-5 * abs(plain_loss)
-    plain, cached = finals
-    largest = max(float((cached[name].double() - tensor.double()).abs().max()) for name, tensor in plain.items())
-    assert largest <= 0.1 * 1e-3 * 3
+    assert_cached_run_matches(tmp_path / "plain", tmp_path / "cached", steps=3, lr=1e-3)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from training_runs import assert_cached_run_matches
 
 from unicl.data.batches import UnifiedCollate, append_class_bank
 from unicl.data.datasets import CaptionGroups, CaptionPairs, read_hard_negatives
@@ -230,27 +231,14 @@ def test_three_captions_per_image_with_hard_negatives_train_stop_and_resume_bit_
 @pytest.mark.parametrize("shape", ["captions", "class-bank"])
 def test_gradient_caching_trains_batches_of_other_shapes_as_the_whole_batch_does(data, tmp_path, shape):
     """--micro-batch 2 on batches of 4 images and more texts (three captions each plus hard negatives, or a class
-    bank): every step's loss agrees with the same run without gradient caching to float32 rounding, and so do the
-    weights, up to what AdamW makes of rounding-level gradient differences (a fraction of --lr = 1e-3 per step; see
-    tests/test_train.py's micro-batch test)."""
-    from safetensors.torch import load_file
-
+    bank) trains as the same run on the whole batch (`training_runs.assert_cached_run_matches`)."""
     shaped = {
         "captions": ["--captions", data / "captions.csv", "--captions-per-image", "3", "--hard-negatives"],
         "class-bank": ["--image-folder", data / "train", "--captions", data / "captions.csv", "--class-bank"],
     }[shape]
-    finals, losses = [], []
     for name, extra in (("whole", []), ("cached", ["--micro-batch", "2"])):
         main(_options(data, tmp_path / name, "--steps", "3", *shaped, *extra))
-        finals.append(load_file(tmp_path / name / "final" / "model.safetensors"))
-        losses.append([record["loss"] for record in _records(tmp_path / name, "train")])
-    assert len(losses[0]) == 3
-    for whole_loss, cached_loss in zip(*losses):
-        assert abs(cached_loss - whole_loss) <= 1e-5 * abs(whole_loss)
-    whole, cached = finals
-    assert whole.keys() == cached.keys()
-    largest = max(float((cached[name].double() - tensor.double()).abs().max()) for name, tensor in whole.items())
-    assert largest <= 0.1 * 1e-3 * 3
+    assert_cached_run_matches(tmp_path / "whole", tmp_path / "cached", steps=3, lr=1e-3)
 
 
 @pytest.mark.slow
