@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -111,6 +112,8 @@ def build_siglip_dir(folder: Path) -> Path:
     directory = folder / "siglip"
     model = transformers.SiglipModel(config)
     with torch.no_grad():
+        # A trained SigLIP's scale exceeds CLIP's bound of 100 (its training has no clamp): the adapter must keep it.
+        model.logit_scale.fill_(math.log(117.0))
         model.logit_bias.fill_(-3.0)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -174,13 +174,35 @@ def check_overrides(name: str, model: nn.Module, overrides: dict[str, Any]) -> b
 
 
 def describe(
-    image_size: int, vocab_size: int, context_length: int, width: int, embed_dim: int, has_bias: bool
+    image_size: int,
+    vocab_size: int,
+    context_length: int,
+    width: int,
+    embed_dim: int,
+    has_bias: bool,
+    max_logit_scale: float,
 ) -> UniCLConfig:
     """The `unicl.UniCLConfig` that describes an adapter model to the library: the image side, the text vocabulary
-    and context, the text width and the embedding width; the logit scale is bounded at CLIP's 100."""
+    and context, the text width and the embedding width.
+
+    ``max_logit_scale`` is `logit_scale_bound` of the pretrained weights, kept in the saved specification.
+    """
     return UniCLConfig(
         image=ImageConfig(model_name="adapter", image_size=image_size),
         text=TextConfig(vocab_size=vocab_size, context_length=context_length, width=width, layers=0, heads=1),
         embed_dim=embed_dim,
         logit_bias=0.0 if has_bias else None,
+        max_logit_scale=max_logit_scale,
     )
+
+
+def logit_scale_bound(model: nn.Module, spec: dict[str, Any] | None = None) -> float:
+    """The bound of an adapter's logit scale: the one its saved specification holds, else CLIP's 100 or the wrapped
+    model's own scale ``exp(logit_scale)`` where that is larger (SigLIP trains its scale without a bound, to about
+    110–120, and a bound below it would change the pretrained model's logits)."""
+    if spec is not None and "max_logit_scale" in spec:
+        return float(spec["max_logit_scale"])
+    logit_scale = model.logit_scale
+    if not isinstance(logit_scale, torch.Tensor):
+        raise TypeError(f"the wrapped model's logit_scale must be a tensor; got {type(logit_scale).__name__}")
+    return max(100.0, float(logit_scale.detach().float().exp()))

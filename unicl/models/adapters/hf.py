@@ -23,7 +23,13 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 
 from unicl._checks import first_line
-from unicl.models.adapters.base import AdapterModel, check_overrides, describe, import_optional
+from unicl.models.adapters.base import (
+    AdapterModel,
+    check_overrides,
+    describe,
+    import_optional,
+    logit_scale_bound,
+)
 from unicl.text.tokenizer import Tokenizer
 
 #: The prefix of transformers model names: ``hf:path/to/dir``.
@@ -181,10 +187,17 @@ def load_hf(directory: Path, spec: dict[str, Any], tokenizer: Tokenizer) -> HFAd
     config = transformers.AutoConfig.for_model(model_type, **fields)
     model = transformers.AutoModel.from_config(config).float()
     processor = processor_class.from_dict(processor_fields)
-    return _adapter(f"hf:{directory}", model, processor, tokenizer, {})
+    return _adapter(f"hf:{directory}", model, processor, tokenizer, {}, saved=spec)
 
 
-def _adapter(name: str, model: Any, processor: Any, tokenizer: Tokenizer, overrides: dict[str, Any]) -> HFAdapter:
+def _adapter(
+    name: str,
+    model: Any,
+    processor: Any,
+    tokenizer: Tokenizer,
+    overrides: dict[str, Any],
+    saved: dict[str, Any] | None = None,
+) -> HFAdapter:
     if check_overrides(name, model, overrides):
         model.gradient_checkpointing_enable()
     config = model.config
@@ -195,7 +208,10 @@ def _adapter(name: str, model: Any, processor: Any, tokenizer: Tokenizer, overri
         width=config.text_config.hidden_size,
         embed_dim=getattr(config, "projection_dim", None) or config.text_config.hidden_size,
         has_bias=getattr(model, "logit_bias", None) is not None,
+        max_logit_scale=(bound := logit_scale_bound(model, saved)),
     )
-    spec = {"kind": "hf", "config": config.to_dict(), "image_processor": processor.to_dict()}
+    spec = {
+        "kind": "hf", "config": config.to_dict(), "image_processor": processor.to_dict(), "max_logit_scale": bound,
+    }  # fmt: skip
     transform = ProcessorTransform(processor)
     return HFAdapter(model, described, spec, tokenizer, (transform, transform))

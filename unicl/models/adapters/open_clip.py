@@ -26,7 +26,13 @@ from typing import Any
 import torch
 
 from unicl._checks import first_line
-from unicl.models.adapters.base import AdapterModel, check_overrides, describe, import_optional
+from unicl.models.adapters.base import (
+    AdapterModel,
+    check_overrides,
+    describe,
+    import_optional,
+    logit_scale_bound,
+)
 from unicl.text.tokenizer import Tokenizer
 
 #: The prefix of open_clip model names: ``open_clip:ViT-B-32``.
@@ -182,11 +188,16 @@ def load_open_clip(directory: Path, spec: dict[str, Any]) -> OpenCLIPAdapter:
         raise ValueError(f"{directory}: the open_clip specification lacks arch, model_cfg or preprocess_cfg") from None
     with _quiet():
         model = open_clip.create_model(f"local-dir:{directory}", load_weights=False)
-    return _adapter(arch, model, config, preprocess, {})
+    return _adapter(arch, model, config, preprocess, {}, saved=spec)
 
 
 def _adapter(
-    arch: str, model: torch.nn.Module, config: dict[str, Any], preprocess: dict[str, Any], overrides: dict[str, Any]
+    arch: str,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    preprocess: dict[str, Any],
+    overrides: dict[str, Any],
+    saved: dict[str, Any] | None = None,
 ) -> OpenCLIPAdapter:
     name = PREFIX + arch
     if check_overrides(name, model, overrides):
@@ -205,6 +216,10 @@ def _adapter(
         width=text.get("width", 512),
         embed_dim=config["embed_dim"],
         has_bias=getattr(model, "logit_bias", None) is not None,
+        max_logit_scale=(bound := logit_scale_bound(model, saved)),
     )
-    spec = {"kind": "open_clip", "arch": arch, "model_cfg": copy.deepcopy(config), "preprocess_cfg": preprocess}
+    spec = {
+        "kind": "open_clip", "arch": arch, "model_cfg": copy.deepcopy(config), "preprocess_cfg": preprocess,
+        "max_logit_scale": bound,
+    }  # fmt: skip
     return OpenCLIPAdapter(model, described, spec, lambda: Tokenizer.clip(context_length), transforms)
