@@ -334,6 +334,9 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     if deprecated:
         failures.append(f"rank {rank}: FutureWarning {deprecated}")
     Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
+    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -505,6 +508,9 @@ def _text_labels_worker(rank: int, world: int, init_file: str, result_dir: str) 
         except Exception:
             failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
     Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
+    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

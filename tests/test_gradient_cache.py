@@ -341,6 +341,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     except Exception:
         failure = f"rank {rank}:\n{traceback.format_exc()}"
     Path(result_dir, f"rank{rank}.txt").write_text(failure)
+    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
+    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
