@@ -26,6 +26,7 @@ import unicl.evaluation.features as features_module
 import unicl.evaluation.logistic as logistic_module
 import unicl.evaluation.protocols as protocols_module
 from unicl.evaluation import (
+    L2Search,
     choose_l2,
     few_shot,
     fit_logistic_regression,
@@ -350,14 +351,36 @@ def test_a_touched_image_or_a_corrupt_file_is_recomputed(folders, tmp_path):
         (lambda x, y: few_shot(x, y, x, y, shots=1000, class_names=NAMES), r"class 'zero' \(class 0\) has 106"),
         (lambda x, y: few_shot(x, y, x, y, shots=1), "choosing l2 needs a class with at least 2"),
         (lambda x, y: few_shot(x, y, x, y, shots=2, seeds=[]), "seeds must be a non-empty list"),
-        (lambda x, y: choose_l2(x, y, classes=10, grid=()), "grid must be a non-empty sequence"),
-        (lambda x, y: choose_l2(x, y, classes=10, validation_fraction=1.5), r"validation_fraction must be .* \(0, 1\)"),
+        (lambda x, y: L2Search(grid=()), "grid must be a non-empty sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(grid=[1.0, -1.0]), "grid must be a non-empty sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(refine=(0.5, float("nan"))), "refine must be a sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(validation_fraction=1.5), r"validation_fraction must be a number in \(0, 1\)"),
+        (lambda x, y: L2Search(max_iter=0), "max_iter must be an int >= 1"),
+        (lambda x, y: L2Search(tolerance=0.0), "tolerance must be a finite number > 0"),
+        (lambda x, y: L2Search(sweep_tolerance=float("inf")), "sweep_tolerance must be a finite number > 0"),
+        (lambda x, y: stratified_split(y, fraction=0.0, seed=0), r"validation_fraction must be a number in \(0, 1\)"),
         (lambda x, y: fit_logistic_regression(x.clone().fill_(float("nan")), y, 1.0, classes=10), "must be finite"),
     ],
 )  # fmt: skip
 def test_bad_inputs_give_one_line(pixels, call, message):
     with pytest.raises(ValueError, match=message) as caught:
         call(pixels[0], pixels[1])
+    assert "\n" not in str(caught.value)
+
+
+def test_search_options_reach_the_sweep_and_the_fits(pixels):
+    """The `L2Search` given is the sweep `linear_probe` runs (its grid, its refinement, its held-out split) and the
+    one `choose_l2` runs alone; a search that is not an `L2Search` is refused in one line."""
+    x, y = pixels[0][::5], pixels[1][::5]
+    search = L2Search(validation_fraction=0.3, grid=[1e-3, 1.0], refine=(0.5,), max_iter=50)
+    result = linear_probe(x, y, x, y, search=search, seed=3)
+    scores = dict(result["sweep"])
+    best = max((1e-3, 1.0), key=lambda value: (scores[value], value))
+    assert list(scores) == pytest.approx(sorted([1e-3, 1.0, best * 10**0.5, best * 10**-0.5]))
+    assert result["iterations"] <= 50
+    assert choose_l2(x, y, classes=10, seed=3, search=search, score=None)[0] == result["l2"]
+    with pytest.raises(TypeError, match="search must be an L2Search; got dict") as caught:
+        linear_probe(x, y, x, y, search={"grid": (1.0,)})  # type: ignore[arg-type]
     assert "\n" not in str(caught.value)
 
 

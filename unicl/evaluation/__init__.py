@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from unicl.evaluation.features import image_features as image_features
     from unicl.evaluation.features import run_precision as run_precision
     from unicl.evaluation.logistic import DEFAULT_L2_GRID as DEFAULT_L2_GRID
+    from unicl.evaluation.logistic import L2Search as L2Search
     from unicl.evaluation.logistic import LogisticHead as LogisticHead
     from unicl.evaluation.logistic import StandardizedFeatures as StandardizedFeatures
     from unicl.evaluation.logistic import choose_l2 as choose_l2
@@ -53,6 +54,7 @@ __getattr__, __dir__, __all__ = lazy_package(
         "unicl.evaluation.features": ["image_features", "run_precision"],
         "unicl.evaluation.logistic": [
             "DEFAULT_L2_GRID",
+            "L2Search",
             "LogisticHead",
             "StandardizedFeatures",
             "choose_l2",

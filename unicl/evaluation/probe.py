@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from unicl._checks import check_choice, check_optional_positive_int
 from unicl.evaluation.features import image_features
+from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search
 from unicl.evaluation.names import FEATURE_KINDS, INITS
 from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
 from unicl.evaluation.zeroshot import build_zeroshot_classifier
@@ -94,6 +95,7 @@ def run_linear_probe(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     metric: str = "top1",
     l2: float | None = None,
+    search: L2Search = DEFAULT_SEARCH,
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 64,
     workers: int = 0,
@@ -134,6 +136,7 @@ def run_linear_probe(
         templates: prompt templates (``init="text"``).
         metric: a name of `unicl.evaluation.metrics.METRICS`.
         l2: a fixed λ instead of the sweep (needed for ``shots=1``).
+        search: the λ sweep's and the fits' options (`unicl.evaluation.logistic.L2Search`).
         cache_dir: the feature cache's folder, or ``None``.
         batch_size: images per batch.
         workers: data-loading processes.
@@ -183,9 +186,9 @@ def run_linear_probe(
         train_x, test_x = F.normalize(train_x, dim=-1), F.normalize(test_x, dim=-1)
     if shots is None:
         result = linear_probe(train_x, train_y, test_x, test_y, metric=metric, seed=seeds[0],
-                              init_weights=init_weights, l2=l2, classes=classes)  # fmt: skip
+                              init_weights=init_weights, l2=l2, classes=classes, search=search)  # fmt: skip
     else:
         result = few_shot(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds, metric=metric,
                           init_weights=init_weights, l2=l2, classes=classes, class_names=labels,
-                          shot_rows=shot_rows)  # fmt: skip
+                          search=search, shot_rows=shot_rows)  # fmt: skip
     return {**result, "feature_kind": features, "init": init}
