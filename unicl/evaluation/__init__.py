@@ -15,6 +15,7 @@ from unicl._exports import lazy_package
 if TYPE_CHECKING:
     from unicl.evaluation.features import image_features as image_features
     from unicl.evaluation.features import run_precision as run_precision
+    from unicl.evaluation.inference import InferenceOptions as InferenceOptions
     from unicl.evaluation.logistic import DEFAULT_L2_GRID as DEFAULT_L2_GRID
     from unicl.evaluation.logistic import L2Search as L2Search
     from unicl.evaluation.logistic import LogisticHead as LogisticHead
@@ -52,6 +53,7 @@ __getattr__, __dir__, __all__ = lazy_package(
     __name__,
     {
         "unicl.evaluation.features": ["image_features", "run_precision"],
+        "unicl.evaluation.inference": ["InferenceOptions"],
         "unicl.evaluation.logistic": [
             "DEFAULT_L2_GRID",
             "L2Search",
