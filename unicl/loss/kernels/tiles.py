@@ -1,5 +1,6 @@
-"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the backward
-launchers' operator and arguments (`entry_weight_op`), the sigmoid objective's entry functions, and the row kernel.
+"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the entry
+weights of the backward kernels (`row_weight_inputs`, `entry_weights`), the backward launchers' operator and
+arguments (`entry_weight_op`), the sigmoid objective's entry functions, and the row kernel.
 
 The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction), the
 one-pass schedule's rows-only forward (`unicl.loss.kernels.one_pass`, distributed local mode, where no column
