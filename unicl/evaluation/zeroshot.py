@@ -171,6 +171,10 @@ def zeroshot_scores(
 
     Returns:
         ``([N, C] float32 logits 100·cos, [N] or [N, C] targets)``, on the CPU.
+
+    Raises:
+        ValueError: a dataset with no images.
+        TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
     inference = check_inference(inference)
     device = inference.torch_device
