@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unicl.evaluation.logistic import DEFAULT_L2_GRID, stratified_split
+from unicl.evaluation.logistic import DEFAULT_L2_GRID, L2Search, stratified_split
 from unicl.evaluation.protocols import linear_probe
 
 DEFAULT_SIZES = ("5000x128x10", "50000x512x100")
@@ -131,13 +131,13 @@ def run(sizes: list[tuple[int, int, int]], threads: int, sklearn_max_iter: int) 
         train_x, train_y, test_x, test_y = synthetic(n, f, c)
         size = f"{n}x{f}x{c}"
         variants = {
-            "unicl": {},
-            "unicl-coarse": {"refine": ()},
-            "unicl-coarse-tight": {"refine": (), "sweep_tolerance": 1e-7},
+            "unicl": L2Search(),
+            "unicl-coarse": L2Search(refine=()),
+            "unicl-coarse-tight": L2Search(refine=(), sweep_tolerance=1e-7),
         }
-        for method, options in variants.items():
+        for method, search in variants.items():
             start = time.perf_counter()
-            result = linear_probe(train_x, train_y, test_x, test_y, **options)  # type: ignore[arg-type]
+            result = linear_probe(train_x, train_y, test_x, test_y, search=search)
             seconds = time.perf_counter() - start
             rows.append(Row(size, n, len(test_y), f, c, method, threads, len(result["sweep"]) + 1, seconds,
                             result["top1"], result["l2"], 1000, 0))  # fmt: skip

@@ -28,6 +28,7 @@ from unicl.evaluation.clip_benchmark import (
     register,
     top_k_accuracies,
 )
+from unicl.evaluation.inference import InferenceOptions
 from unicl.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_accuracy, zeroshot_logits
 from unicl.text.prompts import unicl_templates
 from unicl.text.tokenizer import Tokenizer, find_clip_merges
@@ -147,7 +148,9 @@ def test_clip_benchmarks_zero_shot_code_gives_unicls_numbers(workspace, template
     assert torch.equal(logits.argsort(dim=1), our_logits.argsort(dim=1))
     assert float(our_logits.sort(dim=1).values.diff(dim=1).min()) > 2 * LOGIT_ATOL
 
-    expected = zeroshot_accuracy(reference, dataset, NAMES, reference_tokenizer, templates=templates, batch_size=5)
+    expected = zeroshot_accuracy(
+        reference, dataset, NAMES, reference_tokenizer, templates=templates, inference=InferenceOptions(batch_size=5)
+    )
     assert _their_accuracy(logits, targets) == [expected["top1"], expected["top5"]]
     labels = list(range(len(NAMES)))
     assert [top_k_accuracy_score(targets, logits, k=k, labels=labels) for k in (1, 5)] == _their_accuracy(

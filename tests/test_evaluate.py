@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import unicl.evaluation.probe
 import unicl.evaluation.zeroshot
 from unicl.data.datasets import CaptionPairs
 from unicl.evaluate import build_parser, main
+from unicl.evaluation.inference import InferenceOptions
 from unicl.evaluation.label_files import MultiLabelImages
 from unicl.evaluation.probe import run_linear_probe
 from unicl.evaluation.retrieval import retrieval_recall
@@ -91,7 +93,44 @@ def _api_scores(workspace, dataset, class_names, templates=DEFAULT_TEMPLATES):
     tokenizer = unicl.get_tokenizer(workspace / "model")
     dataset.transform = unicl.image_transform(model)
     classifier = build_zeroshot_classifier(model.eval(), tokenizer, class_names, templates)
-    return zeroshot_scores(model, dataset, classifier, batch_size=5)
+    return zeroshot_scores(model, dataset, classifier, inference=InferenceOptions(batch_size=5))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1; got 0"),
+        ({"batch_size": 2.0}, TypeError, "batch_size must be an int >= 1; got float 2.0"),
+        ({"workers": -1}, ValueError, "workers must be an int >= 0; got -1"),
+        ({"device": "gpu:0"}, ValueError, "device must be a torch.device or a device name such as 'cuda:0'; got 'gpu"),
+        ({"precision": "fp16"}, ValueError, "precision must be one of 'fp32', 'bf16'; got 'fp16'"),
+        ({"progress": 1}, TypeError, "progress must be a bool; got int"),
+    ],
+)
+def test_bad_inference_options_give_one_line(options, error, message):
+    with pytest.raises(error, match=re.escape(message)) as caught:
+        InferenceOptions(**options)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_evaluation_refuses_options_that_are_not_inference_options(workspace):
+    model = unicl.load_model(workspace / "model")
+    tokenizer = unicl.get_tokenizer(workspace / "model")
+    dataset = ImageFolder(str(workspace / "digits"), transform=unicl.image_transform(model))
+    options = {"batch_size": 5}
+    for call in (
+        lambda: zeroshot_accuracy(model, dataset, dataset.classes, tokenizer, inference=options),
+        lambda: zeroshot_scores(model, dataset, torch.zeros(10, 8), inference=options),
+        lambda: retrieval_recall(model, CaptionPairs.__new__(CaptionPairs), tokenizer, inference=options),
+        lambda: run_linear_probe(model, dataset, dataset, inference=options),
+    ):
+        with pytest.raises(TypeError, match=r"^inference must be an InferenceOptions; got dict$"):
+            call()  # type: ignore[arg-type]
+
+
+def test_inference_options_keep_a_torch_device():
+    assert InferenceOptions(device="cpu").device == torch.device("cpu")
+    assert InferenceOptions(device=torch.device("cpu")) == InferenceOptions()
 
 
 def test_zeroshot_command_reports_what_the_python_api_computes(workspace, capsys):
@@ -101,7 +140,7 @@ def test_zeroshot_command_reports_what_the_python_api_computes(workspace, capsys
     model = unicl.load_model(workspace / "model")
     tokenizer = unicl.get_tokenizer(workspace / "model")  # the model's own, the command's default
     dataset = ImageFolder(str(workspace / "digits"), transform=unicl.image_transform(model))
-    expected = zeroshot_accuracy(model, dataset, dataset.classes, tokenizer, batch_size=5)
+    expected = zeroshot_accuracy(model, dataset, dataset.classes, tokenizer, inference=InferenceOptions(batch_size=5))
     assert reported == expected
     assert set(reported) == {"top1", "top5", "metric", "images", "classes"} and reported["images"] == 36
     assert 0.0 <= reported["top1"] <= reported["top5"] <= 1.0 and reported["metric"] == "top1"
@@ -247,7 +286,8 @@ def test_retrieval_command_reports_what_the_python_api_computes(workspace):
                      "--json", workspace / "retrieval.json")  # fmt: skip
     model = unicl.load_model(workspace / "model")
     captions = CaptionPairs(workspace / "captions.csv", unicl.image_transform(model))
-    assert reported == retrieval_recall(model, captions, unicl.get_tokenizer(workspace / "model"), batch_size=4)
+    tokenizer = unicl.get_tokenizer(workspace / "model")
+    assert reported == retrieval_recall(model, captions, tokenizer, inference=InferenceOptions(batch_size=4))
     assert reported["images"] == 36 and reported["captions"] == 37
     for direction in ("image_to_text", "text_to_image"):
         recalls = [reported[f"{direction}_R@{k}"] for k in (1, 5, 10)]
@@ -325,7 +365,12 @@ def test_retrieval_recall_equals_a_brute_force_reference(dim, captions_per_image
     owners = [i for i, count in enumerate(captions_per_image) for _ in range(count)]
     images = torch.randn(len(captions_per_image), dim, generator=generator)
     texts = torch.randn(len(owners), dim, generator=generator)
-    results = retrieval_recall(_Lookup(images, texts), _Captions(owners), _Ids(), batch_size=5)  # type: ignore[arg-type]
+    results = retrieval_recall(
+        _Lookup(images, texts),  # type: ignore[arg-type]
+        _Captions(owners),  # type: ignore[arg-type]
+        _Ids(),  # type: ignore[arg-type]
+        inference=InferenceOptions(batch_size=5),
+    )
     similarity = (torch.nn.functional.normalize(images.double(), dim=1)
                   @ torch.nn.functional.normalize(texts.double(), dim=1).T).numpy()  # fmt: skip
     for k in (1, 5, 10):

@@ -26,6 +26,8 @@ import unicl.evaluation.features as features_module
 import unicl.evaluation.logistic as logistic_module
 import unicl.evaluation.protocols as protocols_module
 from unicl.evaluation import (
+    InferenceOptions,
+    L2Search,
     choose_l2,
     few_shot,
     fit_logistic_regression,
@@ -39,6 +41,9 @@ from unicl.evaluation.logistic import stratified_split
 from unicl.evaluation.protocols import check_shots
 from unicl.text.prompts import DEFAULT_TEMPLATES
 from unicl.text.tokenizer import Tokenizer
+
+#: Inference in batches of 300 images (a whole tiny split at once), of 100, and of one image.
+WHOLE_SPLIT, BATCHES_OF_100, ONE_BY_ONE = (InferenceOptions(batch_size=size) for size in (300, 100, 1))
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -301,18 +306,18 @@ def test_feature_cache_hits_and_misses(folders, tmp_path):
     model = _model()
     calls = _count_forwards(model)
     train, _ = _datasets(folders)
-    first = image_features(model, train, batch_size=100, cache_dir=tmp_path)
+    first = image_features(model, train, inference=BATCHES_OF_100, cache_dir=tmp_path)
     assert calls[0] == 3 and len(list(tmp_path.glob("*.safetensors"))) == 1
-    again = image_features(model, train, batch_size=100, cache_dir=tmp_path)
+    again = image_features(model, train, inference=BATCHES_OF_100, cache_dir=tmp_path)
     assert calls[0] == 3 and torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    image_features(model, train, batch_size=100, kind="projected", cache_dir=tmp_path)
+    image_features(model, train, inference=BATCHES_OF_100, kind="projected", cache_dir=tmp_path)
     assert calls[0] == 6  # another kind misses
     changed = ImageFolder(folders / "train", unicl.image_transform("unicl_tiny", train=True))
-    image_features(model, changed, batch_size=100, cache_dir=tmp_path)
+    image_features(model, changed, inference=BATCHES_OF_100, cache_dir=tmp_path)
     assert calls[0] == 9  # another transform misses
     with torch.no_grad():
         next(model.image_encoder.parameters()).add_(0.5)
-    retrained = image_features(model, train, batch_size=100, cache_dir=tmp_path)
+    retrained = image_features(model, train, inference=BATCHES_OF_100, cache_dir=tmp_path)
     assert calls[0] == 12 and not torch.equal(retrained[0], first[0])  # other weights miss
 
 
@@ -320,18 +325,18 @@ def test_a_touched_image_or_a_corrupt_file_is_recomputed(folders, tmp_path):
     model = _model()
     calls = _count_forwards(model)
     train, _ = _datasets(folders)
-    first = image_features(model, train, batch_size=300, cache_dir=tmp_path)
+    first = image_features(model, train, inference=WHOLE_SPLIT, cache_dir=tmp_path)
     (cached,) = tmp_path.glob("*.safetensors")
     cached.write_bytes(b"not a safetensors file")
     with pytest.warns(UserWarning, match="unreadable"):
-        recomputed = image_features(model, train, batch_size=300, cache_dir=tmp_path)
+        recomputed = image_features(model, train, inference=WHOLE_SPLIT, cache_dir=tmp_path)
     assert calls[0] == 2 and torch.equal(recomputed[0], first[0])
     image = Path(train.samples[0][0])
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     try:
-        image_features(model, ImageFolder(folders / "train", unicl.image_transform("unicl_tiny")), batch_size=300,
-                       cache_dir=tmp_path)  # fmt: skip
+        touched = ImageFolder(folders / "train", unicl.image_transform("unicl_tiny"))
+        image_features(model, touched, inference=WHOLE_SPLIT, cache_dir=tmp_path)
         assert calls[0] == 3
     finally:
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -350,14 +355,36 @@ def test_a_touched_image_or_a_corrupt_file_is_recomputed(folders, tmp_path):
         (lambda x, y: few_shot(x, y, x, y, shots=1000, class_names=NAMES), r"class 'zero' \(class 0\) has 106"),
         (lambda x, y: few_shot(x, y, x, y, shots=1), "choosing l2 needs a class with at least 2"),
         (lambda x, y: few_shot(x, y, x, y, shots=2, seeds=[]), "seeds must be a non-empty list"),
-        (lambda x, y: choose_l2(x, y, classes=10, grid=()), "grid must be a non-empty sequence"),
-        (lambda x, y: choose_l2(x, y, classes=10, validation_fraction=1.5), r"validation_fraction must be .* \(0, 1\)"),
+        (lambda x, y: L2Search(grid=()), "grid must be a non-empty sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(grid=[1.0, -1.0]), "grid must be a non-empty sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(refine=(0.5, float("nan"))), "refine must be a sequence of finite numbers > 0"),
+        (lambda x, y: L2Search(validation_fraction=1.5), r"validation_fraction must be a number in \(0, 1\)"),
+        (lambda x, y: L2Search(max_iter=0), "max_iter must be an int >= 1"),
+        (lambda x, y: L2Search(tolerance=0.0), "tolerance must be a finite number > 0"),
+        (lambda x, y: L2Search(sweep_tolerance=float("inf")), "sweep_tolerance must be a finite number > 0"),
+        (lambda x, y: stratified_split(y, fraction=0.0, seed=0), r"validation_fraction must be a number in \(0, 1\)"),
         (lambda x, y: fit_logistic_regression(x.clone().fill_(float("nan")), y, 1.0, classes=10), "must be finite"),
     ],
 )  # fmt: skip
 def test_bad_inputs_give_one_line(pixels, call, message):
     with pytest.raises(ValueError, match=message) as caught:
         call(pixels[0], pixels[1])
+    assert "\n" not in str(caught.value)
+
+
+def test_search_options_reach_the_sweep_and_the_fits(pixels):
+    """The `L2Search` given is the sweep `linear_probe` runs (its grid, its refinement, its held-out split) and the
+    one `choose_l2` runs alone; a search that is not an `L2Search` is refused in one line."""
+    x, y = pixels[0][::5], pixels[1][::5]
+    search = L2Search(validation_fraction=0.3, grid=[1e-3, 1.0], refine=(0.5,), max_iter=50)
+    result = linear_probe(x, y, x, y, search=search, seed=3)
+    scores = dict(result["sweep"])
+    best = max((1e-3, 1.0), key=lambda value: (scores[value], value))
+    assert list(scores) == pytest.approx(sorted([1e-3, 1.0, best * 10**0.5, best * 10**-0.5]))
+    assert result["iterations"] <= 50
+    assert choose_l2(x, y, classes=10, seed=3, search=search, score=None)[0] == result["l2"]
+    with pytest.raises(TypeError, match="search must be an L2Search; got dict") as caught:
+        linear_probe(x, y, x, y, search={"grid": (1.0,)})  # type: ignore[arg-type]
     assert "\n" not in str(caught.value)
 
 
@@ -403,21 +430,21 @@ def test_few_shot_encodes_only_the_drawn_images(folders, tmp_path):
     train_reads: list[str] = []
     train = _counting_folder(folders / "train", train_reads)
     _, test = _datasets(folders)
-    result = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], batch_size=1, cache_dir=tmp_path)
+    result = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], inference=ONE_BY_ONE, cache_dir=tmp_path)
     targets = torch.tensor(train.targets)
     drawn = [sample_shots(targets, 3, seed, classes=10) for seed in (0, 1)]
     union = sorted(set(torch.cat(drawn).tolist()))
     assert sorted(train_reads) == sorted(train.samples[i][0] for i in union) and len(union) < len(train)
     assert images[0] == len(union) + len(test)
     # The same runs as the protocol on the whole split's features (batch_size=1: each image's features alike).
-    full_x, full_y = image_features(model, _datasets(folders)[0], batch_size=1)
-    test_x, test_y = image_features(model, test, batch_size=1)
+    full_x, full_y = image_features(model, _datasets(folders)[0], inference=ONE_BY_ONE)
+    test_x, test_y = image_features(model, test, inference=ONE_BY_ONE)
     reference = few_shot(full_x, full_y, test_x, test_y, shots=3, seeds=[0, 1], classes=10)
     assert [run["top1"] for run in result["runs"]] == [run["top1"] for run in reference["runs"]]
     assert [run["l2"] for run in result["runs"]] == [run["l2"] for run in reference["runs"]]
     # The subset's cache: a rerun encodes the test split only (its own cache file is there too: nothing at all).
     images[0], train_reads[:] = 0, []
-    again = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], batch_size=1, cache_dir=tmp_path)
+    again = run_linear_probe(model, train, test, shots=3, seeds=[0, 1], inference=ONE_BY_ONE, cache_dir=tmp_path)
     assert images[0] == 0 and train_reads == [] and again["runs"] == result["runs"]
 
 
@@ -449,8 +476,9 @@ def test_a_bf16_cpu_run_shares_the_fp32_cache(folders, tmp_path):
     model = _model()
     calls = _count_forwards(model)
     train, _ = _datasets(folders)
-    first = image_features(model, train, batch_size=300, precision="fp32", cache_dir=tmp_path)
-    again = image_features(model, train, batch_size=300, precision="bf16", device="cpu", cache_dir=tmp_path)
+    first = image_features(model, train, inference=WHOLE_SPLIT, cache_dir=tmp_path)
+    bf16 = InferenceOptions(batch_size=300, precision="bf16", device="cpu")
+    again = image_features(model, train, inference=bf16, cache_dir=tmp_path)
     assert calls[0] == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1 and torch.equal(first[0], again[0])
 
 
@@ -480,7 +508,7 @@ def test_a_key_beyond_the_safetensors_header_limit_still_caches(tmp_path):
 def test_a_cache_that_cannot_be_written_warns_and_returns_the_features(folders, tmp_path, monkeypatch):
     model = _model()
     train, _ = _datasets(folders)
-    expected = image_features(model, train, batch_size=300)
+    expected = image_features(model, train, inference=WHOLE_SPLIT)
 
     class SafetensorError(Exception):  # what safetensors raises: neither an OSError nor a ValueError
         pass
@@ -490,14 +518,14 @@ def test_a_cache_that_cannot_be_written_warns_and_returns_the_features(folders, 
 
     monkeypatch.setattr(features_module, "save_file", refuse)
     with pytest.warns(UserWarning, match="could not be written .*header too large"):
-        features, targets = image_features(model, train, batch_size=300, cache_dir=tmp_path)
+        features, targets = image_features(model, train, inference=WHOLE_SPLIT, cache_dir=tmp_path)
     assert torch.equal(features, expected[0]) and torch.equal(targets, expected[1])
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
     monkeypatch.undo()
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     with pytest.warns(UserWarning, match="could not be written"):
-        features, _ = image_features(model, train, batch_size=300, cache_dir=blocked / "cache")
+        features, _ = image_features(model, train, inference=WHOLE_SPLIT, cache_dir=blocked / "cache")
     assert torch.equal(features, expected[0])
 
 

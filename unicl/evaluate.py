@@ -344,30 +344,28 @@ def _run_task(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
 def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLModel, tokenizer: Tokenizer | None) -> dict:
     from unicl.data.transforms import image_transform
     from unicl.data.unreadable import reporting_unreadable
+    from unicl.evaluation.inference import InferenceOptions
     from unicl.evaluation.probe import run_linear_probe
     from unicl.evaluation.retrieval import retrieval_recall
     from unicl.evaluation.zeroshot import zeroshot_accuracy
 
     transform = image_transform(model)
-    options = {
-        "batch_size": args.batch_size,
-        "workers": args.workers,
-        "device": _device(args.device),
-        "precision": args.precision,
-        "progress": not args.no_progress,
-    }
+    inference = InferenceOptions(
+        batch_size=args.batch_size, workers=args.workers, device=_device(args.device), precision=args.precision,
+        progress=not args.no_progress,
+    )  # fmt: skip
     # The tokenizer is loaded for every command that encodes text (_needs_text).
     if args.command == "zeroshot":
         assert tokenizer is not None
         inputs["dataset"].transform = transform
         return zeroshot_accuracy(
             model, reporting_unreadable(inputs["dataset"]), inputs["class_names"], tokenizer,
-            templates=inputs["templates"], metric=inputs["metric"], **options,
+            templates=inputs["templates"], metric=inputs["metric"], inference=inference,
         )  # fmt: skip
     if args.command == "retrieval":
         assert tokenizer is not None
         inputs["captions"].transform = transform
-        return retrieval_recall(model, reporting_unreadable(inputs["captions"]), tokenizer, **options)
+        return retrieval_recall(model, reporting_unreadable(inputs["captions"]), tokenizer, inference=inference)
     inputs["train"].transform = transform
     inputs["test"].transform = transform
     return run_linear_probe(
@@ -375,7 +373,7 @@ def _evaluate(args: argparse.Namespace, inputs: dict[str, Any], model: UniCLMode
         features=inputs["features"], shots=args.shots, seeds=tuple(args.seeds) if args.seeds is not None else (0,),
         init=args.init,
         class_names=inputs["class_names"], tokenizer=tokenizer, templates=inputs["templates"],
-        metric=inputs["metric"], l2=args.l2, cache_dir=args.cache_dir, **options,
+        metric=inputs["metric"], l2=args.l2, cache_dir=args.cache_dir, inference=inference,
     )  # fmt: skip
 
 

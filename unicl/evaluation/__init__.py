@@ -15,7 +15,9 @@ from unicl._exports import lazy_package
 if TYPE_CHECKING:
     from unicl.evaluation.features import image_features as image_features
     from unicl.evaluation.features import run_precision as run_precision
+    from unicl.evaluation.inference import InferenceOptions as InferenceOptions
     from unicl.evaluation.logistic import DEFAULT_L2_GRID as DEFAULT_L2_GRID
+    from unicl.evaluation.logistic import L2Search as L2Search
     from unicl.evaluation.logistic import LogisticHead as LogisticHead
     from unicl.evaluation.logistic import StandardizedFeatures as StandardizedFeatures
     from unicl.evaluation.logistic import choose_l2 as choose_l2
@@ -51,8 +53,10 @@ __getattr__, __dir__, __all__ = lazy_package(
     __name__,
     {
         "unicl.evaluation.features": ["image_features", "run_precision"],
+        "unicl.evaluation.inference": ["InferenceOptions"],
         "unicl.evaluation.logistic": [
             "DEFAULT_L2_GRID",
+            "L2Search",
             "LogisticHead",
             "StandardizedFeatures",
             "choose_l2",

@@ -31,9 +31,9 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
-from unicl._checks import check_choice, check_positive_int
-from unicl.evaluation.inference import inference_autocast, inference_batches
-from unicl.evaluation.names import FEATURE_KINDS, PRECISIONS
+from unicl._checks import check_choice
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl.evaluation.names import FEATURE_KINDS
 from unicl.models import UniCLModel
 from unicl.models.atomic import replacing
 
@@ -156,45 +156,38 @@ def image_features(
     dataset: Dataset,
     *,
     kind: str = "backbone",
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
+    inference: InferenceOptions = DEFAULT_INFERENCE,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode every ``(image, class id)`` sample of ``dataset`` with ``model``'s image tower, in dataset order.
 
     Args:
         model: a `unicl.UniCLModel` (or anything with ``image_encoder(images)`` and
-            ``encode_image(images, normalize=False)``); moved to ``device`` and put in eval mode.
+            ``encode_image(images, normalize=False)``); moved to ``inference.device`` and put in eval mode.
         dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
             `unicl.image_transform`.
         kind: ``"backbone"`` (before the projection) or ``"projected"`` (the embedding, not normalised); see
             `FEATURE_KINDS`.
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to run the model.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast on CUDA; float32 elsewhere).
-        progress: show a progress bar on standard error.
+        inference: batch size, workers, device, precision and progress bar
+            (`unicl.evaluation.inference.InferenceOptions`).
         cache_dir: a folder for the cache (see the module docstring); ``None``: no cache.
 
     Returns:
         ``(features [N, F] float32, targets [N] int64)``, both on the CPU.
 
     Raises:
-        ValueError: a bad ``kind``/``precision``/``batch_size``, or an empty dataset.
-        TypeError: ``cache_dir`` with a dataset whose identity is unknown (see `dataset_identity`).
+        ValueError: a bad ``kind``, or an empty dataset.
+        TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`, or ``cache_dir`` with
+            a dataset whose identity is unknown (see `dataset_identity`).
     """
     check_choice("kind", kind, FEATURE_KINDS)
-    check_choice("precision", precision, PRECISIONS)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("workers", workers, minimum=0)
-    device = torch.device(device)
+    inference = check_inference(inference)
+    device = inference.torch_device
     path = digest = None
     if cache_dir is not None:
         # Keyed by the precision run, not the one asked for: a CPU "bf16" run computes the fp32 features.
-        path, digest = cache_path(model, dataset, cache_dir, kind=kind, precision=run_precision(device, precision))
+        precision = run_precision(device, inference.precision)
+        path, digest = cache_path(model, dataset, cache_dir, kind=kind, precision=precision)
         cached = _read_cache(path, digest)
         if cached is not None:
             return cached
@@ -206,8 +199,8 @@ def image_features(
         return model.encode_image(images, normalize=False)
 
     features, targets = [], []
-    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, f"{kind} features"):
-        with inference_autocast(device, precision):
+    for images, batch_targets in inference.batches(dataset, f"{kind} features"):
+        with inference.autocast():
             encoded = encode(images.to(device))
         features.append(encoded.float().cpu())
         targets.append(torch.as_tensor(batch_targets).long())

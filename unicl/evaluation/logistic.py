@@ -21,7 +21,7 @@ optimum, reached in far fewer iterations when features are correlated (a random 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -152,10 +152,89 @@ def _check_problem(x: object, y: object, classes: int) -> tuple[torch.Tensor, to
     return x, y.to(x.device).long()
 
 
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_positive(name: str, value: object) -> float:
+    if not _is_number(value) or value <= 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _check_l2(l2: object) -> float:
-    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 <= 0:
-        raise ValueError(f"l2 must be a finite number > 0; got {l2!r}")
-    return float(l2)
+    return _check_positive("l2", l2)
+
+
+def _check_fraction(fraction: object) -> float:
+    if not _is_number(fraction) or not 0 < fraction < 1:  # type: ignore[operator]
+        raise ValueError(f"validation_fraction must be a number in (0, 1); got {fraction!r}")
+    return float(fraction)  # type: ignore[arg-type]
+
+
+def _check_steps(name: str, values: object, *, empty: bool) -> tuple[float, ...]:
+    """``values`` (a list or tuple of finite numbers ``> 0``; empty only with ``empty``) as a tuple of floats."""
+    steps = tuple(values) if isinstance(values, (list, tuple)) else None
+    if steps is None or not (steps or empty) or not all(_is_number(v) and v > 0 for v in steps):
+        kind = "sequence" if empty else "non-empty sequence"
+        raise ValueError(f"{name} must be a {kind} of finite numbers > 0; got {values!r}")
+    return tuple(float(v) for v in steps)
+
+
+@dataclass(frozen=True)
+class L2Search:
+    """How a probe chooses its L2 strength ``λ`` (`choose_l2`) and fits its final head: the options that
+    `unicl.evaluation.protocols.linear_probe` and `unicl.evaluation.protocols.few_shot` share.
+
+    Attributes:
+        validation_fraction: the held-out share of each training class for the sweep, in ``(0, 1)``.
+        grid: the sweep's coarse λ values, each finite and ``> 0`` (stored as a tuple of floats).
+        refine: the sweep's refinement steps in decades, each finite and ``> 0`` (empty: the coarse grid only).
+        max_iter: most L-BFGS iterations per fit, ``>= 1``.
+        tolerance: the final fit's gradient tolerance (see `fit_logistic_regression`), ``> 0``.
+        sweep_tolerance: the sweep's fits' gradient tolerance, ``> 0``: 1e-4 (scikit-learn's ``tol``) by default,
+            looser than the final fit's, as the sweep only ranks λ values by their held-out scores.
+
+    Raises:
+        ValueError: a field out of range, in one line naming it.
+        TypeError: a ``max_iter`` that is not an ``int``.
+
+    Examples:
+        >>> L2Search(grid=[1e-2, 1.0], refine=()).grid
+        (0.01, 1.0)
+        >>> L2Search(max_iter=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_iter must be an int >= 1; got 0
+    """
+
+    validation_fraction: float = 0.2
+    grid: tuple[float, ...] = DEFAULT_L2_GRID
+    refine: tuple[float, ...] = REFINE_STEPS
+    max_iter: int = 1000
+    tolerance: float = 1e-7
+    sweep_tolerance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        # Frozen: the checked values are set through object.__setattr__, as tuples so that no caller's list can
+        # change them afterwards.
+        object.__setattr__(self, "validation_fraction", _check_fraction(self.validation_fraction))
+        object.__setattr__(self, "grid", _check_steps("grid", self.grid, empty=False))
+        object.__setattr__(self, "refine", _check_steps("refine", self.refine, empty=True))
+        check_positive_int("max_iter", self.max_iter)
+        object.__setattr__(self, "tolerance", _check_positive("tolerance", self.tolerance))
+        object.__setattr__(self, "sweep_tolerance", _check_positive("sweep_tolerance", self.sweep_tolerance))
+
+
+#: The default `L2Search`.
+DEFAULT_SEARCH = L2Search()
+
+
+def check_search(search: object) -> L2Search:
+    """Return ``search`` if it is an `L2Search`; raises one ``TypeError`` line otherwise."""
+    if not isinstance(search, L2Search):
+        raise TypeError(f"search must be an L2Search; got {type(search).__name__}")
+    return search
 
 
 def fit_logistic_regression(
@@ -315,8 +394,7 @@ def stratified_split(
         >>> stratified_split(torch.tensor([0, 0, 1, 1, 1]), fraction=0.5, seed=0)[1].shape
         torch.Size([3])
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be a number in (0, 1); got {fraction!r}")
+    fraction = _check_fraction(fraction)
     y = y.cpu().long()
     num_classes = int(y.max()) + 1 if classes is None else classes
     generator = torch.Generator().manual_seed(seed)
@@ -339,40 +417,31 @@ def choose_l2(
     *,
     classes: int,
     seed: int = 0,
-    validation_fraction: float = 0.2,
-    grid: Sequence[float] = DEFAULT_L2_GRID,
-    refine: Sequence[float] = REFINE_STEPS,
+    search: L2Search = DEFAULT_SEARCH,
     score: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     init: torch.Tensor | None = None,
     init_bias: torch.Tensor | None = None,
-    max_iter: int = 1000,
-    tolerance: float = 1e-4,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[float, dict[float, float]]:
     """Choose the L2 strength ``λ`` on a held-out part of the training samples, coarse to fine.
 
-    The protocol: `stratified_split` holds out ``validation_fraction`` of each class (seeded by ``seed``); a head is
-    fitted on the rest for every ``λ`` of ``grid`` (strongest first, each warm-started from the previous) and
-    scored on the held-out part; then, for each step ``s`` of ``refine`` (in decades), ``λ*·10^(-s)`` and
-    ``λ*·10^(+s)`` around the best ``λ*`` so far are fitted and scored, and the best kept (so the answer may lie up
-    to 0.875 decades beyond the grid's ends). Equal scores go to the larger ``λ`` (the simpler head). Only ``x``
-    and ``y`` are read: the test split never enters.
+    The protocol: `stratified_split` holds out ``search.validation_fraction`` of each class (seeded by ``seed``); a
+    head is fitted on the rest for every ``λ`` of ``search.grid`` (strongest first, each warm-started from the
+    previous) and scored on the held-out part; then, for each step ``s`` of ``search.refine`` (in decades),
+    ``λ*·10^(-s)`` and ``λ*·10^(+s)`` around the best ``λ*`` so far are fitted and scored, and the best kept (so the
+    answer may lie up to 0.875 decades beyond the grid's ends). Every fit runs to ``search.sweep_tolerance`` in at
+    most ``search.max_iter`` iterations. Equal scores go to the larger ``λ`` (the simpler head). Only ``x`` and
+    ``y`` are read: the test split never enters.
 
     Args:
         x: ``[N, F]`` training features.
         y: ``[N]`` class ids.
         classes: the number of classes.
         seed: seeds the held-out split.
-        validation_fraction: the held-out share of each class.
-        grid: the coarse λ values.
-        refine: the refinement steps in decades (empty: the coarse grid only).
+        search: the sweep's options (its ``tolerance``, the final refit's, is not used here).
         score: ``(logits [M, C], targets [M]) -> float``, higher is better (default top-1 accuracy).
         init: ``[C, F]`` starting and penalty-centre weights (see `fit_logistic_regression`).
         init_bias: ``[C]`` biases going with ``init``.
-        max_iter: most L-BFGS iterations per fit.
-        tolerance: each fit's gradient tolerance (see `fit_logistic_regression`): 1e-4 (scikit-learn's ``tol``), as
-            the sweep only compares held-out scores; the final refit of `unicl.evaluation.protocols.linear_probe`
-            converges further.
         dtype: the fits' dtype.
 
     Returns:
@@ -380,17 +449,16 @@ def choose_l2(
 
     Examples:
         >>> x = torch.arange(20.0)[:, None]
-        >>> l2, scores = choose_l2(x, (x[:, 0] >= 10).long(), classes=2, refine=())
+        >>> l2, scores = choose_l2(x, (x[:, 0] >= 10).long(), classes=2, search=L2Search(refine=()))
         >>> len(scores), scores[l2]
         (9, 1.0)
     """
     from unicl.evaluation.metrics import top_k_accuracy
 
-    if not grid or any(_check_l2(value) != value for value in grid):
-        raise ValueError(f"grid must be a non-empty sequence of numbers > 0; got {grid!r}")
+    search = check_search(search)
     score_fn = score if score is not None else (lambda logits, targets: top_k_accuracy(logits, targets, 1))
     x, y = _check_problem(x, y, classes)
-    train, held = stratified_split(y, fraction=validation_fraction, seed=seed, classes=classes)
+    train, held = stratified_split(y, fraction=search.validation_fraction, seed=seed, classes=classes)
     train, held = train.to(x.device), held.to(x.device)
     x_train, y_train, x_held, y_held = x[train], y[train], x[held], y[held]
     standardized = StandardizedFeatures.of(x_train, dtype)
@@ -401,7 +469,8 @@ def choose_l2(
         if l2 in scores:
             return
         head = fit_logistic_regression(x_train, y_train, l2, classes=classes, init=init, init_bias=init_bias,
-                                       warm_start=start, max_iter=max_iter, tolerance=tolerance, dtype=dtype,
+                                       warm_start=start, max_iter=search.max_iter, tolerance=search.sweep_tolerance,
+                                       dtype=dtype,
                                        standardized=standardized)  # fmt: skip
         heads[l2] = head
         with torch.no_grad():
@@ -411,10 +480,10 @@ def choose_l2(
         return max(scores, key=lambda value: (scores[value], value))
 
     previous = None
-    for l2 in sorted((float(v) for v in grid), reverse=True):
+    for l2 in sorted(search.grid, reverse=True):
         trial(l2, previous)
         previous = heads[l2]
-    for step in refine:
+    for step in search.refine:
         center = best()
         for l2 in (center * 10.0**step, center * 10.0**-step):
             trial(l2, heads[center])

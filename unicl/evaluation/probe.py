@@ -12,6 +12,8 @@ from torch.utils.data import Dataset, Subset
 
 from unicl._checks import check_choice, check_optional_positive_int
 from unicl.evaluation.features import image_features
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search
 from unicl.evaluation.names import FEATURE_KINDS, INITS
 from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
 from unicl.evaluation.zeroshot import build_zeroshot_classifier
@@ -94,12 +96,9 @@ def run_linear_probe(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     metric: str = "top1",
     l2: float | None = None,
+    search: L2Search = DEFAULT_SEARCH,
     cache_dir: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
+    inference: InferenceOptions = DEFAULT_INFERENCE,
 ) -> dict[str, Any]:
     """Encode both datasets and run the linear-probe protocol (`unicl.evaluation.protocols.linear_probe`) or,
     with ``shots``, the few-shot protocol (`unicl.evaluation.protocols.few_shot`) on the features.
@@ -134,12 +133,10 @@ def run_linear_probe(
         templates: prompt templates (``init="text"``).
         metric: a name of `unicl.evaluation.metrics.METRICS`.
         l2: a fixed λ instead of the sweep (needed for ``shots=1``).
+        search: the λ sweep's and the fits' options (`unicl.evaluation.logistic.L2Search`).
         cache_dir: the feature cache's folder, or ``None``.
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to run the model and fit the head.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast, CUDA only) for the image tower.
-        progress: show progress bars on standard error.
+        inference: batch size, workers, device, precision (of the image tower) and progress bars
+            (`unicl.evaluation.inference.InferenceOptions`); the head is fitted on the same device.
 
     Returns:
         The `linear_probe` (or `few_shot`) dictionary, plus ``"feature_kind"`` and ``"init"``.
@@ -149,6 +146,7 @@ def run_linear_probe(
             more than one seed without ``shots``, a class with fewer than ``shots`` training images (before any
             image is encoded when the class ids are known), or any error of the protocols.
     """
+    inference = check_inference(inference)
     check_choice("features", features, FEATURE_KINDS)
     check_choice("init", init, INITS)
     check_optional_positive_int("shots", shots)
@@ -167,15 +165,13 @@ def run_linear_probe(
     pool, shot_rows = train_dataset, None
     if shots is not None:
         pool, shot_rows = _draw_shots(train_dataset, test_dataset, shots, seeds, classes, labels)
-    common = dict(kind=features, batch_size=batch_size, workers=workers, device=device, precision=precision,
-                  progress=progress, cache_dir=cache_dir)  # fmt: skip
-    train_x, train_y = image_features(model, pool, **common)  # type: ignore[arg-type]
+    train_x, train_y = image_features(model, pool, kind=features, inference=inference, cache_dir=cache_dir)
     if shot_rows is not None:
         expected = known_targets(pool)
         if expected is None or not torch.equal(train_y, expected):
             raise ValueError("train_dataset: its targets attribute must list the class id each of its samples returns")
-    test_x, test_y = image_features(model, test_dataset, **common)  # type: ignore[arg-type]
-    fit_device = torch.device(device)
+    test_x, test_y = image_features(model, test_dataset, kind=features, inference=inference, cache_dir=cache_dir)
+    fit_device = inference.torch_device
     train_x, test_x = train_x.to(fit_device), test_x.to(fit_device)
     init_weights = None
     if init == "text" and names is not None and tokenizer is not None:  # both checked above
@@ -183,9 +179,9 @@ def run_linear_probe(
         train_x, test_x = F.normalize(train_x, dim=-1), F.normalize(test_x, dim=-1)
     if shots is None:
         result = linear_probe(train_x, train_y, test_x, test_y, metric=metric, seed=seeds[0],
-                              init_weights=init_weights, l2=l2, classes=classes)  # fmt: skip
+                              init_weights=init_weights, l2=l2, classes=classes, search=search)  # fmt: skip
     else:
         result = few_shot(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds, metric=metric,
                           init_weights=init_weights, l2=l2, classes=classes, class_names=labels,
-                          shot_rows=shot_rows)  # fmt: skip
+                          search=search, shot_rows=shot_rows)  # fmt: skip
     return {**result, "feature_kind": features, "init": init}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from unicl._checks import check_positive_int
-from unicl.evaluation.logistic import DEFAULT_L2_GRID, REFINE_STEPS, choose_l2, fit_logistic_regression
+from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search, check_search, choose_l2, fit_logistic_regression
 from unicl.evaluation.metrics import METRICS, compute_metric
 
 
@@ -73,22 +73,16 @@ def linear_probe(
     init_weights: torch.Tensor | None = None,
     l2: float | None = None,
     classes: int | None = None,
-    validation_fraction: float = 0.2,
-    grid: Sequence[float] = DEFAULT_L2_GRID,
-    refine: Sequence[float] = REFINE_STEPS,
-    max_iter: int = 1000,
-    tolerance: float = 1e-7,
-    sweep_tolerance: float = 1e-4,
+    search: L2Search = DEFAULT_SEARCH,
 ) -> dict[str, Any]:
     """The linear-probe protocol: choose λ on held-out training samples, refit on all of them, score the test split.
 
-    Exactly: (1) `unicl.evaluation.logistic.choose_l2` holds out a stratified ``validation_fraction`` of each
-    training class (seeded by ``seed``), fits a head for each λ of ``grid`` on the rest, scores ``metric`` on the
-    held-out part, and refines λ around the best by ``refine`` decades (skipped when ``l2`` is given), each fit to
-    gradient tolerance ``sweep_tolerance``; (2) a head with the chosen λ is fitted on the whole training split to
-    ``tolerance``; (3) it scores the test split. The features are
-    standardised with the statistics of the samples each head is fitted on. The fit runs on ``train_features``'
-    device.
+    Exactly: (1) `unicl.evaluation.logistic.choose_l2` holds out a stratified ``search.validation_fraction`` of
+    each training class (seeded by ``seed``), fits a head for each λ of ``search.grid`` on the rest, scores
+    ``metric`` on the held-out part, and refines λ around the best by ``search.refine`` decades (skipped when ``l2``
+    is given), each fit to gradient tolerance ``search.sweep_tolerance``; (2) a head with the chosen λ is fitted on
+    the whole training split to ``search.tolerance``; (3) it scores the test split. The features are standardised
+    with the statistics of the samples each head is fitted on. The fit runs on ``train_features``' device.
 
     Args:
         train_features: ``[N, F]`` training features.
@@ -101,12 +95,7 @@ def linear_probe(
             zero-shot head); default zeros (plain L2).
         l2: a fixed λ instead of the sweep.
         classes: the number of classes (default: from ``init_weights``, else the largest class id + 1).
-        validation_fraction: the held-out share of each class for the sweep.
-        grid: the sweep's coarse λ values.
-        refine: the sweep's refinement steps in decades.
-        max_iter: most L-BFGS iterations per fit.
-        tolerance: the final fit's gradient tolerance (see `unicl.evaluation.logistic.fit_logistic_regression`).
-        sweep_tolerance: the sweep's fits' gradient tolerance (looser: they only rank λ values).
+        search: the λ sweep's and the fits' options (`unicl.evaluation.logistic.L2Search`).
 
     Returns:
         ``{"top1", "top5" (with >= 5 classes), <metric>, "metric", "l2", "sweep" ([[λ, held-out score], ...],
@@ -116,11 +105,12 @@ def linear_probe(
     Raises:
         ValueError: mismatched shapes, class ids outside ``[0, classes)``, an unknown metric, or a training split
             with no class of two samples to hold out (pass ``l2``).
+        TypeError: a ``search`` that is not an `unicl.evaluation.logistic.L2Search`.
 
     Examples:
         >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
         >>> y = torch.tensor([0, 0, 0, 1, 1, 1])
-        >>> linear_probe(x, y, x, y, grid=(1e-2, 1.0), refine=())["top1"]
+        >>> linear_probe(x, y, x, y, search=L2Search(grid=(1e-2, 1.0), refine=()))["top1"]
         1.0
     """
     train_features, train_targets = _check_split("train", train_features, train_targets)
@@ -130,6 +120,7 @@ def linear_probe(
                          f"got {test_features.shape[1]}")  # fmt: skip
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    search = check_search(search)
     num_classes = _num_classes(classes, init_weights, train_targets, test_targets)
     if int(train_targets.max()) >= num_classes:
         raise ValueError(f"train_targets must be class ids in [0, {num_classes}); got {int(train_targets.max())}")
@@ -140,12 +131,11 @@ def linear_probe(
     sweep: dict[float, float] = {}
     if l2 is None:
         l2, sweep = choose_l2(
-            train_features, train_targets, classes=num_classes, seed=seed, validation_fraction=validation_fraction,
-            grid=grid, refine=refine, score=lambda logits, targets: score_logits(metric, logits, targets),
-            init=init_weights, max_iter=max_iter, tolerance=sweep_tolerance,
+            train_features, train_targets, classes=num_classes, seed=seed, search=search,
+            score=lambda logits, targets: score_logits(metric, logits, targets), init=init_weights,
         )  # fmt: skip
     head = fit_logistic_regression(train_features, train_targets, l2, classes=num_classes, init=init_weights,
-                                   max_iter=max_iter, tolerance=tolerance)  # fmt: skip
+                                   max_iter=search.max_iter, tolerance=search.tolerance)  # fmt: skip
     with torch.no_grad():
         logits = head(test_features.to(device)).float()
     targets = test_targets.to(device)
@@ -260,12 +250,7 @@ def few_shot(
     l2: float | None = None,
     classes: int | None = None,
     class_names: Sequence[str] | None = None,
-    validation_fraction: float = 0.2,
-    grid: Sequence[float] = DEFAULT_L2_GRID,
-    refine: Sequence[float] = REFINE_STEPS,
-    max_iter: int = 1000,
-    tolerance: float = 1e-7,
-    sweep_tolerance: float = 1e-4,
+    search: L2Search = DEFAULT_SEARCH,
     shot_rows: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The few-shot protocol: a `linear_probe` per seed on ``shots`` training samples per class; mean and spread.
@@ -289,12 +274,7 @@ def few_shot(
         l2: a fixed λ instead of the sweep.
         classes: the number of classes (default: from ``init_weights``, else the largest class id + 1).
         class_names: names for the error about a class with fewer than ``shots`` samples.
-        validation_fraction: as in `linear_probe`.
-        grid: as in `linear_probe`.
-        refine: as in `linear_probe`.
-        max_iter: as in `linear_probe`.
-        tolerance: as in `linear_probe`.
-        sweep_tolerance: as in `linear_probe`.
+        search: as in `linear_probe`.
         shot_rows: ``{seed: [K · C] row indices}`` into ``train_features``, when the shots were drawn before the
             features were computed (`unicl.evaluation.probe.run_linear_probe` draws them from the dataset's class
             ids and encodes only those images, so ``train_features`` holds just their union); each must pick
@@ -310,7 +290,7 @@ def few_shot(
     Examples:
         >>> x = torch.arange(12.0)[:, None]
         >>> y = (x[:, 0] >= 6).long()
-        >>> result = few_shot(x, y, x, y, shots=3, seeds=[0, 1], grid=(1e-2,), refine=())
+        >>> result = few_shot(x, y, x, y, shots=3, seeds=[0, 1], search=L2Search(grid=(1e-2,), refine=()))
         >>> mean, std = result["mean"], result["std"]
         >>> mean["top1"], std["top1"]
         (1.0, 0.0)
@@ -333,9 +313,7 @@ def few_shot(
         chosen = chosen.to(train_features.device)
         run = linear_probe(
             train_features[chosen], train_targets.to(train_features.device)[chosen], test_features, test_targets,
-            metric=metric, seed=seed, init_weights=init_weights, l2=l2, classes=num_classes,
-            validation_fraction=validation_fraction, grid=grid, refine=refine, max_iter=max_iter, tolerance=tolerance,
-            sweep_tolerance=sweep_tolerance,
+            metric=metric, seed=seed, init_weights=init_weights, l2=l2, classes=num_classes, search=search,
         )  # fmt: skip
         runs.append({"seed": seed, **run})
     names = [name for name in ("top1", "top5", metric) if name in runs[0]]

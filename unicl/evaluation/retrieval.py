@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unicl._checks import check_positive_int
 from unicl.data.datasets import CaptionPairs
-from unicl.evaluation.inference import inference_autocast, inference_batches
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
 from unicl.evaluation.names import RECALL_AT
 from unicl.models.model import UniCLModel
 from unicl.text.tokenizer import Tokenizer
@@ -19,11 +18,7 @@ def retrieval_recall(
     captions: CaptionPairs,
     tokenizer: Tokenizer,
     *,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
+    inference: InferenceOptions = DEFAULT_INFERENCE,
 ) -> dict[str, float]:
     """Image→text and text→image recall@1/5/10 over a caption file.
 
@@ -32,29 +27,29 @@ def retrieval_recall(
     listed on several rows is one query (`unicl.data.datasets.CaptionPairs.images`).
 
     Args:
-        model: the model (moved to ``device``, put in eval mode).
+        model: the model (moved to ``inference.device``, put in eval mode).
         captions: the caption rows, with their `transform` set: ``I`` distinct images and ``T`` captions.
         tokenizer: the model's tokenizer.
-        batch_size: images (and captions) per batch.
-        workers: data-loading processes.
-        device: where to run.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
-        progress: show a progress bar on standard error.
+        inference: batch size (of images and of captions), workers, device, precision and progress bar
+            (`unicl.evaluation.inference.InferenceOptions`).
 
     Returns:
         ``{"image_to_text_R@1": ..., ..., "text_to_image_R@10": ..., "images": I, "captions": T}``.
+
+    Raises:
+        TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    check_positive_int("batch_size", batch_size)
-    device = torch.device(device)
+    inference = check_inference(inference)
+    device, batch_size = inference.torch_device, inference.batch_size
     model = model.to(device).eval()
     image_features = []
-    for images in inference_batches(captions.images, batch_size, workers, progress, "images"):
-        with inference_autocast(device, precision):
+    for images in inference.batches(captions.images, "images"):
+        with inference.autocast():
             image_features.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1))
     text_features = []
     for start in range(0, len(captions.captions), batch_size):
         batch = tokenizer(captions.captions[start : start + batch_size])
-        with inference_autocast(device, precision):
+        with inference.autocast():
             encoded = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         text_features.append(F.normalize(encoded.float(), dim=-1))
     similarity = (torch.cat(image_features) @ torch.cat(text_features).T).cpu()  # [images, captions]

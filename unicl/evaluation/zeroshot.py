@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unicl._checks import check_positive_int
-from unicl.evaluation.inference import inference_autocast, inference_batches
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
 from unicl.evaluation.metrics import classification_results
 from unicl.models.model import UniCLModel
 from unicl.text.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
@@ -158,33 +158,30 @@ def zeroshot_scores(
     dataset: Dataset,
     classifier: torch.Tensor,
     *,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
+    inference: InferenceOptions = DEFAULT_INFERENCE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-shot logits of every image of ``dataset`` against ``classifier`` and the images' targets.
 
     Args:
-        model: the model (moved to ``device``, put in eval mode).
+        model: the model (moved to ``inference.device``, put in eval mode).
         dataset: ``(image tensor, target)`` samples: a class id, or a ``[C]`` multi-hot row.
         classifier: ``[C, D]`` from `build_zeroshot_classifier`.
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to run.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only).
-        progress: show a progress bar on standard error.
+        inference: batch size, workers, device, precision and progress bar
+            (`unicl.evaluation.inference.InferenceOptions`).
 
     Returns:
         ``([N, C] float32 logits 100·cos, [N] or [N, C] targets)``, on the CPU.
+
+    Raises:
+        ValueError: a dataset with no images.
+        TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    check_positive_int("batch_size", batch_size)
-    device = torch.device(device)
+    inference = check_inference(inference)
+    device = inference.torch_device
     model = model.to(device).eval()
     scores, targets = [], []
-    for images, batch_targets in inference_batches(dataset, batch_size, workers, progress, "zero-shot"):
-        with inference_autocast(device, precision):
+    for images, batch_targets in inference.batches(dataset, "zero-shot"):
+        with inference.autocast():
             features = model.encode_image(images.to(device))
         scores.append(zeroshot_logits(features.float(), classifier).cpu())
         targets.append(torch.as_tensor(batch_targets))
@@ -202,11 +199,7 @@ def zeroshot_accuracy(
     *,
     templates: Templates = DEFAULT_TEMPLATES,
     metric: str | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    progress: bool = False,
+    inference: InferenceOptions = DEFAULT_INFERENCE,
 ) -> dict[str, Any]:
     """Zero-shot classification of ``dataset`` by ``model``: top-1, top-5 and the dataset's metric.
 
@@ -214,7 +207,7 @@ def zeroshot_accuracy(
     ``100 · cos(image, class)``; the metrics are those of `unicl.evaluation.metrics` on all scores at once.
 
     Args:
-        model: the model (moved to ``device``, put in eval mode).
+        model: the model (moved to ``inference.device``, put in eval mode).
         dataset: ``(image tensor, class id)`` samples, e.g. a torchvision ``ImageFolder`` with
             `unicl.image_transform`, or ``(image tensor, [C] multi-hot)`` ones
             (`unicl.evaluation.label_files.MultiLabelImages`).
@@ -224,11 +217,9 @@ def zeroshot_accuracy(
             prompts (`unicl.text.prompts.read_templates`).
         metric: the dataset's metric (see `unicl.evaluation.metrics.classification_results`; default ``top1``,
             ``map_11_point`` for multi-label data).
-        batch_size: images per batch.
-        workers: data-loading processes.
-        device: where to encode the class prompts and the images.
-        precision: ``"fp32"``, or ``"bf16"`` (autocast, on CUDA only), for the prompts and the images alike.
-        progress: show a progress bar on standard error.
+        inference: batch size, workers, device, precision and progress bar
+            (`unicl.evaluation.inference.InferenceOptions`); the device and precision encode the class prompts and
+            the images alike.
 
     Returns:
         ``{"top1": ..., "top5": ..., "metric": name, "images": N, "classes": C}`` (``top5`` only with at least 5
@@ -237,17 +228,14 @@ def zeroshot_accuracy(
 
     Raises:
         ValueError: a dataset whose ``classes`` are not as many as ``class_names`` (before any image is read).
+        TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    check_positive_int("batch_size", batch_size)
+    inference = check_inference(inference)
     dataset_classes = getattr(dataset, "classes", None)
     if dataset_classes is not None and len(dataset_classes) != len(class_names):
         raise ValueError(f"dataset has {len(dataset_classes)} classes but {len(class_names)} class names were given")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    with inference_autocast(device, precision):
-        classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=device)
-    scores, targets = zeroshot_scores(
-        model, dataset, classifier, batch_size=batch_size, workers=workers, device=device, precision=precision,
-        progress=progress,
-    )  # fmt: skip
+    model = model.to(inference.torch_device).eval()
+    with inference.autocast():
+        classifier = build_zeroshot_classifier(model, tokenizer, class_names, templates, device=inference.device)
+    scores, targets = zeroshot_scores(model, dataset, classifier, inference=inference)
     return classification_results(scores, targets, metric)

@@ -12,6 +12,7 @@ from torchvision.datasets import ImageFolder
 from unicl.data.datasets import read_class_names
 from unicl.data.transforms import image_transform
 from unicl.data.unreadable import reporting_unreadable
+from unicl.evaluation.inference import InferenceOptions
 from unicl.evaluation.zeroshot import zeroshot_accuracy
 from unicl.models import UniCLModel
 from unicl.text.tokenizer import Tokenizer
@@ -56,10 +57,9 @@ class HeldOut:
         """
         counts = [0.0, 0.0, 0.0]
         if len(self.images) > 0:
-            scores = zeroshot_accuracy(
-                model, self.images, self.class_names, tokenizer, batch_size=batch_size, workers=workers,
-                device=device, precision="bf16" if precision == "bf16" else "fp32",
-            )  # fmt: skip
+            inference = InferenceOptions(batch_size=batch_size, workers=workers, device=device,
+                                         precision="bf16" if precision == "bf16" else "fp32")  # fmt: skip
+            scores = zeroshot_accuracy(model, self.images, self.class_names, tokenizer, inference=inference)
             images = scores["images"]
             # Unrounded: ties earn fractional credit (the metrics' expected credit of random tie-breaking).
             counts = [scores["top1"] * images, scores.get("top5", 0.0) * images, images]

@@ -49,9 +49,10 @@ from unicl.loss.kernels.tiles import (
     BackwardInputs,
     FusedEngine,
     entry_weight_op,
+    entry_weights,
     factors,
+    row_weight_inputs,
     rows_only_statistics,
-    sigmoid_base2,
     similarity_tile,
 )
 from unicl.loss.kernels.tuning import KernelSpec, device_capability, runs_compiled, tile_config, tile_options
@@ -172,22 +173,13 @@ def _one_pass_weights_kernel(
         UPCAST_DOT,
     )  # fmt: skip
     tile = tile * row_factor[:, None] * col_scale[None, :]
-    weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if OBJECTIVE == 0:
-        if HAS_Q_WEIGHT:
-            q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
-            q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
-            weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
-        if HAS_K_WEIGHT:
-            k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
-            k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
-            weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
-    else:
-        sigmoid = sigmoid_base2(tile + tl.load(bias_ptr) * LOG2E)
-        if HAS_Q_WEIGHT:
-            weights += tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)[:, None] * sigmoid
-        if HAS_K_WEIGHT:
-            weights += tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)[None, :] * sigmoid
+    q_lse2, q_weight, bias2 = row_weight_inputs(
+        q_lse_ptr, q_weight_ptr, bias_ptr, offs_m, row_mask, HAS_Q_WEIGHT, OBJECTIVE
+    )  # fmt: skip
+    weights = entry_weights(
+        tile, q_lse2, q_weight, bias2, k_lse_ptr, k_weight_ptr, offs_n, col_mask, HAS_Q_WEIGHT, HAS_K_WEIGHT,
+        OBJECTIVE, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
     weights = weights * col_scale[None, :]
     w_block = tl.make_block_ptr(w_ptr, (M, N), (stride_w, 1), (row_start, col_start), (BLOCK_M, BLOCK_N), (1, 0))
     tl.store(w_block, weights.to(w_ptr.dtype.element_ty), boundary_check=(0, 1))

@@ -1,5 +1,6 @@
-"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the backward
-launchers' operator and arguments (`entry_weight_op`), the sigmoid objective's entry functions, and the row kernel.
+"""What both Triton schedules share: the similarity tile, the base-2 constants, the factor vectors, the entry
+weights of the backward kernels (`row_weight_inputs`, `entry_weights`), the backward launchers' operator and
+arguments (`entry_weight_op`), the sigmoid objective's entry functions, and the row kernel.
 
 The row kernel is the two-pass schedule's forward (`unicl.loss.kernels.two_pass`, once per direction), the
 one-pass schedule's rows-only forward (`unicl.loss.kernels.one_pass`, distributed local mode, where no column
@@ -61,6 +62,53 @@ def sigmoid_base2(z2):
     ``(1 if z >= 0 else e) / (1 + e)`` with ``e = exp(−|z|)``."""
     e = tl.exp2(-tl.abs(z2))
     return tl.where(z2 >= 0.0, 1.0, e) / (1.0 + e)
+
+
+@triton.jit
+def row_weight_inputs(
+    q_lse_ptr, q_weight_ptr, bias_ptr, offs_m, row_mask, HAS_Q_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr
+):  # fmt: skip
+    """What `entry_weights` reads once per block of rows: ``(r_i·log2(e), g_i, β·log2(e))``, each loaded only where
+    the objective ``OBJECTIVE`` uses it (the statistic for the softmax, the bias for the sigmoid, ``g`` where given)
+    and 0 otherwise. Masked rows load 0."""
+    q_lse2 = 0.0
+    q_weight = 0.0
+    bias2 = 0.0
+    if HAS_Q_WEIGHT:
+        if OBJECTIVE == 0:
+            q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
+        q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
+    if OBJECTIVE != 0:
+        # The bias is in natural units: it takes log2(e) like the scale, and is added after the factors.
+        bias2 = tl.load(bias_ptr) * LOG2E
+    return q_lse2, q_weight, bias2
+
+
+@triton.jit
+def entry_weights(
+    tile, q_lse2, q_weight, bias2, k_lse_ptr, k_weight_ptr, offs_n, col_mask,
+    HAS_Q_WEIGHT: tl.constexpr, HAS_K_WEIGHT: tl.constexpr, OBJECTIVE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The ``[BLOCK_M, BLOCK_N]`` entry weights ``P_ij`` of a base-2 logit tile ``S_ij·log2(e)`` (before the bias),
+    with the row inputs of `row_weight_inputs` and the column statistics and weights loaded here: for ``OBJECTIVE``
+    0 (softmax) ``g_i·exp(S_ij − r_i) + h_j·exp(S_ij − c_j)``, for 1 (sigmoid) ``(g_i + h_j)·σ(S_ij + β)``. An
+    absent weight counts as zero; masked columns load 0."""
+    weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if OBJECTIVE == 0:
+        if HAS_Q_WEIGHT:
+            weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
+        if HAS_K_WEIGHT:
+            k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
+            k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
+            weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
+    else:
+        sigmoid = sigmoid_base2(tile + bias2)
+        if HAS_Q_WEIGHT:
+            weights += q_weight[:, None] * sigmoid
+        if HAS_K_WEIGHT:
+            weights += tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)[None, :] * sigmoid
+    return weights
 
 
 @triton.jit

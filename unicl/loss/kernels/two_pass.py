@@ -54,10 +54,11 @@ from unicl.loss.kernels.tiles import (
     BackwardInputs,
     FusedEngine,
     entry_weight_op,
+    entry_weights,
     factors,
     row_logsumexp,
+    row_weight_inputs,
     rows_only_statistics,
-    sigmoid_base2,
     similarity_tile,
 )
 from unicl.loss.kernels.tuning import KernelSpec, tile_config
@@ -82,13 +83,9 @@ def _two_pass_grad_kernel(
     offs_m = row_start + tl.arange(0, BLOCK_M)
     row_mask = offs_m < M
     row_factor = tl.load(q_scale_ptr + offs_m, mask=row_mask, other=0.0) * (tl.load(scale_ptr) * LOG2E)
-    if HAS_Q_WEIGHT:
-        if OBJECTIVE == 0:
-            q_lse2 = tl.load(q_lse_ptr + offs_m, mask=row_mask, other=0.0) * LOG2E
-        q_weight = tl.load(q_weight_ptr + offs_m, mask=row_mask, other=0.0)
-    if OBJECTIVE != 0:
-        # The bias is in natural units: it takes log2(e) like the scale, and is added after the factors.
-        bias2 = tl.load(bias_ptr) * LOG2E
+    q_lse2, q_weight, bias2 = row_weight_inputs(
+        q_lse_ptr, q_weight_ptr, bias_ptr, offs_m, row_mask, HAS_Q_WEIGHT, OBJECTIVE
+    )  # fmt: skip
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -99,20 +96,10 @@ def _two_pass_grad_kernel(
         )  # fmt: skip
         col_scale = tl.load(k_scale_ptr + offs_n, mask=col_mask, other=0.0)
         tile = tile * row_factor[:, None] * col_scale[None, :]
-        weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if OBJECTIVE == 0:
-            if HAS_Q_WEIGHT:
-                weights += q_weight[:, None] * tl.exp2(tile - q_lse2[:, None])
-            if HAS_K_WEIGHT:
-                k_lse2 = tl.load(k_lse_ptr + offs_n, mask=col_mask, other=0.0) * LOG2E
-                k_weight = tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)
-                weights += k_weight[None, :] * tl.exp2(tile - k_lse2[None, :])
-        else:
-            sigmoid = sigmoid_base2(tile + bias2)
-            if HAS_Q_WEIGHT:
-                weights += q_weight[:, None] * sigmoid
-            if HAS_K_WEIGHT:
-                weights += tl.load(k_weight_ptr + offs_n, mask=col_mask, other=0.0)[None, :] * sigmoid
+        weights = entry_weights(
+            tile, q_lse2, q_weight, bias2, k_lse_ptr, k_weight_ptr, offs_n, col_mask, HAS_Q_WEIGHT, HAS_K_WEIGHT,
+            OBJECTIVE, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
         # b_j goes with P rather than with the loaded K tile, which the pipelined loads hand to the dot unchanged.
         weights = tl.where(col_mask[None, :], weights * col_scale[None, :], 0.0)
         k_block = tl.load(
