@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import finish_rank, start_rank
 from reference import assert_relative_close, reference_loss, reference_rectangular_loss, reference_sigmoid_loss
 
 from unicl import UniCLLoss, UniCLSigmoidLoss, caption_labels, distributed_unicl_loss, unicl_loss
@@ -280,7 +281,7 @@ def _check_ddp_matches_single_process(rank: int, local: bool) -> None:
 
 
 def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    start_rank(rank, world, init_file)
     failures = []
     even, uneven = [4] * world, [5, 1, 3][:world]
     cases = [
@@ -333,11 +334,7 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     deprecated = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     if deprecated:
         failures.append(f"rank {rank}: FutureWarning {deprecated}")
-    Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
-    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
-    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(rank, result_dir, "\n".join(failures))
 
 
 def _spawn_and_collect_failures(worker, world: int, tmp_path: Path) -> None:
@@ -478,7 +475,7 @@ def _check_text_labels_errors(rank: int) -> None:
 
 
 def _text_labels_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    start_rank(rank, world, init_file)
     # Uneven images and texts; on 3 ranks one rank has no texts, and another no images.
     shapes = [([3, 2], [5, 1]), ([0, 3], [4, 2])] if world == 2 else [([3, 1, 2], [4, 0, 6]), ([0, 3, 2], [2, 3, 1])]
     cases = [
@@ -507,11 +504,7 @@ def _text_labels_worker(rank: int, world: int, init_file: str, result_dir: str) 
             check()
         except Exception:
             failures.append(f"rank {rank}, {name}:\n{traceback.format_exc()}")
-    Path(result_dir, f"rank{rank}.txt").write_text("\n".join(failures))
-    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
-    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(rank, result_dir, "\n".join(failures))
 
 
 @pytest.mark.slow

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import finish_rank, start_rank
 from torch import nn
 
 import unicl
@@ -293,7 +293,7 @@ LOCAL = 5  # rows per rank: micro-batches of 2 + 2 + 1
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    start_rank(rank, world, init_file)
     failure = ""
     try:
         torch.manual_seed(0)
@@ -340,11 +340,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
         assert calls["n"] == 2, f"{calls['n']} gathers (the features gathered more than once?)"
     except Exception:
         failure = f"rank {rank}:\n{traceback.format_exc()}"
-    Path(result_dir, f"rank{rank}.txt").write_text(failure)
-    # Every rank's last collective has completed before any rank closes its connections: a rank that tears down
-    # while a peer still reads from it aborts that peer (gloo: "terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(rank, result_dir, failure)
 
 
 @pytest.mark.slow
