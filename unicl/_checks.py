@@ -15,10 +15,26 @@ import math
 import os
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+_Kind = TypeVar("_Kind")
+
+
+def check_instance(name: str, value: object, kind: type[_Kind]) -> _Kind:
+    """Return ``value`` if it is a ``kind`` (an options object such as `unicl.evaluation.InferenceOptions`), else
+    raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {_article(kind.__name__)} {kind.__name__}; got {type(value).__name__}")
+    return value
+
+
+def _article(word: str) -> str:
+    # A name that starts as an initialism ("L2Search") is read letter by letter: the letter's name decides.
+    spelled = len(word) > 1 and not word[1].islower()
+    return "an" if word[:1].upper() in ("AEFHILMNORSX" if spelled else "AEIOU") else "a"
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:

@@ -31,8 +31,8 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
-from unicl._checks import check_choice
-from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl._checks import check_choice, check_instance
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions
 from unicl.evaluation.names import FEATURE_KINDS
 from unicl.models import UniCLModel
 from unicl.models.atomic import replacing
@@ -181,7 +181,7 @@ def image_features(
             a dataset whose identity is unknown (see `dataset_identity`).
     """
     check_choice("kind", kind, FEATURE_KINDS)
-    inference = check_inference(inference)
+    inference = check_instance("inference", inference, InferenceOptions)
     device = inference.torch_device
     path = digest = None
     if cache_dir is not None:

@@ -87,10 +87,3 @@ class InferenceOptions:
 
 #: The default `InferenceOptions`: batches of 64 on the CPU in float32, no worker processes, no progress bars.
 DEFAULT_INFERENCE = InferenceOptions()
-
-
-def check_inference(inference: object) -> InferenceOptions:
-    """Return ``inference`` if it is an `InferenceOptions`; raises one ``TypeError`` line otherwise."""
-    if not isinstance(inference, InferenceOptions):
-        raise TypeError(f"inference must be an InferenceOptions; got {type(inference).__name__}")
-    return inference

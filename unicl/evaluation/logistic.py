@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from unicl._checks import check_positive_int
+from unicl._checks import check_instance, check_positive_int
 
 #: The coarse sweep: one λ per decade from 1e-6 to 1e2 (refined around the best afterwards, see `choose_l2`).
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0**e for e in range(-6, 3))
@@ -228,13 +228,6 @@ class L2Search:
 
 #: The default `L2Search`.
 DEFAULT_SEARCH = L2Search()
-
-
-def check_search(search: object) -> L2Search:
-    """Return ``search`` if it is an `L2Search`; raises one ``TypeError`` line otherwise."""
-    if not isinstance(search, L2Search):
-        raise TypeError(f"search must be an L2Search; got {type(search).__name__}")
-    return search
 
 
 def fit_logistic_regression(
@@ -455,7 +448,7 @@ def choose_l2(
     """
     from unicl.evaluation.metrics import top_k_accuracy
 
-    search = check_search(search)
+    search = check_instance("search", search, L2Search)
     score_fn = score if score is not None else (lambda logits, targets: top_k_accuracy(logits, targets, 1))
     x, y = _check_problem(x, y, classes)
     train, held = stratified_split(y, fraction=search.validation_fraction, seed=seed, classes=classes)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from unicl._checks import check_choice, check_optional_positive_int
+from unicl._checks import check_choice, check_instance, check_optional_positive_int
 from unicl.evaluation.features import image_features
-from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions
 from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search
 from unicl.evaluation.names import FEATURE_KINDS, INITS
 from unicl.evaluation.protocols import few_shot, linear_probe, sample_shots
@@ -146,7 +146,7 @@ def run_linear_probe(
             more than one seed without ``shots``, a class with fewer than ``shots`` training images (before any
             image is encoded when the class ids are known), or any error of the protocols.
     """
-    inference = check_inference(inference)
+    inference = check_instance("inference", inference, InferenceOptions)
     check_choice("features", features, FEATURE_KINDS)
     check_choice("init", init, INITS)
     check_optional_positive_int("shots", shots)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from unicl._checks import check_positive_int
-from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search, check_search, choose_l2, fit_logistic_regression
+from unicl._checks import check_instance, check_positive_int
+from unicl.evaluation.logistic import DEFAULT_SEARCH, L2Search, choose_l2, fit_logistic_regression
 from unicl.evaluation.metrics import METRICS, compute_metric
 
 
@@ -120,7 +120,7 @@ def linear_probe(
                          f"got {test_features.shape[1]}")  # fmt: skip
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    search = check_search(search)
+    search = check_instance("search", search, L2Search)
     num_classes = _num_classes(classes, init_weights, train_targets, test_targets)
     if int(train_targets.max()) >= num_classes:
         raise ValueError(f"train_targets must be class ids in [0, {num_classes}); got {int(train_targets.max())}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unicl._checks import check_instance
 from unicl.data.datasets import CaptionPairs
-from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions
 from unicl.evaluation.names import RECALL_AT
 from unicl.models.model import UniCLModel
 from unicl.text.tokenizer import Tokenizer
@@ -39,7 +40,7 @@ def retrieval_recall(
     Raises:
         TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    inference = check_inference(inference)
+    inference = check_instance("inference", inference, InferenceOptions)
     device, batch_size = inference.torch_device, inference.batch_size
     model = model.to(device).eval()
     image_features = []

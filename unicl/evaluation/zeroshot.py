@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from unicl._checks import check_positive_int
-from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions, check_inference
+from unicl._checks import check_instance, check_positive_int
+from unicl.evaluation.inference import DEFAULT_INFERENCE, InferenceOptions
 from unicl.evaluation.metrics import classification_results
 from unicl.models.model import UniCLModel
 from unicl.text.prompts import DEFAULT_TEMPLATES, LabelToPrompt, Templates, class_prompts
@@ -176,7 +176,7 @@ def zeroshot_scores(
         ValueError: a dataset with no images.
         TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    inference = check_inference(inference)
+    inference = check_instance("inference", inference, InferenceOptions)
     device = inference.torch_device
     model = model.to(device).eval()
     scores, targets = [], []
@@ -230,7 +230,7 @@ def zeroshot_accuracy(
         ValueError: a dataset whose ``classes`` are not as many as ``class_names`` (before any image is read).
         TypeError: ``inference`` that is not an `unicl.evaluation.inference.InferenceOptions`.
     """
-    inference = check_inference(inference)
+    inference = check_instance("inference", inference, InferenceOptions)
     dataset_classes = getattr(dataset, "classes", None)
     if dataset_classes is not None and len(dataset_classes) != len(class_names):
         raise ValueError(f"dataset has {len(dataset_classes)} classes but {len(class_names)} class names were given")
