@@ -204,6 +204,37 @@ def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrup
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shape", ["class-bank", "hard-negatives"])
+def test_two_ranks_with_unequal_text_counts_train_stop_and_resume_bit_for_bit(data, tmp_path, shape):
+    """Each rank's texts: its 4 images' prompts and the classes they lack (``--class-bank``), or its images'
+    prompts and captions and the hard negatives of the captions that have one, so the ranks' text counts differ
+    from step to step and the loss gathers unequal text blocks with their labels."""
+    if shape == "class-bank":
+        shaped = ["--class-bank"]
+    else:
+        rows = list(csv.reader((data / "captions.csv").open()))[1:]
+        negatives = tmp_path / "negatives.csv"
+        with negatives.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "caption", "hard_negative"])
+            for k, (image, caption) in enumerate(rows):
+                writer.writerow([data / image, caption, "" if k % 3 else "a printed digit"])
+        shaped = ["--captions", negatives, "--hard-negatives"]
+    banked = [*shaped, "--steps", "4", "--workers", "0"]
+    whole = _torchrun(*_options(data, tmp_path / "whole", *banked))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _torchrun(*_options(data, tmp_path / "split", *banked, "--save-every", "2", "--stop-after", "2"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _torchrun(*_options(data, tmp_path / "split", *banked, "--resume", "auto"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _records(tmp_path / "split", "resume")[0]["step"] == 2
+    _same_weights(tmp_path / "whole" / "final", tmp_path / "split" / "final")
+    losses = {record["step"]: record["loss"] for record in _records(tmp_path / "whole", "train")}
+    resumed = {record["step"]: record["loss"] for record in _records(tmp_path / "split", "train")}
+    assert losses == resumed and sorted(losses) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
 def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
     output = tmp_path / "run"
     final = main(_options(data, output, "--captions", data / "captions.csv", "--steps", "80", "--warmup", "5",

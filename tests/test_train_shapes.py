@@ -101,8 +101,29 @@ def test_a_class_bank_appends_one_prompt_of_every_class(tokenizer):
     )
     with pytest.raises(ValueError, match="per_class must be an int >= 1; got 0"):
         append_class_bank(batch, prompts, tokenizer, random.Random(0), per_class=0)
+    with pytest.raises(ValueError, match="per_class must be an int >= 1; got 0"):
+        append_class_bank(batch, prompts, tokenizer, random.Random(0), per_class=0, absent_only=True)
     with pytest.raises(ValueError, match="batch must carry text_labels"):
         append_class_bank({"labels": torch.zeros(1)}, prompts, tokenizer, random.Random(0))
+
+
+def test_an_absent_only_class_bank_appends_the_classes_no_text_stands_for(tokenizer):
+    prompts = LabelToPrompt(NAMES, templates=TEMPLATES)
+    collate = UnifiedCollate(tokenizer, prompts, text_labels=True)
+    own = [(_image(0), "a photo of a two.", 2), (_image(1), "a drawing of a two.", 2)]
+    caption = [(_image(2), ["caption zero"], [], 0)]  # its text label, 3 + 0, is no class id
+    batch = collate(own + caption)
+    assert batch["text_labels"].tolist() == [2, 2, 3]
+    banked = append_class_bank(batch, prompts, tokenizer, random.Random(1), absent_only=True)
+    assert banked["labels"].tolist() == batch["labels"].tolist()
+    assert banked["text_labels"].tolist() == [2, 2, 3, 0, 1]
+    assert torch.equal(banked["input_ids"][:3], batch["input_ids"])
+    for row, name in ((3, "zero"), (4, "one")):
+        candidates = tokenizer([template.format(name) for template in TEMPLATES])["input_ids"]
+        assert any(torch.equal(banked["input_ids"][row], candidate) for candidate in candidates)
+    every = collate([(_image(index), f"a photo of a {name}.", index) for index, name in enumerate(NAMES)])
+    unchanged = append_class_bank(every, prompts, tokenizer, random.Random(1), per_class=2, absent_only=True)
+    assert all(torch.equal(unchanged[key], every[key]) for key in every)
 
 
 @pytest.mark.parametrize(
@@ -256,9 +277,10 @@ def test_a_class_bank_run_trains_on_every_class_prompt_and_resumes_bit_for_bit(d
     for _ in range(3):
         batch = next(trainer.batches)
         labels, text_labels = batch["labels"], batch["text_labels"]
-        # 2 labelled images (no text of their own), 2 caption groups of 1 caption, then the bank of 3 classes.
+        # 2 labelled images with a prompt each, 2 caption groups of 1 caption, then the classes neither image has.
         assert bool((labels[:2] < 3).all()) and bool((labels[2:] >= 3).all())
-        assert text_labels[:2].tolist() == labels[2:].tolist() and text_labels[2:].tolist() == [0, 1, 2]
-        assert batch["input_ids"].shape[0] == 5
+        assert text_labels[:4].tolist() == labels.tolist()
+        absent = sorted(set(range(3)) - set(labels[:2].tolist()))
+        assert text_labels[4:].tolist() == absent and batch["input_ids"].shape[0] == 4 + len(absent)
     trainer.batches.close()
     trainer.log.close()

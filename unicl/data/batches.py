@@ -171,9 +171,15 @@ def append_class_bank(
     tokenizer: Tokenizer,
     rng: random.Random,
     per_class: int = 1,
+    absent_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``batch`` with prompts of every class appended to its texts: each image is contrasted with all ``C``
     classes, its own class's prompts its positives (`unicl.loss.shapes.class_bank`).
+
+    With ``absent_only``, only the classes that no text of the batch has as its label get prompts: the images'
+    own prompts already stand for the classes present, so every image still meets every class, and the appended
+    prompts, which have no positive image in the batch, are negatives of the image-to-text direction only (the
+    loss leaves a text with no positive out of the text-to-image direction).
 
     Args:
         batch: a `UnifiedCollate` batch with ``text_labels`` (``input_ids``, ``attention_mask`` ``[M, L]``,
@@ -183,21 +189,29 @@ def append_class_bank(
         rng: the generator the prompts are drawn from (seeded by the step in training, so a resumed run draws the
             same bank).
         per_class: ``P``, distinct prompts drawn per class (all of a class's prompts where it has fewer).
+        absent_only: append prompts only of the classes ``0 … C−1`` missing from ``text_labels``.
 
     Returns:
-        A new batch with ``M + C·P`` texts, ``text_labels`` followed by each class id ``P`` times.
+        A new batch with ``M + C'·P`` texts, ``text_labels`` followed by each appended class id ``P`` times
+        (``C' = C``, or the number of absent classes with ``absent_only``).
+
+    Raises:
+        ValueError: a batch without ``text_labels``, or ``per_class`` below 1.
     """
     if "text_labels" not in batch:
         raise ValueError("batch must carry text_labels (a UnifiedCollate(..., text_labels=True) batch)")
     per_class = check_positive_int("per_class", per_class)
-    drawn = [rng.sample(options, min(per_class, len(options))) for options in prompts]
+    classes = class_bank(prompts.num_classes, device=batch["text_labels"].device)
+    if absent_only:
+        classes = classes[~torch.isin(classes, batch["text_labels"])]
+    options = [prompts.all_prompts(label) for label in classes.tolist()]
+    drawn = [rng.sample(class_prompts, min(per_class, len(class_prompts))) for class_prompts in options]
     bank = tokenizer([prompt for class_prompts in drawn for prompt in class_prompts])
-    counts = torch.tensor([len(class_prompts) for class_prompts in drawn], device=batch["text_labels"].device)
-    labels = class_bank(prompts.num_classes, device=counts.device).repeat_interleave(counts)
+    counts = torch.tensor([len(class_prompts) for class_prompts in drawn], device=classes.device, dtype=torch.long)
     return {
         **batch,
         **{key: torch.cat([batch[key], value.to(batch[key].device)]) for key, value in bank.items()},
-        "text_labels": torch.cat([batch["text_labels"], labels]),
+        "text_labels": torch.cat([batch["text_labels"], classes.repeat_interleave(counts)]),
     }
 
 

@@ -110,9 +110,9 @@ class TrainingConfig:
     no positive, which every image is contrasted against (NegCLIP's hard negatives; samples the captions by image,
     as --captions-per-image does)."""
     class_bank: bool = field(default=False, metadata=_option("data"))
-    """Contrast every --image-folder image with prompts of every class of the folders (⌈labelled images per batch /
-    classes⌉ distinct prompts drawn per class and step, encoded each step) instead of one prompt per image: its own
-    class's prompts are its positives, the other classes' its negatives, whatever classes the batch holds."""
+    """Contrast every --image-folder image with every class of the folders, whatever classes the batch holds: the
+    labelled images keep their own prompts, and each step adds one prompt of every class none of them belongs to
+    (under torchrun, of every class the rank's own images lack), a negative of every image, encoded each step."""
     hash_captions: bool = field(default=False, metadata=_option("data"))
     """Identical captions (up to case and spaces) get one label, so they are positives of each other on every rank;
     by default each image-text pair is positive only with its own text."""

@@ -123,7 +123,7 @@ class RunData:
         if "labelled" in self.shares:
             folders = self.labelled()
             prompts = LabelToPrompt(folders.class_names, seed=config.seed)
-            keyed = KeyedSamples(self._readable(folders), config.seed, prompts, draw_prompts=not config.class_bank)
+            keyed = KeyedSamples(self._readable(folders), config.seed, prompts)
             loaders["labelled"] = self._loader(keyed, self.shares["labelled"], prompts, tokenizer, step)
         if "captioned" in self.shares:
             if config.webdataset:
@@ -149,16 +149,15 @@ class RunData:
     def _with_class_bank(
         self, batches: Iterator[dict[str, torch.Tensor]], prompts: LabelToPrompt, tokenizer: Tokenizer, step: int
     ) -> Generator[dict[str, torch.Tensor], None, None]:
-        """``--class-bank``: every batch with prompts of every class appended, drawn from a generator seeded by the
-        run's seed and the batch's step (so a resumed run draws the same bank).
+        """``--class-bank``: every batch with one prompt of every class that none of its texts stands for, drawn
+        from a generator seeded by the run's seed and the batch's step (so a resumed run draws the same bank).
 
-        Each class gets ``⌈labelled share / C⌉`` distinct prompts, so the text tower sees as many prompts per step as
-        it would with one prompt per labelled image (and one per class when the classes outnumber the share)."""
-        per_class = -(-self.shares["labelled"] // prompts.num_classes)
+        The labelled images keep their own prompts, which cover the classes the batch holds, so every image meets
+        every class for the cost of encoding the absent ones (`unicl.data.batches.append_class_bank`)."""
         try:
             for batch in batches:
                 rng = random.Random(derive_seed("class bank", self.config.seed, step))
-                yield append_class_bank(batch, prompts, tokenizer, rng, per_class)
+                yield append_class_bank(batch, prompts, tokenizer, rng, absent_only=True)
                 step += 1
         finally:
             # Closing this generator closes the loaders' (join_batches stops their workers).

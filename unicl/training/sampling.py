@@ -66,24 +66,19 @@ class KeyedSamples(Dataset):
 
     ``source[index]`` runs inside `seeded_sample`; a labelled sample ``(image, class_id)`` becomes
     ``(image, prompt, class_id)`` with the prompt drawn from the key's generator (see
-    `unicl.data.batches.UnifiedCollate`), unless ``draw_prompts`` is off (a class bank gives its texts); an
-    ``(image, caption)`` sample, or any other tuple (a caption group of `unicl.data.datasets.CaptionGroups`), passes
-    through.
+    `unicl.data.batches.UnifiedCollate`); an ``(image, caption)`` sample, or any other tuple (a caption group of
+    `unicl.data.datasets.CaptionGroups`), passes through.
 
     Args:
         source: a map-style dataset of ``(image, class_id)``, ``(image, caption)`` or caption groups.
         seed: the run's seed.
-        prompts: draws the prompts of labelled samples (needed when ``source`` has any and ``draw_prompts``).
-        draw_prompts: draw a prompt for each labelled sample.
+        prompts: draws the prompts of labelled samples (needed when ``source`` has any).
     """
 
-    def __init__(
-        self, source: SizedDataset, seed: int, prompts: LabelToPrompt | None = None, draw_prompts: bool = True
-    ) -> None:
+    def __init__(self, source: SizedDataset, seed: int, prompts: LabelToPrompt | None = None) -> None:
         self.source = source
         self.seed = seed
         self.prompts = prompts
-        self.draw_prompts = draw_prompts
 
     def __len__(self) -> int:
         return len(self.source)
@@ -95,7 +90,7 @@ class KeyedSamples(Dataset):
             if len(sample) != 2:
                 return tuple(sample)
             image, target = sample
-            if isinstance(target, str) or not self.draw_prompts:
+            if isinstance(target, str):
                 return image, target
             if self.prompts is None:
                 raise ValueError(f"sample {index} has a class id but no prompts were given to draw its text from")

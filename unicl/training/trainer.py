@@ -34,7 +34,7 @@ from unicl.training.config import TrainingConfig
 from unicl.training.errors import TrainingError
 from unicl.training.held_out import HeldOut
 from unicl.training.logs import RunLog
-from unicl.training.options import check_options
+from unicl.training.options import check_options, text_labelled
 from unicl.training.reporting import train_record, write_final
 from unicl.training.run_data import RunData
 from unicl.training.run_tokenizer import run_tokenizer
@@ -99,13 +99,15 @@ class Trainer:
                 f"--loss: {config.model} has a logit bias (a SigLIP model); train it with --loss sigmoid"
             )
         self.data = RunData(config, runtime, self.model)
-        # Every rank's batch is --batch-size samples at every step, so the loss skips the size exchange; the model's
-        # forward returns unit features, so the loss does not normalise them again.
+        # Every rank's batch is --batch-size images at every step, and without text labels as many texts, so the loss
+        # skips the size exchange; with them a rank's text count varies (captions per image, hard negatives, the
+        # classes its images lack), so the sizes are exchanged. The model's forward returns unit features, so the
+        # loss does not normalise them again.
         objective = UniCLSigmoidLoss if config.loss == "sigmoid" else UniCLLoss
         try:
             loss_fn = objective(
                 backend=config.loss_backend, normalize=False, gather_distributed=True, local_loss=config.local_loss,
-                equal_batches=True,
+                equal_batches=not text_labelled(config),
             )  # fmt: skip
         except ValueError as error:
             raise TrainingError(f"--loss-backend: {error}") from None
