@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         train, held_out = write_digits(args.root, args.seed)
     except FileExistsError as error:
         parser.error(str(error))
-    print(f"wrote {sum(1 for _ in train.rglob('*.png'))} training and {sum(1 for _ in held_out.rglob('*.png'))} "
-          f"held-out digits under {args.root}")
+    print(
+        f"wrote {sum(1 for _ in train.rglob('*.png'))} training and {sum(1 for _ in held_out.rglob('*.png'))} "
+        f"held-out digits under {args.root}"
+    )
 
 
 if __name__ == "__main__":
