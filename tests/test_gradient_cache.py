@@ -349,3 +349,58 @@ def test_ddp_on_two_gloo_ranks_with_the_global_loss(tmp_path):
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
     failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
     assert not any(failures), "\n".join(failures)
+
+
+def _unequal_texts_worker(rank: int, world: int, init_file: str, result_dir: str, kind: str) -> None:
+    """Rank ``r`` holds 5 images and ``6 + 2r`` texts, so with micro-batches of 2 rank 0 runs 3 and rank 1 runs 4
+    (text labels: a rank's text count sets its count, as a class bank or hard negatives make it in training); every
+    text micro-batch has 2 rows, as the text tower's BatchNorm1d of the batch-norm model needs."""
+    start_rank(rank, world, init_file)
+    failure = ""
+    try:
+        base = _tiny() if kind == "transformer" else _ResNetStyle().train()
+        cached = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+        plain = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
+        generator = torch.Generator().manual_seed(11 + rank)
+        texts = LOCAL + 1 + 2 * rank
+        images = torch.randn(LOCAL, 3, 32 if kind == "transformer" else 8, 32 if kind == "transformer" else 8,
+                             generator=generator)  # fmt: skip
+        ids = torch.randint(1, 50, (texts, 16), generator=generator)
+        text_input = {"input_ids": ids, "attention_mask": torch.ones_like(ids)} if kind == "transformer" else ids
+        labels = torch.randint(-1, 3, (LOCAL,), generator=generator)
+        text_labels = torch.randint(-1, 3, (texts,), generator=generator)
+        loss_fn = UniCLLoss(backend="dense", gather_distributed=True)
+        for _ in range(2):  # a second step: DDP's buffer broadcast at its first forward pairs up on both ranks
+            loss = cached_backward(
+                cached, images, text_input, labels, loss_fn=loss_fn, micro_batch=2, text_labels=text_labels
+            )
+        assert bool(torch.isfinite(loss))
+        # All-reduced: both ranks hold the same gradients.
+        for parameter in cached.module.parameters():
+            assert parameter.grad is not None
+            other = parameter.grad.clone()
+            dist.broadcast(other, 0)
+            assert _relative_error(parameter.grad, other) <= 1e-6
+        if kind == "transformer":
+            # Without BatchNorm, micro-batching changes nothing: two plain DDP steps leave the same gradients.
+            for _ in range(2):
+                outputs = plain(images, **text_input)
+                loss_fn(**outputs, labels=labels, text_labels=text_labels).backward()
+            _assert_same_grads(cached.module, plain.module)
+    except Exception:
+        failure = f"rank {rank}:\n{traceback.format_exc()}"
+    finish_rank(rank, result_dir, failure)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["transformer", "batch-norm"])
+def test_ddp_ranks_may_run_different_numbers_of_micro_batches(tmp_path, kind):
+    """DDP all-reduces the gradients in each rank's last backward and broadcasts buffers at a step's first forward,
+    so ranks whose text counts differ may split their batches into different numbers of micro-batches."""
+    world = 2
+    mp.spawn(
+        _unequal_texts_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path), kind), nprocs=world,
+        join=True,
+    )  # fmt: skip
+    failures = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(world)]
+    assert not any(failures), "\n".join(failures)

@@ -206,7 +206,7 @@ def test_two_ranks_stopped_resumed_past_a_corrupt_checkpoint_equal_an_uninterrup
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", ["class-bank", "hard-negatives"])
 def test_two_ranks_with_unequal_text_counts_train_stop_and_resume_bit_for_bit(data, tmp_path, shape):
-    """Each rank's texts: its 4 images' prompts and the classes they lack (``--class-bank``), or its images'
+    """Each rank's texts: its 8 images' prompts and the classes they lack (``--class-bank``), or its images'
     prompts and captions and the hard negatives of the captions that have one, so the ranks' text counts differ
     from step to step and the loss gathers unequal text blocks with their labels."""
     if shape == "class-bank":
@@ -232,6 +232,18 @@ def test_two_ranks_with_unequal_text_counts_train_stop_and_resume_bit_for_bit(da
     losses = {record["step"]: record["loss"] for record in _records(tmp_path / "whole", "train")}
     resumed = {record["step"]: record["loss"] for record in _records(tmp_path / "split", "train")}
     assert losses == resumed and sorted(losses) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_two_ranks_gradient_cache_a_class_bank_as_they_train_the_whole_batch(data, tmp_path):
+    """--micro-batch 4 on 8 images a rank and the classes they lack: a rank with no class absent runs 2
+    micro-batches, one with some 3, in the same step (DDP syncs the buffers at a step's first forward and the
+    gradients at its last backward, whatever the count); the run trains as the whole batch does."""
+    banked = ["--class-bank", "--steps", "3", "--workers", "0"]
+    for name, extra in (("whole", []), ("cached", ["--micro-batch", "4"])):
+        result = _torchrun(*_options(data, tmp_path / name, *banked, *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert_cached_run_matches(tmp_path / "whole", tmp_path / "cached", steps=3, lr=1e-3)
 
 
 @pytest.mark.slow

@@ -179,7 +179,8 @@ def append_class_bank(
     With ``absent_only``, only the classes that no text of the batch has as its label get prompts: the images'
     own prompts already stand for the classes present, so every image still meets every class, and the appended
     prompts, which have no positive image in the batch, are negatives of the image-to-text direction only (the
-    loss leaves a text with no positive out of the text-to-image direction).
+    loss leaves a text with no positive out of the text-to-image direction; where the loss gathers the batches of
+    several ranks, another rank's images of the class are its positives).
 
     Args:
         batch: a `UnifiedCollate` batch with ``text_labels`` (``input_ids``, ``attention_mask`` ``[M, L]``,

@@ -112,7 +112,8 @@ class TrainingConfig:
     class_bank: bool = field(default=False, metadata=_option("data"))
     """Contrast every --image-folder image with every class of the folders, whatever classes the batch holds: the
     labelled images keep their own prompts, and each step adds one prompt of every class none of them belongs to
-    (under torchrun, of every class the rank's own images lack), a negative of every image, encoded each step."""
+    (under torchrun, of every class the rank's own images lack, and a positive of other ranks' images of that
+    class), a negative of every image of the batch, encoded each step."""
     hash_captions: bool = field(default=False, metadata=_option("data"))
     """Identical captions (up to case and spaces) get one label, so they are positives of each other on every rank;
     by default each image-text pair is positive only with its own text."""

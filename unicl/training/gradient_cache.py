@@ -173,8 +173,9 @@ def cached_backward(
     Args:
         model: the model, or its `torch.nn.parallel.DistributedDataParallel` wrapper. Under DDP every
             micro-batch but the last runs in ``model.no_sync()``, so the gradients are all-reduced once, by the
-            last micro-batch's backward (DDP's forward is called in pass 2, so its hooks fire). Every rank must run
-            the same number of micro-batches (the same local batch size), as DDP's collectives pair up.
+            last micro-batch's backward (DDP's forward is called in pass 2, so its hooks fire). Ranks may run
+            different numbers of micro-batches (with ``text_labels`` a rank's text count sets its number): each
+            rank all-reduces once, in its last backward, and DDP broadcasts buffers at a step's first forward.
         images: ``[B, C, H, W]`` images.
         texts: ``[B, L]`` token ids, passed to the forward positionally, or a mapping of ``[B, ...]`` tensors
             (``{"input_ids": ..., "attention_mask": ...}``) passed as keyword arguments; ``M`` rows instead of ``B``

@@ -28,7 +28,8 @@ REPRODUCIBILITY_OPTIONS = (
     "model", "pretrained", "tokenizer", "image_folder", "classnames", "captions", "webdataset", "ratio",
     "hash_captions", "no_augmentation", "batch_size", "steps", "lr", "warmup", "min_lr", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss_backend", "local_loss", "precision", "grad_checkpointing", "seed",
-    "micro_batch", "skip_unreadable", "loss", "freeze_image", "freeze_text", "tower_lr", "logit_lr",
+    "micro_batch", "skip_unreadable", "loss", "freeze_image", "freeze_text", "tower_lr", "logit_lr", "class_bank",
+    "captions_per_image", "hard_negatives",
 )  # fmt: skip
 
 
