@@ -260,6 +260,7 @@ def test_the_loss_falls_and_checkpoints_are_kept(data, tmp_path):
     assert kept == ["step-000000060.pt", "step-000000070.pt", "step-000000080.pt"]
     summary = json.loads((final / "training.json").read_text())
     assert summary["step"] == 80 and summary["options"]["batch_size"] == 16
+    assert summary["working_directory"] == os.getcwd()
     for record in _records(output, "train"):
         assert record["logit_scale"] <= 100 and record["lr"] >= 0 and record["samples_per_second"] > 0
     # 48 labelled images and 48 pairs, 8 of each per step: 6 steps an epoch.

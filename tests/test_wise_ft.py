@@ -214,3 +214,11 @@ def test_a_start_other_than_the_fine_tuning_runs_is_warned_about(workspace, tmp_
     (tuned / "training.json").write_text(json.dumps({"options": {"model": str(workspace / "model")}}))
     main(arguments)
     assert "warning" not in capsys.readouterr().err
+    # A run's relative paths resolve in the directory it ran in, not in the one wise-ft runs in.
+    ran_elsewhere = {"options": {"model": "model"}, "working_directory": str(workspace)}
+    (tuned / "training.json").write_text(json.dumps(ran_elsewhere))
+    main(arguments)
+    assert "warning" not in capsys.readouterr().err
+    (tuned / "training.json").write_text(json.dumps({"options": {"model": "model"}}))  # no directory: this one
+    main(arguments)
+    assert "warning: --fine-tuned" in capsys.readouterr().err

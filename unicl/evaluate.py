@@ -657,18 +657,25 @@ def _warn_other_start(args: argparse.Namespace) -> None:
     """A warning on standard error when the fine-tuning run (its ``training.json``) started from other weights than
     ``--model`` and ``--pretrained`` name: mixing with another start is allowed, but usually a forgotten option."""
     try:
-        options = json.loads((args.fine_tuned / "training.json").read_text())["options"]
+        summary = json.loads((args.fine_tuned / "training.json").read_text())
+        options = summary["options"]
         started = (options["model"], options.get("pretrained"))
+        # The run's relative paths resolve where it ran (older runs did not record it: here, then).
+        ran_in = Path(summary.get("working_directory") or Path.cwd())
     except (OSError, ValueError, KeyError, TypeError):  # not a training run's final/: nothing to compare with
         return
 
     from unicl.models.adapters import model_source
 
-    def where(path: str | None) -> Path | None:
-        return None if path is None else Path(path).resolve()
+    def where(pretrained: str | None, base: Path) -> str | None:
+        """A file or directory as its absolute path; a release's tag (or a missing file) as it is spelt."""
+        if pretrained is None or not (base / pretrained).exists():
+            return pretrained
+        return str((base / pretrained).resolve())
 
     # Compared as places, not spellings: hf:DIR (and a model directory) by its resolved directory.
-    if model_source(started[0]) != model_source(args.model) or where(started[1]) != where(args.pretrained):
+    same_model = model_source(started[0], ran_in) == model_source(args.model)
+    if not same_model or where(started[1], ran_in) != where(args.pretrained, Path.cwd()):
         print(
             f"warning: --fine-tuned {args.fine_tuned} was trained from --model {started[0]} --pretrained {started[1]},"
             f" not from --model {args.model} --pretrained {args.pretrained}: the mixes start from other weights",

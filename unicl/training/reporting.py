@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,12 @@ def write_final(
     config: TrainingConfig, model: UniCLModel, tokenizer: Tokenizer, step: int, log: RunLog, runtime: Runtime
 ) -> Path:
     """Write ``OUTPUT/final``: the weights (``save_pretrained``), the tokenizer file and ``training.json`` (the
-    step and the run's options), by rank 0; returns its path on every rank."""
+    step, the run's options and the directory it ran in, against which its relative paths resolve), by rank 0;
+    returns its path on every rank."""
     final = config.output / "final"
     if runtime.is_main:
         model.save_pretrained(final, tokenizer=tokenizer)
-        summary = {"step": step, "options": run_configuration(config)}
+        summary = {"step": step, "options": run_configuration(config), "working_directory": os.getcwd()}
         (final / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
         log.message(f"final weights in {final}")
     return final

@@ -40,18 +40,24 @@ def is_adapter_name(name: object) -> bool:
     return isinstance(name, str) and name.startswith(("open_clip:", "hf:"))
 
 
-def model_source(name: str) -> str:
+def model_source(name: str, working_directory: str | os.PathLike[str] | None = None) -> str:
     """``name`` with the directory it names made absolute (``hf:DIR``'s, or a model directory's), so that two
     spellings of one model compare equal; a preset or ``open_clip:ARCH`` name as it is.
+
+    Args:
+        name: a model name as ``--model`` takes it.
+        working_directory: where a relative directory in ``name`` was given (a finished training run's, from its
+            ``training.json``); the current directory when ``None``.
 
     Examples:
         >>> import os
         >>> model_source("hf:.") == f"hf:{os.getcwd()}", model_source("open_clip:ViT-B-32")
         (True, 'open_clip:ViT-B-32')
     """
+    base = Path.cwd() if working_directory is None else Path(working_directory)
     if name.startswith("hf:"):
-        return "hf:" + str(Path(name[len("hf:") :]).resolve())
-    return str(Path(name).resolve()) if Path(name).is_dir() else name
+        return "hf:" + str((base / name[len("hf:") :]).resolve())
+    return str((base / name).resolve()) if (base / name).is_dir() else name
 
 
 def _split(name: str) -> tuple[str, str]:
