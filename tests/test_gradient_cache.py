@@ -358,15 +358,15 @@ def _unequal_texts_worker(rank: int, world: int, init_file: str, result_dir: str
     start_rank(rank, world, init_file)
     failure = ""
     try:
-        base = _tiny() if kind == "transformer" else _ResNetStyle().train()
+        transformer = kind == "transformer"
+        base = _tiny() if transformer else _ResNetStyle().train()
         cached = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
-        plain = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
         generator = torch.Generator().manual_seed(11 + rank)
         texts = LOCAL + 1 + 2 * rank
-        images = torch.randn(LOCAL, 3, 32 if kind == "transformer" else 8, 32 if kind == "transformer" else 8,
-                             generator=generator)  # fmt: skip
+        side = 32 if transformer else 8
+        images = torch.randn(LOCAL, 3, side, side, generator=generator)
         ids = torch.randint(1, 50, (texts, 16), generator=generator)
-        text_input = {"input_ids": ids, "attention_mask": torch.ones_like(ids)} if kind == "transformer" else ids
+        text_input = {"input_ids": ids, "attention_mask": torch.ones_like(ids)} if transformer else ids
         labels = torch.randint(-1, 3, (LOCAL,), generator=generator)
         text_labels = torch.randint(-1, 3, (texts,), generator=generator)
         loss_fn = UniCLLoss(backend="dense", gather_distributed=True)
@@ -381,8 +381,9 @@ def _unequal_texts_worker(rank: int, world: int, init_file: str, result_dir: str
             other = parameter.grad.clone()
             dist.broadcast(other, 0)
             assert _relative_error(parameter.grad, other) <= 1e-6
-        if kind == "transformer":
+        if transformer:
             # Without BatchNorm, micro-batching changes nothing: two plain DDP steps leave the same gradients.
+            plain = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
             for _ in range(2):
                 outputs = plain(images, **text_input)
                 loss_fn(**outputs, labels=labels, text_labels=text_labels).backward()

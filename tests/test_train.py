@@ -237,8 +237,8 @@ def test_two_ranks_with_unequal_text_counts_train_stop_and_resume_bit_for_bit(da
 @pytest.mark.slow
 def test_two_ranks_gradient_cache_a_class_bank_as_they_train_the_whole_batch(data, tmp_path):
     """--micro-batch 4 on 8 images a rank and the classes they lack: a rank with no class absent runs 2
-    micro-batches, one with some 3, in the same step (DDP syncs the buffers at a step's first forward and the
-    gradients at its last backward, whatever the count); the run trains as the whole batch does."""
+    micro-batches, one with some 3, in the same step (each rank all-reduces the gradients once, in its last
+    backward, whatever the count); the run trains as the whole batch does."""
     banked = ["--class-bank", "--steps", "3", "--workers", "0"]
     for name, extra in (("whole", []), ("cached", ["--micro-batch", "4"])):
         result = _torchrun(*_options(data, tmp_path / name, *banked, *extra))
